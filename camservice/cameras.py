@@ -1,0 +1,150 @@
+"""The camera model shared by discovery, the gateway's replica and recording.
+
+The discovery worker owns the truth and publishes every change as a
+``camera_status_update`` event carrying the whole :class:`Camera` record
+(``Camera.to_state()``); it answers ``discovery.snapshot`` with every record
+and the sequence number of its last event. Any other process keeps a
+:class:`CameraTable` replica: snapshot first, then events newer than it.
+That is how the gateway answers ``get_camera_list`` and ``get_camera_status``
+without a ZeroMQ hop, and how a late joiner never sees a stale list.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+CONNECTED, DISCONNECTED, ERROR = "CONNECTED", "DISCONNECTED", "ERROR"
+
+#: Fields of a camera in ``camera_status_update`` notifications (shared/API.md).
+NOTIFICATION_FIELDS = ("device", "id", "status", "name", "resolution", "fps", "streams")
+
+
+@dataclass
+class Camera:
+    id: str  # stable short name: camera0, camera1...
+    device: str  # /dev/videoN or sim:N
+    status: str = CONNECTED
+    name: str = "Camera"
+    resolution: str = ""  # current capture resolution, "WxH"
+    fps: int = 0
+    formats: list[str] = field(default_factory=list)
+    resolutions: list[str] = field(default_factory=list)
+    frame_rates: dict[str, list[int]] = field(default_factory=dict)
+    streams: dict[str, str] = field(default_factory=dict)
+    recording: bool = False
+    simulated: bool = False
+    #: Capture parameters for the media backend (input format, sim pattern...).
+    source: dict[str, Any] = field(default_factory=dict)
+    connected_since: float = field(default_factory=time.time)
+    bytes_sent: int = 0
+    readers: int = 0
+    error: str | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        """The full record, as published on the event bus."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Camera":
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+    def to_api(self) -> dict[str, Any]:
+        """The camera object of ``get_camera_list``."""
+        return {
+            "device": self.device,
+            "id": self.id,
+            "status": self.status,
+            "name": self.name,
+            "resolution": self.resolution,
+            "fps": self.fps,
+            "streams": dict(self.streams) if self.status == CONNECTED else {},
+            "capabilities": self.capabilities(),
+            "recording": self.recording,
+        }
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"formats": list(self.formats), "resolutions": list(self.resolutions),
+                "frame_rates": {k: list(v) for k, v in self.frame_rates.items()}}
+
+    def to_status(self, now: float | None = None) -> dict[str, Any]:
+        """The result of ``get_camera_status``: the camera object plus metrics."""
+        now = time.time() if now is None else now
+        result = self.to_api()
+        connected = self.status == CONNECTED
+        result["metrics"] = {
+            "bytes_sent": self.bytes_sent,
+            "readers": self.readers if connected else 0,
+            "uptime": round(now - self.connected_since, 3) if connected else 0,
+        }
+        return result
+
+    def to_notification(self) -> dict[str, Any]:
+        api = self.to_api()
+        return {name: api[name] for name in NOTIFICATION_FIELDS}
+
+
+class CameraTable:
+    """Cameras by id, findable by id or device; a replica or the original."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Camera] = {}
+        self._by_device: dict[str, str] = {}
+        self.seq = 0  # last applied event sequence of the owner
+        self.source: str | None = None  # owner process name
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self):
+        return iter(self._sorted())
+
+    def _sorted(self) -> list[Camera]:
+        return sorted(self._by_id.values(), key=lambda c: (len(c.id), c.id))
+
+    def find(self, device_or_id: str) -> Camera | None:
+        camera = self._by_id.get(device_or_id)
+        if camera is None:
+            camera_id = self._by_device.get(device_or_id)
+            camera = self._by_id.get(camera_id) if camera_id else None
+        return camera
+
+    def put(self, camera: Camera) -> None:
+        old = self._by_id.get(camera.id)
+        if old is not None and old.device != camera.device:
+            self._by_device.pop(old.device, None)
+        self._by_id[camera.id] = camera
+        self._by_device[camera.device] = camera.id
+
+    def load_snapshot(self, cameras: list[dict[str, Any]], seq: int, source: str) -> None:
+        self._by_id.clear()
+        self._by_device.clear()
+        for state in cameras:
+            self.put(Camera.from_state(state))
+        self.seq, self.source = seq, source
+
+    def apply(self, state: dict[str, Any], seq: int, source: str) -> bool:
+        """Apply one event; False when it reveals a gap (take a new snapshot)."""
+        if source != self.source:
+            return False  # a new owner (restarted discovery): resynchronise
+        if seq <= self.seq:
+            return True  # already covered by the snapshot
+        gap = seq != self.seq + 1
+        self.put(Camera.from_state(state))
+        self.seq = seq
+        return not gap
+
+    def set_recording(self, device_or_id: str, recording: bool) -> None:
+        camera = self.find(device_or_id)
+        if camera is not None:
+            camera.recording = recording
+
+    def api_list(self) -> dict[str, Any]:
+        cameras = [c.to_api() for c in self._sorted()]
+        connected = sum(1 for c in cameras if c["status"] == CONNECTED)
+        return {"cameras": cameras, "total": len(cameras), "connected": connected}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [c.to_state() for c in self._sorted()]

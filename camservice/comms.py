@@ -1,0 +1,101 @@
+"""Where the processes meet, and how their ZeroMQ sockets are set up.
+
+Topology (one box per OS process)::
+
+    clients ──ws──> gateway i ── ROUTER (binds rpc endpoint i) <── DEALER ── every worker
+                        │                                                  (one DEALER per gateway)
+                        └── SUB (connects events_out) <── XPUB ┐
+                                                               supervisor event proxy
+    workers ── PUB (connects events_in) ─────────────────> XSUB ┘
+    workers ── SUB (connects events_out)    (workers hear each other's events too)
+    CLI ── REQ ──> supervisor control ROUTER
+
+Gateways bind so that workers (which may live on another host with
+``runtime.transport: tcp``) only need to know the gateways' addresses.
+Sockets are created in the process that uses them, after it started, never
+inherited across a fork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+#: Frames bigger than this are dropped by ZeroMQ itself (a corrupt or hostile peer).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Per-socket queue bound; beyond it ROUTER_MANDATORY makes a send fail fast.
+HIGH_WATER_MARK = 100_000
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    gateways: tuple[str, ...]  # rpc endpoint of gateway 0..n-1
+    events_in: str  # publishers connect here (XSUB)
+    events_out: str  # subscribers connect here (XPUB)
+    control: str  # supervisor command socket
+
+    @classmethod
+    def from_config(cls, config) -> "Endpoints":
+        count = config.gateway.processes
+        if config.runtime.transport == "ipc":
+            run = Path(config.runtime.state_dir) / "run"
+            return cls(
+                gateways=tuple(f"ipc://{run}/gateway-{i}.sock" for i in range(count)),
+                events_in=f"ipc://{run}/events-in.sock",
+                events_out=f"ipc://{run}/events-out.sock",
+                control=f"ipc://{run}/control.sock",
+            )
+        host, base = config.runtime.tcp_host, config.runtime.tcp_base_port
+        return cls(
+            gateways=tuple(f"tcp://{host}:{base + 3 + i}" for i in range(count)),
+            events_in=f"tcp://{host}:{base}",
+            events_out=f"tcp://{host}:{base + 1}",
+            control=f"tcp://{host}:{base + 2}",
+        )
+
+
+def _common(sock: zmq.Socket) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    return sock
+
+
+def router(ctx: zmq.Context) -> zmq.Socket:
+    """The gateway's side of the request channel."""
+    sock = _common(ctx.socket(zmq.ROUTER))
+    # An unknown or vanished peer raises EHOSTUNREACH instead of a silent drop.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker may reuse its identity
+    return sock
+
+
+def dealer(ctx: zmq.Context, identity: bytes) -> zmq.Socket:
+    """A worker's side of the request channel, one per gateway."""
+    sock = _common(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    return sock
+
+
+def publisher(ctx: zmq.Context, endpoints: Endpoints) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.PUB))
+    sock.connect(endpoints.events_in)
+    return sock
+
+
+def subscriber(ctx: zmq.Context, endpoints: Endpoints, topics: tuple[str, ...] = ("",)) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.SUB))
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoints.events_out)
+    return sock
+
+
+def prepare_ipc_dir(config) -> None:
+    if config.runtime.transport == "ipc":
+        (Path(config.runtime.state_dir) / "run").mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,290 @@
+"""The method table: who may call what, who serves it, and its parameters.
+
+One :class:`Method` per JSON-RPC method of ``shared/API.md``. The gateway
+consults it for every request (role check, parameter validation, where to
+forward); workers register a handler under the same names. Validators are
+pure functions: they return the normalised parameters or raise
+:class:`~camservice.errors.RpcError` (-32602 with ``data.reason`` and
+``data.param``), so they run in the gateway before any hop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import invalid_params
+
+ROLES = ("viewer", "operator", "admin")
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
+
+#: Process kinds that serve methods. ``gateway`` methods never leave the gateway.
+GATEWAY, DISCOVERY, RECORDING, FILES = "gateway", "discovery", "recording", "files"
+WORKER_KINDS = (DISCOVERY, RECORDING, FILES)
+
+TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
+
+Params = dict[str, Any]
+Validator = Callable[[Params], Params]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    role: str | None  # None: no authentication needed
+    target: str  # GATEWAY or a worker kind
+    validate: Validator
+    idempotent: bool = True  # safe to send again to another worker after a crash
+    timeout: float | None = None  # seconds; None: gateway.request_timeout
+
+
+# --- parameter helpers --------------------------------------------------------
+
+#: Parameters any method may carry besides its own.
+COMMON_PARAMS = frozenset({"auth_token"})
+
+
+def _params_dict(params: Any) -> Params:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise invalid_params("params must be an object (named parameters)")
+    return params
+
+
+def _only(params: Params, allowed: set[str]) -> None:
+    for name in params:
+        if name not in allowed and name not in COMMON_PARAMS:
+            raise invalid_params(f"unknown parameter '{name}'", name)
+
+
+def _string(params: Params, name: str, required: bool = True, max_len: int = 4096) -> str | None:
+    value = params.get(name)
+    if value is None:
+        if required:
+            raise invalid_params(f"'{name}' is required", name)
+        return None
+    if not isinstance(value, str) or not value:
+        raise invalid_params(f"'{name}' must be a non-empty string", name)
+    if len(value) > max_len:
+        raise invalid_params(f"'{name}' is too long", name)
+    return value
+
+
+def _integer(params: Params, name: str, low: int, high: int | None, default: int | None = None) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise invalid_params(f"'{name}' must be an integer", name)
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f"{low}-{high}" if high is not None else f">= {low}"
+        raise invalid_params(f"'{name}' must be in {bound}", name)
+    return value
+
+
+def _number(params: Params, name: str, low: float, high: float) -> float | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise invalid_params(f"'{name}' must be a number", name)
+    if not low <= value <= high:
+        raise invalid_params(f"'{name}' must be in {low}-{high}", name)
+    return value
+
+
+def _choice(params: Params, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    value = params.get(name, default)
+    if value is None:
+        return None
+    if value not in choices:
+        raise invalid_params(f"'{name}' must be one of {', '.join(choices)}", name)
+    return value
+
+
+_FILENAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_filename(name: Any, param: str = "filename") -> str:
+    """A bare file name inside a storage folder, per the contract's rules.
+
+    Refuses anything that could leave the folder: separators, ``..``, a
+    leading dot, NUL bytes, over-long names.
+    """
+    if not isinstance(name, str) or not name:
+        raise invalid_params(f"'{param}' must be a non-empty string", param)
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise invalid_params(f"'{param}' must be at most 255 bytes", param)
+    if name.startswith("."):
+        raise invalid_params(f"'{param}' must not start with '.'", param)
+    if not _FILENAME_CHARS.fullmatch(name):
+        raise invalid_params(f"'{param}' may contain only A-Z a-z 0-9 . _ -", param)
+    return name
+
+
+def _with_extension(name: str, ext: str, other_exts: tuple[str, ...]) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    if dot and suffix.lower() == ext:
+        return name
+    if dot and suffix.lower() in other_exts:
+        raise invalid_params(f"'filename' has the extension .{suffix} but the format is {ext}", "filename")
+    candidate = f"{name}.{ext}"
+    return check_filename(candidate)
+
+
+# --- validators -----------------------------------------------------------------
+
+
+def no_params(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, set())
+    return {}
+
+
+def device_only(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"device"})
+    return {"device": _string(params, "device", max_len=256)}
+
+
+def authenticate(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"token", "auth_type"})
+    token = params.get("auth_token", params.get("token"))
+    if not isinstance(token, str) or not token:
+        raise invalid_params("'auth_token' is required", "auth_token")
+    if len(token) > 8192:
+        raise invalid_params("'auth_token' is too long", "auth_token")
+    return {"auth_token": token}
+
+
+def topics(params: Any, required: bool) -> Params:
+    params = _params_dict(params)
+    _only(params, {"topics"})
+    value = params.get("topics")
+    if value is None:
+        if required:
+            raise invalid_params("'topics' is required", "topics")
+        return {"topics": None}
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise invalid_params("'topics' must be a list of strings", "topics")
+    for topic in value:
+        if topic not in TOPICS:
+            raise invalid_params(f"unknown topic '{topic}'; known: {', '.join(TOPICS)}", "topics")
+    return {"topics": list(dict.fromkeys(value))}
+
+
+def take_snapshot(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"device", "filename", "format"})
+    device = _string(params, "device", max_len=256)
+    fmt = _choice(params, "format", ("jpg", "png"), "jpg")
+    filename = params.get("filename")
+    if filename is not None:
+        filename = _with_extension(check_filename(filename), fmt, ("jpg", "jpeg", "png"))
+    return {"device": device, "filename": filename, "format": fmt}
+
+
+_DURATIONS = {"duration_seconds": (1, 86400, 1), "duration_minutes": (1, 1440, 60),
+              "duration_hours": (1, 24, 3600), "duration": (1, 86400, 1)}
+
+
+def start_recording(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"device", "format", "filename", *_DURATIONS})
+    device = _string(params, "device", max_len=256)
+    given = [name for name in _DURATIONS if params.get(name) is not None]
+    if len(given) > 1:
+        raise invalid_params(f"give at most one of {', '.join(_DURATIONS)}", given[1])
+    duration = None
+    if given:
+        name = given[0]
+        low, high, scale = _DURATIONS[name]
+        duration = _integer(params, name, low, high) * scale
+    fmt = _choice(params, "format", ("mp4", "mkv"), "mp4")
+    filename = params.get("filename")
+    if filename is not None:
+        filename = _with_extension(check_filename(filename), fmt, ("mp4", "mkv"))
+    return {"device": device, "duration": duration, "format": fmt, "filename": filename}
+
+
+def list_files(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"limit", "offset", "device"})
+    return {
+        "limit": _integer(params, "limit", 1, 1000, default=100),
+        "offset": _integer(params, "offset", 0, None, default=0),
+        "device": _string(params, "device", required=False, max_len=256),
+    }
+
+
+def filename_only(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"filename"})
+    if params.get("filename") is None:
+        raise invalid_params("'filename' is required", "filename")
+    return {"filename": check_filename(params["filename"])}
+
+
+def retention_policy(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"policy_type", "enabled", "max_age_days", "max_size_gb"})
+    policy_type = _choice(params, "policy_type", ("age", "size", "manual"), None)
+    if policy_type is None:
+        raise invalid_params("'policy_type' is required", "policy_type")
+    enabled = params.get("enabled")
+    if not isinstance(enabled, bool):
+        raise invalid_params("'enabled' is required and must be true or false", "enabled")
+    max_age_days = _number(params, "max_age_days", 0.001, 36500)
+    max_size_gb = _number(params, "max_size_gb", 0.001, 1_000_000)
+    if policy_type == "age" and enabled and max_age_days is None:
+        raise invalid_params("'max_age_days' is required for an age policy", "max_age_days")
+    if policy_type == "size" and enabled and max_size_gb is None:
+        raise invalid_params("'max_size_gb' is required for a size policy", "max_size_gb")
+    return {"policy_type": policy_type, "enabled": enabled,
+            "max_age_days": max_age_days, "max_size_gb": max_size_gb}
+
+
+# --- the table ------------------------------------------------------------------
+
+_M = Method
+METHODS: dict[str, Method] = {m.name: m for m in (
+    _M("ping", None, GATEWAY, no_params),
+    _M("authenticate", None, GATEWAY, authenticate),
+    _M("get_camera_list", "viewer", GATEWAY, no_params),
+    _M("get_camera_status", "viewer", GATEWAY, device_only),
+    _M("get_camera_capabilities", "viewer", DISCOVERY, device_only),
+    _M("get_streams", "viewer", DISCOVERY, no_params),
+    _M("list_recordings", "viewer", FILES, list_files),
+    _M("list_snapshots", "viewer", FILES, list_files),
+    _M("get_recording_info", "viewer", FILES, filename_only),
+    _M("get_snapshot_info", "viewer", FILES, filename_only),
+    _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True)),
+    _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False)),
+    _M("get_server_info", "viewer", GATEWAY, no_params),
+    _M("take_snapshot", "operator", RECORDING, take_snapshot, idempotent=False, timeout=15.0),
+    _M("start_recording", "operator", RECORDING, start_recording, idempotent=False, timeout=15.0),
+    _M("stop_recording", "operator", RECORDING, device_only, idempotent=False, timeout=15.0),
+    _M("delete_recording", "operator", FILES, filename_only, idempotent=False),
+    _M("delete_snapshot", "operator", FILES, filename_only, idempotent=False),
+    _M("get_metrics", "admin", GATEWAY, no_params),
+    _M("get_status", "admin", GATEWAY, no_params),
+    _M("get_storage_info", "admin", FILES, no_params),
+    _M("set_retention_policy", "admin", FILES, retention_policy, idempotent=False),
+    _M("cleanup_old_files", "admin", FILES, no_params, idempotent=False, timeout=60.0),
+)}
+
+
+def role_allows(have: str | None, required: str | None) -> bool:
+    """True when a caller holding ``have`` may call a method needing ``required``."""
+    if required is None:
+        return True
+    return have is not None and ROLE_RANK.get(have, 0) >= ROLE_RANK[required]
+
+
+def permissions(role: str) -> list[str]:
+    """Every method a role may call, as the ``authenticate`` result lists them."""
+    return sorted(name for name, m in METHODS.items() if role_allows(role, m.role))

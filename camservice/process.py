@@ -1,0 +1,62 @@
+"""What every child process does first: name itself, tie its life to its parent.
+
+The supervisor runs each role as ``python -m camservice.process ROLE INDEX``
+with the configuration in the environment, so a process starts from a clean
+interpreter (no inherited sockets, threads or ZeroMQ contexts).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+ROLES = {
+    "gateway": "gateway.server:main",
+    "discovery": "workers.discovery.worker:main",
+    "recording": "workers.recording.worker:main",
+    "files": "workers.files.worker:main",
+}
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies.
+
+    This is what keeps a SIGKILLed supervisor from leaving orphans. It is
+    called in the child before exec, so there is no window where the parent
+    is already gone; the kernel clears it on exec of a set-uid binary only.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except OSError:  # not glibc Linux: the parent-pid watchdog still applies
+        pass
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # pragma: no cover - setproctitle is a dependency
+        pass
+
+
+def parent_alive(original_parent: int) -> bool:
+    """False once we were re-parented (our parent died before PDEATHSIG fired)."""
+    return os.getppid() == original_parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    role, index = argv[0], int(argv[1])
+    module_name, _, func = ROLES[role].partition(":")
+    module = __import__(module_name, fromlist=[func])
+    getattr(module, func)(index)
+
+
+if __name__ == "__main__":
+    main()

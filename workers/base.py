@@ -1,0 +1,310 @@
+"""The runtime every worker kind shares.
+
+A worker is one OS process serving the methods of one kind (discovery,
+recording, files). It holds one DEALER socket per gateway and announces
+itself with READY, repeated every ``runtime.heartbeat_interval`` as its
+heartbeat; a gateway that stops hearing it counts it dead. Requests are
+answered on the socket they came from, so replies always reach the gateway
+that asked.
+
+Subclasses provide handlers, named after the methods they serve::
+
+    class FilesWorker(Worker):
+        kind = "files"
+
+        def handlers(self):
+            return {"list_recordings": self.list_recordings}
+
+        async def list_recordings(self, params, ctx):
+            ...
+
+A handler receives the validated parameters and a :class:`CallContext`, and
+returns a msgpack-serialisable result or raises :class:`RpcError`. A plain
+(non-async) handler runs inline and must be quick; slow work belongs in an
+async handler that awaits a thread (``asyncio.to_thread``) or a subprocess.
+
+Workers publish events with :meth:`Worker.publish`, hear the topics listed
+in ``subscriptions`` through :meth:`Worker.on_event`, and call other workers'
+methods through a gateway with :meth:`Worker.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import structlog
+import zmq
+
+from camservice import comms, config as config_module, log, process
+from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, unpack
+from camservice.errors import INTERNAL_ERROR, SERVICE_BUSY, RpcError
+
+Handler = Callable[[dict[str, Any], "CallContext"], Any]
+
+
+@dataclass
+class CallContext:
+    """What a handler knows about the call besides its parameters."""
+
+    request_id: str
+    caller: dict[str, Any]  # {"sub": ..., "role": ...}, empty for internal calls
+    deadline: float  # wall-clock seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.time())
+
+
+@dataclass
+class _Link:
+    """One gateway as seen from this worker."""
+
+    endpoint: str
+    socket: zmq.Socket
+    pending: dict[int, asyncio.Future] = field(default_factory=dict)
+
+
+class Worker:
+    kind: str = "worker"
+    #: Requests this process accepts at once (the gateway never sends more).
+    capacity: int = 64
+    #: Event topics this worker wants to hear (prefixes, as ZeroMQ SUB matches).
+    subscriptions: tuple[str, ...] = ()
+
+    def __init__(self, config: config_module.Config, index: int = 0):
+        self.config = config
+        self.index = index
+        self.name = f"{self.kind}-{index}"
+        self.log = structlog.get_logger(self.kind)
+        self._links: list[_Link] = []
+        self._seq = itertools.count(1)
+        self._event_seq = itertools.count(1)
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping: asyncio.Event | None = None  # created in run(), inside the loop
+        self._handlers: dict[str, Handler] = {}
+        self._ctx: zmq.Context | None = None
+        self._pub: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+
+    # --- to override --------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Handler]:
+        return {}
+
+    async def start(self) -> None:
+        """Open resources; called before the first READY is sent."""
+
+    async def stop(self) -> None:
+        """Release resources; called after in-flight requests drained."""
+
+    async def on_event(self, event: Event) -> None:
+        """An event of a subscribed topic arrived."""
+
+    # --- services for subclasses ----------------------------------------------------
+
+    def publish(self, topic: str, data: dict[str, Any]) -> Event:
+        event = Event(topic, self.name, next(self._event_seq), data, time.time())
+        if self._pub is not None:
+            self._pub.send_multipart(event.frames(), flags=zmq.NOBLOCK)
+        return event
+
+    async def call(self, method: str, params: dict[str, Any], timeout: float = 5.0,
+                   request_id: str = "") -> Any:
+        """Call a method served by another worker kind, through a gateway."""
+        link = next((link for link in self._links), None)
+        if link is None:
+            raise RpcError(SERVICE_BUSY, data={"reason": "no gateway"})
+        seq = next(self._seq)
+        future = asyncio.get_running_loop().create_future()
+        link.pending[seq] = future
+        request = Request(seq, method, params, time.time() + timeout, request_id or f"{self.name}-{seq}", {})
+        try:
+            link.socket.send(request.pack(), flags=zmq.NOBLOCK)
+            error, result = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RpcError(SERVICE_BUSY, data={"reason": f"{method} did not answer in time"}) from None
+        finally:
+            link.pending.pop(seq, None)
+        if error is not None:
+            raise RpcError.from_dict(error)
+        return result
+
+    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task:
+        """Run a background task that is cancelled (and awaited) at shutdown."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._log_task_failure)
+        return task
+
+    # --- runtime ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self._handlers = self.handlers()
+        endpoints = comms.Endpoints.from_config(self.config)
+        self._ctx = zmq.Context()
+        self._pub = comms.publisher(self._ctx, endpoints)
+        if self.subscriptions:
+            self._sub = comms.subscriber(self._ctx, endpoints, self.subscriptions)
+            self._watch(self._sub, self._drain_events)
+        await self.start()
+        identity = f"{self.name}:{os.getpid()}".encode()
+        for endpoint in endpoints.gateways:
+            sock = comms.dealer(self._ctx, identity)
+            sock.connect(endpoint)
+            link = _Link(endpoint, sock)
+            self._links.append(link)
+            self._watch(sock, lambda link=link: self._drain_link(link))
+        self.log.info("worker_started", pid=os.getpid(), gateways=len(self._links))
+        heartbeat = self.spawn(self._heartbeat())
+        parent = os.getppid()
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if not process.parent_alive(parent):
+                    self.log.warning("parent_gone")
+                    break
+        await self._shutdown(heartbeat)
+
+    async def _shutdown(self, heartbeat: asyncio.Task) -> None:
+        self.log.info("worker_draining", in_flight=len(self._tasks) - 1)
+        heartbeat.cancel()
+        for link in self._links:
+            link.socket.send(Goodbye(os.getpid()).pack(), flags=zmq.NOBLOCK)
+        requests = [t for t in self._tasks if getattr(t, "_camservice_request", False)]
+        if requests:
+            await asyncio.wait(requests, timeout=self.config.runtime.stop_timeout * 0.5)
+        await self.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        loop = asyncio.get_running_loop()
+        for sock in [link.socket for link in self._links] + [self._pub, self._sub]:
+            if sock is not None:
+                try:
+                    loop.remove_reader(sock.getsockopt(zmq.FD))
+                except (ValueError, zmq.ZMQError):
+                    pass
+                sock.close(linger=0)
+        self._ctx.term()
+        self.log.info("worker_stopped")
+
+    async def _heartbeat(self) -> None:
+        ready = Ready(self.kind, os.getpid(), self.capacity, self.index).pack()
+        while True:
+            for link in self._links:
+                try:
+                    link.socket.send(ready, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                self._drain_link(link)  # ZeroMQ's FD is edge-triggered: never leave input behind
+            if self._sub is not None:
+                self._drain_events()
+            await asyncio.sleep(self.config.runtime.heartbeat_interval)
+
+    def _watch(self, sock: zmq.Socket, drain: Callable[[], None]) -> None:
+        asyncio.get_running_loop().add_reader(sock.getsockopt(zmq.FD), drain)
+        drain()
+
+    def _drain_link(self, link: _Link) -> None:
+        sock = link.socket
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frame = sock.recv(flags=zmq.NOBLOCK)
+                message = unpack(frame)
+            except zmq.Again:
+                break
+            except EnvelopeError as exc:
+                self.log.warning("bad_frame", error=str(exc))
+                continue
+            if isinstance(message, Request):
+                self._on_request(link, message)
+            elif isinstance(message, Reply):
+                future = link.pending.get(message.seq)
+                if future is not None and not future.done():
+                    future.set_result((message.error, message.result))
+
+    def _drain_events(self) -> None:
+        sock = self._sub
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                event = Event.from_frames(sock.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            except EnvelopeError as exc:
+                self.log.warning("bad_event", error=str(exc))
+                continue
+            if event.source != self.name:
+                self.spawn(self.on_event(event))
+
+    def _on_request(self, link: _Link, request: Request) -> None:
+        if request.expired():
+            return  # the gateway has answered -32011 already
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            self._reply(link, request.seq, RpcError(-32601, data={"method": request.method}).to_dict(), None)
+            return
+        context = CallContext(request.request_id, request.caller or {}, request.deadline)
+        if inspect.iscoroutinefunction(handler):
+            task = self.spawn(self._run_async(link, request, handler, context))
+            task._camservice_request = True  # type: ignore[attr-defined]
+            return
+        error, result = self._invoke(request, lambda: handler(request.params, context))
+        self._reply(link, request.seq, error, result)
+
+    async def _run_async(self, link: _Link, request: Request, handler: Handler, context: CallContext) -> None:
+        structlog.contextvars.bind_contextvars(request_id=request.request_id)
+        try:
+            result = await handler(request.params, context)
+            error = None
+        except RpcError as exc:
+            error, result = exc.to_dict(), None
+        except Exception:
+            self.log.exception("handler_failed", method=request.method, request_id=request.request_id)
+            error, result = RpcError(INTERNAL_ERROR).to_dict(), None
+        self._reply(link, request.seq, error, result)
+
+    def _invoke(self, request: Request, call: Callable[[], Any]) -> tuple[dict | None, Any]:
+        try:
+            return None, call()
+        except RpcError as exc:
+            return exc.to_dict(), None
+        except Exception:
+            self.log.exception("handler_failed", method=request.method, request_id=request.request_id)
+            return RpcError(INTERNAL_ERROR).to_dict(), None
+
+    def _reply(self, link: _Link, seq: int, error: dict | None, result: Any) -> None:
+        try:
+            link.socket.send(Reply(seq, error, result).pack(), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("reply_dropped", seq=seq, reason="queue full")
+        except (TypeError, ValueError):
+            self.log.exception("reply_unserialisable", seq=seq)
+            link.socket.send(Reply(seq, RpcError(INTERNAL_ERROR).to_dict(), None).pack(), flags=zmq.NOBLOCK)
+
+    def _log_task_failure(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task_failed", error=repr(task.exception()))
+
+
+def run_worker(worker_class: type[Worker], index: int) -> None:
+    """Entry point of a worker process (see :mod:`camservice.process`)."""
+    config = config_module.load()
+    name = f"{worker_class.kind}-{index}"
+    process.set_title(f"camservice: {worker_class.kind} {index}")
+    log.setup(name, config.state_dir / "logs", config.logging.level,
+              console=os.environ.get("CAMSERVICE_FOREGROUND") == "1")
+    worker = worker_class(config, index)
+    asyncio.run(worker.run())
