@@ -1,0 +1,100 @@
+"""Finding ffmpeg and reading media files back with it.
+
+ffmpeg comes from ``media.ffmpeg_path`` when configured, else from the
+system ``PATH``, else from the ``imageio-ffmpeg`` wheel, so that
+``pip install`` alone gives a working service. The wheel ships no ffprobe,
+so :func:`probe` reads what ``ffmpeg -i`` prints; that output has been
+stable for over a decade and carries everything we need (duration,
+resolution, codec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class FFmpegNotFound(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def locate(configured: str | None = None) -> str:
+    """The ffmpeg executable to run."""
+    if configured:
+        if not Path(configured).is_file():
+            raise FFmpegNotFound(f"media.ffmpeg_path: {configured} does not exist")
+        return configured
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as exc:
+        raise FFmpegNotFound("no ffmpeg on PATH and the imageio-ffmpeg wheel has none") from exc
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float | None  # seconds; None for still images or unknown
+    width: int | None
+    height: int | None
+    codec: str | None
+    container: str | None
+
+    @property
+    def resolution(self) -> str | None:
+        return f"{self.width}x{self.height}" if self.width and self.height else None
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: (\w+)[^\n]*?, (\d{2,5})x(\d{2,5})")
+_INPUT = re.compile(r"Input #0, ([\w,]+), from")
+
+
+def parse_probe(text: str) -> MediaInfo:
+    """Parse the banner ``ffmpeg -i FILE`` writes to stderr."""
+    duration = None
+    match = _DURATION.search(text)
+    if match:
+        hours, minutes, seconds = match.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    width = height = codec = None
+    match = _VIDEO.search(text)
+    if match:
+        codec, width, height = match.group(1), int(match.group(2)), int(match.group(3))
+    container = None
+    match = _INPUT.search(text)
+    if match:
+        container = match.group(1)
+    return MediaInfo(duration, width, height, codec, container)
+
+
+class ProbeError(RuntimeError):
+    pass
+
+
+def probe(path: str | Path, ffmpeg: str | None = None, timeout: float = 10.0) -> MediaInfo:
+    """Read a media file's duration and video stream (blocking: call from a thread)."""
+    exe = ffmpeg or locate()
+    try:
+        proc = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)],
+                              capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        raise ProbeError(f"ffmpeg took over {timeout}s to read {Path(path).name}") from None
+    info = parse_probe(proc.stderr)
+    if info.codec is None:
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise ProbeError(f"{Path(path).name}: no video stream ({last[0]})")
+    return info
+
+
+async def probe_async(path: str | Path, ffmpeg: str | None = None, timeout: float = 10.0) -> MediaInfo:
+    return await asyncio.to_thread(probe, path, ffmpeg, timeout)
