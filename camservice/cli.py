@@ -1,0 +1,243 @@
+"""The ``camservice`` command.
+
+``--config PATH`` (or ``CAMSERVICE_CONFIG``) belongs to the group, so every
+subcommand finds the same instance through the same ``runtime.state_dir``::
+
+    camservice --config /etc/camservice.yaml start --simulate 4
+    camservice status --json
+    camservice camera plug --resolution 1280x720 --fps 30
+    camservice stop
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import zmq
+
+from . import __version__, comms, config as config_module
+from .supervisor import arbiter
+
+
+def _load(ctx: click.Context, overrides: dict | None = None) -> config_module.Config:
+    try:
+        return config_module.load(ctx.obj["config_path"], overrides)
+    except config_module.ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+
+
+@click.group()
+@click.option("--config", "config_path", envvar=config_module.CONFIG_ENV, type=click.Path(dir_okay=False),
+              help="YAML configuration file (env CAMSERVICE_CONFIG).")
+@click.version_option(__version__, prog_name="camservice")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Multi-process camera service: V4L2 cameras, streams, snapshots, recordings."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = str(Path(config_path).resolve()) if config_path else None
+
+
+# --- start / stop / status -------------------------------------------------------------
+
+
+@main.command()
+@click.option("--simulate", type=click.IntRange(0, 64), default=None,
+              help="Number of simulated cameras (overrides cameras.simulate).")
+@click.option("--foreground", is_flag=True, help="Stay attached; readable logs on stderr.")
+@click.pass_context
+def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
+    """Start the supervisor and every process; return once the service is ready."""
+    overrides = {"cameras.simulate": simulate} if simulate is not None else {}
+    config = _load(ctx, overrides)
+    if arbiter.lock_is_held(config.state_dir):
+        raise click.ClickException(f"already running on {config.state_dir} (pid {arbiter.read_pid(config.state_dir)})")
+    env = dict(os.environ)
+    if ctx.obj["config_path"]:
+        env[config_module.CONFIG_ENV] = ctx.obj["config_path"]
+    if simulate is not None:
+        env[config_module.env_name("cameras.simulate")] = str(simulate)
+    if foreground:
+        os.environ.update(env)
+        sys.exit(arbiter.main(foreground=True))
+    logs = config.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "supervisor.out", "ab") as out:
+        supervisor = subprocess.Popen([sys.executable, "-m", "camservice.supervisor.arbiter"], env=env,
+                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + config.runtime.start_timeout
+    while time.monotonic() < deadline:
+        if supervisor.poll() is not None:
+            tail = (logs / "supervisor.out").read_text(errors="replace").strip().splitlines()[-5:]
+            raise click.ClickException("the supervisor exited during start:\n  " + "\n  ".join(tail))
+        status = control(config, "status", timeout=0.5)
+        if status and all(p["state"] == "running" for p in status["processes"]) and _ready(config):
+            click.echo(f"camservice {__version__} started: pid {supervisor.pid}, "
+                       f"{len(status['processes'])} processes, ws{'s' if config.server.tls.cert_file else ''}://"
+                       f"{config.public_host}:{config.server.port}/ws")
+            return
+        time.sleep(0.1)
+    status = control(config, "status", timeout=0.5) or {}
+    supervisor.send_signal(signal.SIGTERM)
+    not_up = [p["name"] for p in status.get("processes", []) if p["state"] != "running"]
+    raise click.ClickException(f"not ready within {config.runtime.start_timeout}s"
+                               + (f"; not running: {', '.join(not_up)}" if not_up else "; /health/ready failing")
+                               + f" (logs in {logs})")
+
+
+def _ready(config) -> bool:
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if config.server.tls.cert_file:
+        conn = http.client.HTTPSConnection(host, config.server.port, timeout=1.0,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(host, config.server.port, timeout=1.0)
+    try:
+        conn.request("GET", "/health/ready")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+@main.command()
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop every process (recordings are finalised); exit 0 once all are gone."""
+    config = _load(ctx)
+    if not arbiter.lock_is_held(config.state_dir):
+        click.echo("camservice is not running")
+        return
+    pid = arbiter.read_pid(config.state_dir)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + config.runtime.stop_timeout + 2
+    while arbiter.lock_is_held(config.state_dir):
+        if time.monotonic() > deadline and pid:
+            os.kill(pid, signal.SIGKILL)  # its children get SIGTERM from the kernel (PDEATHSIG)
+            pid = None
+        time.sleep(0.05)
+    click.echo("camservice stopped")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """A row per process: role, pid, state, CPU%, RSS, restarts, uptime."""
+    config = _load(ctx)
+    answer = control(config, "status", timeout=2.0)
+    if answer is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("camservice is not running")
+        ctx.exit(3)
+    if as_json:
+        click.echo(json.dumps({"running": True, **answer}))
+        return
+    click.echo(f"supervisor pid {answer['pid']}, up {answer['uptime']}s, state_dir {answer['state_dir']}")
+    click.echo(f"{'PROCESS':<14}{'ROLE':<11}{'PID':>8}  {'STATE':<9}{'CPU%':>6}{'RSS':>10}{'RESTARTS':>10}{'UPTIME':>10}")
+    for p in answer["processes"]:
+        rss = f"{p['rss_bytes'] / 1048576:.1f}M"
+        click.echo(f"{p['name']:<14}{p['role']:<11}{p['pid'] or '-':>8}  {p['state']:<9}{p['cpu_percent']:>6.1f}"
+                   f"{rss:>10}{p['restarts']:>10}{p['uptime']:>9.0f}s")
+
+
+def control(config, command: str, timeout: float = 2.0) -> dict | None:
+    """Ask the running supervisor; None when nothing answers."""
+    if not arbiter.lock_is_held(config.state_dir):
+        return None
+    endpoint = comms.Endpoints.from_config(config).control
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    try:
+        sock.connect(endpoint)
+        sock.send(json.dumps({"command": command}).encode())
+        return json.loads(sock.recv())
+    except zmq.ZMQError:
+        return None
+    finally:
+        sock.close(linger=0)
+
+
+# --- cameras ----------------------------------------------------------------------------------
+
+
+@main.group()
+def camera() -> None:
+    """Simulated cameras: plug and unplug them on a running service."""
+
+
+@camera.command("plug")
+@click.option("--resolution", default=None, help="WIDTHxHEIGHT (default cameras.sim_resolution).")
+@click.option("--fps", type=click.IntRange(1, 120), default=None, help="Frame rate (default cameras.sim_fps).")
+@click.pass_context
+def camera_plug(ctx: click.Context, resolution: str | None, fps: int | None) -> None:
+    """Plug in a simulated camera, exactly like a USB hot-plug."""
+    from workers.discovery import simulator
+
+    config = _load(ctx, {"cameras.sim_resolution": resolution} if resolution else None)
+    index = simulator.plug(config.state_dir, resolution=config.cameras.sim_resolution,
+                           fps=fps or config.cameras.sim_fps)
+    click.echo(f"sim:{index}")
+
+
+@camera.command("unplug")
+@click.argument("camera_id")
+@click.pass_context
+def camera_unplug(ctx: click.Context, camera_id: str) -> None:
+    """Unplug a simulated camera (sim:N, or its index)."""
+    from workers.discovery import simulator
+
+    config = _load(ctx)
+    try:
+        simulator.unplug(config.state_dir, camera_id)
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"no simulated camera {camera_id!r} is plugged in ({exc})") from None
+    click.echo(f"unplugged {camera_id}")
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show or check the configuration."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print every key with its default and documentation."""
+    click.echo(config_module.example_yaml(), nl=False)
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the configuration (file and environment) and print the result."""
+    config = _load(ctx)
+    click.echo(json.dumps(config.flat, indent=2, sort_keys=True))
+
+
+try:  # token / keys commands (security)
+    from .cli_security import register as _register_security
+except ImportError:  # pragma: no cover - only while the module is being written
+    pass
+else:
+    _register_security(main)

@@ -1,0 +1,113 @@
+"""JSON-RPC 2.0 framing, free of I/O.
+
+:func:`parse_frame` turns one WebSocket frame into :class:`Call` objects and
+ready-made error responses; :func:`response` and :func:`error_response`
+build replies; :func:`encode` serialises them. Nothing here knows about
+sockets, so it is unit-tested and benchmarked on its own
+(``tests/test_jsonrpc.py``), the way the ``websockets`` library keeps its
+protocol core apart from its asyncio layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import INVALID_REQUEST, PARSE_ERROR, RpcError
+
+#: Marks a call without ``id`` (a notification): nothing is sent back.
+NO_ID = object()
+
+
+@dataclass(slots=True)
+class Call:
+    """One well-formed request of a frame."""
+
+    method: str
+    params: Any  # dict, list or None; validated later against the method
+    id: Any = NO_ID  # str, int, float, None, or NO_ID for a notification
+
+    @property
+    def is_notification(self) -> bool:
+        return self.id is NO_ID
+
+
+@dataclass(slots=True)
+class Frame:
+    """What one incoming frame asks for.
+
+    ``items`` holds, in order, a :class:`Call` or an error response dict for
+    every request in the frame; ``batch`` says whether replies go back as an
+    array. A frame that failed to parse has one error item and ``batch`` False.
+    """
+
+    items: list
+    batch: bool
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; echoing them back would produce invalid JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
+    """Parse one frame; never raises."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        value = _decoder.decode(data)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
+    if isinstance(value, list):
+        if not value:
+            return Frame([error_response(None, RpcError(INVALID_REQUEST, data={"reason": "empty batch"}))], batch=False)
+        if len(value) > max_batch:
+            return Frame([error_response(None, RpcError(
+                INVALID_REQUEST, data={"reason": f"batch larger than {max_batch} requests"}))], batch=False)
+        return Frame([_parse_request(item) for item in value], batch=True)
+    return Frame([_parse_request(value)], batch=False)
+
+
+def _parse_request(value: Any) -> Call | dict:
+    if not isinstance(value, dict):
+        return error_response(None, RpcError(INVALID_REQUEST, data={"reason": "a request must be an object"}))
+    request_id = value.get("id", NO_ID)
+    if request_id is not NO_ID and not _valid_id(request_id):
+        return error_response(None, RpcError(INVALID_REQUEST, data={"reason": "id must be a string, number or null"}))
+    reply_id = None if request_id is NO_ID else request_id
+    if value.get("jsonrpc") != "2.0":
+        return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": "jsonrpc must be \"2.0\""}))
+    method = value.get("method")
+    if not isinstance(method, str):
+        return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": "method must be a string"}))
+    params = value.get("params")
+    if params is not None and not isinstance(params, (dict, list)):
+        return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": "params must be an object or array"}))
+    return Call(method, params, request_id)
+
+
+def _valid_id(value: Any) -> bool:
+    # bool is an int subclass in Python but not a JSON number.
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+def response(request_id: Any, result: Any) -> dict:
+    return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+
+def error_response(request_id: Any, error: RpcError) -> dict:
+    return {"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id}
+
+
+def notification(method: str, params: Any) -> dict:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def encode(message: Any) -> str:
+    """Serialise a response, batch or notification to compact JSON text."""
+    return _encoder.encode(message)

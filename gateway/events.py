@@ -1,0 +1,169 @@
+"""The gateway's side of the event bus.
+
+Subscribes to every topic on the supervisor's event proxy and
+
+* keeps the camera replica current: snapshot from the discovery worker
+  first, then ``camera_status_update`` events newer than it; events that
+  arrive while a snapshot is on its way are held and replayed after it, and
+  a sequence gap or a new discovery process triggers a fresh snapshot (PUB/SUB
+  drops messages for late joiners and at the high-water mark);
+* fans client notifications out to the connections that want them, encoding
+  each message once (``websockets.broadcast`` writes without awaiting);
+* records the supervisor's process samples and exits (an exited worker's
+  calls are failed over at once instead of waiting for missed heartbeats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import structlog
+import zmq
+from websockets.asyncio.server import broadcast
+
+from camservice import comms, jsonrpc
+from camservice.cameras import Camera
+from camservice.envelope import Event, EnvelopeError
+
+from .core import Gateway
+from .pool import WorkerPool
+
+log = structlog.get_logger("gateway.events")
+
+CLIENT_TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
+#: Seconds between background snapshots that catch anything PUB/SUB lost silently.
+RESYNC_INTERVAL = 10.0
+
+
+class EventRelay:
+    def __init__(self, gateway: Gateway, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
+        self.gateway = gateway
+        self.pool = pool
+        self.sub = comms.subscriber(ctx, endpoints)
+        self.pub = comms.publisher(ctx, endpoints)
+        self._snapshot_pending = False
+        self._held: list[Event] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Hook for metrics: (topic, recipients, seconds from publish to send).
+        self.on_delivery: Callable[[str, int, float], None] | None = None
+        self.delivered = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
+        self.drain()
+
+    def close(self) -> None:
+        try:
+            self._loop.remove_reader(self.sub.getsockopt(zmq.FD))
+        except (ValueError, zmq.ZMQError, AttributeError):
+            pass
+        self.sub.close(linger=0)
+        self.pub.close(linger=0)
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        event = Event(topic, f"gateway-{self.gateway.index}", 0, data, time.time())
+        try:
+            self.pub.send_multipart(event.frames(), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    # --- incoming ---------------------------------------------------------------
+
+    def drain(self) -> None:
+        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                event = Event.from_frames(self.sub.recv_multipart(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            except EnvelopeError as exc:
+                log.warning("bad_event", error=str(exc))
+                continue
+            try:
+                self.dispatch(event)
+            except Exception:
+                log.exception("event_failed", topic=event.topic)
+
+    def dispatch(self, event: Event) -> None:
+        topic = event.topic
+        if topic == "camera_status_update":
+            self._on_camera(event)
+        elif topic == "recording_status_update":
+            device = event.data.get("device")
+            if device:
+                self.gateway.cameras.set_recording(device, event.data.get("status") == "STARTED")
+            self.notify(topic, event.data, event.time)
+        elif topic == "storage_status_update":
+            self.notify(topic, event.data, event.time)
+        elif topic == "_process_exit":
+            self.pool.forget_pid(event.data["pid"])
+        elif topic == "_process_stats":
+            self.gateway.processes = event.data.get("processes", [])
+            self.gateway.host_stats = event.data.get("host", {})
+        elif topic == "_gateway_stats":
+            index = event.data.get("index")
+            if index is not None and index != self.gateway.index:
+                self.gateway.gateway_stats[index] = event.data
+        elif topic == "_media_status":
+            self.gateway.media_status = event.data
+
+    def _on_camera(self, event: Event) -> None:
+        if self._snapshot_pending:
+            self._held.append(event)
+            return
+        camera = self._apply(event)
+        if camera is not None:
+            self.notify("camera_status_update", camera.to_notification(), event.time)
+
+    def _apply(self, event: Event) -> Camera | None:
+        table = self.gateway.cameras
+        if table.apply(event.data, event.seq, event.source):
+            return table.find(event.data["id"])
+        # A gap or a new discovery process: the event itself is still news.
+        self.request_snapshot()
+        return Camera.from_state(event.data)
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def request_snapshot(self) -> None:
+        if self._snapshot_pending:
+            return
+        self._snapshot_pending = True
+        self.pool.call("discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot",
+                       {}, True, self._on_snapshot)
+
+    def _on_snapshot(self, error: dict | None, result: Any) -> None:
+        self._snapshot_pending = False
+        held, self._held = self._held, []
+        if error is not None:
+            log.warning("snapshot_failed", error=error)
+            for event in held:
+                self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+            return
+        table = self.gateway.cameras
+        table.load_snapshot(result["cameras"], result["seq"], result["source"])
+        for event in held:
+            if event.source == table.source and event.seq > table.seq:
+                table.apply(event.data, event.seq, event.source)
+            # Every held event is a change clients have not heard about yet.
+            self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_INTERVAL)
+            if self.pool.alive().get("discovery"):
+                self.request_snapshot()
+
+    # --- outgoing ----------------------------------------------------------------------
+
+    def notify(self, topic: str, params: dict[str, Any], published: float) -> None:
+        recipients = [s.connection for s in self.gateway.sessions
+                      if s.connection is not None and s.wants(topic)]
+        if not recipients:
+            return
+        broadcast(recipients, jsonrpc.encode(jsonrpc.notification(topic, params)))
+        self.delivered += len(recipients)
+        if self.on_delivery is not None:
+            self.on_delivery(topic, len(recipients), max(0.0, time.time() - published))

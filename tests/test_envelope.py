@@ -1,0 +1,30 @@
+"""ZeroMQ envelope shapes round-trip and reject garbage."""
+
+import msgpack
+import pytest
+
+from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, unpack
+
+
+@pytest.mark.parametrize("message", [
+    Ready("files", 123, 2, 0),
+    Request(1, "list_recordings", {"limit": 10}, 1.5e9, "g0-1", {"sub": "u", "role": "viewer"}),
+    Reply(1, None, {"files": []}),
+    Reply(2, {"code": -32010, "message": "File not found"}, None),
+    Goodbye(99),
+])
+def test_round_trip(message):
+    assert unpack(message.pack()) == message
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x00", msgpack.packb([99, 1]), msgpack.packb([3]), msgpack.packb({"a": 1})])
+def test_garbage_raises_envelope_error(frame):
+    with pytest.raises(EnvelopeError):
+        unpack(frame)
+
+
+def test_event_frames_round_trip():
+    event = Event("camera_status_update", "discovery-0", 4, {"id": "camera0"}, 1.0)
+    frames = event.frames()
+    assert frames[0] == b"camera_status_update"  # topic frame: SUB prefix matching works on it
+    assert Event.from_frames(frames) == event

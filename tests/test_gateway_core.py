@@ -1,0 +1,185 @@
+"""The gateway pipeline without sockets: check order, roles, local methods, forwarding."""
+
+import time
+
+import pytest
+
+from camservice import config as config_module, jsonrpc
+from camservice.auth import issue_token, load_or_create_secret
+from camservice.cameras import Camera
+from camservice.errors import (AUTH_REQUIRED, CAMERA_NOT_FOUND, INVALID_PARAMS, METHOD_NOT_FOUND,
+                               PERMISSION_DENIED, RATE_LIMITED)
+from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
+from gateway.core import PENDING, Gateway
+
+
+class Recorder:
+    """Stands in for the worker pool: records forwarded calls, answers on demand."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, kind, method, params, timeout, request_id, caller, idempotent, callback):
+        self.calls.append((kind, method, params, caller, idempotent, callback))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"), "security.rate_burst": 1000,
+                                        "security.rate_limit": 1000.0}, environ={})
+    forward = Recorder()
+    gw = Gateway(cfg, forward)
+    gw.cameras.load_snapshot([Camera("camera0", "sim:0", resolution="640x480", fps=15).to_state()], 1, "discovery-0")
+    secret = load_or_create_secret(cfg)
+    tokens = {role: issue_token(secret, role, f"user-{role}", 3600) for role in ROLES}
+    return gw, forward, tokens
+
+
+def call(gw, session, method, params=None, request_id=1):
+    replies = []
+    result = gw.handle(session, jsonrpc.Call(method, params, request_id), replies.append)
+    return result, replies
+
+
+def code_of(response):
+    return response["error"]["code"] if "error" in response else 0
+
+
+def test_ping_needs_no_auth(setup):
+    gw, _, _ = setup
+    response, _ = call(gw, gw.open_session("1.2.3.4"), "ping")
+    assert response == {"jsonrpc": "2.0", "result": "pong", "id": 1}
+
+
+def test_unknown_method_comes_before_authentication(setup):
+    gw, _, _ = setup
+    response, _ = call(gw, gw.open_session("p"), "no_such_method")
+    assert code_of(response) == METHOD_NOT_FOUND
+
+
+def test_authentication_comes_before_params(setup):
+    gw, _, _ = setup
+    response, _ = call(gw, gw.open_session("p"), "get_camera_status", {"bogus": 1})
+    assert code_of(response) == AUTH_REQUIRED
+
+
+def test_role_comes_before_params(setup):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    call(gw, session, "authenticate", {"auth_token": tokens["viewer"]})
+    response, _ = call(gw, session, "start_recording", {"nonsense": True})
+    assert code_of(response) == PERMISSION_DENIED
+    assert response["error"]["data"] == {"required_role": "operator", "role": "viewer"}
+
+
+def test_authenticate_binds_role_and_reports_permissions(setup):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    response, _ = call(gw, session, "authenticate", {"auth_token": tokens["operator"]})
+    result = response["result"]
+    assert result["authenticated"] is True and result["role"] == "operator"
+    assert "start_recording" in result["permissions"] and "get_metrics" not in result["permissions"]
+    assert session.identity.role == "operator"
+
+
+def test_auth_token_param_authenticates_one_call_only(setup):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    response, _ = call(gw, session, "get_camera_list", {"auth_token": tokens["viewer"]})
+    assert response["result"]["total"] == 1
+    assert session.identity is None
+    response, _ = call(gw, session, "get_camera_list")
+    assert code_of(response) == AUTH_REQUIRED
+
+
+@pytest.mark.parametrize("role", [None, *ROLES])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_role_matrix(setup, name, role):
+    gw, forward, tokens = setup
+    session = gw.open_session("p")
+    if role:
+        call(gw, session, "authenticate", {"auth_token": tokens[role]})
+    response, _ = call(gw, session, name, {})
+    required = METHODS[name].role
+    if role_allows(role, required):
+        # Allowed: whatever comes next is not an authentication or role error.
+        assert response is PENDING or code_of(response) not in (AUTH_REQUIRED, PERMISSION_DENIED)
+    elif role is None:
+        assert code_of(response) == AUTH_REQUIRED
+    else:
+        assert code_of(response) == PERMISSION_DENIED
+
+
+def test_status_from_the_replica(setup):
+    gw, forward, tokens = setup
+    session = gw.open_session("p")
+    call(gw, session, "authenticate", {"auth_token": tokens["viewer"]})
+    by_device, _ = call(gw, session, "get_camera_status", {"device": "sim:0"})
+    by_id, _ = call(gw, session, "get_camera_status", {"device": "camera0"})
+    assert by_device["result"]["id"] == "camera0" and by_id["result"]["device"] == "sim:0"
+    assert set(by_device["result"]["metrics"]) == {"bytes_sent", "readers", "uptime"}
+    missing, _ = call(gw, session, "get_camera_status", {"device": "camera9"})
+    assert code_of(missing) == CAMERA_NOT_FOUND
+    assert forward.calls == []  # answered without a hop
+
+
+def test_forwarded_call_carries_validated_params_and_caller(setup):
+    gw, forward, tokens = setup
+    session = gw.open_session("p")
+    call(gw, session, "authenticate", {"auth_token": tokens["operator"]})
+    response, replies = call(gw, session, "start_recording", {"device": "camera0", "duration_minutes": 1}, "abc")
+    assert response is PENDING and session.in_flight == 1
+    kind, method, params, caller, idempotent, callback = forward.calls[0]
+    assert (kind, method, params["duration"], idempotent) == ("recording", "start_recording", 60, False)
+    assert caller == {"sub": "user-operator", "role": "operator"}
+    callback(None, {"status": "STARTED"})
+    assert replies == [{"jsonrpc": "2.0", "result": {"status": "STARTED"}, "id": "abc"}]
+    assert session.in_flight == 0
+
+
+def test_invalid_params_after_auth(setup):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    call(gw, session, "authenticate", {"auth_token": tokens["admin"]})
+    response, _ = call(gw, session, "list_recordings", {"limit": 5000})
+    assert code_of(response) == INVALID_PARAMS and response["error"]["data"]["param"] == "limit"
+
+
+def test_rate_limit_and_in_flight_cap(tmp_path):
+    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"), "security.rate_burst": 5,
+                                        "security.rate_limit": 0.001, "server.max_in_flight": 2}, environ={})
+    gw = Gateway(cfg, Recorder())
+    session = gw.open_session("p")
+    codes = [code_of(call(gw, session, "ping")[0]) for _ in range(7)]
+    assert codes[:5] == [0] * 5 and codes[5:] == [RATE_LIMITED] * 2
+    limited = call(gw, session, "ping")[0]
+    assert limited["error"]["data"]["retry_after_ms"] > 0
+
+
+def test_notification_gets_no_response(setup):
+    gw, _, _ = setup
+    result = gw.handle(gw.open_session("p"), jsonrpc.Call("ping", None), lambda m: None)
+    assert result is None
+
+
+def test_subscriptions_narrow_and_clear(setup):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    assert not session.wants("camera_status_update")  # unauthenticated: nothing
+    call(gw, session, "authenticate", {"auth_token": tokens["viewer"]})
+    assert session.wants("recording_status_update")
+    response, _ = call(gw, session, "subscribe_events", {"topics": ["camera_status_update"]})
+    assert response["result"] == {"subscribed": ["camera_status_update"]}
+    assert not session.wants("recording_status_update")
+    response, _ = call(gw, session, "unsubscribe_events", {})
+    assert response["result"] == {"unsubscribed": ["camera_status_update"]}
+    assert not session.wants("camera_status_update")
+
+
+def test_pipeline_benchmark(setup, benchmark):
+    gw, _, tokens = setup
+    session = gw.open_session("p")
+    call(gw, session, "authenticate", {"auth_token": tokens["viewer"]})
+    request = jsonrpc.Call("get_camera_status", {"device": "camera0"}, 1)
+    response = benchmark(gw.handle, session, request, None)
+    assert response["result"]["id"] == "camera0"

@@ -1,0 +1,83 @@
+"""Method table and parameter validation."""
+
+import pytest
+
+from camservice import methods
+from camservice.errors import INVALID_PARAMS, RpcError
+
+
+def bad(validator, params, param=None):
+    with pytest.raises(RpcError) as info:
+        validator(params)
+    assert info.value.code == INVALID_PARAMS
+    assert "reason" in info.value.data
+    if param:
+        assert info.value.data["param"] == param
+
+
+def test_every_contract_method_is_in_the_table():
+    contract = {"ping", "authenticate", "get_camera_list", "get_camera_status", "get_camera_capabilities",
+                "get_streams", "list_recordings", "list_snapshots", "get_recording_info", "get_snapshot_info",
+                "subscribe_events", "unsubscribe_events", "get_server_info", "take_snapshot", "start_recording",
+                "stop_recording", "delete_recording", "delete_snapshot", "get_metrics", "get_status",
+                "get_storage_info", "set_retention_policy", "cleanup_old_files"}
+    assert set(methods.METHODS) == contract
+
+
+def test_role_order():
+    assert methods.role_allows("admin", "viewer") and methods.role_allows("operator", "operator")
+    assert not methods.role_allows("viewer", "operator") and not methods.role_allows(None, "viewer")
+    assert not methods.role_allows("superuser", "viewer")
+    assert methods.role_allows(None, None)
+
+
+def test_durations_normalise_to_seconds_and_are_exclusive():
+    v = methods.start_recording
+    assert v({"device": "camera0", "duration_minutes": 2})["duration"] == 120
+    assert v({"device": "camera0", "duration_hours": 1})["duration"] == 3600
+    assert v({"device": "camera0"})["duration"] is None
+    bad(v, {"device": "camera0", "duration_seconds": 5, "duration": 5})
+    bad(v, {"device": "camera0", "duration_seconds": 0}, "duration_seconds")
+    bad(v, {"device": "camera0", "duration_hours": 25}, "duration_hours")
+    bad(v, {"device": "camera0", "duration": "10"}, "duration")
+    bad(v, {"device": "camera0", "duration": True}, "duration")
+    bad(v, {}, "device")
+
+
+@pytest.mark.parametrize("name", ["../x.mp4", "a/b.mp4", ".hidden", "x\x00.mp4", "x y.mp4", "%2e%2e", "a" * 256, ""])
+def test_filenames_that_could_escape_are_refused(name):
+    bad(methods.filename_only, {"filename": name}, "filename")
+
+
+def test_extension_rules():
+    v = methods.start_recording
+    assert v({"device": "c", "filename": "clip"})["filename"] == "clip.mp4"
+    assert v({"device": "c", "filename": "clip.mkv", "format": "mkv"})["filename"] == "clip.mkv"
+    bad(v, {"device": "c", "filename": "clip.mkv"}, "filename")
+    assert methods.take_snapshot({"device": "c", "filename": "shot", "format": "png"})["filename"] == "shot.png"
+
+
+def test_list_defaults_and_bounds():
+    assert methods.list_files(None) == {"limit": 100, "offset": 0, "device": None}
+    bad(methods.list_files, {"limit": 0}, "limit")
+    bad(methods.list_files, {"limit": 1001}, "limit")
+    bad(methods.list_files, {"offset": -1}, "offset")
+
+
+def test_unknown_and_positional_params_refused():
+    bad(methods.no_params, {"x": 1}, "x")
+    bad(methods.no_params, [1, 2])
+    assert methods.no_params({"auth_token": "t"}) == {}
+
+
+def test_retention_policy_validation():
+    v = methods.retention_policy
+    assert v({"policy_type": "age", "enabled": True, "max_age_days": 7})["max_age_days"] == 7
+    bad(v, {"policy_type": "age", "enabled": True}, "max_age_days")
+    bad(v, {"policy_type": "weekly", "enabled": True}, "policy_type")
+    bad(v, {"policy_type": "size", "enabled": "yes"}, "enabled")
+
+
+def test_authenticate_accepts_the_old_shape():
+    assert methods.authenticate({"token": "t", "auth_type": "jwt"}) == {"auth_token": "t"}
+    bad(methods.authenticate, {}, "auth_token")
