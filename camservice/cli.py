@@ -241,3 +241,7 @@ except ImportError:  # pragma: no cover - only while the module is being written
     pass
 else:
     _register_security(main)
+
+
+if __name__ == "__main__":
+    main()

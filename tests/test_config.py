@@ -69,3 +69,9 @@ def test_example_file_is_generated_from_the_schema_and_loads():
     cfg = config.load(example, environ={})
     for setting in config.iter_settings():
         assert setting.key in cfg.flat
+
+
+def test_readme_documents_every_key_with_its_default():
+    readme = (REPO / "README.md").read_text()
+    for setting in config.iter_settings():
+        assert f"| `{setting.key}` |" in readme, setting.key

@@ -1,0 +1,215 @@
+"""Helpers for tests that run the real service: processes, sockets, files.
+
+:class:`Service` starts ``camservice start`` (the real console entry point,
+detached supervisor and all) with its own state folder and free ports, and
+stops it with ``camservice stop``. :class:`Client` is a small JSON-RPC client
+over a real WebSocket connection that keeps notifications aside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import websockets
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    def __init__(self, simulate: int = 2, **settings):
+        # Short path: ipc:// endpoints live in state_dir and Unix socket paths are limited.
+        self.root = Path(tempfile.mkdtemp(prefix="cs-"))
+        self.port = free_port()
+        tree = {
+            "server": {"port": self.port},
+            "runtime": {"state_dir": str(self.root / "state"), "stop_timeout": 6.0, "start_timeout": 40.0},
+            "files": {"http_port": free_port()},
+            "cameras": {"simulate": simulate, "sim_resolution": "320x240", "sim_fps": 10},
+            "security": {"jwt_secret": "test-secret-" + "x" * 32},
+        }
+        for key, value in settings.items():
+            node = tree
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        self.config_path = self.root / "camservice.yaml"
+        self.config_path.write_text(yaml.safe_dump(tree))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CAMSERVICE_")}
+        self.env["CAMSERVICE_CONFIG"] = str(self.config_path)
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "camservice.cli", *args], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"camservice {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+                                 f"\n--- logs ---\n{self.logs()}")
+        return proc
+
+    def start(self) -> "Service":
+        self.cli("start")
+        return self
+
+    def stop(self) -> None:
+        self.cli("stop", check=False)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json", check=False).stdout)
+
+    def pids(self) -> dict[str, int]:
+        return {p["name"]: p["pid"] for p in self.status()["processes"] if p["pid"]}
+
+    def supervisor_pid(self) -> int:
+        return int((self.state_dir / "camservice.pid").read_text())
+
+    def token(self, role: str = "admin") -> str:
+        return self.cli("token", "--role", role).stdout.strip()
+
+    def logs(self, tail: int = 30) -> str:
+        out = []
+        for path in sorted((self.state_dir / "logs").glob("*")):
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            out.append(f"== {path.name}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Service":
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+def service_processes(root: Path) -> list[psutil.Process]:
+    """Every process still running whose command line or environment points into ``root``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            env = proc.info["environ"] or {}
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if str(root) in env.get("CAMSERVICE_CONFIG", "") or str(root) in cmd:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+class RpcFailure(Exception):
+    def __init__(self, error: dict):
+        super().__init__(f"{error.get('code')} {error.get('message')} {error.get('data')}")
+        self.error = error
+        self.code = error.get("code")
+        self.data = error.get("data")
+
+
+class Client:
+    """``async with Client(url, token) as c: await c.call("ping")``."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 20.0):
+        self.url, self.token, self.timeout = url, token, timeout
+        self._ids = itertools.count(1)
+        self._waiting: dict = {}
+        self.notifications: asyncio.Queue = asyncio.Queue()
+
+    async def __aenter__(self) -> "Client":
+        self.ws = await websockets.connect(self.url, open_timeout=self.timeout, max_size=None)
+        self._reader = asyncio.ensure_future(self._read())
+        if self.token:
+            await self.call("authenticate", {"auth_token": self.token})
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._reader.cancel()
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        try:
+            async for text in self.ws:
+                message = json.loads(text)
+                if isinstance(message, dict) and "method" in message and "id" not in message:
+                    self.notifications.put_nowait(message)
+                    continue
+                key = json.dumps(message.get("id")) if isinstance(message, dict) else "batch"
+                future = self._waiting.pop(key, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("connection closed"))
+
+    async def raw(self, text: str, key: str) -> dict:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        await self.ws.send(text)
+        return await asyncio.wait_for(future, self.timeout)
+
+    async def request(self, method: str, params=None, request_id=None) -> dict:
+        request_id = next(self._ids) if request_id is None else request_id
+        message = {"jsonrpc": "2.0", "method": method, "id": request_id}
+        if params is not None:
+            message["params"] = params
+        return await self.raw(json.dumps(message), json.dumps(request_id))
+
+    async def call(self, method: str, params=None):
+        reply = await self.request(method, params)
+        if "error" in reply:
+            raise RpcFailure(reply["error"])
+        return reply["result"]
+
+    async def notification(self, method: str, timeout: float = 10.0, where=lambda params: True) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {method} notification within {timeout}s")
+            message = await asyncio.wait_for(self.notifications.get(), remaining)
+            if message["method"] == method and where(message["params"]):
+                return message["params"]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))

@@ -1,0 +1,180 @@
+"""The whole service, for real: supervisor, gateway, workers, WebSockets.
+
+These tests start ``camservice start`` as a user would and talk to it over
+real WebSocket connections; processes are real OS processes and are killed
+with real signals.
+"""
+
+import asyncio
+import json
+import os
+import signal
+
+import psutil
+import pytest
+import websockets
+
+from camservice.errors import (AUTH_REQUIRED, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+                               PARSE_ERROR, SERVICE_BUSY)
+
+from .harness import Client, RpcFailure, Service, run, service_processes, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_start_status_and_camera_list(service):
+    status = service.status()
+    assert status["running"] is True
+    roles = sorted(p["role"] for p in status["processes"])
+    assert roles == ["discovery", "files", "gateway", "recording"]
+    assert all(p["state"] == "running" and p["pid"] for p in status["processes"])
+    for pid in service.pids().values():
+        assert psutil.Process(pid).cmdline()[0].startswith("camservice: ") or \
+            "camservice" in " ".join(psutil.Process(pid).cmdline())
+
+    async def scenario():
+        async with Client(service.url, service.token("viewer")) as client:
+            listing = await client.call("get_camera_list")
+            assert listing["total"] == 2 and listing["connected"] == 2
+            assert sorted(c["device"] for c in listing["cameras"]) == ["sim:0", "sim:1"]
+            camera = listing["cameras"][0]
+            assert {"device", "id", "status", "name", "resolution", "fps", "streams", "capabilities",
+                    "recording"} <= set(camera)
+            status = await client.call("get_camera_status", {"device": camera["id"]})
+            assert status["status"] == "CONNECTED" and set(status["metrics"]) == {"bytes_sent", "readers", "uptime"}
+            same = await client.call("get_camera_status", {"device": camera["device"]})
+            assert same["id"] == camera["id"]
+            caps = await client.call("get_camera_capabilities", {"device": camera["id"]})
+            assert caps["device"] and "320x240" in caps["resolutions"]
+    run(scenario())
+
+
+def test_process_titles_are_recognisable(service):
+    titles = sorted(" ".join(psutil.Process(pid).cmdline()) for pid in service.pids().values())
+    assert any(t.startswith("camservice: gateway") for t in titles), titles
+    assert any(t.startswith("camservice: recording") for t in titles), titles
+
+
+def test_transport_rules_over_a_real_connection(service):
+    async def scenario():
+        async with Client(service.url) as client:
+            # Garbage: -32700 and the connection stays open.
+            reply = await client.raw("{not json", "null")
+            assert reply["error"]["code"] == PARSE_ERROR and reply["id"] is None
+            assert await client.call("ping") == "pong"
+            # Empty batch.
+            reply = await client.raw("[]", "null")
+            assert reply["error"]["code"] == INVALID_REQUEST
+            # Ids of every type echoed.
+            for request_id in ["s", 0, 3.5, None, 2**60]:
+                reply = await client.request("ping", request_id=request_id)
+                assert reply == {"jsonrpc": "2.0", "result": "pong", "id": request_id}
+            # Unknown method, then auth required.
+            reply = await client.request("nope")
+            assert reply["error"]["code"] == METHOD_NOT_FOUND
+            reply = await client.request("get_camera_list")
+            assert reply["error"]["code"] == AUTH_REQUIRED
+            # A batch with a notification, an error and two calls: one array, no entry for the notification.
+            batch = json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": "a"},
+                                {"jsonrpc": "2.0", "method": "ping"},
+                                {"jsonrpc": "2.0", "method": "get_camera_list", "id": "b",
+                                 "params": {"auth_token": service.token("viewer")}},
+                                {"jsonrpc": "2.0", "method": "get_streams", "id": "c",
+                                 "params": {"auth_token": service.token("viewer")}},
+                                7])
+            reply = await client.raw(batch, "batch")
+            assert isinstance(reply, list) and len(reply) == 4
+            by_id = {r["id"]: r for r in reply}
+            assert by_id["a"]["result"] == "pong" and by_id["b"]["result"]["total"] == 2
+            assert isinstance(by_id["c"]["result"], list)
+            assert by_id[None]["error"]["code"] == INVALID_REQUEST
+            # Too-large frame: close code 1009.
+            await client.ws.send("x" * (1024 * 1024 + 10))
+            await asyncio.wait_for(client.ws.wait_closed(), 10)
+            assert client.ws.close_code == 1009
+    run(scenario())
+
+
+def test_many_requests_in_flight_answered_out_of_order(service):
+    async def scenario():
+        async with Client(service.url, service.token("admin")) as client:
+            methods = ["get_camera_capabilities", "get_camera_status", "list_recordings", "ping"] * 25
+            replies = await asyncio.gather(*(
+                client.request(m, {"device": "camera0"} if "camera" in m else None) for m in methods))
+            assert all("result" in r for r in replies), [r for r in replies if "error" in r][:3]
+    run(scenario())
+
+
+def test_invalid_params_keep_the_connection(service):
+    async def scenario():
+        async with Client(service.url, service.token("operator")) as client:
+            with pytest.raises(RpcFailure) as info:
+                await client.call("start_recording", {"device": "camera0", "duration_seconds": -5})
+            assert info.value.code == INVALID_PARAMS and info.value.data["param"] == "duration_seconds"
+            assert await client.call("ping") == "pong"
+    run(scenario())
+
+
+def test_worker_killed_with_request_in_flight(service):
+    """SIGKILL a worker holding a request: the client gets one error, the worker comes back."""
+    pids = service.pids()
+    victim = pids["recording-0"]
+
+    async def scenario():
+        async with Client(service.url, service.token("operator")) as client:
+            os.kill(victim, signal.SIGSTOP)  # freeze it so the request is certainly in its hands
+            pending = asyncio.ensure_future(client.request("take_snapshot", {"device": "camera0"}))
+            await asyncio.sleep(0.3)
+            os.kill(victim, signal.SIGKILL)
+            reply = await asyncio.wait_for(pending, 10)
+            assert reply["error"]["code"] == SERVICE_BUSY
+            assert "exited" in reply["error"]["data"]["reason"]
+            # An idempotent call to a killed worker is answered by its replacement.
+            discovery = pids["discovery-0"]
+            os.kill(discovery, signal.SIGSTOP)
+            pending = asyncio.ensure_future(client.request("get_camera_capabilities", {"device": "camera0"}))
+            await asyncio.sleep(0.3)
+            os.kill(discovery, signal.SIGKILL)
+            reply = await asyncio.wait_for(pending, 15)
+            assert "result" in reply, reply
+    run(scenario())
+    wait_for(lambda: service.pids().get("recording-0") not in (None, victim), 10, message="recording restarted")
+    rows = {p["name"]: p for p in service.status()["processes"]}
+    assert rows["recording-0"]["restarts"] >= 1 and rows["recording-0"]["state"] == "running"
+
+
+def test_supervisor_sigkill_leaves_no_process():
+    svc = Service(simulate=1)
+    try:
+        svc.start()
+        children = list(svc.pids().values())
+        assert children
+        os.kill(svc.supervisor_pid(), signal.SIGKILL)
+        wait_for(lambda: not service_processes(svc.root), 15, message="every process gone")
+        for pid in children:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        svc.cleanup()
+
+
+def test_stop_leaves_no_process_and_a_second_start_is_refused():
+    svc = Service(simulate=1)
+    try:
+        svc.start()
+        second = svc.cli("start", check=False)
+        assert second.returncode != 0 and "already running" in second.stderr
+        svc.cli("stop")  # exits 0 only once the supervisor (and so every child) is gone
+        assert not service_processes(svc.root)
+        assert svc.status()["running"] is False
+    finally:
+        svc.cleanup()
+
+
+def test_bad_configuration_stops_start_naming_the_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("server:\n  port: 99999\n")
+    svc = Service()
+    svc.env["CAMSERVICE_CONFIG"] = str(config)
+    proc = svc.cli("start", check=False)
+    assert proc.returncode != 0 and "server.port" in proc.stderr
+    svc.cleanup()
