@@ -48,6 +48,9 @@ from camservice.errors import INTERNAL_ERROR, SERVICE_BUSY, RpcError
 
 Handler = Callable[[dict[str, Any], "CallContext"], Any]
 
+#: Seconds between ``_worker_stats`` events.
+STATS_INTERVAL = 2.0
+
 
 @dataclass
 class CallContext:
@@ -105,6 +108,11 @@ class Worker:
 
     async def on_event(self, event: Event) -> None:
         """An event of a subscribed topic arrived."""
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for metrics (gauges and counters), published every
+        :data:`STATS_INTERVAL` seconds as ``_worker_stats``; override to add."""
+        return {}
 
     # --- services for subclasses ----------------------------------------------------
 
@@ -178,7 +186,7 @@ class Worker:
         await self._shutdown(heartbeat)
 
     async def _shutdown(self, heartbeat: asyncio.Task) -> None:
-        self.log.info("worker_draining", in_flight=len(self._tasks) - 1)
+        self.log.info("worker_draining", in_flight=self._requests_in_flight())
         heartbeat.cancel()
         for link in self._links:
             link.socket.send(Goodbye(os.getpid()).pack(), flags=zmq.NOBLOCK)
@@ -203,7 +211,11 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         ready = Ready(self.kind, os.getpid(), self.capacity, self.index).pack()
+        next_stats = 0.0
         while True:
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + STATS_INTERVAL
+                self._publish_stats()
             for link in self._links:
                 try:
                     link.socket.send(ready, flags=zmq.NOBLOCK)
@@ -213,6 +225,19 @@ class Worker:
             if self._sub is not None:
                 self._drain_events()
             await asyncio.sleep(self.config.runtime.heartbeat_interval)
+
+    def _publish_stats(self) -> None:
+        try:
+            stats = self.stats()
+        except Exception:
+            self.log.exception("stats_failed")
+            return
+        self.publish("_worker_stats", {"name": self.name, "kind": self.kind, "index": self.index,
+                                       "pid": os.getpid(), "in_flight": self._requests_in_flight(),
+                                       "stats": stats})
+
+    def _requests_in_flight(self) -> int:
+        return sum(1 for t in self._tasks if getattr(t, "_camservice_request", False))
 
     def _watch(self, sock: zmq.Socket, drain: Callable[[], None]) -> None:
         asyncio.get_running_loop().add_reader(sock.getsockopt(zmq.FD), drain)
