@@ -160,14 +160,14 @@ class Gateway:
             raise RpcError(RATE_LIMITED, data={"reason": "too many requests in flight", "retry_after_ms": 100})
         wait = session.bucket.take(now)
         if not wait and identity is not None:
-            wait = self.identity_limits.take(identity.subject, now)
+            wait = self.identity_limits.take((identity.kind, identity.subject), now)
         if wait:
             raise RpcError(RATE_LIMITED, data={"retry_after_ms": int(wait * 1000) + 1})
 
     def _forward(self, session: Session, call: jsonrpc.Call, method: Method, params: dict,
                  identity, reply: Reply, started: float) -> None:
         request_id = f"g{self.index}-{next(self.request_ids)}"
-        caller = {"sub": identity.subject, "role": identity.role} if identity is not None else {}
+        caller = identity.caller() if identity is not None else {}
         call_id = call.id
         notification = call.is_notification
         session.in_flight += 1

@@ -131,7 +131,7 @@ def test_forwarded_call_carries_validated_params_and_caller(setup):
     assert response is PENDING and session.in_flight == 1
     kind, method, params, caller, idempotent, callback = forward.calls[0]
     assert (kind, method, params["duration"], idempotent) == ("recording", "start_recording", 60, False)
-    assert caller == {"sub": "user-operator", "role": "operator"}
+    assert caller["sub"] == "user-operator" and caller["role"] == "operator"
     callback(None, {"status": "STARTED"})
     assert replies == [{"jsonrpc": "2.0", "result": {"status": "STARTED"}, "id": "abc"}]
     assert session.in_flight == 0
