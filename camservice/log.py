@@ -38,6 +38,8 @@ def setup(process: str, log_dir: Path | None, level: str = "info", console: bool
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(_LEVELS[level])
+    # One line per connection opened and closed would drown everything else at 10,000 clients.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, _LEVELS[level]))
     structlog.configure(
         processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

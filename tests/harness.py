@@ -110,19 +110,29 @@ class Service:
         self.cleanup()
 
 
-def service_processes(root: Path) -> list[psutil.Process]:
-    """Every process still running whose command line or environment points into ``root``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
+def process_tree(pids) -> set[int]:
+    """The given pids and all their descendants (ffmpeg captures included)."""
+    found = set()
+    for pid in pids:
         try:
-            env = proc.info["environ"] or {}
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if str(root) in env.get("CAMSERVICE_CONFIG", "") or str(root) in cmd:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-        except (psutil.Error, OSError):
+            proc = psutil.Process(pid)
+            found.add(pid)
+            found.update(child.pid for child in proc.children(recursive=True))
+        except psutil.Error:
             continue
     return found
+
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` still running (zombies count as gone: nothing runs)."""
+    running = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.append(pid)
+        except psutil.Error:
+            continue
+    return running
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
@@ -141,6 +151,9 @@ class RpcFailure(Exception):
         self.error = error
         self.code = error.get("code")
         self.data = error.get("data")
+
+
+AUTO = object()
 
 
 class Client:
@@ -187,8 +200,8 @@ class Client:
         await self.ws.send(text)
         return await asyncio.wait_for(future, self.timeout)
 
-    async def request(self, method: str, params=None, request_id=None) -> dict:
-        request_id = next(self._ids) if request_id is None else request_id
+    async def request(self, method: str, params=None, request_id=AUTO) -> dict:
+        request_id = next(self._ids) if request_id is AUTO else request_id
         message = {"jsonrpc": "2.0", "method": method, "id": request_id}
         if params is not None:
             message["params"] = params

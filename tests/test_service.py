@@ -17,7 +17,7 @@ import websockets
 from camservice.errors import (AUTH_REQUIRED, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                                PARSE_ERROR, SERVICE_BUSY)
 
-from .harness import Client, RpcFailure, Service, run, service_processes, wait_for
+from .harness import Client, RpcFailure, Service, alive, process_tree, run, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -147,12 +147,11 @@ def test_supervisor_sigkill_leaves_no_process():
     svc = Service(simulate=1)
     try:
         svc.start()
-        children = list(svc.pids().values())
-        assert children
-        os.kill(svc.supervisor_pid(), signal.SIGKILL)
-        wait_for(lambda: not service_processes(svc.root), 15, message="every process gone")
-        for pid in children:
-            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        supervisor = svc.supervisor_pid()
+        everything = process_tree([supervisor])
+        assert len(everything) >= 5  # supervisor and four children
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: not alive(everything), 15, message=f"every process gone: {alive(everything)}")
     finally:
         svc.cleanup()
 
@@ -163,8 +162,9 @@ def test_stop_leaves_no_process_and_a_second_start_is_refused():
         svc.start()
         second = svc.cli("start", check=False)
         assert second.returncode != 0 and "already running" in second.stderr
-        svc.cli("stop")  # exits 0 only once the supervisor (and so every child) is gone
-        assert not service_processes(svc.root)
+        everything = process_tree([svc.supervisor_pid()])
+        svc.cli("stop")  # exits 0 only once the supervisor is gone
+        assert not alive(everything)
         assert svc.status()["running"] is False
     finally:
         svc.cleanup()
