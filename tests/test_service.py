@@ -178,3 +178,48 @@ def test_bad_configuration_stops_start_naming_the_key(tmp_path):
     proc = svc.cli("start", check=False)
     assert proc.returncode != 0 and "server.port" in proc.stderr
     svc.cleanup()
+
+
+def test_two_gateways_share_the_port_and_both_deliver_hotplug_events():
+    with Service(simulate=1, **{"gateway.processes": 2}) as svc:
+        gateway_pids = [pid for name, pid in svc.pids().items() if name.startswith("gateway")]
+        assert len(gateway_pids) == 2
+
+        async def scenario():
+            clients = [Client(svc.url, svc.token("viewer")) for _ in range(12)]
+            for client in clients:
+                await client.__aenter__()
+            try:
+                served = [sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                              if c.status == "ESTABLISHED" and c.laddr.port == svc.port) for pid in gateway_pids]
+                assert all(served), f"connections per gateway: {served}"
+                plugged = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
+                events = await asyncio.gather(*(c.notification(
+                    "camera_status_update", where=lambda p: p["device"] == plugged and p["status"] == "CONNECTED")
+                    for c in clients))
+                camera_id = events[0]["id"]
+                assert all(e["id"] == camera_id and e["resolution"] == "160x120" for e in events)
+                for client in clients:  # every gateway's replica has it
+                    listing = await client.call("get_camera_list")
+                    assert listing["total"] == 2 and listing["connected"] == 2
+                svc.cli("camera", "unplug", plugged)
+                await asyncio.gather(*(c.notification(
+                    "camera_status_update", where=lambda p: p["id"] == camera_id and p["status"] == "DISCONNECTED")
+                    for c in clients))
+                for client in clients:
+                    listing = await client.call("get_camera_list")
+                    assert listing["total"] == 2 and listing["connected"] == 1
+            finally:
+                for client in clients:
+                    await client.__aexit__(None, None, None)
+        run(scenario())
+
+
+def test_workers_over_tcp_transport():
+    from .harness import free_port
+    with Service(simulate=1, **{"runtime.transport": "tcp", "runtime.tcp_base_port": free_port()}) as svc:
+        async def scenario():
+            async with Client(svc.url, svc.token("viewer")) as client:
+                caps = await client.call("get_camera_capabilities", {"device": "camera0"})
+                assert caps["resolutions"]
+        run(scenario())
