@@ -1,0 +1,18 @@
+"""The recording worker: snapshots and recordings, crash-safe.
+
+Modules, from the bottom up:
+
+* :mod:`.naming` - file names (contract defaults, segment names) and timestamps;
+* :mod:`.journal` - the session journal and ``recording-active.json``;
+* :mod:`.storage` - the ``storage.min_free_bytes`` floor;
+* :mod:`.simdev` - opening simulated cameras through the discovery simulator;
+* :mod:`.capture` - ffmpeg command lines and child processes;
+* :mod:`.backend` - the :class:`~.backend.MediaBackend` seam and the ffmpeg
+  backend (segment naming and snapshot design are described there);
+* :mod:`.sessions` - :class:`~.sessions.RecordingManager`: methods, session
+  supervision, crash recovery, shutdown semantics;
+* :mod:`.worker` - the ZeroMQ worker process around the manager.
+
+Only the ffmpeg backend exists; ``media.backend: mediamtx`` is refused at
+start (see :func:`.backend.make_backend`).
+"""

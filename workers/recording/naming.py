@@ -1,0 +1,62 @@
+"""File names and timestamps of snapshots and recordings.
+
+Default names follow the contract: ``{id}_{YYYY-MM-DD_HH-MM-SS}_{XXXXXX}.{ext}``
+in UTC with six random characters of ``A-Z0-9``. A recording that rolls over
+keeps the name the client was given for its first segment and names the
+later ones after it: ``F = stem.ext`` then ``stem_part001.ext``,
+``stem_part002.ext``... so that every segment can be traced back to the
+``filename`` of ``start_recording`` without any lookup.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from datetime import datetime, timezone
+
+_ALPHABET = string.ascii_uppercase + string.digits
+#: Longest file name most Linux file systems accept, in bytes.
+MAX_NAME_BYTES = 255
+
+
+def utc_iso(stamp: float | None = None) -> str:
+    """ISO 8601 in UTC with millisecond precision and a ``Z`` suffix."""
+    moment = datetime.fromtimestamp(time.time() if stamp is None else stamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def random_tag(length: int = 6) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def default_name(camera_id: str, ext: str, stamp: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if stamp is None else stamp, timezone.utc)
+    return f"{camera_id}_{moment:%Y-%m-%d_%H-%M-%S}_{random_tag()}.{ext}"
+
+
+def split_name(filename: str) -> tuple[str, str]:
+    """``("stem", "ext")`` of a name that has an extension (the gateway ensures it)."""
+    stem, _, ext = filename.rpartition(".")
+    return (stem, ext) if stem else (filename, "")
+
+
+def segment_name(first: str, index: int) -> str:
+    """The name of segment ``index`` of a recording whose first segment is ``first``.
+
+    Index 0 is ``first`` itself. Later names append ``_partNNN``; when that
+    would exceed the file-name limit the stem is shortened rather than the
+    suffix, because the suffix is what keeps the names unique.
+    """
+    if index == 0:
+        return first
+    stem, ext = split_name(first)
+    suffix = f"_part{index:03d}.{ext}"
+    room = MAX_NAME_BYTES - len(suffix.encode())
+    return stem.encode()[:room].decode("utf-8", "ignore") + suffix
+
+
+def segment_glob(first: str) -> str:
+    """A glob matching every later segment of ``first`` (to detect name clashes)."""
+    stem, ext = split_name(first)
+    return f"{stem}_part[0-9][0-9][0-9]*.{ext}"

@@ -1,0 +1,117 @@
+"""The recording worker process: ZeroMQ plumbing around :class:`RecordingManager`.
+
+It keeps a :class:`~camservice.cameras.CameraTable` replica of the
+discovery worker's cameras (``discovery.snapshot`` first, then
+``camera_status_update`` events; a new snapshot on a gap or a new owner) to
+resolve ``device`` (id, ``/dev/videoN`` or ``sim:N``) to a camera, and tells
+the manager when a camera goes away so its recording fails promptly.
+
+Requests wait (within their deadline) until the first snapshot arrived and
+interrupted sessions were resumed: answering ``-32004`` because the table is
+still empty would be a lie. See :mod:`.sessions` for shutdown and crash
+semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from camservice.cameras import CameraTable
+from camservice.envelope import Event
+from camservice.errors import SERVICE_BUSY, RpcError
+from workers.base import CallContext, Worker, run_worker
+
+from .sessions import RecordingManager
+
+#: Seconds a handler leaves for the reply to travel back before its deadline.
+REPLY_MARGIN = 0.5
+
+
+class RecordingWorker(Worker):
+    kind = "recording"
+    subscriptions = ("camera_status_update",)
+
+    def __init__(self, config, index: int = 0):
+        super().__init__(config, index)
+        self.table = CameraTable()
+        self.manager = RecordingManager(config, self.table.find, self.publish, logger=self.log)
+        # Finalising must fit in the supervisor's SIGTERM grace period, after
+        # the half of it the base class spends draining in-flight requests.
+        self.manager.stop_timeout = min(self.manager.stop_timeout, max(1.0, config.runtime.stop_timeout * 0.3))
+        self._ready: asyncio.Event | None = None
+        self._resync: asyncio.Lock | None = None
+
+    def handlers(self):
+        return {"take_snapshot": self.take_snapshot, "start_recording": self.start_recording,
+                "stop_recording": self.stop_recording}
+
+    async def start(self) -> None:
+        self._ready = asyncio.Event()
+        self._resync = asyncio.Lock()
+        await self.manager.open()
+        # Gateways are connected only after start() returns: sync in the background.
+        self.spawn(self._first_sync())
+
+    async def stop(self) -> None:
+        await self.manager.close()
+
+    async def _first_sync(self) -> None:
+        await self._snapshot(retry=True)
+        await self.manager.recover()
+        self._ready.set()
+        self.log.info("recording_ready", cameras=len(self.table))
+
+    async def _snapshot(self, retry: bool) -> None:
+        delay = 0.2
+        async with self._resync:
+            while True:
+                try:
+                    answer = await self.call("discovery.snapshot", {}, timeout=5.0)
+                    self.table.load_snapshot(answer["cameras"], answer["seq"], answer["source"])
+                    for camera in self.table:
+                        self.manager.camera_changed(camera)
+                    return
+                except (RpcError, KeyError, TypeError) as exc:
+                    if not retry:
+                        raise
+                    self.log.debug("camera_snapshot_retry", error=str(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    async def on_event(self, event: Event) -> None:
+        if event.topic != "camera_status_update" or self._ready is None:
+            return
+        if not self.table.apply(event.data, event.seq, event.source):
+            await self._snapshot(retry=True)  # a gap or a restarted discovery worker
+            return
+        camera = self.table.find(event.data.get("id", ""))
+        if camera is not None:
+            self.manager.camera_changed(camera)
+
+    async def _await_ready(self, ctx: CallContext) -> None:
+        if self._ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._ready.wait(), max(0.1, ctx.remaining() - REPLY_MARGIN))
+        except asyncio.TimeoutError:
+            raise RpcError(SERVICE_BUSY, data={"reason": "camera list not available yet"}) from None
+
+    def _budget(self, ctx: CallContext) -> float:
+        return max(1.0, ctx.remaining() - REPLY_MARGIN)
+
+    async def take_snapshot(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        await self._await_ready(ctx)
+        return await self.manager.take_snapshot(params, timeout=min(10.0, self._budget(ctx)))
+
+    async def start_recording(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        await self._await_ready(ctx)
+        return await self.manager.start_recording(params)
+
+    async def stop_recording(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        await self._await_ready(ctx)
+        return await self.manager.stop_recording(params, timeout=self._budget(ctx))
+
+
+def main(index: int) -> None:
+    run_worker(RecordingWorker, index)
