@@ -1,0 +1,521 @@
+"""The file worker: listing, info, deletion, storage and retention, plus downloads.
+
+Several file worker processes may run at once (``workers.files``); a
+request goes to one of them, events reach all. Everything they share lives
+on disk in ``state_dir/files/``:
+
+* ``index.sqlite3``: the file index (:mod:`.index`), WAL mode;
+* ``retention.json``: the retention policy (:mod:`.retention`);
+* ``leader.lock``: whoever holds this ``flock`` runs the background jobs
+  (rescan every ``storage.scan_interval``, storage threshold checks,
+  retention). Every process tries to take it at every tick, so when the
+  leader dies (the kernel drops its lock) another process takes over
+  within one tick; while it lives, nobody publishes a duplicate
+  ``storage_status_update``;
+* ``retention.lock``: held while files are being deleted by retention
+  (background or ``cleanup_old_files``, whichever process runs it).
+
+Each process also serves HTTP downloads (:mod:`.downloads`) on
+``files.http_port``, on its own thread.
+
+Being recorded: the recording worker's ``state_dir/run/recording-active.json``
+is the authority (:mod:`.active`); while it does not exist, the flags set by
+``_file_update`` events decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+from camservice import ffmpeg
+from camservice.envelope import Event
+from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
+from workers.base import CallContext, Worker, run_worker
+
+from .active import ActiveFiles
+from .auth import make_authorizer
+from .downloads import DownloadServer
+from .index import FileIndex, Row
+from .names import KINDS, RECORDING, SNAPSHOT, Escape, admitted, iso_utc, resolve_inside
+from .retention import Candidate, FileLock, Policy, PolicyStore, plan
+from .storage import ThresholdMonitor, Usage, storage_info
+
+URL_FOLDERS = {RECORDING: "recordings", SNAPSHOT: "snapshots"}
+LABELS = {RECORDING: "Recording", SNAPSHOT: "Snapshot"}
+#: Pages up to this many rows (offset + limit) are read inline on the event
+#: loop: an indexed read of that size takes well under a millisecond.
+INLINE_ROWS = 2000
+#: Seconds a device -> camera id mapping from discovery is trusted, and the
+#: back-off after discovery did not answer.
+CAMERA_CACHE_SECONDS = 5.0
+#: Storage thresholds are checked this often (at most), rescans every scan_interval.
+STORAGE_CHECK_SECONDS = 10.0
+PROBE_TIMEOUT = 10.0
+#: Longest a handler waits for a thread (disk, SQLite) when the call's deadline allows more.
+THREAD_WAIT_CAP = 30.0
+
+
+class FilesWorker(Worker):
+    kind = "files"
+    subscriptions = ("_file_update", "camera_status_update")
+
+    def __init__(self, config, index: int = 0):
+        super().__init__(config, index)
+        self.capacity = config.workers.files_concurrency
+        self.folders: dict[str, Path] = {RECORDING: config.recordings_dir, SNAPSHOT: config.snapshots_dir}
+        state = config.state_dir / "files"
+        self.db = FileIndex(state / "index.sqlite3")
+        self.active = ActiveFiles(config.state_dir / "run" / "recording-active.json", self.log)
+        self.policies = PolicyStore(state / "retention.json")
+        self.retention_lock_path = state / "retention.lock"
+        self.leader = FileLock(state / "leader.lock")
+        self.monitor = ThresholdMonitor(config.storage.warn_percent, config.storage.critical_percent,
+                                        config.storage.min_free_bytes)
+        self.http = DownloadServer(self.folders, config.server.host, config.files.http_port,
+                                   authorize=make_authorizer(config), log=self.log.bind(part="http"))
+        #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
+        self.disk_usage: Callable[[Path], Any] = shutil.disk_usage
+        self._scheme = "https" if config.server.tls.cert_file else "http"
+        host = config.public_host
+        self._url_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self._camera_of_device: dict[str, str] = {}
+        self._device_of_camera: dict[str, str] = {}
+        self._cameras_checked = 0.0  # monotonic time of the last discovery.snapshot attempt
+        self._scan_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._probes: dict[tuple[str, str, int], asyncio.Future] = {}
+        self._jobs: asyncio.Task | None = None
+
+    def handlers(self):
+        return {
+            "list_recordings": self.list_recordings,
+            "list_snapshots": self.list_snapshots,
+            "get_recording_info": self.get_recording_info,
+            "get_snapshot_info": self.get_snapshot_info,
+            "delete_recording": self.delete_recording,
+            "delete_snapshot": self.delete_snapshot,
+            "get_storage_info": self.get_storage_info,
+            "set_retention_policy": self.set_retention_policy,
+            "cleanup_old_files": self.cleanup_old_files,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for folder in self.folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        await asyncio.wait_for(asyncio.to_thread(self.db.open), THREAD_WAIT_CAP)
+        try:
+            port = await asyncio.to_thread(self.http.start)
+            self.log.info("download_server_started", host=self.http.host, port=port)
+        except (OSError, RuntimeError) as exc:
+            # JSON-RPC still works without downloads; the gateway's proxy and
+            # health checks will show the port as unreachable.
+            self.log.error("download_server_unavailable", port=self.config.files.http_port, error=str(exc))
+        self._jobs = self.spawn(self._background_jobs())
+
+    async def stop(self) -> None:
+        if self._jobs is not None:
+            self._jobs.cancel()
+            await asyncio.wait([self._jobs], timeout=5.0)
+        await asyncio.wait_for(asyncio.to_thread(self.http.stop), 10.0)
+        self.leader.release()
+        self.db.close()
+
+    # --- listing -----------------------------------------------------------------------------
+
+    async def list_recordings(self, params: dict, ctx: CallContext) -> dict:
+        return await self._list(RECORDING, params, ctx)
+
+    async def list_snapshots(self, params: dict, ctx: CallContext) -> dict:
+        return await self._list(SNAPSHOT, params, ctx)
+
+    async def _list(self, kind: str, params: dict, ctx: CallContext) -> dict:
+        limit = params.get("limit") or 100
+        offset = params.get("offset") or 0
+        device = params.get("device")
+        camera_ids = await self._camera_ids(device) if device is not None else None
+        if offset + limit <= INLINE_ROWS:
+            rows, total = self.db.listing(kind, limit, offset, camera_ids)
+        else:  # a deep OFFSET walks that many index entries: keep it off the loop
+            rows, total = await self._thread(ctx, self.db.listing, kind, limit, offset, camera_ids)
+        active = self.active.names()
+        if not self._device_of_camera and not self._cameras_checked:
+            self.spawn(self._refresh_cameras())  # so that later pages can name devices
+        return {"files": [self._entry(row, active) for row in rows],
+                "total": total, "limit": limit, "offset": offset}
+
+    def _entry(self, row: Row, active: set[str] | None) -> dict:
+        entry: dict[str, Any] = {
+            "filename": row.filename,
+            "file_size": row.size,
+            "modified_time": iso_utc(row.mtime),
+            "download_url": self.download_url(row.kind, row.filename),
+        }
+        device = row.device or (self._device_of_camera.get(row.camera_id) if row.camera_id else None)
+        if device:
+            entry["device"] = device
+        if row.camera_id:
+            entry["camera_id"] = row.camera_id
+        if row.kind == RECORDING:
+            if row.duration is not None:
+                entry["duration"] = round(row.duration, 3)
+            entry["recording"] = self._is_recording(row.filename, row, active)
+        elif row.resolution:
+            entry["resolution"] = row.resolution
+        return entry
+
+    def download_url(self, kind: str, filename: str) -> str:
+        return (f"{self._scheme}://{self._url_host}:{self.config.server.port}"
+                f"/files/{URL_FOLDERS[kind]}/{quote(filename)}")
+
+    @staticmethod
+    def _is_recording(filename: str, row: Row | None, active: set[str] | None) -> bool:
+        if active is not None:
+            return filename in active
+        return bool(row is not None and row.recording)
+
+    # --- info --------------------------------------------------------------------------------
+
+    async def get_recording_info(self, params: dict, ctx: CallContext) -> dict:
+        return await self._info(RECORDING, params["filename"], ctx)
+
+    async def get_snapshot_info(self, params: dict, ctx: CallContext) -> dict:
+        return await self._info(SNAPSHOT, params["filename"], ctx)
+
+    async def _info(self, kind: str, filename: str, ctx: CallContext) -> dict:
+        path = self._resolve(kind, filename)
+        active = self.active.names()
+        row = await self._thread(ctx, self._refresh_row, kind, filename, path, active)
+        recording = self._is_recording(filename, row, active)
+        if not recording and row.probed_ns != row.mtime_ns:
+            row = await self._probe(row, path, ctx)
+        entry = self._entry(row, active)
+        if row.started is not None:
+            created = row.started
+        elif row.duration is not None:
+            created = row.mtime - row.duration
+        else:
+            created = row.mtime
+        entry["created_time"] = iso_utc(created)
+        return entry
+
+    def _refresh_row(self, kind: str, filename: str, path: Path, active: set[str] | None) -> Row:
+        """The row of a file, brought in line with the disk (blocking: a thread)."""
+        row = self.db.get(kind, filename)
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(filename)
+        except FileNotFoundError:
+            if row is not None and not self._is_recording(filename, row, active):
+                self.db.remove(kind, filename)  # deleted behind our back
+            raise file_not_found(filename) from None
+        if row is None or (row.size, row.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self.db.upsert(kind, filename, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            row = self.db.get(kind, filename)
+        return row
+
+    async def _probe(self, row: Row, path: Path, ctx: CallContext) -> Row:
+        """Probe duration/resolution once per file version; concurrent askers share one probe."""
+        key = (row.kind, row.filename, row.mtime_ns)
+        future = self._probes.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._probe_and_store(row, path))
+            self._probes[key] = future
+            future.add_done_callback(lambda _f: self._probes.pop(key, None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.1, min(PROBE_TIMEOUT, ctx.remaining() - 0.5)))
+        except asyncio.TimeoutError:
+            return row  # answer without duration rather than not at all; the probe finishes and caches
+
+    async def _probe_and_store(self, row: Row, path: Path) -> Row:
+        try:
+            exe = ffmpeg.locate(self.config.media.ffmpeg_path)
+            info = await ffmpeg.probe_async(path, exe, PROBE_TIMEOUT)
+            duration, resolution = info.duration, info.resolution
+        except ffmpeg.FFmpegNotFound as exc:
+            self.log.warning("probe_unavailable", error=str(exc))
+            return row  # not cached: ffmpeg may be installed later
+        except (ffmpeg.ProbeError, OSError) as exc:
+            self.log.info("probe_failed", filename=row.filename, error=str(exc))
+            duration, resolution = None, None  # cached as "unknown" for this file version
+        if row.kind == SNAPSHOT:
+            duration = None  # an image "lasts" 0.04 s: not a duration anyone wants
+        await asyncio.to_thread(self.db.set_probe, row.kind, row.filename, row.mtime_ns, duration, resolution)
+        return await asyncio.to_thread(self.db.get, row.kind, row.filename) or row
+
+    # --- deletion ----------------------------------------------------------------------------
+
+    async def delete_recording(self, params: dict, ctx: CallContext) -> dict:
+        return await self._delete(RECORDING, params["filename"], ctx)
+
+    async def delete_snapshot(self, params: dict, ctx: CallContext) -> dict:
+        return await self._delete(SNAPSHOT, params["filename"], ctx)
+
+    async def _delete(self, kind: str, filename: str, ctx: CallContext) -> dict:
+        self._resolve(kind, filename)
+        row = self.db.get(kind, filename)
+        if self._is_recording(filename, row, self.active.names()):
+            raise RpcError(IN_PROGRESS, data={"filename": filename, "reason": "the file is being recorded"})
+        # Unlink the name itself: if it is a symlink that stays inside, the link
+        # goes, never the file it points to.
+        link = self.folders[kind] / filename
+        try:
+            await self._thread(ctx, os.unlink, link)
+        except FileNotFoundError:
+            await self._thread(ctx, self.db.remove, kind, filename)
+            raise file_not_found(filename) from None
+        except (IsADirectoryError, PermissionError) as exc:
+            self.log.warning("delete_failed", kind=kind, filename=filename, error=exc.strerror)
+            raise RpcError(INTERNAL_ERROR, data={"reason": f"could not delete: {exc.strerror}"}) from None
+        await self._thread(ctx, self.db.remove, kind, filename)
+        self.log.info("file_deleted", kind=kind, filename=filename, caller=ctx.caller.get("sub"))
+        return {"filename": filename, "deleted": True, "message": f"{LABELS[kind]} deleted"}
+
+    def _resolve(self, kind: str, filename: str) -> Path:
+        """The checked path of ``filename``; -32602 when it leaves the folder, -32010 when not ours."""
+        try:
+            path = resolve_inside(self.folders[kind], filename)
+        except Escape as exc:
+            raise invalid_params(str(exc), "filename") from None
+        if not admitted(kind, filename):
+            raise file_not_found(filename)
+        return path
+
+    # --- storage -----------------------------------------------------------------------------
+
+    async def get_storage_info(self, params: dict, ctx: CallContext) -> dict:
+        usage = await self._thread(ctx, self._usage)
+        return storage_info(usage, self.db.total_bytes(RECORDING), self.db.total_bytes(SNAPSHOT),
+                            self.config.storage.warn_percent, self.config.storage.min_free_bytes)
+
+    def _usage(self) -> Usage:
+        total, used, free = self.disk_usage(self.folders[RECORDING])[:3]
+        return Usage(total, used, free)
+
+    async def check_storage(self) -> dict | None:
+        """Publish ``storage_status_update`` when the level changed; returns what was published."""
+        usage = await asyncio.wait_for(asyncio.to_thread(self._usage), THREAD_WAIT_CAP)
+        data = self.monitor.update(usage)
+        if data is not None:
+            self.publish("storage_status_update", data)
+            log = self.log.warning if data["low_space_warning"] else self.log.info
+            log("storage_level", **data)
+        return data
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def set_retention_policy(self, params: dict, ctx: CallContext) -> dict:
+        policy = Policy(policy_type=params["policy_type"], enabled=bool(params["enabled"]),
+                        max_age_days=params.get("max_age_days"), max_size_gb=params.get("max_size_gb"))
+        await self._thread(ctx, self.policies.save, policy)
+        self.log.info("retention_policy_set", caller=ctx.caller.get("sub"), **policy.to_dict())
+        self._wake.set()  # the leader (if it is us) applies it now rather than at the next tick
+        return {**policy.to_dict(), "message": "Retention policy updated"}
+
+    async def cleanup_old_files(self, params: dict, ctx: CallContext) -> dict:
+        policy = await self._thread(ctx, self.policies.load)
+        if not policy.enabled:
+            return {"cleanup_executed": False, "files_deleted": 0, "space_freed": 0,
+                    "message": "Retention policy is disabled; nothing was deleted"}
+        wait = max(0.0, min(THREAD_WAIT_CAP, ctx.remaining() - 2.0))
+        outcome = await self._thread(ctx, self._retention_locked, policy, wait)
+        if outcome is None:
+            raise RpcError(SERVICE_BUSY, data={"reason": "another cleanup is running"})
+        count, freed = outcome
+        return {"cleanup_executed": True, "files_deleted": count, "space_freed": freed,
+                "message": f"Deleted {count} file(s), freed {freed} bytes"}
+
+    async def enforce_retention(self) -> tuple[int, int] | None:
+        """The background pass: the policy's limits when automatic, else only the free-space floor."""
+        policy = await asyncio.to_thread(self.policies.load)
+        if not policy.enabled:
+            return None
+        if not policy.automatic:  # manual: limits wait for cleanup_old_files, the floor does not
+            policy = Policy(policy.policy_type, True, None, None)
+        return await asyncio.wait_for(asyncio.to_thread(self._retention_locked, policy, 0.0), THREAD_WAIT_CAP * 10)
+
+    def _retention_locked(self, policy: Policy, wait: float) -> tuple[int, int] | None:
+        """Run one retention pass under the cross-process lock; ``None`` if it is taken."""
+        lock = FileLock(self.retention_lock_path)  # a fresh descriptor: flock excludes even within a process
+        if not lock.acquire(timeout=wait):
+            return None
+        try:
+            return self._retention_pass(policy)
+        finally:
+            lock.release()
+
+    def _retention_pass(self, policy: Policy) -> tuple[int, int]:
+        """Plan and delete (blocking: a thread; the caller holds the retention lock)."""
+        now = time.time()
+        free = self._usage().free
+        min_free = self.config.storage.min_free_bytes
+        count = freed = 0
+        for kind in KINDS:
+            active = self.active.names()
+            candidates = (Candidate(r.kind, r.filename, r.size, r.mtime, self._is_recording(r.filename, r, active))
+                          for r in self.db.oldest_first(kind))
+            victims = plan(candidates, policy, now=now, recordings_bytes=self.db.total_bytes(RECORDING),
+                           free_bytes=free + freed, min_free_bytes=min_free)
+            for victim in victims:
+                # Ask again right before each unlink: a recording may have started
+                # on this name since planning (a caller-chosen filename).
+                if self._is_recording(victim.filename, self.db.get(kind, victim.filename), self.active.names()):
+                    continue
+                try:
+                    os.unlink(self.folders[kind] / victim.filename)
+                except FileNotFoundError:
+                    self.db.remove(kind, victim.filename)  # already gone: nothing freed
+                    continue
+                except OSError as exc:
+                    self.log.warning("retention_delete_failed", kind=kind, filename=victim.filename,
+                                     error=exc.strerror)
+                    continue
+                self.db.remove(kind, victim.filename)
+                count += 1
+                freed += victim.size
+                self.log.info("retention_deleted", kind=kind, filename=victim.filename, size=victim.size,
+                              reason=victim.reason, policy=policy.policy_type)
+        if count:
+            self.log.info("retention_pass", files_deleted=count, space_freed=freed)
+        return count, freed
+
+    # --- index maintenance ---------------------------------------------------------------------
+
+    async def rescan(self) -> list:
+        """Reconcile the index with both folders (in a thread; one rescan at a time per process)."""
+        async with self._scan_lock:
+            return await asyncio.wait_for(asyncio.to_thread(self._rescan_blocking), THREAD_WAIT_CAP * 10)
+
+    def _rescan_blocking(self) -> list:
+        started = time.monotonic()
+        active = self.active.names()
+        if active is not None:
+            self.db.set_recording_flags(active)
+        protect = active if active is not None else self.db.recording_names()
+        results = [self.db.reconcile(kind, folder, protect) for kind, folder in self.folders.items()]
+        for result in results:
+            if result.added or result.changed or result.removed:
+                self.log.info("index_reconciled", kind=result.kind, files=result.on_disk, added=result.added,
+                              changed=result.changed, removed=result.removed,
+                              seconds=round(time.monotonic() - started, 3))
+        return results
+
+    async def _background_jobs(self) -> None:
+        """Leader-only: rescan, storage thresholds and retention, on their intervals."""
+        scan_every = self.config.storage.scan_interval
+        check_every = min(STORAGE_CHECK_SECONDS, scan_every)
+        next_scan = 0.0
+        while True:
+            try:
+                leader = await asyncio.wait_for(asyncio.to_thread(self.leader.acquire), 5.0)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.log.warning("leader_lock_failed", error=str(exc))
+                leader = False
+            if leader:
+                now = time.monotonic()
+                due = now >= next_scan or self._wake.is_set()
+                self._wake.clear()
+                jobs = [self.rescan, self.check_storage, self.enforce_retention] if due else [self.check_storage]
+                if due:
+                    next_scan = now + scan_every
+                for job in jobs:
+                    try:
+                        await job()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - keep the loop alive; the next tick retries
+                        self.log.exception("background_job_failed", job=job.__name__)
+            try:
+                await asyncio.wait_for(self._wake.wait(), check_every)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        if event.topic == "_file_update":
+            await asyncio.wait_for(asyncio.to_thread(self._apply_file_update, event.data), THREAD_WAIT_CAP)
+        elif event.topic == "camera_status_update":
+            self._learn_camera(event.data.get("id"), event.data.get("device"))
+
+    def _apply_file_update(self, data: dict) -> None:
+        """Bring one file's row up to date after the recording worker's news (blocking)."""
+        kind, filename, state = data.get("kind"), data.get("filename"), data.get("state")
+        if kind not in KINDS or not isinstance(filename, str) or not admitted(kind, filename):
+            self.log.warning("file_update_ignored", kind=kind, filename=filename)
+            return
+        try:
+            path = resolve_inside(self.folders[kind], filename)
+        except Escape:
+            self.log.warning("file_update_ignored", kind=kind, filename=filename, reason="outside folder")
+            return
+        camera_id, device = data.get("camera_id"), data.get("device")
+        self._learn_camera(camera_id, device)
+        recording = state == "recording"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            if recording:  # announced before ffmpeg created it: list it, size unknown yet
+                self.db.upsert(kind, filename, size=int(data.get("size") or 0), mtime_ns=time.time_ns(),
+                               camera_id=camera_id, device=device, recording=True)
+            else:
+                self.db.remove(kind, filename)
+            return
+        duration = data.get("duration") if state == "complete" else None
+        self.db.upsert(kind, filename, size=st.st_size, mtime_ns=st.st_mtime_ns, camera_id=camera_id,
+                       device=device, duration=duration,
+                       probed_ns=st.st_mtime_ns if duration is not None else None, recording=recording)
+
+    # --- cameras -------------------------------------------------------------------------------
+
+    def _learn_camera(self, camera_id: Any, device: Any) -> None:
+        if isinstance(camera_id, str) and isinstance(device, str) and camera_id and device:
+            self._camera_of_device[device] = camera_id
+            self._device_of_camera[camera_id] = device
+
+    async def _camera_ids(self, device: str) -> set[str]:
+        """Camera ids a ``device`` filter stands for: itself (an id) plus the id of that device."""
+        ids = {device}
+        camera_id = self._camera_of_device.get(device)
+        if camera_id is None and ("/" in device or ":" in device):
+            if time.monotonic() - self._cameras_checked > CAMERA_CACHE_SECONDS:
+                await self._refresh_cameras()
+            camera_id = self._camera_of_device.get(device)
+        if camera_id is not None:
+            ids.add(camera_id)
+        return ids
+
+    async def _refresh_cameras(self) -> None:
+        self._cameras_checked = time.monotonic()
+        try:
+            snapshot = await self.call("discovery.snapshot", {}, timeout=2.0)
+        except RpcError as exc:
+            self.log.info("camera_map_unavailable", error=exc.message)
+            return
+        for camera in (snapshot or {}).get("cameras", []):
+            self._learn_camera(camera.get("id"), camera.get("device"))
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _thread(self, ctx: CallContext, func: Callable, *args):
+        """Run blocking work in a thread, waiting no longer than the call is worth."""
+        timeout = max(0.1, min(THREAD_WAIT_CAP, ctx.remaining()))
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(func, *args), timeout)
+        except asyncio.TimeoutError:
+            raise RpcError(SERVICE_BUSY, data={"reason": "storage did not answer in time"}) from None
+
+
+def main(index: int) -> None:
+    run_worker(FilesWorker, index)
