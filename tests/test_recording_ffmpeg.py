@@ -406,6 +406,59 @@ def test_recovery_after_the_deadline_passed_reports_completed(tmp_path: Path):
     assert not list((h.state / "journal").iterdir()) and not h.manager.sessions
 
 
+# --- MediaMTX backend ------------------------------------------------------------------------
+
+
+def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
+    from workers.recording.backend import MediaMTXBackend, make_backend
+    from workers.recording.capture import DeviceInput
+
+    h = Harness(tmp_path, **{"media.backend": "mediamtx", "media.mediamtx_api": "http://10.1.2.3:9997",
+                             "media.rtsp_port": 18554})
+    backend = make_backend(h.config)
+    assert isinstance(backend, MediaMTXBackend)
+    assert backend.open_input(h.cameras["camera0"]).args[-4:] == [
+        "-rtsp_transport", "tcp", "-i", "rtsp://10.1.2.3:18554/camera0"]
+
+    # No MediaMTX here: an ffmpeg publishing H.264 over TCP to one reader stands
+    # in for the camera's RTSP path, so the copy-into-segments pipeline runs for real.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    publisher = subprocess.Popen(
+        [ffmpeg.locate(), "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
+         "-i", f"testsrc2=size={SIZE}:rate=15", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+         "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"])
+
+    class StandIn(MediaMTXBackend):
+        def open_input(self, camera):
+            return DeviceInput([*self.INPUT_OPTIONS, "-i", f"tcp://127.0.0.1:{port}"])
+
+    h.manager = RecordingManager(h.config, h.find, lambda t, d: h.events.append((t, d)), backend=StandIn(h.config))
+
+    async def scenario():
+        await h.manager.open()
+        await asyncio.sleep(0.3)  # let the publisher listen
+        started = await h.manager.start_recording(start_params())
+        await asyncio.sleep(1.5)
+        snap = await h.manager.take_snapshot(snap_params())
+        stopped = await h.manager.stop_recording({"device": "sim:0"})
+        return started, snap, stopped
+
+    try:
+        started, snap, stopped = asyncio.run(scenario())
+    finally:
+        publisher.kill()
+        publisher.wait(10)
+    info = probe(h.recording(started["filename"]))
+    assert info.codec == "h264" and info.resolution == SIZE and info.duration > 0
+    assert probe(Path(snap["file_path"])).resolution == SIZE
+    assert stopped["status"] == "STOPPED"
+    assert not holders(h.node())  # the device itself was never opened
+
+
 # --- crash of the process running the manager -------------------------------------------
 
 

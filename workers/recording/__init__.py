@@ -13,6 +13,7 @@ Modules, from the bottom up:
   supervision, crash recovery, shutdown semantics;
 * :mod:`.worker` - the ZeroMQ worker process around the manager.
 
-Only the ffmpeg backend exists; ``media.backend: mediamtx`` is refused at
-start (see :func:`.backend.make_backend`).
+``media.backend`` picks :class:`~.backend.FfmpegBackend` (reads the
+devices) or :class:`~.backend.MediaMTXBackend` (reads the cameras' MediaMTX
+RTSP paths, which own the devices).
 """

@@ -28,6 +28,18 @@ ffmpeg backend: segment naming
     that reopens the device and costs a short gap (typically well under a
     second), which is why time-based rollover is the primary mechanism.
 
+MediaMTX backend
+    With ``media.backend: mediamtx`` MediaMTX owns the devices: the discovery
+    worker gives every camera a MediaMTX path whose on-demand ffmpeg opens
+    the device and publishes H.264 with one keyframe a second. Opening the
+    device here as well would make the first stream reader fail with "busy",
+    so :class:`MediaMTXBackend` reads the camera's RTSP stream instead and
+    copies it into the same segment files (``-c:v copy``: no second encode).
+    MediaMTX's own recorder is not used, because its file names
+    (``recordPath`` patterns) cannot follow the contract's names. Everything
+    else (segments, journal, resume, preview-frame snapshots) is shared with
+    the ffmpeg backend.
+
 ffmpeg backend: snapshots
     One device, one reader. An idle camera is opened by a short
     ``-frames:v 1`` ffmpeg and released at once. A recording camera is never
@@ -48,6 +60,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
+from urllib.parse import urlsplit
 
 from camservice import ffmpeg as ffmpeg_locator
 from camservice.cameras import Camera
@@ -101,6 +114,7 @@ class CaptureRun(Protocol):
 
 class MediaBackend(Protocol):
     name: str
+    start_timeout: float  # seconds a new capture has to deliver its first video
 
     def camera_present(self, camera: Camera) -> bool: ...
 
@@ -223,9 +237,11 @@ class FfmpegRun:
 
 
 class FfmpegBackend:
-    """Snapshots and recordings with ffmpeg child processes."""
+    """Snapshots and recordings with ffmpeg child processes reading the device."""
 
     name = "ffmpeg"
+    #: Seconds a new capture has to deliver its first video.
+    start_timeout = 8.0
 
     def __init__(self, config):
         self.config = config
@@ -246,9 +262,19 @@ class FfmpegBackend:
     def frame_path(self, camera: Camera) -> Path:
         return self.frames_dir / f"{camera.id}.jpg"
 
+    def open_input(self, camera: Camera) -> capture.DeviceInput:
+        return capture.open_input(camera)
+
+    def video_args(self, camera: Camera) -> list[str] | None:
+        """Codec options of the recording (None: encode with libx264)."""
+        return None
+
+    def warmup_frames(self, camera: Camera) -> int:
+        return 3 if (camera.source or {}).get("kind") == "v4l2" else 0
+
     async def snapshot(self, camera: Camera, target: Path, fmt: str, timeout: float) -> None:
-        device = capture.open_input(camera)
-        warmup = 3 if (camera.source or {}).get("kind") == "v4l2" else 0
+        device = self.open_input(camera)
+        warmup = self.warmup_frames(camera)
         argv = capture.snapshot_argv(self.exe, device, target, fmt, warmup)
         try:
             await capture.run_once(argv, timeout, device.fds, on_started=device.release)
@@ -296,11 +322,12 @@ class FfmpegBackend:
             frame.unlink()  # a stale preview must not pass for a fresh one
         except FileNotFoundError:
             pass
-        device = capture.open_input(camera)
+        device = self.open_input(camera)
         argv = capture.recording_argv(
             self.exe, device, staging=staging, fmt=fmt,
             segment_seconds=self.config.recording.segment_seconds, first_index=first_index,
-            fps=int(capture.source_of(camera).get("fps") or 15), frame_path=frame)
+            fps=int(capture.source_of(camera).get("fps") or 15), frame_path=frame,
+            video_args=self.video_args(camera))
         process = FfmpegProcess(argv, device.fds)
         run = FfmpegRun(process, staging, fmt, first_index, path_of, frame)
         try:
@@ -340,14 +367,39 @@ class FfmpegBackend:
         return CaptureError(f"ffmpeg exited with code {process.returncode}: {tail}")
 
 
-def make_backend(config) -> MediaBackend:
-    """The backend ``media.backend`` names.
+class MediaMTXBackend(FfmpegBackend):
+    """Snapshots and recordings read from the camera's MediaMTX RTSP path."""
 
-    ``mediamtx`` is not implemented in this worker yet (see the module
-    docstring of :mod:`workers.recording`); asking for it is a configuration
-    error rather than a silent fallback, because MediaMTX would hold the
-    devices that ffmpeg needs.
-    """
-    if config.media.backend == "ffmpeg":
-        return FfmpegBackend(config)
-    raise NotImplementedError(f"media.backend {config.media.backend!r} is not supported by the recording worker")
+    name = "mediamtx"
+    # Covers MediaMTX starting the on-demand publisher (runOnDemandStartTimeout 10 s).
+    start_timeout = 12.0
+    #: The publisher sends a keyframe every second: 1.5 s of probing finds the
+    #: stream's parameters, where ffmpeg's default 5 s would delay every start.
+    INPUT_OPTIONS = ("-analyzeduration", "1500000")
+
+    def __init__(self, config):
+        super().__init__(config)
+        host = urlsplit(config.media.mediamtx_api).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        self.rtsp_base = f"rtsp://{host}:{config.media.rtsp_port}"
+
+    def stream_url(self, camera: Camera) -> str:
+        return f"{self.rtsp_base}/{camera.id}"
+
+    def open_input(self, camera: Camera) -> capture.DeviceInput:
+        if not capture.camera_present(camera):
+            raise CameraGone("camera disconnected")
+        return capture.DeviceInput([*self.INPUT_OPTIONS, "-rtsp_transport", "tcp", "-i", self.stream_url(camera)])
+
+    def video_args(self, camera: Camera) -> list[str] | None:
+        return ["-c:v", "copy"]
+
+    def warmup_frames(self, camera: Camera) -> int:
+        return 0  # the publisher is already past its first frames, or MediaMTX waits for a keyframe
+
+
+def make_backend(config) -> MediaBackend:
+    """The backend ``media.backend`` names (``ffmpeg`` or ``mediamtx``)."""
+    if config.media.backend == "mediamtx":
+        return MediaMTXBackend(config)
+    return FfmpegBackend(config)

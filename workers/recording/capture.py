@@ -181,20 +181,27 @@ def _image_output(fmt: str) -> list[str]:
     return ["-f", "image2", "-c:v", "mjpeg", "-q:v", "2"]
 
 
+def encode_args(fps: int) -> list[str]:
+    """H.264 for a raw camera. A one-second GOP bounds both what a crash can
+    lose (one fragment) and how late a time-based segment cut may come."""
+    return ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+            "-pix_fmt", "yuv420p", "-g", str(max(1, int(fps or 15)))]
+
+
 def recording_argv(exe: str, device: DeviceInput, *, staging: Path, fmt: str, segment_seconds: int,
-                   first_index: int, fps: int, frame_path: Path) -> list[str]:
+                   first_index: int, fps: int, frame_path: Path, video_args: list[str] | None = None) -> list[str]:
     """One capture run: H.264 segments through the segment muxer, plus a latest-frame JPEG.
 
     Segments are written to ``staging/segNNN.ext``; those names are symlinks
-    to the final files (see :mod:`.backend`). A one-second GOP bounds both
-    what a crash can lose and how late a segment may cut.
+    to the final files (see :mod:`.backend`). ``video_args`` default to
+    :func:`encode_args`; a source that is H.264 already passes ``-c:v copy``.
     """
     container, options = _CONTAINERS[fmt]
-    gop = str(max(1, int(fps or 15)))
     return [
-        exe, *_COMMON, *device.args,
-        "-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-        "-pix_fmt", "yuv420p", "-g", gop,
+        # ffmpeg's main thread notices SIGINT only between waits of
+        # -stats_period (0.5 s by default): shorter makes a stop 5x quicker.
+        exe, *_COMMON, "-stats_period", "0.1", *device.args,
+        "-map", "0:v", *(video_args if video_args is not None else encode_args(fps)),
         "-f", "segment", "-segment_time", str(segment_seconds),
         "-segment_format", container, "-segment_format_options", options,
         "-segment_start_number", str(first_index), "-reset_timestamps", "1",

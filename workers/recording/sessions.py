@@ -62,8 +62,6 @@ TICK = 0.25
 STORAGE_INTERVAL = 2.0
 #: Seconds ffmpeg gets to finalise after SIGINT before SIGKILL.
 STOP_TIMEOUT = 5.0
-#: Seconds a new capture has to deliver its first video.
-START_TIMEOUT = 8.0
 #: Consecutive restarts without a healthy run before a session fails.
 MAX_RESTARTS = 5
 #: Seconds a run must keep growing before its restart count resets.
@@ -265,7 +263,7 @@ class RecordingManager:
         tag = f"{record.session_id}-r{session.runs}"
         run = await self.backend.start_run(
             session.camera, tag=tag, fmt=record.format, first_index=len(record.segments),
-            path_of=lambda index: self._recording_path(record, index), timeout=START_TIMEOUT)
+            path_of=lambda index: self._recording_path(record, index), timeout=self.backend.start_timeout)
         session.run = run
         record.ffmpeg_pid, record.staging = run.pid, tag
         record.worker_pid = os.getpid()
