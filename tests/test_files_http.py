@@ -5,13 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import tracemalloc
 
 import pytest
 
 from workers.files.downloads import DownloadServer
+from workers.files.worker import FilesWorker
 
 from tests.test_files_support import make_config
 
@@ -331,3 +335,51 @@ def test_worker_serves_downloads_from_its_folders(tmp_path):
             assert result["r"][0] == 200 and result["r"][2] == b"worker"
 
     run(body())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
+    from tests.test_files_support import run, running
+    from workers.files.worker import tls_context
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    config = make_config(tmp_path, **{"server.tls.cert_file": str(cert), "server.tls.key_file": str(key)})
+    assert tls_context(make_config(tmp_path)) is None
+    srv = DownloadServer(folders, "127.0.0.1", 0, ssl_context=tls_context(config))
+    srv.start()
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        client.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, timeout=10, context=client)
+        conn.request("GET", "/files/recordings/clip.mp4", headers={"Range": "bytes=-100"})
+        response = conn.getresponse()
+        assert response.status == 206 and response.read() == BODY[-100:]
+        conn.request("GET", "/files/recordings/clip.mp4")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == BODY
+        conn.close()
+        url = FilesWorker(config, 0).download_url("recording", "a.mp4")
+        assert url == f"https://127.0.0.1:{config.server.port}/files/recordings/a.mp4"
+    finally:
+        srv.stop()
+
+
+def test_viewer_authorizer_follows_the_contract(folders, tmp_path):
+    from camservice.auth import Authenticator, issue_token, load_or_create_secret
+    from workers.files.auth import viewer_authorizer
+
+    config = make_config(tmp_path)
+    authorize = viewer_authorizer(config, Authenticator(config))
+    srv = DownloadServer(folders, "127.0.0.1", 0, authorize=authorize)
+    srv.start()
+    try:
+        good = issue_token(load_or_create_secret(config), "viewer", "alice", 60)
+        assert get(srv, "/files/recordings/clip.mp4")[0] == 401
+        assert get(srv, "/files/recordings/clip.mp4", headers={"Authorization": "Bearer nope"})[0] == 403
+        assert get(srv, "/files/recordings/clip.mp4", headers={"X-API-Key": "csk_bad"})[0] == 403
+        assert get(srv, "/files/recordings/clip.mp4", headers={"Authorization": f"Bearer {good}"})[2] == BODY
+    finally:
+        srv.stop()

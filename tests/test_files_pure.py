@@ -22,6 +22,8 @@ def test_parse_default_name():
     assert parsed.camera_id == "camera0"
     assert iso_utc(parsed.started) == "2024-03-05T07:08:09Z"
     assert parse_name("front_door_2024-03-05_07-08-09_AB12CD.mkv").camera_id == "front_door"
+    segment = parse_name("camera2_2024-03-05_07-08-09_AB12CD_part003.mp4")
+    assert segment.camera_id == "camera2" and segment.started is None
 
 
 @pytest.mark.parametrize("name", ["holiday.mp4", "camera0_2024-03-05_07-08-09_ab12cd.mp4",

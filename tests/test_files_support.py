@@ -37,10 +37,12 @@ def ctx(seconds: float = 30.0) -> CallContext:
 class CapturingWorker(FilesWorker):
     """A file worker without background jobs that records what it publishes."""
 
-    def __init__(self, config, index: int = 0, background: bool = False):
+    def __init__(self, config, index: int = 0, background: bool = False, disk=None):
         super().__init__(config, index)
         self.published: list[tuple[str, dict]] = []
         self._background = background
+        if disk is not None:
+            self.disk_usage = disk
 
     def publish(self, topic: str, data: dict):
         self.published.append((topic, data))
@@ -54,8 +56,8 @@ class CapturingWorker(FilesWorker):
 
 
 @contextlib.asynccontextmanager
-async def running(config, index: int = 0, background: bool = False):
-    worker = CapturingWorker(config, index, background)
+async def running(config, index: int = 0, background: bool = False, disk=None):
+    worker = CapturingWorker(config, index, background, disk)
     await worker.start()
     try:
         yield worker

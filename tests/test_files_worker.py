@@ -221,12 +221,14 @@ def test_names_leaving_the_folder_are_invalid_params(tmp_path, method):
 def test_unknown_files_are_not_found(tmp_path):
     config = make_config(tmp_path)
     make_file(config.recordings_dir, "notes.txt", EPOCH)
+    (config.recordings_dir / "folder.mp4").mkdir()
 
     async def body():
         async with running(config) as worker:
             for method, name in [("get_recording_info", "nope.mp4"), ("get_snapshot_info", "nope.jpg"),
                                  ("delete_recording", "nope.mp4"), ("delete_snapshot", "nope.png"),
-                                 ("get_recording_info", "notes.txt")]:
+                                 ("get_recording_info", "notes.txt"), ("get_recording_info", "folder.mp4"),
+                                 ("delete_recording", "folder.mp4")]:
                 with pytest.raises(RpcError) as caught:
                     await getattr(worker, method)({"filename": name}, ctx())
                 assert caught.value.code == FILE_NOT_FOUND
@@ -468,9 +470,9 @@ def test_only_the_leader_runs_background_jobs(tmp_path):
     tree(config, count=3)
 
     async def body():
-        async with running(config, 0, background=True) as first, running(config, 1, background=True) as second:
-            for worker in (first, second):
-                worker.disk_usage = FakeDisk(used_percent=99)
+        disk = FakeDisk(used_percent=99)
+        async with running(config, 0, background=True, disk=disk) as first, \
+                running(config, 1, background=True, disk=disk) as second:
             deadline = time.monotonic() + 10
             while not (first.published or second.published) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -24,6 +24,33 @@ def allow_all(headers: Mapping[str, str]) -> int | None:
     return None
 
 
+def viewer_authorizer(config, authenticator=None) -> Authorizer:
+    """The contract's rule, built on :class:`camservice.auth.Authenticator`:
+    no credentials 401, bad ones (or a role below viewer) 403.
+
+    Ready for the security work to switch on in :func:`make_authorizer`.
+    """
+    from camservice.auth import Authenticator
+    from camservice.errors import RpcError
+    from camservice.methods import role_allows
+
+    authn = authenticator if authenticator is not None else Authenticator(config)
+
+    def authorize(headers: Mapping[str, str]) -> int | None:
+        try:
+            identity = authn.authenticate_http(headers)
+        except RpcError:
+            return 403
+        if identity is None:
+            return 401
+        return None if role_allows(identity.role, "viewer") else 403
+
+    return authorize
+
+
 def make_authorizer(config) -> Authorizer:
-    """The authorizer for this configuration (placeholder: allows everything)."""
+    """The authorizer the download server uses (placeholder: allows everything).
+
+    The security work decides when to return :func:`viewer_authorizer` here.
+    """
     return allow_all

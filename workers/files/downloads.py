@@ -20,6 +20,9 @@ with its own event loop, sending bodies with ``loop.sendfile``.
   threads, and every wait has a timeout (head read, stalled client).
 * Several file worker processes listen on the same port with
   ``SO_REUSEPORT``; the kernel spreads connections among them.
+* With ``server.tls`` configured the gateway redirects to ``https://``, so
+  this server speaks TLS with the same certificate; asyncio then sends the
+  body in bounded 256 KiB read/write steps instead of ``sendfile``.
 
 Paths are checked before any file is touched: the raw target is decoded
 exactly once; a NUL byte, a backslash, a ``.`` or ``..`` segment or a name
@@ -38,6 +41,7 @@ import inspect
 import json
 import os
 import re
+import ssl
 import stat
 import threading
 from dataclasses import dataclass, field
@@ -203,7 +207,7 @@ class DownloadServer:
     def __init__(self, folders: Mapping[str, Path], host: str, port: int, *,
                  authorize: Authorizer = allow_all, reuse_port: bool = True,
                  max_connections: int = 1024, head_timeout: float = 15.0,
-                 stall_timeout: float = 60.0, log=None):
+                 stall_timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None, log=None):
         self.folders = {url: Path(folders[kind]) for url, kind in ROUTES.items()}
         self.host = host
         self.port = port
@@ -212,6 +216,7 @@ class DownloadServer:
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.stall_timeout = stall_timeout
+        self.ssl_context = ssl_context
         self.log = log or structlog.get_logger("files.http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -246,7 +251,8 @@ class DownloadServer:
         try:
             server = loop.run_until_complete(asyncio.start_server(
                 self._connection, self.host, self.port, reuse_port=self.reuse_port,
-                limit=MAX_HEAD_BYTES, backlog=1024))
+                limit=MAX_HEAD_BYTES, backlog=1024, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.head_timeout if self.ssl_context else None))
         except OSError as exc:
             self._error = exc
             ready.set()
@@ -275,7 +281,7 @@ class DownloadServer:
                 return
             while await self._one_request(reader, writer):
                 pass
-        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the client went away or stalled: nothing left to tell it
         except asyncio.CancelledError:
             raise

@@ -242,17 +242,27 @@ class FileIndex:
 
     def page(self, kind: str, limit: int, offset: int,
              camera_ids: Iterable[str] | None = None) -> list[Row]:
-        """Newest first (mtime, then name, both descending), ``limit`` rows from ``offset``."""
-        order = "ORDER BY mtime_ns DESC, filename DESC LIMIT ? OFFSET ?"
-        if camera_ids is None:
-            cursor = self._db().execute(f"{_SELECT} WHERE kind = ? {order}", (kind, limit, offset))
-        else:
+        """Newest first (mtime, then name, both descending), ``limit`` rows from ``offset``.
+
+        The inner query walks only the secondary index (it holds the primary
+        key, so it is covering): skipping 100,000 entries of a deep ``OFFSET``
+        then costs a few ms instead of 100,000 row lookups.
+        """
+        where, args = "kind = ?", [kind]
+        if camera_ids is not None:
             ids = sorted(set(camera_ids))
             if not ids:
                 return []
-            marks = ", ".join("?" * len(ids))
-            cursor = self._db().execute(f"{_SELECT} WHERE kind = ? AND camera_id IN ({marks}) {order}",
-                                        (kind, *ids, limit, offset))
+            where += f" AND camera_id IN ({', '.join('?' * len(ids))})"
+            args += ids
+        # CROSS JOIN fixes the join order: the page first, then one primary-key
+        # lookup per row of the page.
+        cursor = self._db().execute(
+            f"SELECT {', '.join('f.' + c for c in _COLUMNS)} FROM "
+            f"(SELECT filename FROM files WHERE {where} ORDER BY mtime_ns DESC, filename DESC "
+            f"LIMIT ? OFFSET ?) AS p CROSS JOIN files AS f ON f.kind = ? AND f.filename = p.filename "
+            f"ORDER BY f.mtime_ns DESC, f.filename DESC",
+            (*args, limit, offset, kind))
         return [_row(values) for values in cursor]
 
     def listing(self, kind: str, limit: int, offset: int,
@@ -378,6 +388,9 @@ class FileIndex:
         gone = [name for name in indexed.keys() - disk.keys()
                 if name not in protect and not os.path.lexists(os.path.join(folder, name))]
         result.removed = len(gone)
+        # Primary-key order: each batch appends to the B-tree instead of
+        # touching pages all over it (scandir order is the directory's hash order).
+        upserts.sort(key=lambda f: f.filename)
         for start in range(0, len(upserts), SCAN_BATCH):
             chunk = upserts[start:start + SCAN_BATCH]
             with self._write(self._db()) as db:

@@ -14,11 +14,11 @@ server, so that every entry point applies the same rules:
 
 from __future__ import annotations
 
-import calendar
 import os
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from camservice.methods import check_filename
@@ -40,8 +40,8 @@ CONTENT_TYPES = {
 
 _DEFAULT_NAME = re.compile(
     r"(?P<camera>[A-Za-z0-9.-][A-Za-z0-9._-]*?)_"
-    r"(?P<stamp>\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_"
-    r"[A-Z0-9]{6}\.[A-Za-z0-9]+")
+    r"(?P<Y>[0-9]{4})-(?P<M>[0-9]{2})-(?P<D>[0-9]{2})_(?P<h>[0-9]{2})-(?P<m>[0-9]{2})-(?P<s>[0-9]{2})_"
+    r"[A-Z0-9]{6}(?P<part>_part[0-9]{3,})?\.[A-Za-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,24 @@ class ParsedName:
 
 
 def parse_name(filename: str) -> ParsedName:
-    """Camera id and start time of a default-named file; ``None`` parts otherwise."""
+    """Camera id and start time of a default-named file; ``None`` parts otherwise.
+
+    Later segments of a rolled-over recording (``..._XXXXXX_part001.mp4``)
+    keep the first segment's name and so its timestamp, which is not theirs:
+    for them only the camera id is taken.
+    """
     match = _DEFAULT_NAME.fullmatch(filename)
     if not match:
         return ParsedName(None, None)
-    try:
-        stamp = time.strptime(match.group("stamp"), "%Y-%m-%d_%H-%M-%S")
-    except ValueError:  # 2024-13-45: shaped like a date, but is not one
+    if match.group("part"):
         return ParsedName(match.group("camera"), None)
-    return ParsedName(match.group("camera"), float(calendar.timegm(stamp)))
+    try:
+        # datetime() rather than strptime: a rescan parses 100,000 names and
+        # strptime costs ten times more; both refuse 2024-13-45.
+        moment = datetime(*(int(match.group(g)) for g in "YMDhms"), tzinfo=timezone.utc)
+    except ValueError:  # shaped like a date, but is not one
+        return ParsedName(match.group("camera"), None)
+    return ParsedName(match.group("camera"), moment.timestamp())
 
 
 def extension(filename: str) -> str:

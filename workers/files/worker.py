@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -79,7 +81,8 @@ class FilesWorker(Worker):
         self.monitor = ThresholdMonitor(config.storage.warn_percent, config.storage.critical_percent,
                                         config.storage.min_free_bytes)
         self.http = DownloadServer(self.folders, config.server.host, config.files.http_port,
-                                   authorize=make_authorizer(config), log=self.log.bind(part="http"))
+                                   authorize=make_authorizer(config), ssl_context=tls_context(config),
+                                   log=self.log.bind(part="http"))
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
         self.disk_usage: Callable[[Path], Any] = shutil.disk_usage
         self._scheme = "https" if config.server.tls.cert_file else "http"
@@ -92,6 +95,8 @@ class FilesWorker(Worker):
         self._wake = asyncio.Event()
         self._probes: dict[tuple[str, str, int], asyncio.Future] = {}
         self._jobs: asyncio.Task | None = None
+        #: Set by stop(): a retention pass still running in its thread stops deleting.
+        self._closing = threading.Event()
 
     def handlers(self):
         return {
@@ -122,6 +127,7 @@ class FilesWorker(Worker):
         self._jobs = self.spawn(self._background_jobs())
 
     async def stop(self) -> None:
+        self._closing.set()
         if self._jobs is not None:
             self._jobs.cancel()
             await asyncio.wait([self._jobs], timeout=5.0)
@@ -273,7 +279,9 @@ class FilesWorker(Worker):
         except FileNotFoundError:
             await self._thread(ctx, self.db.remove, kind, filename)
             raise file_not_found(filename) from None
-        except (IsADirectoryError, PermissionError) as exc:
+        except IsADirectoryError:  # a folder named like a recording is not one of our files
+            raise file_not_found(filename) from None
+        except PermissionError as exc:
             self.log.warning("delete_failed", kind=kind, filename=filename, error=exc.strerror)
             raise RpcError(INTERNAL_ERROR, data={"reason": f"could not delete: {exc.strerror}"}) from None
         await self._thread(ctx, self.db.remove, kind, filename)
@@ -366,6 +374,8 @@ class FilesWorker(Worker):
             victims = plan(candidates, policy, now=now, recordings_bytes=self.db.total_bytes(RECORDING),
                            free_bytes=free + freed, min_free_bytes=min_free)
             for victim in victims:
+                if self._closing.is_set():
+                    return count, freed
                 # Ask again right before each unlink: a recording may have started
                 # on this name since planning (a caller-chosen filename).
                 if self._is_recording(victim.filename, self.db.get(kind, victim.filename), self.active.names()):
@@ -485,16 +495,20 @@ class FilesWorker(Worker):
             self._device_of_camera[camera_id] = device
 
     async def _camera_ids(self, device: str) -> set[str]:
-        """Camera ids a ``device`` filter stands for: itself (an id) plus the id of that device."""
-        ids = {device}
+        """The camera ids a ``device`` filter stands for (none: nothing matches).
+
+        A device path (``/dev/video0``, ``sim:0``) cannot be a camera id taken
+        from a file name (``/`` and ``:`` are not allowed there), so it maps to
+        its camera's id alone; anything else is taken as a camera id. One id
+        keeps the query on the covering ``(kind, camera_id, mtime)`` index.
+        """
+        if "/" not in device and ":" not in device:
+            return {device}
         camera_id = self._camera_of_device.get(device)
-        if camera_id is None and ("/" in device or ":" in device):
-            if time.monotonic() - self._cameras_checked > CAMERA_CACHE_SECONDS:
-                await self._refresh_cameras()
+        if camera_id is None and time.monotonic() - self._cameras_checked > CAMERA_CACHE_SECONDS:
+            await self._refresh_cameras()
             camera_id = self._camera_of_device.get(device)
-        if camera_id is not None:
-            ids.add(camera_id)
-        return ids
+        return {camera_id} if camera_id is not None else set()
 
     async def _refresh_cameras(self) -> None:
         self._cameras_checked = time.monotonic()
@@ -515,6 +529,16 @@ class FilesWorker(Worker):
             return await asyncio.wait_for(asyncio.to_thread(func, *args), timeout)
         except asyncio.TimeoutError:
             raise RpcError(SERVICE_BUSY, data={"reason": "storage did not answer in time"}) from None
+
+
+def tls_context(config) -> ssl.SSLContext | None:
+    """The server TLS context when ``server.tls`` is configured (the gateway then redirects to https)."""
+    if not config.server.tls.cert_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.server.tls.cert_file, config.server.tls.key_file)
+    return context
 
 
 def main(index: int) -> None:
