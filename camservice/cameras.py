@@ -105,6 +105,8 @@ class CameraTable:
         return sorted(self._by_id.values(), key=lambda c: (len(c.id), c.id))
 
     def find(self, device_or_id: str) -> Camera | None:
+        """By id, else by device; a device node reused by a newly plugged
+        camera finds the connected one, not the unplugged one it replaced."""
         camera = self._by_id.get(device_or_id)
         if camera is None:
             camera_id = self._by_device.get(device_or_id)
@@ -113,10 +115,13 @@ class CameraTable:
 
     def put(self, camera: Camera) -> None:
         old = self._by_id.get(camera.id)
-        if old is not None and old.device != camera.device:
-            self._by_device.pop(old.device, None)
+        if old is not None and old.device != camera.device and self._by_device.get(old.device) == camera.id:
+            del self._by_device[old.device]
+        holder = self._by_id.get(self._by_device.get(camera.device, ""))
+        # The device path belongs to the connected camera when two share it.
+        if holder is None or holder.id == camera.id or holder.status != CONNECTED or camera.status == CONNECTED:
+            self._by_device[camera.device] = camera.id
         self._by_id[camera.id] = camera
-        self._by_device[camera.device] = camera.id
 
     def load_snapshot(self, cameras: list[dict[str, Any]], seq: int, source: str) -> None:
         self._by_id.clear()

@@ -111,8 +111,8 @@ class Event(NamedTuple):
     ``topic`` is a client notification method (``camera_status_update``...)
     or an internal topic starting with ``_`` (never sent to clients).
     ``source`` names the publishing process (``discovery-0``) and ``seq``
-    counts that publisher's events, so a subscriber can notice a gap and
-    take a fresh snapshot.
+    counts that publisher's events of this topic, so a subscriber can notice
+    a gap in the topic it replicates and take a fresh snapshot.
     """
 
     topic: str

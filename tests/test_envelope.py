@@ -28,3 +28,17 @@ def test_event_frames_round_trip():
     frames = event.frames()
     assert frames[0] == b"camera_status_update"  # topic frame: SUB prefix matching works on it
     assert Event.from_frames(frames) == event
+
+
+def test_camera_table_device_reused_by_a_new_camera():
+    from camservice.cameras import CONNECTED, DISCONNECTED, Camera, CameraTable
+
+    table = CameraTable()
+    table.put(Camera("camera0", "/dev/video0", status=DISCONNECTED))
+    table.put(Camera("camera1", "/dev/video0", status=CONNECTED))
+    assert table.find("/dev/video0").id == "camera1"
+    table.put(Camera("camera0", "/dev/video0", status=DISCONNECTED))  # a late update of the old one
+    assert table.find("/dev/video0").id == "camera1"
+    table.put(Camera("camera1", "/dev/video2", status=CONNECTED))  # renumbered by the kernel
+    assert table.find("/dev/video2").id == "camera1"
+    assert table.find("camera0").status == DISCONNECTED

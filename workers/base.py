@@ -87,7 +87,7 @@ class Worker:
         self.log = structlog.get_logger(self.kind)
         self._links: list[_Link] = []
         self._seq = itertools.count(1)
-        self._event_seq = itertools.count(1)
+        self._event_seq: dict[str, itertools.count] = {}  # per topic, so gaps are per topic
         self._tasks: set[asyncio.Task] = set()
         self._stopping: asyncio.Event | None = None  # created in run(), inside the loop
         self._handlers: dict[str, Handler] = {}
@@ -117,7 +117,8 @@ class Worker:
     # --- services for subclasses ----------------------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> Event:
-        event = Event(topic, self.name, next(self._event_seq), data, time.time())
+        counter = self._event_seq.setdefault(topic, itertools.count(1))
+        event = Event(topic, self.name, next(counter), data, time.time())
         if self._pub is not None:
             self._pub.send_multipart(event.frames(), flags=zmq.NOBLOCK)
         return event

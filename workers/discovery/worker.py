@@ -80,7 +80,7 @@ class DiscoveryWorker(Worker):
         super().__init__(config, index)
         self.registry = CameraRegistry(IdStore(config.state_dir / IDS_FILENAME, self.log),
                                        config.cameras.max_cameras, self.log)
-        self.last_seq = 0  # seq of the last event this process published, any topic
+        self.last_seq = 0  # seq of the last camera_status_update this process published
         self.media: StreamSync | None = None
         self.sims: SimDirWatcher | None = None
         self.v4l2: V4L2Watcher | None = None
@@ -149,9 +149,10 @@ class DiscoveryWorker(Worker):
 
     def publish(self, topic: str, data: dict[str, Any]) -> Event:
         event = super().publish(topic, data)
-        # Every topic counts (the base class's _worker_stats too): the snapshot's
-        # seq must cover everything this process has published before it.
-        self.last_seq = event.seq
+        # Sequence numbers are per topic: the snapshot's seq is that of the
+        # last camera event, the topic replicas follow.
+        if topic == "camera_status_update":
+            self.last_seq = event.seq
         return event
 
     def stats(self) -> dict[str, Any]:
