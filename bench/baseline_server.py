@@ -21,6 +21,7 @@ import resource
 import signal
 
 from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 
 # ------------------------------------------------------------ constant results
 
@@ -136,10 +137,13 @@ async def handler(ws) -> None:
         await ws.close(1008, "unknown path")
         return
     # One request at a time per connection, answered in order: the naive way.
-    async for message in ws:
-        reply = handle_text(message)
-        if reply is not None:
-            await ws.send(reply)
+    try:
+        async for message in ws:
+            reply = handle_text(message)
+            if reply is not None:
+                await ws.send(reply)
+    except ConnectionClosed:
+        pass  # a client that went away without a closing handshake: not news
 
 
 async def main(host: str, port: int) -> None:

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import json
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import time
 from array import array
@@ -412,9 +414,27 @@ async def idle_worker(pipe, cfg: dict) -> None:
     await close_all(conns)
 
 
-def child_main(pipe, cfg: dict) -> None:
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphan load)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: pipe EOF still ends the child when it next waits
+
+
+def child_main(pipe, cfg: dict, inherited: list) -> None:
+    # Forked children inherit the parent's ends of the pipes: close them, or
+    # a child would never see EOF on its own pipe when the parent dies.
+    for conn in inherited:
+        conn.close()
+    die_with_parent()
+    if os.getppid() == 1:  # the parent died before prctl
+        return
     try:
         asyncio.run((idle_worker if cfg["idle"] else load_worker)(pipe, cfg))
+    except (EOFError, BrokenPipeError):
+        pass  # the parent is gone
     except Exception as exc:  # report instead of leaving the parent waiting
         pipe.send(("fatal", repr(exc)))
 
@@ -430,8 +450,10 @@ class ClientPool:
         for n, budget in zip(conns_per_proc, budgets):
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=child_main, daemon=True,
-                               args=(child_end, dict(cfg, n_conns=n, budget=budget)))
+                               args=(child_end, dict(cfg, n_conns=n, budget=budget),
+                                     self.pipes + [parent_end]))
             proc.start()
+            child_end.close()  # so the parent sees EOF if the child dies
             self.pipes.append(parent_end)
             self.procs.append(proc)
 

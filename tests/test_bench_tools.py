@@ -110,6 +110,29 @@ def test_load_tolerates_a_tricky_server(client):
     assert r["requests"] == 400 and r["errors"] == 0
 
 
+def test_client_processes_die_with_the_parent(baseline):
+    import psutil
+    import signal
+    import time
+
+    _, url = baseline
+    load = subprocess.Popen([sys.executable, str(BENCH / "load.py"), "--url", url,
+                             "--connections", "2", "--duration", "30"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while len(children := psutil.Process(load.pid).children()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        load.send_signal(signal.SIGKILL)
+        load.wait()
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    for proc in alive:  # don't leave load running if the test fails
+        proc.kill()
+    assert not alive
+
+
 def test_baseline_answers_like_the_contract(baseline):
     _, url = baseline
     import asyncio
