@@ -11,9 +11,12 @@ without a ZeroMQ hop, and how a late joiner never sees a stale list.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 CONNECTED, DISCONNECTED, ERROR = "CONNECTED", "DISCONNECTED", "ERROR"
 
@@ -69,16 +72,19 @@ class Camera:
         return {"formats": list(self.formats), "resolutions": list(self.resolutions),
                 "frame_rates": {k: list(v) for k, v in self.frame_rates.items()}}
 
-    def to_status(self, now: float | None = None) -> dict[str, Any]:
-        """The result of ``get_camera_status``: the camera object plus metrics."""
+    def metrics(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        result = self.to_api()
         connected = self.status == CONNECTED
-        result["metrics"] = {
+        return {
             "bytes_sent": self.bytes_sent,
             "readers": self.readers if connected else 0,
             "uptime": round(now - self.connected_since, 3) if connected else 0,
         }
+
+    def to_status(self, now: float | None = None) -> dict[str, Any]:
+        """The result of ``get_camera_status``: the camera object plus metrics."""
+        result = self.to_api()
+        result["metrics"] = self.metrics(now)
         return result
 
     def to_notification(self) -> dict[str, Any]:
@@ -94,6 +100,9 @@ class CameraTable:
         self._by_device: dict[str, str] = {}
         self.seq = 0  # last applied event sequence of the owner
         self.source: str | None = None  # owner process name
+        # Encoded JSON of the API views, dropped whenever a camera changes.
+        self._api_json: dict[str, str] = {}
+        self._list_json: str | None = None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -113,7 +122,15 @@ class CameraTable:
             camera = self._by_id.get(camera_id) if camera_id else None
         return camera
 
+    def _changed(self, camera_id: str | None = None) -> None:
+        self._list_json = None
+        if camera_id is None:
+            self._api_json.clear()
+        else:
+            self._api_json.pop(camera_id, None)
+
     def put(self, camera: Camera) -> None:
+        self._changed(camera.id)
         old = self._by_id.get(camera.id)
         if old is not None and old.device != camera.device and self._by_device.get(old.device) == camera.id:
             del self._by_device[old.device]
@@ -124,6 +141,7 @@ class CameraTable:
         self._by_id[camera.id] = camera
 
     def load_snapshot(self, cameras: list[dict[str, Any]], seq: int, source: str) -> None:
+        self._changed()
         self._by_id.clear()
         self._by_device.clear()
         for state in cameras:
@@ -143,13 +161,27 @@ class CameraTable:
 
     def set_recording(self, device_or_id: str, recording: bool) -> None:
         camera = self.find(device_or_id)
-        if camera is not None:
+        if camera is not None and camera.recording != recording:
             camera.recording = recording
+            self._changed(camera.id)
 
     def api_list(self) -> dict[str, Any]:
         cameras = [c.to_api() for c in self._sorted()]
         connected = sum(1 for c in cameras if c["status"] == CONNECTED)
         return {"cameras": cameras, "total": len(cameras), "connected": connected}
+
+    def status_json(self, camera: Camera, now: float | None = None) -> str:
+        """``camera.to_status()`` as JSON text, from the cached camera object."""
+        api = self._api_json.get(camera.id)
+        if api is None:
+            api = self._api_json[camera.id] = _encode(camera.to_api())
+        return f'{api[:-1]},"metrics":{_encode(camera.metrics(now))}}}'
+
+    def list_json(self) -> str:
+        """``api_list()`` as JSON text, encoded once per change."""
+        if self._list_json is None:
+            self._list_json = _encode(self.api_list())
+        return self._list_json
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [c.to_state() for c in self._sorted()]

@@ -194,9 +194,9 @@ class Gateway:
             camera = self.cameras.find(params["device"])
             if camera is None:
                 raise camera_not_found(params["device"])
-            return camera.to_status()
+            return jsonrpc.Raw(self.cameras.status_json(camera))
         if name == "get_camera_list":
-            return self.cameras.api_list()
+            return jsonrpc.Raw(self.cameras.list_json())
         if name == "authenticate":
             identity = self._authenticate(session, params["auth_token"])
             session.identity = identity

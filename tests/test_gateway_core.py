@@ -1,6 +1,6 @@
 """The gateway pipeline without sockets: check order, roles, local methods, forwarding."""
 
-import time
+import json
 
 import pytest
 
@@ -36,8 +36,11 @@ def setup(tmp_path):
 
 
 def call(gw, session, method, params=None, request_id=1):
+    """Run one call; the response comes back decoded, as a client sees it."""
     replies = []
     result = gw.handle(session, jsonrpc.Call(method, params, request_id), replies.append)
+    if isinstance(result, dict):
+        result = json.loads(jsonrpc.encode(result))
     return result, replies
 
 
@@ -181,5 +184,20 @@ def test_pipeline_benchmark(setup, benchmark):
     session = gw.open_session("p")
     call(gw, session, "authenticate", {"auth_token": tokens["viewer"]})
     request = jsonrpc.Call("get_camera_status", {"device": "camera0"}, 1)
-    response = benchmark(gw.handle, session, request, None)
-    assert response["result"]["id"] == "camera0"
+    response = benchmark(lambda: jsonrpc.encode(gw.handle(session, request, None)))
+    assert json.loads(response)["result"]["id"] == "camera0"
+
+
+def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
+    gw, _, _ = setup
+    table = gw.cameras
+    camera = table.find("camera0")
+    assert json.loads(table.status_json(camera, now=camera.connected_since + 5)) == camera.to_status(
+        now=camera.connected_since + 5)
+    assert json.loads(table.list_json()) == table.api_list()
+    table.set_recording("camera0", True)
+    assert json.loads(table.status_json(camera))["recording"] is True
+    assert json.loads(table.list_json())["cameras"][0]["recording"] is True
+    table.apply(Camera("camera0", "sim:0", status="DISCONNECTED").to_state(), 2, "discovery-0")
+    fresh = json.loads(table.status_json(table.find("camera0")))
+    assert fresh["status"] == "DISCONNECTED" and fresh["streams"] == {} and fresh["metrics"]["uptime"] == 0
