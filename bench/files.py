@@ -4,7 +4,8 @@ Two modes, each printing one JSON object per line on stdout:
 
 ``index`` (default) generates N small recordings with spread mtimes in a
 temporary folder, builds the index with a full rescan (what a first start
-does), rescans again with nothing changed (the periodic job), then measures
+does), rescans again with nothing changed (a full walk, and the periodic
+quick scan that only stats the folders), then measures
 handler latency in-process: ``list_recordings`` (first page, a device
 filter, a deep offset), ``get_storage_info`` and ``delete_recording``::
 
@@ -107,6 +108,9 @@ async def bench_index(count: int, queries: int, base: Path) -> None:
         started = time.perf_counter()
         await worker.rescan()
         rescan_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await worker.rescan(full=False)
+        quick_s = time.perf_counter() - started
 
         def ctx() -> CallContext:
             return CallContext("bench", {}, time.time() + 60)
@@ -119,6 +123,7 @@ async def bench_index(count: int, queries: int, base: Path) -> None:
         }
         result = {"bench": "files.index", "files": count, "generate_s": round(generate_s, 3),
                   "index_build_s": round(build_s, 3), "rescan_unchanged_s": round(rescan_s, 3),
+                  "rescan_quick_s": round(quick_s, 4),
                   "db_bytes": sum(p.stat().st_size for p in worker.db.path.parent.glob("index.sqlite3*"))}
         for label, params_for in listing.items():
             result[f"list_{label}"] = await measure(

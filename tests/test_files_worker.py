@@ -172,6 +172,28 @@ def test_file_deleted_by_hand_disappears_after_rescan(tmp_path):
     run(body())
 
 
+def test_quick_rescan_walks_only_changed_folders(tmp_path):
+    config = make_config(tmp_path)
+    names = tree(config, count=4)
+
+    async def body():
+        async with running(config) as worker:
+            await worker.rescan()
+            assert [r.skipped for r in await worker.rescan(full=False)] == [True, True]
+            (config.recordings_dir / names[0]).write_bytes(b"rewritten in place")
+            assert [r.skipped for r in await worker.rescan(full=False)] == [True, True]
+            recording, _ = await worker.rescan()
+            assert recording.changed == 1  # the in-place rewrite, found by a full walk
+            (config.recordings_dir / names[1]).unlink()  # an entry removed: the folder's mtime moves
+            recording, snapshot = await worker.rescan(full=False)
+            assert not recording.skipped and recording.removed == 1 and snapshot.skipped
+            page = await worker.list_recordings(methods.list_files({}), ctx())
+            sizes = {f["filename"]: f["file_size"] for f in page["files"]}
+            assert page["total"] == 3 and sizes[names[0]] == len(b"rewritten in place")
+
+    run(body())
+
+
 def test_index_survives_restart_and_is_rebuilt_when_corrupt(tmp_path):
     config = make_config(tmp_path)
     tree(config, count=5)
@@ -491,3 +513,29 @@ def test_worker_kind_and_capacity(tmp_path):
     worker = FilesWorker(config, 3)
     assert worker.kind == "files" and worker.capacity == 7 and worker.name == "files-3"
     assert set(worker.handlers()) == {name for name, m in methods.METHODS.items() if m.target == "files"}
+
+
+def test_a_follower_woken_by_a_policy_change_does_not_spin(tmp_path):
+    config = make_config(tmp_path)
+
+    async def body():
+        async with running(config, 0, background=True) as first, running(config, 1, background=True) as second:
+            while not (first.leader.held or second.leader.held):
+                await asyncio.sleep(0.01)
+            follower = second if first.leader.held else first
+            attempts = 0
+            original = follower.leader.acquire
+
+            def counting_acquire(*args, **kwargs):
+                nonlocal attempts
+                attempts += 1
+                return original(*args, **kwargs)
+
+            follower.leader.acquire = counting_acquire
+            await follower.set_retention_policy(methods.retention_policy(
+                {"policy_type": "manual", "enabled": False}), ctx())
+            for _ in range(30):
+                await asyncio.sleep(0.01)
+            assert attempts <= 2  # one wake-up, then back to the interval
+
+    run(body())

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .names import admitted, parse_name
+from .names import KINDS, admitted, parse_name
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS files (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_by_time ON files (kind, mtime_ns, filename);
 CREATE INDEX IF NOT EXISTS files_by_camera ON files (kind, camera_id, mtime_ns, filename);
+-- Few rows are flagged at any time: a partial index makes finding them O(flagged).
+CREATE INDEX IF NOT EXISTS files_recording ON files (filename) WHERE recording = 1;
 
 CREATE TABLE IF NOT EXISTS totals (
     kind      TEXT    NOT NULL,
@@ -129,6 +131,7 @@ class ScanResult:
     added: int = 0
     changed: int = 0
     removed: int = 0
+    skipped: bool = False  # the folder had not changed since the last scan
 
 
 def scan_folder(kind: str, folder: Path) -> dict[str, DiskFile]:
@@ -359,8 +362,11 @@ class FileIndex:
             flagged = {name for (name,) in db.execute("SELECT filename FROM files WHERE recording = 1")}
             stale = flagged - active
             fresh = active - flagged
-            db.executemany("UPDATE files SET recording = 0 WHERE filename = ?", [(n,) for n in stale])
-            db.executemany("UPDATE files SET recording = 1 WHERE filename = ?", [(n,) for n in fresh])
+            # "kind IN (...)" lets each update use the primary key instead of a table scan.
+            db.executemany("UPDATE files SET recording = 0 WHERE kind IN (?, ?) AND filename = ?",
+                           [(*KINDS, n) for n in stale])
+            db.executemany("UPDATE files SET recording = 1 WHERE kind IN (?, ?) AND filename = ?",
+                           [(*KINDS, n) for n in fresh])
             return len(stale) + len(fresh)
 
     def reconcile(self, kind: str, folder: Path, protect: set[str] = frozenset()) -> ScanResult:
