@@ -126,9 +126,18 @@ def test_raw_request_lines_are_refused(server, request_line):
     assert SECRET not in answer and BODY not in answer
 
 
-def test_symlink_staying_inside_is_served(server):
-    status, headers, body = get(server, "/files/recordings/alias.mp4")
-    assert status == 200 and body == BODY
+def test_symlinks_are_never_served(server, folders):
+    assert get(server, "/files/recordings/alias.mp4")[0] == 404  # even one that stays inside
+    assert get(server, "/files/recordings/clip.mp4")[0] == 200
+    # The folder itself may be a symlink (recordings on another disk).
+    os.symlink(folders["recording"], folders["recording"].parent / "linked")
+    srv = DownloadServer({"recording": folders["recording"].parent / "linked", "snapshot": folders["snapshot"]},
+                         "127.0.0.1", 0)
+    srv.start()
+    try:
+        assert get(srv, "/files/recordings/clip.mp4")[2] == BODY
+    finally:
+        srv.stop()
 
 
 # --- whole files, headers ---------------------------------------------------------------------

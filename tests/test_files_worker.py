@@ -243,19 +243,23 @@ def test_names_leaving_the_folder_are_invalid_params(tmp_path, method):
 def test_unknown_files_are_not_found(tmp_path):
     config = make_config(tmp_path)
     make_file(config.recordings_dir, "notes.txt", EPOCH)
+    make_file(config.recordings_dir, "real.mp4", EPOCH)
     (config.recordings_dir / "folder.mp4").mkdir()
+    os.symlink(config.recordings_dir / "real.mp4", config.recordings_dir / "alias.mp4")
 
     async def body():
         async with running(config) as worker:
             for method, name in [("get_recording_info", "nope.mp4"), ("get_snapshot_info", "nope.jpg"),
                                  ("delete_recording", "nope.mp4"), ("delete_snapshot", "nope.png"),
                                  ("get_recording_info", "notes.txt"), ("get_recording_info", "folder.mp4"),
-                                 ("delete_recording", "folder.mp4")]:
+                                 ("delete_recording", "folder.mp4"), ("get_recording_info", "alias.mp4"),
+                                 ("delete_recording", "alias.mp4")]:
                 with pytest.raises(RpcError) as caught:
                     await getattr(worker, method)({"filename": name}, ctx())
                 assert caught.value.code == FILE_NOT_FOUND
                 assert caught.value.data == {"filename": name}
             assert (config.recordings_dir / "notes.txt").exists()
+            assert (config.recordings_dir / "alias.mp4").is_symlink() and (config.recordings_dir / "real.mp4").exists()
 
     run(body())
 

@@ -28,9 +28,10 @@ Paths are checked before any file is touched: the raw target is decoded
 exactly once; a NUL byte, a backslash, a ``.`` or ``..`` segment or a name
 outside the contract's character set is 400; a name that resolves outside
 its folder (a symlink pointing out) is 404, like a missing file, so the
-server never confirms what exists elsewhere. The file is opened with
-``O_NOFOLLOW`` on its resolved path, closing the window in which the last
-component could be replaced by a symlink.
+server never confirms what exists elsewhere. Only regular files are served
+(as only they are listed): the name is opened with ``O_NOFOLLOW``, which
+also closes the window in which it could be swapped for a symlink after
+the check.
 """
 
 from __future__ import annotations
@@ -335,12 +336,15 @@ class DownloadServer:
         if not admitted(ROUTES[route], name):
             raise HttpError(404, "no such file")
         try:
-            path = resolve_inside(self.folders[route], name)
+            resolve_inside(self.folders[route], name)
         except Escape:
             raise HttpError(404, "no such file") from None
+        # Only regular files are served, as only they are listed: O_NOFOLLOW
+        # refuses a symlink, including one swapped in after the check above.
+        path = os.path.join(os.path.realpath(self.folders[route]), name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:  # missing, a symlink swapped in (ELOOP), unreadable
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # missing, a symlink (ELOOP), unreadable
             raise HttpError(404, "no such file") from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

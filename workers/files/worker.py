@@ -217,10 +217,14 @@ class FilesWorker(Worker):
         return entry
 
     def _refresh_row(self, kind: str, filename: str, path: Path, active: set[str] | None) -> Row:
-        """The row of a file, brought in line with the disk (blocking: a thread)."""
+        """The row of a file, brought in line with the disk (blocking: a thread).
+
+        Only regular files are ours (the index never lists a symlink), so
+        ``lstat``: a symlink that stays inside the folder is "not found".
+        """
         row = self.db.get(kind, filename)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
                 raise FileNotFoundError(filename)
         except FileNotFoundError:
@@ -270,19 +274,14 @@ class FilesWorker(Worker):
         return await self._delete(SNAPSHOT, params["filename"], ctx)
 
     async def _delete(self, kind: str, filename: str, ctx: CallContext) -> dict:
-        self._resolve(kind, filename)
+        path = self._resolve(kind, filename)
         row = self.db.get(kind, filename)
         if self._is_recording(filename, row, self.active.names()):
             raise RpcError(IN_PROGRESS, data={"filename": filename, "reason": "the file is being recorded"})
-        # Unlink the name itself: if it is a symlink that stays inside, the link
-        # goes, never the file it points to.
-        link = self.folders[kind] / filename
         try:
-            await self._thread(ctx, os.unlink, link)
+            await self._thread(ctx, _unlink_regular, path)
         except FileNotFoundError:
             await self._thread(ctx, self.db.remove, kind, filename)
-            raise file_not_found(filename) from None
-        except IsADirectoryError:  # a folder named like a recording is not one of our files
             raise file_not_found(filename) from None
         except PermissionError as exc:
             self.log.warning("delete_failed", kind=kind, filename=filename, error=exc.strerror)
@@ -292,14 +291,18 @@ class FilesWorker(Worker):
         return {"filename": filename, "deleted": True, "message": f"{LABELS[kind]} deleted"}
 
     def _resolve(self, kind: str, filename: str) -> Path:
-        """The checked path of ``filename``; -32602 when it leaves the folder, -32010 when not ours."""
+        """The path of ``filename`` in its folder (not following a final symlink).
+
+        -32602 when the name, or a symlink of that name, leads out of the
+        folder; -32010 when the name is not one the folder's index admits.
+        """
         try:
-            path = resolve_inside(self.folders[kind], filename)
+            resolve_inside(self.folders[kind], filename)
         except Escape as exc:
             raise invalid_params(str(exc), "filename") from None
         if not admitted(kind, filename):
             raise file_not_found(filename)
-        return path
+        return Path(os.path.realpath(self.folders[kind])) / filename
 
     # --- storage -----------------------------------------------------------------------------
 
@@ -556,6 +559,13 @@ class FilesWorker(Worker):
             return await asyncio.wait_for(asyncio.to_thread(func, *args), timeout)
         except asyncio.TimeoutError:
             raise RpcError(SERVICE_BUSY, data={"reason": "storage did not answer in time"}) from None
+
+
+def _unlink_regular(path: Path) -> None:
+    """Remove ``path`` if it is a regular file; symlinks and folders count as missing."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise FileNotFoundError(str(path))
+    os.unlink(path)
 
 
 def tls_context(config) -> ssl.SSLContext | None:
