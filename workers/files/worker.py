@@ -341,7 +341,9 @@ class FilesWorker(Worker):
             return {"cleanup_executed": False, "files_deleted": 0, "space_freed": 0,
                     "message": "Retention policy is disabled; nothing was deleted"}
         wait = max(0.0, min(THREAD_WAIT_CAP, ctx.remaining() - 2.0))
-        outcome = await self._thread(ctx, self._retention_locked, policy, wait)
+        # A big cleanup may use the whole deadline (the method allows 60 s); past
+        # it the caller hears -32011 while the pass goes on and finishes.
+        outcome = await self._thread(ctx, self._retention_locked, policy, wait, cap=ctx.remaining())
         if outcome is None:
             raise RpcError(SERVICE_BUSY, data={"reason": "another cleanup is running"})
         count, freed = outcome
@@ -552,9 +554,9 @@ class FilesWorker(Worker):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    async def _thread(self, ctx: CallContext, func: Callable, *args):
+    async def _thread(self, ctx: CallContext, func: Callable, *args, cap: float = THREAD_WAIT_CAP):
         """Run blocking work in a thread, waiting no longer than the call is worth."""
-        timeout = max(0.1, min(THREAD_WAIT_CAP, ctx.remaining()))
+        timeout = max(0.1, min(cap, ctx.remaining()))
         try:
             return await asyncio.wait_for(asyncio.to_thread(func, *args), timeout)
         except asyncio.TimeoutError:
