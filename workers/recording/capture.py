@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import os
 import re
 import signal
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from camservice.cameras import Camera
-from camservice.process import die_with_parent
+from camservice.process import PR_SET_PDEATHSIG
 
 from . import simdev
 
@@ -240,9 +241,19 @@ def sanitize(text: str, allowed: Iterable[Path]) -> str:
 # --- processes ---------------------------------------------------------------------------
 
 
+try:
+    # Resolved once here, not in the child: a dlopen between fork and exec of
+    # a multi-threaded process (ZeroMQ's I/O threads) could deadlock on the
+    # loader lock, which is why camservice.process.die_with_parent is not used.
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not glibc Linux
+    _prctl = None
+
+
 def _child_setup(parent: int) -> None:
-    """Runs in the forked child before exec (keep it async-signal-safe-ish: no locks)."""
-    die_with_parent(signal.SIGINT)
+    """Runs in the forked child before exec: no imports, no allocations to speak of."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
     if os.getppid() != parent:  # the worker died between fork and prctl
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -334,6 +345,8 @@ async def run_once(argv: list[str], timeout: float, pass_fds: tuple[int, ...] = 
     process = FfmpegProcess(argv, pass_fds)
     try:
         await process.start()
+    except OSError as exc:
+        raise CaptureError(f"cannot start ffmpeg: {exc.strerror or exc}") from None
     finally:
         if on_started is not None:
             on_started()

@@ -115,8 +115,15 @@ class RecordingManager:
         self.sessions: dict[str, Session] = {}
         self._pending: list[SessionRecord] = []
         self._closed = False
+        #: First-segment names of sessions starting or running: two cameras
+        #: asked for the same file name at once must not share one file.
+        self._names: set[str] = set()
         #: Seconds ffmpeg gets to finalise after SIGINT (tests shorten it).
         self.stop_timeout = STOP_TIMEOUT
+        #: Metrics hooks (the worker feeds its histograms): seconds a snapshot
+        #: took; status and length of every recording that ended.
+        self.observe_snapshot: Callable[[float], None] = lambda seconds: None
+        self.observe_recording: Callable[[str, float], None] = lambda status, seconds: None
         config.recordings_dir.mkdir(parents=True, exist_ok=True)
         config.snapshots_dir.mkdir(parents=True, exist_ok=True)
 
@@ -171,9 +178,10 @@ class RecordingManager:
         await storage.ensure_space(folder, self.config.storage.min_free_bytes)
         target = folder / filename
         # Written under a hidden name and renamed, so the file worker never lists half a picture.
-        temp = folder / f".{filename}.{naming.random_tag()}.tmp.{fmt}"
+        temp = folder / f".snapshot-{naming.random_tag(12)}.tmp.{fmt}"
         slot = self._slot(camera.id)
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         try:
             async with asyncio.timeout(timeout):
                 async with slot.lock:
@@ -191,6 +199,7 @@ class RecordingManager:
         finally:
             await asyncio.to_thread(_unlink_quietly, temp)
         self._file_update("snapshot", filename, camera, "complete", size)
+        self.observe_snapshot(time.monotonic() - began)
         return {"device": camera.device, "filename": filename, "status": "completed",
                 "timestamp": naming.utc_iso(), "file_size": size, "file_path": str(target)}
 
@@ -220,13 +229,23 @@ class RecordingManager:
             slot.starting = False
 
     async def _start(self, camera: Camera, slot: Slot, params: dict[str, Any]) -> dict[str, Any]:
-        fmt = params.get("format") or "mp4"
-        duration = params.get("duration")
-        filename = params.get("filename") or naming.default_name(camera.id, fmt)
+        filename = params.get("filename") or naming.default_name(camera.id, params.get("format") or "mp4")
         folder = self.config.recordings_dir
-        if await asyncio.to_thread(_name_taken, folder, filename):
+        if filename in self._names or await asyncio.to_thread(_name_taken, folder, filename):
             raise RpcError(errors.IN_PROGRESS, data={
                 "reason": "a recording with this file name exists", "filename": filename})
+        self._names.add(filename)
+        try:
+            return await self._start_named(camera, slot, params, filename)
+        finally:
+            if slot.session is None or slot.session.record.filename != filename:
+                self._names.discard(filename)
+
+    async def _start_named(self, camera: Camera, slot: Slot, params: dict[str, Any],
+                           filename: str) -> dict[str, Any]:
+        fmt = params.get("format") or "mp4"
+        duration = params.get("duration")
+        folder = self.config.recordings_dir
         await storage.ensure_space(folder, self.config.storage.min_free_bytes)
         start = time.time()
         record = SessionRecord(
@@ -241,8 +260,13 @@ class RecordingManager:
                 raise self._media_error(exc, params["device"]) from None
         # Register the first segment (active list, journal) before the
         # supervisor task exists, so that only one task ever polls a run.
-        await self._poll(session)
-        await self.journal.save_async(record)
+        try:
+            await self._poll(session)
+            await self.journal.save_async(record)
+        except BaseException:
+            await self._finish_run(session, "failed")  # never leave a capture nobody supervises
+            await self.journal.remove_async(record.session_id)
+            raise
         self._launch(session, slot)
         self.log.info("recording_started", camera=camera.id, session_id=record.session_id,
                       filename=filename, duration=duration, pid=session.run.pid if session.run else None)
@@ -251,6 +275,7 @@ class RecordingManager:
                 "status": STARTED, "start_time": naming.utc_iso(start), "duration": duration, "format": fmt}
 
     def _launch(self, session: Session, slot: Slot) -> None:
+        self._names.add(session.record.filename)
         session.result = asyncio.get_running_loop().create_future()
         slot.session = session
         self.sessions[session.record.session_id] = session
@@ -470,11 +495,13 @@ class RecordingManager:
             if slot is not None and slot.session is session:
                 slot.session = None
             self.sessions.pop(record.session_id, None)
+            self._names.discard(record.filename)
             duration = round(end - record.start_time, 3)
             log = self.log.warning if status == FAILED else self.log.info
             log("recording_ended", camera=record.camera_id, session_id=record.session_id, status=status,
                 error=error, duration=duration, segments=len(record.segments), bytes=sizes)
             self._status_event(session, status, duration, error)
+            self.observe_recording(status, duration)
             result = {"device": record.device, "session_id": record.session_id, "filename": record.filename,
                       "status": status, "start_time": naming.utc_iso(record.start_time),
                       "end_time": naming.utc_iso(end), "duration": duration, "file_size": sizes}
@@ -575,6 +602,7 @@ class RecordingManager:
         await self.journal.remove_async(record.session_id)
         self.log.warning("recording_not_resumed", session_id=record.session_id, status=status, error=error)
         self._status_event(session, status, duration, error)
+        self.observe_recording(status, duration)
 
     async def _kill_leftover(self, record: SessionRecord) -> None:
         """Stop a capture of a dead worker that outlived it (PDEATHSIG normally saw to that)."""

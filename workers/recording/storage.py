@@ -9,10 +9,17 @@ from pathlib import Path
 from camservice.errors import STORAGE_FULL, RpcError
 
 
+def _free(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except FileNotFoundError:  # removed behind our back: it is about to be written to
+        folder.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(folder).free
+
+
 async def free_bytes(folder: Path) -> int:
     # statvfs on a hung network mount blocks: keep it off the loop.
-    usage = await asyncio.to_thread(shutil.disk_usage, folder)
-    return usage.free
+    return await asyncio.to_thread(_free, folder)
 
 
 async def ensure_space(folder: Path, min_free: int) -> None:

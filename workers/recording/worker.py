@@ -20,9 +20,10 @@ from typing import Any
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
+from gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 from workers.base import CallContext, Worker, run_worker
 
-from .sessions import RecordingManager
+from .sessions import FAILED, RecordingManager
 
 #: Seconds a handler leaves for the reply to travel back before its deadline.
 REPLY_MARGIN = 0.5
@@ -41,6 +42,22 @@ class RecordingWorker(Worker):
         self.manager.stop_timeout = min(self.manager.stop_timeout, max(1.0, config.runtime.stop_timeout * 0.3))
         self._ready: asyncio.Event | None = None
         self._resync: asyncio.Lock | None = None
+        self._snapshot_seconds = Histogram(SNAPSHOT_BUCKETS)
+        self._recording_seconds = Histogram(RECORDING_BUCKETS)
+        self._failed = 0
+        self.manager.observe_snapshot = self._snapshot_seconds.observe
+        self.manager.observe_recording = self._recording_ended
+
+    def _recording_ended(self, status: str, seconds: float) -> None:
+        self._recording_seconds.observe(seconds)
+        if status == FAILED:
+            self._failed += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for ``gateway.metrics`` (shape documented there)."""
+        return {"active_recordings": len(self.manager.sessions), "failed_recordings": self._failed,
+                "snapshot_seconds": self._snapshot_seconds.export(),
+                "recording_seconds": self._recording_seconds.export()}
 
     def handlers(self):
         return {"take_snapshot": self.take_snapshot, "start_recording": self.start_recording,
