@@ -384,6 +384,31 @@ def test_errors_for_unknown_camera_idle_stop_and_ffmpeg_failure(tmp_path: Path):
         assert found[name].code == errors.MEDIA_BACKEND and reason
         assert str(tmp_path) not in reason  # no paths outside the storage folders
     assert not h.manager.sessions and not list((h.state / "journal").iterdir())
+    assert not list(h.config.recordings_dir.iterdir())  # a failed start leaves no empty file behind
+
+
+def test_concurrent_start_snapshot_and_same_file_name(tmp_path: Path):
+    h = Harness(tmp_path, cameras=2)
+
+    async def scenario():
+        await h.manager.open()
+        outcomes = await asyncio.gather(
+            h.manager.start_recording(start_params(device="sim:0", filename="same")),
+            h.manager.take_snapshot(snap_params("sim:0")),
+            h.manager.start_recording(start_params(device="sim:1", filename="same")),
+            return_exceptions=True)
+        for device in ("sim:0", "sim:1"):
+            try:
+                await h.manager.stop_recording({"device": device})
+            except RpcError:
+                pass
+        return outcomes
+
+    started, snap, clash = asyncio.run(scenario())
+    assert started["filename"] == "same.mp4"
+    assert snap["status"] == "completed"  # taken from the starting recording, or before it opened the device
+    assert isinstance(clash, RpcError) and clash.code == errors.IN_PROGRESS
+    assert probe(h.recording("same.mp4")).codec == "h264"
 
 
 def test_recovery_after_the_deadline_passed_reports_completed(tmp_path: Path):

@@ -338,33 +338,57 @@ class FfmpegBackend:
             raise CaptureError(f"cannot start ffmpeg: {exc.strerror or exc}") from None
         finally:
             device.release()
-        first = path_of(first_index)
+        try:
+            await self._await_first_data(run, path_of(first_index), timeout)
+        except BaseException as exc:
+            if not isinstance(exc, CaptureError):  # cancelled: no capture may outlive its caller
+                process.kill()
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return run
+
+    async def _await_first_data(self, run: FfmpegRun, first: Path, timeout: float) -> None:
+        """Success means data in the first segment: the device delivered a
+        frame and the encoder and muxer accepted it."""
+        process = run.process
         deadline = time.monotonic() + timeout
-        # Success means data in the first segment: the device delivered a
-        # frame and the encoder and muxer accepted it.
         while True:
             if not process.running():
                 await process.wait(1.0)
-                run.finish()
+                await asyncio.to_thread(_discard_failed_start, run, first)
                 raise self._failure(process)
-            try:
-                if first.stat().st_size > 0:
-                    break
-            except FileNotFoundError:
-                pass
+            if await asyncio.to_thread(_size, first) > 0:
+                return
             if time.monotonic() >= deadline:
                 await process.stop(2.0)
-                run.finish()
+                await asyncio.to_thread(_discard_failed_start, run, first)
                 raise CaptureError(self.sanitize(
                     f"no video from the camera within {timeout:.0f}s: {process.tail() or 'no output'}"))
             await asyncio.sleep(0.05)
-        return run
 
     def _failure(self, process: FfmpegProcess) -> CaptureError:
         tail = self.sanitize(process.tail() or "no output")
         if "busy" in tail.lower():
             return CameraBusy(f"camera is in use by another process: {tail}")
         return CaptureError(f"ffmpeg exited with code {process.returncode}: {tail}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _discard_failed_start(run: FfmpegRun, first: Path) -> None:
+    """Clean up after a run that never produced video: its empty first file
+    would otherwise be listed as a recording, and block the name's reuse."""
+    run.finish()
+    try:
+        if first.stat().st_size == 0:
+            first.unlink()
+    except FileNotFoundError:
+        pass
 
 
 class MediaMTXBackend(FfmpegBackend):

@@ -350,7 +350,11 @@ async def run_once(argv: list[str], timeout: float, pass_fds: tuple[int, ...] = 
     finally:
         if on_started is not None:
             on_started()
-    code = await process.wait(timeout)
+    try:
+        code = await process.wait(timeout)
+    except BaseException:  # cancelled (caller's timeout, shutdown): the device must not stay held
+        process.kill()
+        raise
     if code is None:
         await process.stop(1.0)
         raise CaptureError(f"ffmpeg did not finish within {timeout:.0f}s: {process.tail()}")

@@ -81,7 +81,8 @@ class Session:
     runs: int = 0
     request: tuple[str, str | None] | None = None  # (status, error) asked from outside
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    result: asyncio.Future | None = None
+    # Sessions are only made inside the loop; the future carries _end's result.
+    result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Task | None = None
     ending: bool = False
     failure: CaptureError | None = None  # why the last restart failed
@@ -230,12 +231,14 @@ class RecordingManager:
 
     async def _start(self, camera: Camera, slot: Slot, params: dict[str, Any]) -> dict[str, Any]:
         filename = params.get("filename") or naming.default_name(camera.id, params.get("format") or "mp4")
-        folder = self.config.recordings_dir
-        if filename in self._names or await asyncio.to_thread(_name_taken, folder, filename):
-            raise RpcError(errors.IN_PROGRESS, data={
-                "reason": "a recording with this file name exists", "filename": filename})
-        self._names.add(filename)
+        taken = RpcError(errors.IN_PROGRESS, data={
+            "reason": "a recording with this file name exists", "filename": filename})
+        if filename in self._names:
+            raise taken
+        self._names.add(filename)  # reserved before the first await: no second start can pass
         try:
+            if await asyncio.to_thread(_name_taken, self.config.recordings_dir, filename):
+                raise taken
             return await self._start_named(camera, slot, params, filename)
         finally:
             if slot.session is None or slot.session.record.filename != filename:
@@ -258,28 +261,47 @@ class RecordingManager:
                 await self._start_run(session)
             except CaptureError as exc:
                 raise self._media_error(exc, params["device"]) from None
+            # Before the device lock is released: a snapshot waiting for it
+            # must find the recording, not try to open the device again.
+            self._adopt(session, slot)
         # Register the first segment (active list, journal) before the
         # supervisor task exists, so that only one task ever polls a run.
         try:
             await self._poll(session)
             await self.journal.save_async(record)
         except BaseException:
-            await self._finish_run(session, "failed")  # never leave a capture nobody supervises
-            await self.journal.remove_async(record.session_id)
+            await self._abandon(session, slot)
             raise
-        self._launch(session, slot)
+        self._launch(session)
         self.log.info("recording_started", camera=camera.id, session_id=record.session_id,
                       filename=filename, duration=duration, pid=session.run.pid if session.run else None)
         self._status_event(session, STARTED, 0)
         return {"device": camera.device, "session_id": record.session_id, "filename": filename,
                 "status": STARTED, "start_time": naming.utc_iso(start), "duration": duration, "format": fmt}
 
-    def _launch(self, session: Session, slot: Slot) -> None:
+    def _adopt(self, session: Session, slot: Slot) -> None:
+        """Make a session with a running capture visible (slot, names, sessions)."""
         self._names.add(session.record.filename)
-        session.result = asyncio.get_running_loop().create_future()
         slot.session = session
         self.sessions[session.record.session_id] = session
+
+    def _launch(self, session: Session) -> None:
+        """Hand an adopted session to its supervisor task, which owns it from now on."""
         session.task = asyncio.ensure_future(self._supervise(session))
+
+    async def _abandon(self, session: Session, slot: Slot) -> None:
+        """Undo :meth:`_adopt` after a failure before :meth:`_launch`: no unsupervised capture."""
+        session.ending = True
+        try:
+            await self._finish_run(session, "failed")
+            await self.journal.remove_async(session.record.session_id)
+        finally:
+            if slot.session is session:
+                slot.session = None
+            self.sessions.pop(session.record.session_id, None)
+            self._names.discard(session.record.filename)
+            if not session.result.done():
+                session.result.set_result({"status": FAILED})
 
     async def _start_run(self, session: Session) -> None:
         """Start the next run of ``session`` at the next unused segment index."""
@@ -328,7 +350,7 @@ class RecordingManager:
         sessions = list(self.sessions.values())
         for session in sessions:
             session.ask(STOPPED, reason)
-        futures = [s.result for s in sessions if s.result is not None]
+        futures = [s.result for s in sessions]
         if futures:
             await asyncio.wait(futures, timeout=self.stop_timeout + 3.0)
         for session in sessions:
@@ -505,7 +527,7 @@ class RecordingManager:
             result = {"device": record.device, "session_id": record.session_id, "filename": record.filename,
                       "status": status, "start_time": naming.utc_iso(record.start_time),
                       "end_time": naming.utc_iso(end), "duration": duration, "file_size": sizes}
-            if session.result is not None and not session.result.done():
+            if not session.result.done():
                 session.result.set_result(result)
 
     # --- crash recovery -----------------------------------------------------------------------------------
@@ -570,6 +592,7 @@ class RecordingManager:
         if camera is None or camera.status != CONNECTED or not self.backend.camera_present(camera):
             await self._end_unresumed(session, FAILED, "camera disconnected while the recording worker restarted")
             return
+        session.camera = camera
         slot = self._slot(camera.id)
         failure: CaptureError | None = None
         async with slot.lock:
@@ -577,6 +600,7 @@ class RecordingManager:
                 try:
                     await self._start_run(session)
                     failure = None
+                    self._adopt(session, slot)
                     break
                 except CameraBusy as exc:
                     failure = exc
@@ -589,9 +613,13 @@ class RecordingManager:
                 f"capture could not resume: {self.backend.sanitize(failure.reason)}"
             await self._end_unresumed(session, FAILED, reason)
             return
-        await self._poll(session)
-        await self.journal.save_async(record)
-        self._launch(session, slot)
+        try:
+            await self._poll(session)
+            await self.journal.save_async(record)
+        except BaseException:
+            await self._abandon(session, slot)
+            raise
+        self._launch(session)
         self.log.info("recording_resumed", session_id=record.session_id, camera=camera.id,
                       segment=len(record.segments) - 1, pid=session.run.pid if session.run else None)
 
