@@ -14,6 +14,13 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 
+# Resolved once at import: loading a library between fork and exec takes the
+# dynamic loader's lock, which another thread (ZeroMQ's) may hold at fork time.
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux/glibc: the parent-pid watchdogs still apply
+    _prctl = None
+
 ROLES = {
     "gateway": "gateway.server:main",
     "discovery": "workers.discovery.worker:main",
@@ -25,15 +32,13 @@ ROLES = {
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies.
 
-    This is what keeps a SIGKILLed supervisor from leaving orphans. It is
-    called in the child before exec, so there is no window where the parent
-    is already gone; the kernel clears it on exec of a set-uid binary only.
+    This is what keeps a SIGKILLed supervisor (or recording worker) from
+    leaving orphans. Call it in the child between fork and exec (a
+    ``preexec_fn``): it only calls an already-resolved function. The kernel
+    keeps the setting across exec except for set-uid binaries.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except OSError:  # not glibc Linux: the parent-pid watchdog still applies
-        pass
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def set_title(title: str) -> None:

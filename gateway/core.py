@@ -72,7 +72,10 @@ class Gateway:
         #: Latest counters of every gateway process (``_gateway_stats`` events), by index.
         self.gateway_stats: dict[int, dict[str, Any]] = {}
         self.workers_alive: Callable[[], dict[str, int]] = lambda: {k: 0 for k in WORKER_KINDS}
-        self.media_status: dict[str, Any] = {"state": "unknown"}
+        # ffmpeg is found at start or nothing works; MediaMTX reports itself (_media_status).
+        self.media_status: dict[str, Any] = (
+            {"state": "running", "backend": "ffmpeg"} if config.media.backend == "ffmpeg"
+            else {"state": "unknown", "backend": "mediamtx"})
 
     # --- sessions -------------------------------------------------------------------
 

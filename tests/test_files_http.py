@@ -326,22 +326,38 @@ def test_big_download_streams_with_bounded_memory(folders):
     assert peak < 8 * 1024 * 1024  # both ends of the transfer, far below the file's 48 MiB
 
 
-def test_worker_serves_downloads_from_its_folders(tmp_path):
+def test_worker_serves_downloads_to_viewers_only(tmp_path):
+    """The contract: viewer role needed; 401 without credentials, 403 with a bad one."""
+    import asyncio
+
+    from camservice.auth import KeyStore, issue_token, load_or_create_secret
     from tests.test_files_support import run, running
 
     config = make_config(tmp_path)
     config.recordings_dir.mkdir(parents=True)
     (config.recordings_dir / "w.mp4").write_bytes(b"worker")
+    secret = load_or_create_secret(config)
+    _, key = KeyStore.for_config(config).create("viewer", "kiosk")
+    cases = {
+        "none": ({}, 401),
+        "bearer": ({"Authorization": "Bearer " + issue_token(secret, "viewer", "v", 60)}, 200),
+        "api key": ({"X-API-Key": key}, 200),
+        "forged": ({"Authorization": "Bearer " + issue_token("another-secret-" + "z" * 32, "admin", "a", 60)}, 403),
+        "bad key": ({"X-API-Key": "csk_" + "A" * 43}, 403),
+    }
 
     async def body():
         async with running(config) as worker:
-            result = {}
-            thread = threading.Thread(target=lambda: result.update(r=get(worker.http, "/files/recordings/w.mp4")))
-            thread.start()
-            while thread.is_alive():
-                import asyncio
-                await asyncio.sleep(0.01)
-            assert result["r"][0] == 200 and result["r"][2] == b"worker"
+            for name, (headers, expected) in cases.items():
+                result = {}
+                thread = threading.Thread(target=lambda: result.update(
+                    r=get(worker.http, "/files/recordings/w.mp4", headers=headers)))
+                thread.start()
+                while thread.is_alive():
+                    await asyncio.sleep(0.01)
+                assert result["r"][0] == expected, name
+                if expected == 200:
+                    assert result["r"][2] == b"worker"
 
     run(body())
 

@@ -619,8 +619,6 @@ def test_async_handlers_log_the_gateway_request_id(tmp_path):
     assert sorted(line.get("request_id") for line in lines if line["event"] == "async_handled") == ["g0-41", "g0-42"]
 
 
-@pytest.mark.xfail(strict=True, reason="workers/base.py runs sync handlers without binding request_id "
-                                       "(fix described in the issue 7 report); remove this mark with the fix")
 def test_sync_handlers_log_the_gateway_request_id(tmp_path):
     lines = _log_lines(tmp_path, [("sync_method", "g0-7"), ("sync_method", "g1-8")])
     assert [line.get("request_id") for line in lines if line["event"] == "sync_handled"] == ["g0-7", "g1-8"]

@@ -287,7 +287,9 @@ class Worker:
             task = self.spawn(self._run_async(link, request, handler, context))
             task._camservice_request = True  # type: ignore[attr-defined]
             return
-        error, result = self._invoke(request, lambda: handler(request.params, context))
+        # bound_contextvars, not bind: the socket reader's context is reused for every message.
+        with structlog.contextvars.bound_contextvars(request_id=request.request_id):
+            error, result = self._invoke(request, lambda: handler(request.params, context))
         self._reply(link, request.seq, error, result)
 
     async def _run_async(self, link: _Link, request: Request, handler: Handler, context: CallContext) -> None:

@@ -2,8 +2,7 @@
 
 The contract: ``GET /files/...`` needs the viewer role; no credentials is
 401, a bad one 403. Credentials arrive as ``Authorization: Bearer <jwt>`` or
-``X-API-Key: <key>``. The security work fills in :func:`make_authorizer`;
-until then every request is allowed.
+``X-API-Key: <key>``.
 
 An authorizer receives the request headers (names lower-cased, repeated
 headers joined with ``", "``) and returns ``None`` to allow, or the HTTP
@@ -27,8 +26,6 @@ def allow_all(headers: Mapping[str, str]) -> int | None:
 def viewer_authorizer(config, authenticator=None) -> Authorizer:
     """The contract's rule, built on :class:`camservice.auth.Authenticator`:
     no credentials 401, bad ones (or a role below viewer) 403.
-
-    Ready for the security work to switch on in :func:`make_authorizer`.
     """
     from camservice.auth import Authenticator
     from camservice.errors import RpcError
@@ -49,8 +46,5 @@ def viewer_authorizer(config, authenticator=None) -> Authorizer:
 
 
 def make_authorizer(config) -> Authorizer:
-    """The authorizer the download server uses (placeholder: allows everything).
-
-    The security work decides when to return :func:`viewer_authorizer` here.
-    """
-    return allow_all
+    """The authorizer the download server uses: the contract's viewer rule."""
+    return viewer_authorizer(config)

@@ -26,6 +26,7 @@ is the authority (:mod:`.active`); while it does not exist, the flags set by
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import os
 import shutil
 import ssl
@@ -480,6 +481,16 @@ class FilesWorker(Worker):
                 await asyncio.wait_for(self._wake.wait(), check_every)
             except asyncio.TimeoutError:
                 pass
+
+    def stats(self) -> dict:
+        """Totals for metrics: read from the trigger-maintained ``totals`` table
+        (a handful of rows), so this costs microseconds on the loop."""
+        try:
+            return {f"{kind}s_{what}": (self.db.total_bytes(kind) if what == "bytes" else self.db.count(kind))
+                    for kind in ("recording", "snapshot") for what in ("bytes", "files")}
+        except sqlite3.Error as exc:
+            self.log.warning("stats_unavailable", error=str(exc))
+            return {}
 
     # --- events ------------------------------------------------------------------------------
 

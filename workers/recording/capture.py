@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import os
 import re
 import signal
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from camservice.cameras import Camera
-from camservice.process import PR_SET_PDEATHSIG
+from camservice.process import die_with_parent
 
 from . import simdev
 
@@ -241,19 +240,9 @@ def sanitize(text: str, allowed: Iterable[Path]) -> str:
 # --- processes ---------------------------------------------------------------------------
 
 
-try:
-    # Resolved once here, not in the child: a dlopen between fork and exec of
-    # a multi-threaded process (ZeroMQ's I/O threads) could deadlock on the
-    # loader lock, which is why camservice.process.die_with_parent is not used.
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not glibc Linux
-    _prctl = None
-
-
 def _child_setup(parent: int) -> None:
     """Runs in the forked child before exec: no imports, no allocations to speak of."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+    die_with_parent(signal.SIGINT)  # SIGINT: ffmpeg finalises its file before exiting
     if os.getppid() != parent:  # the worker died between fork and prctl
         os.kill(os.getpid(), signal.SIGKILL)
 
