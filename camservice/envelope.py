@@ -1,8 +1,11 @@
 """ZeroMQ message shapes between gateways, workers and the supervisor.
 
-Requests travel gateway ROUTER <-> worker DEALER; every message is one
-msgpack frame holding an array whose first item is the message kind. A ROUTER
-sees an extra leading identity frame, which the transport layer handles.
+Requests travel gateway ROUTER <-> worker DEALER. A frame is one msgpack
+array of messages, each an array whose first item is the message kind: a
+busy sender puts every message of one event-loop tick for one peer into one
+frame, because each ZeroMQ send costs a wake-up of ZeroMQ's I/O thread on both
+sides, which under load cost more than the work itself. A ROUTER sees an
+extra leading identity frame, which the transport layer handles.
 Events travel PUB -> SUB as two frames: the topic and one msgpack frame.
 
 This module is the single definition of those shapes; nothing else builds or
@@ -31,8 +34,11 @@ class Ready(NamedTuple):
     capacity: int
     index: int
 
+    def wire(self) -> tuple:
+        return (Kind.READY, self.kind, self.pid, self.capacity, self.index)
+
     def pack(self) -> bytes:
-        return _pack((Kind.READY, self.kind, self.pid, self.capacity, self.index))
+        return pack(self)
 
 
 class Request(NamedTuple):
@@ -52,30 +58,44 @@ class Request(NamedTuple):
     request_id: str
     caller: dict[str, Any]
 
+    def wire(self) -> tuple:
+        return (Kind.REQUEST, self.seq, self.method, self.params, self.deadline, self.request_id, self.caller)
+
     def pack(self) -> bytes:
-        return _pack((Kind.REQUEST, self.seq, self.method, self.params, self.deadline,
-                      self.request_id, self.caller))
+        return pack(self)
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) > self.deadline
 
 
 class Reply(NamedTuple):
-    """The answer to a :class:`Request`: ``error`` (a JSON-RPC error dict) or ``result``."""
+    """The answer to a :class:`Request`: ``error`` (a JSON-RPC error dict) or ``result``.
+
+    With ``encoded`` the result is JSON text: workers encode what they send
+    back, so the gateway, which every request crosses, splices it into the
+    response instead of decoding and re-encoding it.
+    """
 
     seq: int
     error: dict[str, Any] | None
     result: Any
+    encoded: bool = False
+
+    def wire(self) -> tuple:
+        return (Kind.REPLY, self.seq, self.error, self.result, self.encoded)
 
     def pack(self) -> bytes:
-        return _pack((Kind.REPLY, self.seq, self.error, self.result))
+        return pack(self)
 
 
 class Goodbye(NamedTuple):
     pid: int
 
+    def wire(self) -> tuple:
+        return (Kind.GOODBYE, self.pid)
+
     def pack(self) -> bytes:
-        return _pack((Kind.GOODBYE, self.pid))
+        return pack(self)
 
 
 Message = Union[Ready, Request, Reply, Goodbye]
@@ -92,12 +112,23 @@ def _pack(items: tuple) -> bytes:
     return msgpack.packb(items, use_bin_type=True)
 
 
-def unpack(frame: bytes) -> Message:
-    """Decode one request-channel frame into its message type."""
+def pack(*messages: Message) -> bytes:
+    """One request-channel frame carrying ``messages`` in order."""
+    return _pack(tuple(m.wire() for m in messages))
+
+
+def pack_wires(wires: list[tuple]) -> bytes:
+    """Like :func:`pack`, for messages already turned into tuples (``m.wire()``)."""
+    return _pack(wires)
+
+
+def unpack(frame: bytes) -> list[Message]:
+    """Decode one request-channel frame into its messages."""
     try:
-        items = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False)
-        cls = _CLASSES[Kind(items[0])]
-        return cls(*items[1:])
+        batch = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False)
+        if not isinstance(batch, list) or not batch:
+            raise ValueError("a frame is a non-empty array of messages")
+        return [_CLASSES[Kind(items[0])](*items[1:]) for items in batch]
     except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
         raise EnvelopeError(f"malformed frame: {exc}") from None
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 
 import structlog
+
+#: The request being handled, added to every log line written meanwhile. A plain
+#: ContextVar (set/reset costs ~50 ns) rather than structlog's bound
+#: contextvars (microseconds), because it is set for every request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("camservice_request_id", default=None)
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -50,9 +56,17 @@ def setup(process: str, log_dir: Path | None, level: str = "info", console: bool
     structlog.contextvars.bind_contextvars(process=process)
 
 
+def add_request_id(logger, method_name, event_dict):
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
 def _shared_processors() -> list:
     return [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

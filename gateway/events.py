@@ -16,6 +16,7 @@ Subscribes to every topic on the supervisor's event proxy and
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, Callable
 
@@ -142,6 +143,8 @@ class EventRelay:
             for event in held:
                 self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
             return
+        if isinstance(result, jsonrpc.Raw):
+            result = json.loads(result)
         table = self.gateway.cameras
         table.load_snapshot(result["cameras"], result["seq"], result["source"])
         for event in held:

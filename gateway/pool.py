@@ -15,7 +15,10 @@ repeats READY (kind, pid, capacity) as its heartbeat. :class:`WorkerPool`
   retried on the client's behalf: it may already have taken effect.
 
 Replies are delivered through a callback, not a future: the hot path creates
-no task and no future per request.
+no task and no future per request. Requests for one worker are collected
+during an event-loop tick and sent as one frame at its end (see
+:mod:`camservice.envelope`): no added delay, and under load one ZeroMQ send
+carries dozens of calls.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ import structlog
 import zmq
 
 from camservice import comms
-from camservice.envelope import EnvelopeError, Goodbye, Ready, Reply, Request, unpack
+from camservice.envelope import EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack_wires, unpack
 from camservice.errors import METHOD_NOT_FOUND, SERVICE_BUSY, RpcError
+from camservice.jsonrpc import Raw
 from camservice.methods import WORKER_KINDS
 
-#: callback(error, result): exactly one is not None (result may legitimately be None).
+#: callback(error, result): exactly one is not None (result may legitimately be None);
+#: a result a worker sent as JSON text arrives as :class:`~camservice.jsonrpc.Raw`.
 ReplyCallback = Callable[[dict | None, Any], None]
 
 log = structlog.get_logger("gateway.pool")
@@ -85,6 +90,8 @@ class WorkerPool:
         self._seq = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
+        self._outbox: dict[bytes, list[tuple]] = {}  # identity -> messages for this tick
+        self._flush_scheduled = False
         #: Called with a WorkerHandle when a worker of a kind registers for the first time.
         self.on_worker_ready: Callable[[WorkerHandle], None] | None = None
         # Counters for metrics.
@@ -99,6 +106,7 @@ class WorkerPool:
         loop.add_reader(self.socket.getsockopt(zmq.FD), self._drain)
 
     def close(self) -> None:
+        self._flush()
         if self._loop is not None:
             try:
                 self._loop.remove_reader(self.socket.getsockopt(zmq.FD))
@@ -138,24 +146,42 @@ class WorkerPool:
         return best
 
     def _send(self, call: PendingCall, exclude: bytes | None = None) -> bool:
-        while True:
-            worker = self._pick(call.kind, exclude)
-            if worker is None:
-                return False
-            frame = Request(call.seq, call.method, call.params, call.deadline, call.request_id, call.caller).pack()
+        worker = self._pick(call.kind, exclude)
+        if worker is None:
+            return False
+        # Request(...).wire() without building the NamedTuple: this is the hot path.
+        self._queue(worker.identity, (Kind.REQUEST, call.seq, call.method, call.params, call.deadline,
+                                      call.request_id, call.caller))
+        now = time.monotonic()
+        worker.in_flight.add(call.seq)
+        worker.last_used = now
+        call.worker, call.sent_at = worker.identity, now
+        call.attempts += 1
+        return True
+
+    def _queue(self, identity: bytes, wire: tuple) -> None:
+        box = self._outbox.get(identity)
+        if box is None:
+            self._outbox[identity] = [wire]
+        else:
+            box.append(wire)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send this tick's messages: one frame per worker."""
+        self._flush_scheduled = False
+        boxes, self._outbox = self._outbox, {}
+        for identity, wires in boxes.items():
             try:
-                self.socket.send_multipart((worker.identity, frame), flags=zmq.NOBLOCK)
+                self.socket.send_multipart((identity, pack_wires(wires)), flags=zmq.NOBLOCK)
             except zmq.ZMQError:
-                # EHOSTUNREACH (ROUTER_MANDATORY): the worker vanished; forget it, try another.
-                self._worker_lost(worker, "unreachable")
-                continue
-            now = time.monotonic()
-            worker.in_flight.add(call.seq)
-            worker.last_used = now
-            call.worker, call.sent_at = worker.identity, now
-            call.attempts += 1
-            self._after_send()
-            return True
+                # EHOSTUNREACH (ROUTER_MANDATORY): the worker vanished; its calls fail over.
+                worker = self.workers.get(identity)
+                if worker is not None:
+                    self._worker_lost(worker, "unreachable")
+        self._after_send()
 
     def _after_send(self) -> None:
         # ZeroMQ's FD is edge-triggered and a send can consume the edge of
@@ -184,25 +210,26 @@ class WorkerPool:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 identity, frame = sock.recv_multipart(flags=zmq.NOBLOCK)
-                message = unpack(frame)
+                messages = unpack(frame)
             except zmq.Again:
                 break
             except (EnvelopeError, ValueError) as exc:
                 log.warning("bad_frame", error=str(exc))
                 continue
-            if isinstance(message, Reply):
-                kind = self._on_reply(identity, message)
-                if kind:
-                    touched.add(kind)
-            elif isinstance(message, Ready):
-                self._on_ready(identity, message)
-                touched.add(message.kind)
-            elif isinstance(message, Request):
-                self._on_worker_request(identity, message)
-            elif isinstance(message, Goodbye):
-                worker = self.workers.get(identity)
-                if worker is not None:
-                    worker.draining = True
+            for message in messages:
+                if isinstance(message, Reply):
+                    kind = self._on_reply(identity, message)
+                    if kind:
+                        touched.add(kind)
+                elif isinstance(message, Ready):
+                    self._on_ready(identity, message)
+                    touched.add(message.kind)
+                elif isinstance(message, Request):
+                    self._on_worker_request(identity, message)
+                elif isinstance(message, Goodbye):
+                    worker = self.workers.get(identity)
+                    if worker is not None:
+                        worker.draining = True
         for kind in touched:
             if kind in self.queues:
                 self._pump(kind)
@@ -215,7 +242,7 @@ class WorkerPool:
         call = self.pending.pop(reply.seq, None)
         if call is None:
             return worker.kind if worker else None  # answered already (deadline), drop
-        call.callback(reply.error, reply.result)
+        call.callback(reply.error, Raw(reply.result) if reply.encoded else reply.result)
         return call.kind
 
     def _on_ready(self, identity: bytes, ready: Ready) -> None:
@@ -239,11 +266,7 @@ class WorkerPool:
         kind = request.method.partition(".")[0]
 
         def answer(error: dict | None, result: Any) -> None:
-            try:
-                self.socket.send_multipart((identity, Reply(request.seq, error, result).pack()), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the asking worker is gone
-            self._after_send()
+            self._queue(identity, Reply(request.seq, error, result, isinstance(result, Raw)).wire())
 
         if kind not in self.queues:
             answer(RpcError(METHOD_NOT_FOUND, data={"method": request.method}).to_dict(), None)

@@ -8,6 +8,7 @@ unmodified: ``python -m camservice.process discovery 0``.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -57,10 +58,10 @@ class FakeGateway:
         while time.monotonic() < deadline:
             if self.router.poll(100):
                 identity, frame = self.router.recv_multipart()
-                message = unpack(frame)
-                if isinstance(message, Ready):
-                    self.worker = identity
-                    return message
+                for message in unpack(frame):
+                    if isinstance(message, Ready):
+                        self.worker = identity
+                        return message
         raise AssertionError("the worker never sent READY")
 
     def call(self, method: str, params: dict | None = None):
@@ -72,9 +73,9 @@ class FakeGateway:
         while time.monotonic() < deadline:
             if self.router.poll(100):
                 identity, frame = self.router.recv_multipart()
-                message = unpack(frame)
-                if isinstance(message, Reply) and message.seq == self.seq:
-                    return message.error, message.result
+                for message in unpack(frame):
+                    if isinstance(message, Reply) and message.seq == self.seq:
+                        return message.error, json.loads(message.result) if message.encoded else message.result
         raise AssertionError(f"no reply to {method}")
 
     def next_camera_event(self, match, timeout: float = WAIT, poke=None) -> Event:

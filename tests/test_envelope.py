@@ -3,7 +3,7 @@
 import msgpack
 import pytest
 
-from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, unpack
+from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, pack, unpack
 
 
 @pytest.mark.parametrize("message", [
@@ -14,10 +14,16 @@ from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Req
     Goodbye(99),
 ])
 def test_round_trip(message):
-    assert unpack(message.pack()) == message
+    assert unpack(message.pack()) == [message]
 
 
-@pytest.mark.parametrize("frame", [b"", b"\x00", msgpack.packb([99, 1]), msgpack.packb([3]), msgpack.packb({"a": 1})])
+def test_a_frame_carries_several_messages_in_order():
+    messages = [Reply(i, None, i) for i in range(5)] + [Ready("discovery", 1, 64, 0)]
+    assert unpack(pack(*messages)) == messages
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x00", msgpack.packb([99, 1]), msgpack.packb([3]), msgpack.packb({"a": 1}),
+                                   msgpack.packb([]), msgpack.packb([[99, 1]]), msgpack.packb([[3]])])
 def test_garbage_raises_envelope_error(frame):
     with pytest.raises(EnvelopeError):
         unpack(frame)

@@ -582,7 +582,7 @@ class _LogWorker:
                 return "ok"
 
         self.worker = Probe(config)
-        self.worker._handlers = self.worker.handlers()
+        self.worker._load_handlers()
         self.link = _Link("inproc://none", SimpleNamespace(send=lambda *a, **k: None))
 
     def request(self, method: str, request_id: str):
@@ -593,7 +593,9 @@ class _LogWorker:
 
 def _log_lines(tmp_path, methods: list[tuple[str, str]]) -> list[dict]:
     lines: list[dict] = []
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars,
+    from camservice.log import add_request_id
+
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, add_request_id,
                                     lambda _, __, event: lines.append(dict(event)) or event,
                                     structlog.processors.JSONRenderer()],
                         logger_factory=structlog.PrintLoggerFactory(file=open("/dev/null", "w")),

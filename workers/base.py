@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import os
 import signal
 import time
@@ -43,13 +44,17 @@ import structlog
 import zmq
 
 from camservice import comms, config as config_module, log, process
-from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, unpack
-from camservice.errors import INTERNAL_ERROR, SERVICE_BUSY, RpcError
+from camservice.envelope import Event, EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack, pack_wires, unpack
+from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, RpcError
 
 Handler = Callable[[dict[str, Any], "CallContext"], Any]
 
 #: Seconds between ``_worker_stats`` events.
 STATS_INTERVAL = 2.0
+
+# Results are JSON by the time they reach a client; NaN is refused here, in the
+# process that produced it, rather than as invalid JSON on the wire.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 @dataclass
@@ -71,6 +76,9 @@ class _Link:
     endpoint: str
     socket: zmq.Socket
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    #: Replies of this event-loop tick, sent together as one frame.
+    outbox: list[tuple] = field(default_factory=list)
+    flush_scheduled: bool = False
 
 
 class Worker:
@@ -90,7 +98,7 @@ class Worker:
         self._event_seq: dict[str, itertools.count] = {}  # per topic, so gaps are per topic
         self._tasks: set[asyncio.Task] = set()
         self._stopping: asyncio.Event | None = None  # created in run(), inside the loop
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, tuple[Handler, bool]] = {}  # name -> (handler, is async)
         self._ctx: zmq.Context | None = None
         self._pub: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
@@ -134,7 +142,7 @@ class Worker:
         link.pending[seq] = future
         request = Request(seq, method, params, time.time() + timeout, request_id or f"{self.name}-{seq}", {})
         try:
-            link.socket.send(request.pack(), flags=zmq.NOBLOCK)
+            link.socket.send(pack(request), flags=zmq.NOBLOCK)
             error, result = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise RpcError(SERVICE_BUSY, data={"reason": f"{method} did not answer in time"}) from None
@@ -154,12 +162,17 @@ class Worker:
 
     # --- runtime ----------------------------------------------------------------------
 
+    def _load_handlers(self) -> None:
+        # Sync or async is decided once here, not per request.
+        self._handlers = {name: (handler, inspect.iscoroutinefunction(handler))
+                          for name, handler in self.handlers().items()}
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        self._handlers = self.handlers()
+        self._load_handlers()
         endpoints = comms.Endpoints.from_config(self.config)
         self._ctx = zmq.Context()
         self._pub = comms.publisher(self._ctx, endpoints)
@@ -190,7 +203,8 @@ class Worker:
         self.log.info("worker_draining", in_flight=self._requests_in_flight())
         heartbeat.cancel()
         for link in self._links:
-            link.socket.send(Goodbye(os.getpid()).pack(), flags=zmq.NOBLOCK)
+            self._flush(link)
+            link.socket.send(pack(Goodbye(os.getpid())), flags=zmq.NOBLOCK)
         requests = [t for t in self._tasks if getattr(t, "_camservice_request", False)]
         if requests:
             await asyncio.wait(requests, timeout=self.config.runtime.stop_timeout * 0.5)
@@ -211,7 +225,7 @@ class Worker:
         self.log.info("worker_stopped")
 
     async def _heartbeat(self) -> None:
-        ready = Ready(self.kind, os.getpid(), self.capacity, self.index).pack()
+        ready = pack(Ready(self.kind, os.getpid(), self.capacity, self.index))
         next_stats = 0.0
         while True:
             if time.monotonic() >= next_stats:
@@ -249,18 +263,21 @@ class Worker:
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 frame = sock.recv(flags=zmq.NOBLOCK)
-                message = unpack(frame)
+                messages = unpack(frame)
             except zmq.Again:
                 break
             except EnvelopeError as exc:
                 self.log.warning("bad_frame", error=str(exc))
                 continue
-            if isinstance(message, Request):
-                self._on_request(link, message)
-            elif isinstance(message, Reply):
-                future = link.pending.get(message.seq)
-                if future is not None and not future.done():
-                    future.set_result((message.error, message.result))
+            for message in messages:
+                if isinstance(message, Request):
+                    self._on_request(link, message)
+                elif isinstance(message, Reply):
+                    future = link.pending.get(message.seq)
+                    if future is not None and not future.done():
+                        result = json.loads(message.result) if message.encoded else message.result
+                        future.set_result((message.error, result))
+        self._flush(link)  # the replies of every sync handler above, in one frame
 
     def _drain_events(self) -> None:
         sock = self._sub
@@ -278,49 +295,69 @@ class Worker:
     def _on_request(self, link: _Link, request: Request) -> None:
         if request.expired():
             return  # the gateway has answered -32011 already
-        handler = self._handlers.get(request.method)
-        if handler is None:
-            self._reply(link, request.seq, RpcError(-32601, data={"method": request.method}).to_dict(), None)
+        entry = self._handlers.get(request.method)
+        if entry is None:
+            self._reply(link, request.seq, RpcError(METHOD_NOT_FOUND, data={"method": request.method}).to_dict())
             return
+        handler, is_async = entry
         context = CallContext(request.request_id, request.caller or {}, request.deadline)
-        if inspect.iscoroutinefunction(handler):
+        if is_async:
             task = self.spawn(self._run_async(link, request, handler, context))
             task._camservice_request = True  # type: ignore[attr-defined]
             return
-        # bound_contextvars, not bind: the socket reader's context is reused for every message.
-        with structlog.contextvars.bound_contextvars(request_id=request.request_id):
-            error, result = self._invoke(request, lambda: handler(request.params, context))
-        self._reply(link, request.seq, error, result)
+        # Reset afterwards: the socket reader's context is shared by every message.
+        token = log.REQUEST_ID.set(request.request_id)
+        try:
+            result = handler(request.params, context)
+        except RpcError as exc:
+            self._reply(link, request.seq, exc.to_dict())
+        except Exception:
+            self.log.exception("handler_failed", method=request.method)
+            self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
+        else:
+            self._reply(link, request.seq, None, result)
+        finally:
+            log.REQUEST_ID.reset(token)
 
     async def _run_async(self, link: _Link, request: Request, handler: Handler, context: CallContext) -> None:
-        structlog.contextvars.bind_contextvars(request_id=request.request_id)
+        log.REQUEST_ID.set(request.request_id)  # the task runs in its own copy of the context
         try:
             result = await handler(request.params, context)
-            error = None
         except RpcError as exc:
-            error, result = exc.to_dict(), None
+            self._reply(link, request.seq, exc.to_dict())
         except Exception:
-            self.log.exception("handler_failed", method=request.method, request_id=request.request_id)
-            error, result = RpcError(INTERNAL_ERROR).to_dict(), None
-        self._reply(link, request.seq, error, result)
+            self.log.exception("handler_failed", method=request.method)
+            self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
+        else:
+            self._reply(link, request.seq, None, result)
 
-    def _invoke(self, request: Request, call: Callable[[], Any]) -> tuple[dict | None, Any]:
-        try:
-            return None, call()
-        except RpcError as exc:
-            return exc.to_dict(), None
-        except Exception:
-            self.log.exception("handler_failed", method=request.method, request_id=request.request_id)
-            return RpcError(INTERNAL_ERROR).to_dict(), None
+    def _reply(self, link: _Link, seq: int, error: dict | None, result: Any = None) -> None:
+        """Queue an answer for this tick's frame; results travel as JSON text."""
+        if error is None:
+            try:
+                result = _encode_json(result)
+            except (TypeError, ValueError):
+                self.log.error("reply_unserialisable", seq=seq)
+                error, result = RpcError(INTERNAL_ERROR).to_dict(), None
+        link.outbox.append((Kind.REPLY, seq, error, result, error is None))
+        if not link.flush_scheduled:
+            link.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, link)
 
-    def _reply(self, link: _Link, seq: int, error: dict | None, result: Any) -> None:
+    def _flush(self, link: _Link) -> None:
+        link.flush_scheduled = False
+        if not link.outbox:
+            return
+        wires, link.outbox = link.outbox, []
+        frame = pack_wires(wires)
         try:
-            link.socket.send(Reply(seq, error, result).pack(), flags=zmq.NOBLOCK)
+            link.socket.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
-            self.log.warning("reply_dropped", seq=seq, reason="queue full")
-        except (TypeError, ValueError):
-            self.log.exception("reply_unserialisable", seq=seq)
-            link.socket.send(Reply(seq, RpcError(INTERNAL_ERROR).to_dict(), None).pack(), flags=zmq.NOBLOCK)
+            self.log.warning("replies_dropped", count=len(wires), reason="queue full")
+        # ZeroMQ's FD is edge-triggered and a send may consume the edge of input
+        # that arrived meanwhile: look again, or it waits for the next heartbeat.
+        if link.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._drain_link, link)
 
     def _log_task_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
