@@ -223,3 +223,22 @@ def test_workers_over_tcp_transport():
                 caps = await client.call("get_camera_capabilities", {"device": "camera0"})
                 assert caps["resolutions"]
         run(scenario())
+
+
+def test_start_refuses_a_port_another_program_listens_on():
+    import socket as socket_module
+
+    svc = Service(simulate=0)
+    with socket_module.socket() as squatter:
+        # Another instance's gateway: with SO_REUSEPORT our gateways could bind
+        # too and silently share its clients, unless start refuses.
+        squatter.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+        squatter.bind(("127.0.0.1", svc.port))
+        squatter.listen()
+        proc = svc.cli("start", check=False)
+    try:
+        assert proc.returncode != 0
+        assert "server.port" in proc.stderr and "already in use" in proc.stderr
+        assert svc.status()["running"] is False
+    finally:
+        svc.cleanup()

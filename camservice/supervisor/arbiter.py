@@ -25,6 +25,8 @@ import fcntl
 import json
 import os
 import signal
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +59,24 @@ def acquire_lock(state_dir: Path) -> int:
         pid = read_pid(state_dir)
         raise AlreadyRunning(f"camservice already runs on {state_dir} (pid {pid})") from None
     return fd
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port``.
+
+    Gateways bind with SO_REUSEPORT so that several of them share the port;
+    the same option would let them silently share it with *another* instance
+    (same user) as well, splitting its clients between two services. So the
+    port must be bindable without the option before any gateway starts.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def read_pid(state_dir: Path) -> int | None:
@@ -273,6 +293,13 @@ def main(foreground: bool = False) -> int:
     except AlreadyRunning as exc:
         logger.error("already_running", error=str(exc))
         return 2
+    for key, port in (("server.port", config.server.port), ("files.http_port", config.files.http_port)):
+        if port and port_in_use(config.server.host, port):
+            message = f"{key}: port {port} on {config.server.host} is already in use by another program"
+            logger.error("port_in_use", key=key, port=port)
+            print(message, file=sys.stderr, flush=True)
+            os.close(lock_fd)
+            return 2
     pid_file = config.state_dir / "camservice.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     env = dict(os.environ)
