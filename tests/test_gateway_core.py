@@ -201,3 +201,17 @@ def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
     table.apply(Camera("camera0", "sim:0", status="DISCONNECTED").to_state(), 2, "discovery-0")
     fresh = json.loads(table.status_json(table.find("camera0")))
     assert fresh["status"] == "DISCONNECTED" and fresh["streams"] == {} and fresh["metrics"]["uptime"] == 0
+
+
+def test_repeated_auth_failures_from_one_address_are_throttled(tmp_path):
+    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"),
+                                        "security.auth_failures_per_minute": 3}, environ={})
+    gw = Gateway(cfg, Recorder())
+    good = issue_token(load_or_create_secret(cfg), "viewer", "v", 60)
+    attacker, bystander = gw.open_session("10.0.0.9"), gw.open_session("10.0.0.7")
+    codes = [code_of(call(gw, attacker, "authenticate", {"auth_token": "x" * 40})[0]) for _ in range(5)]
+    assert codes[:3] == [AUTH_REQUIRED] * 3 and set(codes[3:]) == {RATE_LIMITED}
+    # Even a valid token waits out the throttle from that address; other addresses are unaffected.
+    throttled, _ = call(gw, attacker, "authenticate", {"auth_token": good})
+    assert code_of(throttled) == RATE_LIMITED and throttled["error"]["data"]["retry_after_ms"] > 0
+    assert call(gw, bystander, "authenticate", {"auth_token": good})[0]["result"]["authenticated"] is True
