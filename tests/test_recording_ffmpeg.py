@@ -461,6 +461,9 @@ def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
         def open_input(self, camera):
             return DeviceInput([*self.INPUT_OPTIONS, "-i", f"tcp://127.0.0.1:{port}"])
 
+        async def check_path(self, camera, timeout=None):
+            pass  # no MediaMTX API here either: test_recording_mediamtx.py tests the check
+
     h.manager = RecordingManager(h.config, h.find, lambda t, d: h.events.append((t, d)), backend=StandIn(h.config))
 
     async def scenario():

@@ -151,7 +151,10 @@ class RecordingManager:
     def _media_error(self, exc: CaptureError, device: str) -> RpcError:
         if isinstance(exc, CameraGone):
             return errors.camera_not_found(device)
-        return RpcError(errors.MEDIA_BACKEND, data={"reason": self.backend.sanitize(exc.reason)})
+        data: dict[str, Any] = {"reason": self.backend.sanitize(exc.reason)}
+        if getattr(exc, "http_status", None) is not None:  # MediaMTX answered with an error
+            data["http_status"] = exc.http_status
+        return RpcError(errors.MEDIA_BACKEND, data=data)
 
     def _file_update(self, kind: str, filename: str, camera: Camera, state: str,
                      size: int, duration: float | None = None) -> None:
