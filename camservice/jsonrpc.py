@@ -11,6 +11,7 @@ protocol core apart from its asyncio layer.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,28 @@ def _reject_constant(name: str) -> Any:
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: Encodes a parsed frame back only to find strings UTF-8 cannot carry.
+_utf8_probe = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
+def _has_lone_surrogate(text: str, value: Any) -> bool:
+    """Whether a ``\\uD800``-``\\uDFFF`` escape left half a surrogate pair in ``value``.
+
+    Such a string is not Unicode text: it cannot be sent back in a UTF-8
+    frame, so echoing it (an ``id``, a method name, a device) would make the
+    reply unencodable and cost the client its connection. Only an escape
+    can put one there (UTF-8 cannot carry a surrogate), so the substring
+    test spares nearly every frame the re-encoding.
+    """
+    if "\\ud" not in text and "\\uD" not in text:
+        return False
+    try:
+        _utf8_probe.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:  # nested too deep to check: refuse rather than risk it
+        return True
+    return False
 
 
 def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
@@ -63,6 +86,9 @@ def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
         value = _decoder.decode(data)
     except (ValueError, RecursionError, UnicodeDecodeError):
         return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
+    if _has_lone_surrogate(data, value):
+        return Frame([error_response(None, RpcError(
+            PARSE_ERROR, data={"reason": "string with an unpaired UTF-16 surrogate escape"}))], batch=False)
     if isinstance(value, list):
         if not value:
             return Frame([error_response(None, RpcError(INVALID_REQUEST, data={"reason": "empty batch"}))], batch=False)
@@ -92,8 +118,12 @@ def _parse_request(value: Any) -> Call | dict:
 
 
 def _valid_id(value: Any) -> bool:
-    # bool is an int subclass in Python but not a JSON number.
-    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    # bool is an int subclass in Python but not a JSON number. A literal
+    # beyond a double's range (1e400) parses as infinity, which cannot be
+    # echoed back as JSON: refused here rather than failing the reply.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
 class Raw(str):

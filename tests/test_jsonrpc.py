@@ -41,6 +41,30 @@ def test_garbage_is_a_parse_error_with_null_id(text):
     assert item["error"]["code"] == PARSE_ERROR and item["id"] is None
 
 
+@pytest.mark.parametrize("text", [
+    '{"jsonrpc":"2.0","method":"ping","id":"\\ud800"}',
+    '{"jsonrpc":"2.0","method":"\\uDFFF","id":1}',
+    '[{"jsonrpc":"2.0","method":"ping","params":{"device":"a\\udc00b"},"id":1}]',
+])
+def test_unpaired_surrogate_escapes_are_a_parse_error(text):
+    # Echoed back (id, method, device), such a string makes the reply
+    # unencodable as UTF-8, which used to cost the client its connection.
+    item = single(text)
+    assert item["error"]["code"] == PARSE_ERROR and item["id"] is None
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine():
+    call = single('{"jsonrpc":"2.0","method":"ping","id":"\\ud83d\\ude00 C:\\\\udir"}')
+    assert call.id == "\U0001F600 C:\\udir"
+    jsonrpc.encode(jsonrpc.response(call.id, "pong")).encode("utf-8")
+
+
+def test_an_id_beyond_the_range_of_a_double_is_an_invalid_request():
+    item = single('{"jsonrpc":"2.0","method":"ping","id":1e400}')
+    assert item["error"]["code"] == INVALID_REQUEST and item["id"] is None
+    jsonrpc.encode(item)
+
+
 def test_deep_nesting_is_a_parse_error_not_a_crash():
     item = single("[" * 100_000 + "]" * 100_000)
     assert item["error"]["code"] == PARSE_ERROR
