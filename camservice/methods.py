@@ -10,6 +10,7 @@ pure functions: they return the normalised parameters or raise
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -76,7 +77,9 @@ def _integer(params: Params, name: str, low: int, high: int | None, default: int
     value = params.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    # Not finite: 1e400 parses as infinity, which int() cannot convert.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not math.isfinite(value)) or value != int(value):
         raise invalid_params(f"'{name}' must be an integer", name)
     value = int(value)
     if value < low or (high is not None and value > high):
@@ -125,9 +128,13 @@ def check_filename(name: Any, param: str = "filename") -> str:
     return name
 
 
+#: Other spellings of a format's extension: "shot.jpeg" is a jpg, not another format.
+_EXTENSION_ALIASES = {"jpg": ("jpeg",)}
+
+
 def _with_extension(name: str, ext: str, other_exts: tuple[str, ...]) -> str:
     stem, dot, suffix = name.rpartition(".")
-    if dot and suffix.lower() == ext:
+    if dot and (suffix.lower() == ext or suffix.lower() in _EXTENSION_ALIASES.get(ext, ())):
         return name
     if dot and suffix.lower() in other_exts:
         raise invalid_params(f"'filename' has the extension .{suffix} but the format is {ext}", "filename")

@@ -55,6 +55,8 @@ def test_extension_rules():
     assert v({"device": "c", "filename": "clip.mkv", "format": "mkv"})["filename"] == "clip.mkv"
     bad(v, {"device": "c", "filename": "clip.mkv"}, "filename")
     assert methods.take_snapshot({"device": "c", "filename": "shot", "format": "png"})["filename"] == "shot.png"
+    assert methods.take_snapshot({"device": "c", "filename": "shot.JPEG"})["filename"] == "shot.JPEG"
+    bad(methods.take_snapshot, {"device": "c", "filename": "shot.jpeg", "format": "png"}, "filename")
 
 
 def test_list_defaults_and_bounds():
@@ -62,6 +64,8 @@ def test_list_defaults_and_bounds():
     bad(methods.list_files, {"limit": 0}, "limit")
     bad(methods.list_files, {"limit": 1001}, "limit")
     bad(methods.list_files, {"offset": -1}, "offset")
+    bad(methods.list_files, {"limit": float("inf")}, "limit")  # JSON 1e400; int() of it used to raise
+    bad(methods.start_recording, {"device": "c", "duration": float("-inf")}, "duration")
 
 
 def test_unknown_and_positional_params_refused():
