@@ -387,7 +387,7 @@ def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
         assert response.status == 200 and response.read() == BODY
         conn.close()
         url = FilesWorker(config, 0).download_url("recording", "a.mp4")
-        assert url == f"https://127.0.0.1:{config.server.port}/files/recordings/a.mp4"
+        assert url == f"https://127.0.0.1:{config.files.http_port}/files/recordings/a.mp4"
     finally:
         srv.stop()
 

@@ -183,7 +183,16 @@ class FilesWorker(Worker):
         return entry
 
     def download_url(self, kind: str, filename: str) -> str:
-        return (f"{self._scheme}://{self._url_host}:{self.config.server.port}"
+        """Where this file is served: the download server itself, not the gateway.
+
+        The gateway's ``/files/`` answers with a redirect to another port,
+        and clients drop ``Authorization`` on a redirect that changes the
+        origin (browsers' fetch, python-requests): a ``download_url``
+        through the gateway would be a 401 for a Bearer token. The gateway
+        redirect stays for URLs built by hand. ``self.http.port`` is
+        ``files.http_port``, or the port really bound when that is 0 (tests).
+        """
+        return (f"{self._scheme}://{self._url_host}:{self.http.port}"
                 f"/files/{URL_FOLDERS[kind]}/{quote(filename)}")
 
     @staticmethod
