@@ -162,8 +162,12 @@ class EventRelay:
     # --- outgoing ----------------------------------------------------------------------
 
     def notify(self, topic: str, params: dict[str, Any], published: float) -> None:
+        # The role is bound to a connection only until its token expires (or
+        # its API key is revoked): a connection that makes no further call
+        # would otherwise keep hearing events with a dead credential.
+        still_valid = self.gateway.auth.still_valid
         recipients = [s.connection for s in self.gateway.sessions
-                      if s.connection is not None and s.wants(topic)]
+                      if s.connection is not None and s.wants(topic) and still_valid(s.identity)]
         if not recipients:
             return
         broadcast(recipients, jsonrpc.encode(jsonrpc.notification(topic, params)))
