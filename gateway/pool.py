@@ -94,6 +94,10 @@ class WorkerPool:
         self._flush_scheduled = False
         #: Called with a WorkerHandle when a worker of a kind registers for the first time.
         self.on_worker_ready: Callable[[WorkerHandle], None] | None = None
+        #: Monotonic time a worker of each kind was last seen alive. A kind with
+        #: none for a heartbeat-timeout is down (crash loop, gave up): calls
+        #: fail at once instead of waiting out their deadline.
+        self._kind_seen: dict[str, float] = {kind: time.monotonic() for kind in WORKER_KINDS}
         # Counters for metrics.
         self.timeouts: dict[str, int] = {kind: 0 for kind in WORKER_KINDS}
         self.worker_deaths = 0
@@ -121,6 +125,9 @@ class WorkerPool:
     def call(self, kind: str, method: str, params: dict, timeout: float, request_id: str,
              caller: dict, idempotent: bool, callback: ReplyCallback) -> None:
         """Send ``method`` to a worker of ``kind``; ``callback`` gets the answer."""
+        if self._kind_down(kind):
+            callback(RpcError(SERVICE_BUSY, data={"reason": f"no {kind} worker is running"}).to_dict(), None)
+            return
         seq = next(self._seq)
         deadline = time.time() + timeout
         call = PendingCall(seq, kind, method, params, deadline, request_id, caller, idempotent, callback)
@@ -133,6 +140,12 @@ class WorkerPool:
                 callback(RpcError(SERVICE_BUSY, data={"reason": f"{kind} queue full"}).to_dict(), None)
                 return
             queue.append(call)
+
+    def _kind_down(self, kind: str) -> bool:
+        if kind not in self._kind_seen:
+            return False
+        return time.monotonic() - self._kind_seen[kind] > self.heartbeat_timeout and \
+            not any(w.kind == kind and not w.draining for w in self.workers.values())
 
     def _pick(self, kind: str, exclude: bytes | None = None) -> WorkerHandle | None:
         best = None
@@ -294,7 +307,12 @@ class WorkerPool:
         for worker in list(self.workers.values()):
             if mono - worker.last_seen > self.heartbeat_timeout:
                 self._worker_lost(worker, "heartbeat missed")
-        for kind in self.queues:
+            elif not worker.draining:
+                self._kind_seen[worker.kind] = mono
+        for kind, queue in self.queues.items():
+            if queue and self._kind_down(kind):
+                while queue:
+                    self._fail(queue.popleft(), f"no {kind} worker is running")
             self._pump(kind)
 
     def forget_pid(self, pid: int) -> None:

@@ -242,3 +242,23 @@ def test_start_refuses_a_port_another_program_listens_on():
         assert svc.status()["running"] is False
     finally:
         svc.cleanup()
+
+
+def test_a_worker_kind_that_stays_down_fails_calls_fast():
+    """With no files worker for a heartbeat-timeout, calls get -32011 at once, not after 10 s."""
+    with Service(simulate=0, **{"runtime.give_up_after": 1}) as svc:
+        async def scenario():
+            async with Client(svc.url, svc.token("admin")) as client:
+                for _ in range(2):  # crash it twice: the supervisor gives up (give_up_after: 1)
+                    pid = wait_for(lambda: svc.pids().get("files-0"), 10, message="files worker up")
+                    os.kill(pid, signal.SIGKILL)
+                    await asyncio.sleep(0.5)
+                wait_for(lambda: {p["name"]: p["state"] for p in svc.status()["processes"]}["files-0"] == "failed",
+                         10, message="files-0 failed")
+                await asyncio.sleep(3.5)  # past the heartbeat timeout
+                reply = await asyncio.wait_for(client.request("list_recordings"), 5)  # well under 10 s
+                assert reply["error"]["code"] == SERVICE_BUSY
+                assert "no files worker" in reply["error"]["data"]["reason"]
+                status = await client.call("get_status")
+                assert status["components"]["files"] == "down" and status["status"] == "degraded"
+        run(scenario())
