@@ -200,7 +200,7 @@ def recording_argv(exe: str, device: DeviceInput, *, staging: Path, fmt: str, se
     return [
         # ffmpeg's main thread notices SIGINT only between waits of
         # -stats_period (0.5 s by default): shorter makes a stop 5x quicker.
-        exe, *_COMMON, "-stats_period", "0.1", *device.args,
+        exe, *_COMMON, "-stats_period", "0.02", *device.args,
         "-map", "0:v", *(video_args if video_args is not None else encode_args(fps)),
         "-f", "segment", "-segment_time", str(segment_seconds),
         "-segment_format", container, "-segment_format_options", options,
