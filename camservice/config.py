@@ -120,6 +120,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("storage.scan_interval", 60.0, NUMBER, "Seconds between rescans that notice files changed behind the service's back.", _positive),
     # files
     Setting("files.http_port", 8003, int, "Port of the file workers' download server (the gateway redirects /files/ there).", _port),
+    Setting("files.download_rate_limit", 500_000_000, int, "Bytes per second one download may take (0: no limit); keeps a memory-speed copy from crowding out API calls.", _non_negative),
     # cameras
     Setting("cameras.simulate", 0, int, "Simulated cameras created at start (sim:0 ... sim:N-1).", _non_negative),
     Setting("cameras.sim_resolution", "640x480", str, "Resolution of simulated cameras.", _resolution),

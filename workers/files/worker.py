@@ -85,7 +85,7 @@ class FilesWorker(Worker):
                                         config.storage.min_free_bytes)
         self.http = DownloadServer(self.folders, config.server.host, config.files.http_port,
                                    authorize=make_authorizer(config), ssl_context=tls_context(config),
-                                   log=self.log.bind(part="http"))
+                                   log=self.log.bind(part="http"), rate_limit=config.files.download_rate_limit)
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
         self.disk_usage: Callable[[Path], Any] = shutil.disk_usage
         self._scheme = "https" if config.server.tls.cert_file else "http"
