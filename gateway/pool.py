@@ -84,6 +84,7 @@ class WorkerPool:
         self.heartbeat_timeout = heartbeat_interval * liveness
         self.max_queue = max_queue
         self.workers: dict[bytes, WorkerHandle] = {}
+        self._by_kind: dict[str, list[WorkerHandle]] = {kind: [] for kind in WORKER_KINDS}
         self.pending: dict[int, PendingCall] = {}
         self.queues: dict[str, deque[PendingCall]] = {kind: deque() for kind in WORKER_KINDS}
         self._deadlines: list[tuple[float, int]] = []
@@ -149,13 +150,15 @@ class WorkerPool:
 
     def _pick(self, kind: str, exclude: bytes | None = None) -> WorkerHandle | None:
         best = None
-        for worker in self.workers.values():
-            if worker.kind != kind or worker.draining or worker.identity == exclude:
+        best_load = 0
+        for worker in self._by_kind.get(kind, ()):
+            if worker.draining or worker.identity == exclude:
                 continue
-            if len(worker.in_flight) >= worker.capacity:
+            load = len(worker.in_flight)
+            if load >= worker.capacity:
                 continue
-            if best is None or (len(worker.in_flight), worker.last_used) < (len(best.in_flight), best.last_used):
-                best = worker
+            if best is None or load < best_load or (load == best_load and worker.last_used < best.last_used):
+                best, best_load = worker, load
         return best
 
     def _send(self, call: PendingCall, exclude: bytes | None = None) -> bool:
@@ -267,6 +270,7 @@ class WorkerPool:
                 return
             worker = WorkerHandle(identity, ready.kind, ready.pid, ready.capacity, ready.index, now)
             self.workers[identity] = worker
+            self._by_kind[worker.kind].append(worker)
             log.info("worker_ready", kind=ready.kind, pid=ready.pid, index=ready.index)
             if self.on_worker_ready is not None:
                 self.on_worker_ready(worker)
@@ -324,6 +328,7 @@ class WorkerPool:
     def _worker_lost(self, worker: WorkerHandle, reason: str) -> None:
         if self.workers.pop(worker.identity, None) is None:
             return
+        self._by_kind[worker.kind].remove(worker)
         self.worker_deaths += 1
         log.warning("worker_lost", kind=worker.kind, pid=worker.pid, reason=reason, in_flight=len(worker.in_flight))
         for seq in list(worker.in_flight):
