@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.harness import wait_for
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -113,17 +114,14 @@ def test_load_tolerates_a_tricky_server(client):
 def test_client_processes_die_with_the_parent(baseline):
     import psutil
     import signal
-    import time
 
     _, url = baseline
     load = subprocess.Popen([sys.executable, str(BENCH / "load.py"), "--url", url,
                              "--connections", "2", "--duration", "30"],
                             stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while len(children := psutil.Process(load.pid).children()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        children = wait_for(lambda: (found := psutil.Process(load.pid).children()) and len(found) >= 2 and found,
+                            10, message="load.py's two client processes")
     finally:
         load.send_signal(signal.SIGKILL)
         load.wait()
