@@ -77,6 +77,64 @@ def parse_probe(text: str) -> MediaInfo:
     return MediaInfo(duration, width, height, codec, container)
 
 
+# --- camera inputs -------------------------------------------------------------------
+#
+# The one place that turns a camera into ffmpeg input options: the recording
+# worker runs them itself, and the MediaMTX backend puts them into a path's
+# runOnDemand command line, so every value is checked against a strict
+# pattern before it becomes an argument.
+
+#: lavfi test sources a simulated camera may show.
+SIM_PATTERNS = ("testsrc2", "testsrc", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc")
+MAX_FPS = 240
+_SIZE = re.compile(r"[1-9]\d{0,4}x[1-9]\d{0,4}")
+_FORMAT = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _check_size(size: object) -> str:
+    if not isinstance(size, str) or not _SIZE.fullmatch(size):
+        raise ValueError(f"size {size!r} is not WIDTHxHEIGHT")
+    return size
+
+
+def _check_fps(fps: object) -> int:
+    if isinstance(fps, float) and fps.is_integer():
+        fps = int(fps)
+    if isinstance(fps, bool) or not isinstance(fps, int) or not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps {fps!r} is not an integer in 1-{MAX_FPS}")
+    return fps
+
+
+def lavfi_input(pattern: str, size: str, fps: int) -> list[str]:
+    """Input options of a simulated camera: a lavfi test source paced in real time.
+
+    ``-re``: without it lavfi produces frames as fast as the encoder takes
+    them, and a 10 s recording would take a fraction of a second.
+    """
+    if pattern not in SIM_PATTERNS:
+        raise ValueError(f"pattern {pattern!r} is not one of {', '.join(SIM_PATTERNS)}")
+    return ["-re", "-f", "lavfi", "-i", f"{pattern}=size={_check_size(size)}:rate={_check_fps(fps)}"]
+
+
+def v4l2_input(device: str, input_format: str | None = None, size: str | None = None,
+               fps: int | None = None, queue: int | None = None) -> list[str]:
+    """Input options of a V4L2 device; unset values are left to the driver."""
+    if not isinstance(device, str) or not device.startswith("/"):
+        raise ValueError(f"{device!r} is not a device path")
+    args = ["-f", "v4l2"]
+    if queue:
+        args += ["-thread_queue_size", str(int(queue))]
+    if input_format:
+        if not _FORMAT.fullmatch(str(input_format)):
+            raise ValueError(f"input_format {input_format!r} is not an ffmpeg format name")
+        args += ["-input_format", str(input_format)]
+    if size:
+        args += ["-video_size", _check_size(size)]
+    if fps:
+        args += ["-framerate", str(_check_fps(fps))]
+    return args + ["-i", device]
+
+
 class ProbeError(RuntimeError):
     pass
 

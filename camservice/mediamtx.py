@@ -66,13 +66,12 @@ ON_DEMAND_CLOSE_AFTER = "10s"
 STREAM_PROTOCOLS = ("rtsp", "webrtc", "hls")
 
 #: lavfi sources a simulated camera may use (``camera.source["pattern"]``).
-SIM_PATTERNS = ("testsrc2", "testsrc", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc")
+SIM_PATTERNS = ffmpeg.SIM_PATTERNS
 
 _MAX_ANSWER = 16 * 1024 * 1024
 _MAX_PAGES = 10_000
 _PATH_NAME = re.compile(r"^[0-9A-Za-z_\-.~:]+(?:/[0-9A-Za-z_\-.~:]+)*$")
 _SIZE = re.compile(r"^[1-9]\d{0,4}x[1-9]\d{0,4}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class MediaMTXError(RpcError):
@@ -496,34 +495,21 @@ def capture_args(camera: Camera, config: Any) -> list[str]:
     source = camera.source or {}
     simulated = camera.simulated or camera.device.startswith("sim:")
     kind = source.get("kind") or ("sim" if simulated else "v4l2")
-    if kind == "sim":
-        size = str(source.get("size") or camera.resolution or config.cameras.sim_resolution)
-        fps = source.get("fps") or camera.fps or config.cameras.sim_fps
-        pattern = source.get("pattern") or "testsrc2"
-        if isinstance(fps, float) and fps.is_integer():
-            fps = int(fps)
-        if not _SIZE.fullmatch(size):
-            raise ValueError(f"{camera.id}: size {size!r} is not WIDTHxHEIGHT")
-        if isinstance(fps, bool) or not isinstance(fps, int) or not 0 < fps <= 240:
-            raise ValueError(f"{camera.id}: fps {fps!r} is not an integer in 1-240")
-        if pattern not in SIM_PATTERNS:
-            raise ValueError(f"{camera.id}: pattern {pattern!r} is not one of {', '.join(SIM_PATTERNS)}")
-        # -re: lavfi would otherwise generate frames as fast as the encoder takes them.
-        return ["-re", "-f", "lavfi", "-i", f"{pattern}=size={size}:rate={fps}"]
-    if kind == "v4l2":
-        if not re.fullmatch(r"/dev/[A-Za-z0-9_./-]+", camera.device) or ".." in camera.device:
-            raise ValueError(f"{camera.id}: {camera.device!r} is not a V4L2 device path")
-        args = ["-f", "v4l2"]
-        input_format = source.get("input_format")
-        if input_format:
-            if not _TOKEN.fullmatch(str(input_format)):
-                raise ValueError(f"{camera.id}: input_format {input_format!r} is not an ffmpeg format name")
-            args += ["-input_format", str(input_format)]
-        if camera.resolution and _SIZE.fullmatch(camera.resolution):
-            args += ["-video_size", camera.resolution]
-        if isinstance(camera.fps, int) and not isinstance(camera.fps, bool) and camera.fps > 0:
-            args += ["-framerate", str(camera.fps)]
-        return args + ["-i", camera.device]
+    try:
+        if kind == "sim":
+            return ffmpeg.lavfi_input(source.get("pattern") or "testsrc2",
+                                      str(source.get("size") or camera.resolution or config.cameras.sim_resolution),
+                                      source.get("fps") or camera.fps or config.cameras.sim_fps)
+        if kind == "v4l2":
+            # Strict: the path ends up in MediaMTX's runOnDemand command line.
+            if not re.fullmatch(r"/dev/[A-Za-z0-9_./-]+", camera.device) or ".." in camera.device:
+                raise ValueError(f"{camera.device!r} is not a V4L2 device path")
+            size = camera.resolution if camera.resolution and _SIZE.fullmatch(camera.resolution) else None
+            fps = camera.fps if isinstance(camera.fps, int) and not isinstance(camera.fps, bool) and camera.fps > 0 \
+                else None
+            return ffmpeg.v4l2_input(camera.device, source.get("input_format"), size, fps)
+    except ValueError as exc:
+        raise ValueError(f"{camera.id}: {exc}") from None
     raise ValueError(f"{camera.id}: unknown source kind {kind!r}")
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from camservice import ffmpeg
+
 DEV_DIRNAME = "dev"
 NODE_PREFIX = "sim"
 #: Written by the discovery worker; names the service run that created the nodes.
@@ -42,8 +44,8 @@ DEFAULT_RESOLUTION = "640x480"
 DEFAULT_FPS = 15
 DEFAULT_PATTERN = "testsrc2"
 #: lavfi sources that accept ``size`` and ``rate`` options.
-PATTERNS = ("testsrc2", "testsrc", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc")
-MAX_FPS = 240
+PATTERNS = ffmpeg.SIM_PATTERNS
+MAX_FPS = ffmpeg.MAX_FPS
 #: Formats a simulated camera claims, like a typical UVC webcam.
 SIM_FORMATS = ("YUYV", "MJPEG")
 _STANDARD_SIZES = ((1920, 1080), (1280, 720), (800, 600), (640, 480), (320, 240), (160, 120))
@@ -343,15 +345,11 @@ def open_sim_device(path: str | os.PathLike) -> int:
 
 
 def sim_input_args(source: dict[str, Any]) -> list[str]:
-    """ffmpeg input arguments for a simulated camera's ``Camera.source``.
-
-    ``-re`` paces lavfi to real time; without it testsrc2 produces frames
-    as fast as the CPU allows and a 10 s recording would take a fraction of
-    a second.
-    """
+    """ffmpeg input arguments for a simulated camera's ``Camera.source``
+    (:func:`camservice.ffmpeg.lavfi_input`, after this module's own checks)."""
     if source.get("kind") != "sim":
         raise SimNodeError(f"not a simulated camera source: {source.get('kind')!r}")
     size = check_resolution(source.get("size", DEFAULT_RESOLUTION))
     fps = check_fps(source.get("fps", DEFAULT_FPS))
     pattern = check_pattern(source.get("pattern", DEFAULT_PATTERN))
-    return ["-re", "-f", "lavfi", "-i", f"{pattern}=size={size}:rate={fps}"]
+    return ffmpeg.lavfi_input(pattern, size, fps)

@@ -35,6 +35,7 @@ import signal
 from pathlib import Path
 from typing import Any, Iterable
 
+from camservice import ffmpeg
 from camservice.cameras import Camera
 from camservice.process import die_with_parent
 
@@ -117,7 +118,7 @@ def open_input(camera: Camera) -> DeviceInput:
         if not node or not os.path.exists(node):
             raise CameraGone("camera disconnected")
         try:
-            args = simdev.input_args(source)
+            args = simdev.sim_input_args(source)
         except ValueError as exc:  # the simulator refuses the source description
             raise CaptureError(f"bad simulated camera source: {exc}") from None
         try:
@@ -133,14 +134,11 @@ def open_input(camera: Camera) -> DeviceInput:
         path = source.get("path") or camera.device
         if not os.path.exists(path):
             raise CameraGone("camera disconnected")
-        args = ["-f", "v4l2", "-thread_queue_size", "64"]
-        if source.get("input_format"):
-            args += ["-input_format", str(source["input_format"])]
-        if source.get("size"):
-            args += ["-video_size", str(source["size"])]
-        if source.get("fps"):
-            args += ["-framerate", str(source["fps"])]
-        return DeviceInput(args + ["-i", path])
+        try:
+            return DeviceInput(ffmpeg.v4l2_input(path, source.get("input_format"), source.get("size"),
+                                                 source.get("fps"), queue=64))
+        except ValueError as exc:
+            raise CaptureError(f"bad camera source: {exc}") from None
     raise CaptureError("camera has no capture source")
 
 

@@ -10,8 +10,6 @@ and closes its own copy, so the lock lives exactly as long as ffmpeg.
 from __future__ import annotations
 
 import errno
-from typing import Any
-
 from workers.discovery.simulator import open_sim_device, sim_input_args
 
 __all__ = ["open_sim_device", "sim_input_args", "is_busy", "is_gone"]
@@ -26,6 +24,3 @@ def is_gone(exc: BaseException) -> bool:
     """``open_sim_device`` failed because the camera is unplugged (or being unplugged)."""
     return isinstance(exc, FileNotFoundError) or (isinstance(exc, OSError) and exc.errno == errno.ENODEV)
 
-
-def input_args(source: dict[str, Any]) -> list[str]:
-    return sim_input_args(source)
