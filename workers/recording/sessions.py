@@ -267,20 +267,24 @@ class RecordingManager:
             # Before the device lock is released: a snapshot waiting for it
             # must find the recording, not try to open the device again.
             self._adopt(session, slot)
-        # Register the first segment (active list, journal) before the
-        # supervisor task exists, so that only one task ever polls a run.
-        try:
-            await self._poll(session)
-            await self.journal.save_async(record)
-        except BaseException:
-            await self._abandon(session, slot)
-            raise
-        self._launch(session)
+        await self._commit(session, slot)
         self.log.info("recording_started", camera=camera.id, session_id=record.session_id,
                       filename=filename, duration=duration, pid=session.run.pid if session.run else None)
         self._status_event(session, STARTED, 0)
         return {"device": camera.device, "session_id": record.session_id, "filename": filename,
                 "status": STARTED, "start_time": naming.utc_iso(start), "duration": duration, "format": fmt}
+
+    async def _commit(self, session: Session, slot: Slot) -> None:
+        """Register the first segment (active list, journal), then start the
+        session's supervising task: registering first means only one task
+        ever polls a run. On failure the session is abandoned."""
+        try:
+            await self._poll(session)
+            await self.journal.save_async(session.record)
+        except BaseException:
+            await self._abandon(session, slot)
+            raise
+        self._launch(session)
 
     def _adopt(self, session: Session, slot: Slot) -> None:
         """Make a session with a running capture visible (slot, names, sessions)."""
@@ -616,13 +620,7 @@ class RecordingManager:
                 f"capture could not resume: {self.backend.sanitize(failure.reason)}"
             await self._end_unresumed(session, FAILED, reason)
             return
-        try:
-            await self._poll(session)
-            await self.journal.save_async(record)
-        except BaseException:
-            await self._abandon(session, slot)
-            raise
-        self._launch(session)
+        await self._commit(session, slot)
         self.log.info("recording_resumed", session_id=record.session_id, camera=camera.id,
                       segment=len(record.segments) - 1, pid=session.run.pid if session.run else None)
 
