@@ -58,6 +58,13 @@ def health(gateway: Gateway, which: str) -> HttpResponse:
     return _json(404, {"error": "unknown health check"})
 
 
+def _without_port(host: str) -> str:
+    """``example:8002`` -> ``example``; ``[::1]:8002`` and ``[::1]`` -> ``[::1]``."""
+    if host.startswith("["):
+        return host[:host.find("]") + 1] or host
+    return host.rsplit(":", 1)[0]
+
+
 def route(gateway: Gateway, path: str, host_header: str | None, scheme: str,
           metrics: Callable[[], tuple[bytes, str]] | None) -> HttpResponse | None:
     """The response for a plain HTTP request, or None to go on with the WebSocket handshake."""
@@ -70,7 +77,7 @@ def route(gateway: Gateway, path: str, host_header: str | None, scheme: str,
         body, content_type = metrics()
         return 200, content_type, body, {}
     if target.path.startswith("/files/"):
-        host = (host_header or gateway.config.public_host).rsplit(":", 1)[0] if host_header else gateway.config.public_host
+        host = _without_port(host_header) if host_header else gateway.config.public_host
         location = f"{scheme}://{host}:{gateway.config.files.http_port}{path}"
         return 307, "text/plain", b"", {"Location": location}
     return _json(404, {"error": "not found", "endpoints": ["/ws", "/health/live", "/health/ready", "/metrics"]})
