@@ -11,14 +11,17 @@ module is imported as ``common`` with ``bench/`` on ``sys.path``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import psutil
 
@@ -159,3 +162,35 @@ def start_baseline(port: int, host: str = "127.0.0.1", timeout: float = 10.0) ->
     proc.kill()
     proc.wait()
     raise RuntimeError(f"baseline server did not listen on {host}:{port} within {timeout}s")
+
+
+def run_child(pipe, body: Callable[[], object]) -> None:
+    """The life of a load-generating child process.
+
+    Ctrl-C is the parent's to handle; the child dies with the parent (no
+    orphaned load) and reports a crash on ``pipe`` instead of leaving the
+    parent waiting. ``body`` may return a coroutine, which is run.
+    """
+    import load  # bench/load.py: its die_with_parent keeps it usable on its own
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    load.die_with_parent()
+    if os.getppid() == 1:  # the parent died before prctl
+        return
+    try:
+        result = body()
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    except (EOFError, BrokenPipeError):
+        pass  # the parent is gone
+    except Exception as exc:
+        pipe.send(("fatal", repr(exc)))
+
+
+def load_result(out: str, err: str, returncode: int | None) -> dict:
+    """The JSON line ``bench/load.py`` printed last."""
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"load.py printed no result (exit {returncode}): {err[-2000:]}")
+    return json.loads(lines[-1])

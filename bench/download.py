@@ -58,7 +58,6 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import common  # noqa: E402
 import isolation  # noqa: E402  (StatusProbe, summaries)
-import load  # noqa: E402
 import scaling  # noqa: E402  (service start, CPU sampler, folders)
 
 NAME = "camera0_2026-01-01_00-00-00_BENCH1.mp4"
@@ -170,13 +169,7 @@ def download_loop(url: str, token: str, duration: float, once: bool = False, rat
 def _downloader_main(pipe, url: str, token: str, duration: float, nice: int = 0, rate: float = 0.0) -> None:
     if nice:
         os.nice(nice)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    load.die_with_parent()
-    try:
-        pipe.send(("ok", download_loop(url, token, duration, rate=rate)))
-    except Exception as exc:
-        pipe.send(("fatal", repr(exc)))
+    common.run_child(pipe, lambda: pipe.send(("ok", download_loop(url, token, duration, rate=rate))))
 
 
 # ------------------------------------------------------------------ the benchmark

@@ -201,19 +201,11 @@ async def client(pipe, cfg: dict) -> None:
 
 
 def client_main(pipe, cfg: dict, inherited: list) -> None:
+    # Forked children inherit the parent's ends of the pipes: close them, or
+    # a child would never see EOF on its own pipe when the parent dies.
     for conn in inherited:
         conn.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    load.die_with_parent()
-    if os.getppid() == 1:
-        return
-    try:
-        asyncio.run(client(pipe, cfg))
-    except (EOFError, BrokenPipeError):
-        pass
-    except Exception as exc:
-        pipe.send(("fatal", repr(exc)))
+    common.run_child(pipe, lambda: client(pipe, cfg))
 
 
 # ------------------------------------------------------------------ parent side

@@ -133,15 +133,7 @@ async def _probe(pipe, cfg: dict) -> None:
 
 
 def _probe_main(pipe, cfg: dict) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    load.die_with_parent()
-    try:
-        asyncio.run(_probe(pipe, cfg))
-    except (EOFError, BrokenPipeError):
-        pass
-    except Exception as exc:
-        pipe.send(("fatal", repr(exc)))
+    common.run_child(pipe, lambda: _probe(pipe, cfg))
 
 
 class StatusProbe:
@@ -254,10 +246,7 @@ def run(args) -> dict:
             raise
         finally:
             sampler.stop()
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        if not lines:
-            raise RuntimeError(f"load.py printed no result: {err[-2000:]}")
-        listing = json.loads(lines[-1])
+        listing = common.load_result(out, err, lister.returncode)
         cpu = sampler.percent(t_from, t_to)
         cpu["status_probe"] = round(100 * client_probe_cpu / max(t_to - t_from, 1e-9), 1)
         cpu["other"] = round(cpu.get("other", 0.0) - cpu["status_probe"], 1)

@@ -201,10 +201,7 @@ def run_load(service: Service, token: str, supervisor: int, named: dict[str, int
         raise
     finally:
         sampler.stop()
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"load.py printed no result (exit {proc.returncode}): {err[-2000:]}")
-    result = json.loads(lines[-1])
+    result = common.load_result(out, err, proc.returncode)
     # Steady part of the timed phase: after connection set-up and warm-up, before the end.
     t_from = launched + args.warmup + 1.0
     cpu = sampler.percent(t_from, t_from + max(1.0, args.duration - 1.5))
