@@ -32,7 +32,6 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -42,6 +41,7 @@ from . import log
 from .config import ConfigError
 from .errors import AUTH_REQUIRED, RpcError
 from .methods import ROLES, permissions
+from .timestamps import utc_iso
 
 #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` (the contract allows at most 1).
 LEEWAY = 1.0
@@ -64,10 +64,6 @@ _log = log.get(__name__)
 
 def _fail(reason: str) -> RpcError:
     return RpcError(AUTH_REQUIRED, data={"reason": reason})
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- the JWT secret ---------------------------------------------------------------
@@ -166,7 +162,7 @@ def authenticate_result(identity: Identity) -> dict[str, Any]:
         "authenticated": True,
         "role": identity.role,
         "permissions": permissions(identity.role),
-        "expires_at": None if identity.expires_at is None else _iso(identity.expires_at),
+        "expires_at": None if identity.expires_at is None else utc_iso(identity.expires_at, "seconds"),
         "session_id": identity.session_id,
     }
 
@@ -312,7 +308,7 @@ class KeyStore:
                 name = next(f"{role}-{n}" for n in range(1, len(taken) + 2) if f"{role}-{n}" not in taken)
             elif name in taken:
                 raise KeyStoreError(f"an API key named '{name}' already exists (revoked keys keep their name)")
-            records.append(KeyRecord(name, role, _iso(time.time()), None, hash_key(key)))
+            records.append(KeyRecord(name, role, utc_iso(timespec="seconds"), None, hash_key(key)))
         return name, key
 
     def revoke(self, name: str) -> bool:
@@ -323,7 +319,7 @@ class KeyStore:
                     if record.revoked:
                         return False
                     records[i] = KeyRecord(record.name, record.role, record.created,
-                                           _iso(time.time()), record.sha256)
+                                           utc_iso(timespec="seconds"), record.sha256)
                     return True
         raise KeyStoreError(f"no API key named '{name}'")
 

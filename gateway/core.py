@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import structlog
@@ -44,10 +43,6 @@ PENDING = object()
 
 CAPABILITIES = ["camera_discovery", "hot_plug_events", "snapshots", "recordings", "segmented_recordings",
                 "file_management", "retention", "jwt_auth", "api_keys", "event_subscriptions"]
-
-
-def iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Gateway:

@@ -13,7 +13,9 @@ import json
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .core import Gateway, iso_now
+from camservice.timestamps import utc_iso
+
+from .core import Gateway
 
 HttpResponse = tuple[int, str, bytes, dict[str, str]]
 
@@ -26,7 +28,7 @@ def _json(status: int, body: dict[str, Any]) -> HttpResponse:
 
 def health(gateway: Gateway, which: str) -> HttpResponse:
     """``/health/{live,ready,system,cameras,mediamtx}``: 200 healthy/degraded, 503 otherwise."""
-    now = iso_now()
+    now = utc_iso()
     if which == "live":
         return _json(200, {"status": "healthy", "timestamp": now, "details": {"process": "gateway"}})
     if which == "ready":

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from workers.files import downloads
-from workers.files.names import Escape, admitted, iso_utc, parse_name, resolve_inside
+from camservice.timestamps import utc_iso
+from workers.files.names import Escape, admitted, parse_name, resolve_inside
 from workers.files.retention import DAY, GB, Candidate, Policy, PolicyStore, FileLock, plan
 from workers.files.storage import ThresholdMonitor, Usage, storage_info
 
@@ -20,7 +21,7 @@ NOW = 1_700_000_000.0
 def test_parse_default_name():
     parsed = parse_name("camera0_2024-03-05_07-08-09_AB12CD.mp4")
     assert parsed.camera_id == "camera0"
-    assert iso_utc(parsed.started) == "2024-03-05T07:08:09Z"
+    assert utc_iso(parsed.started, "seconds") == "2024-03-05T07:08:09Z"
     assert parse_name("front_door_2024-03-05_07-08-09_AB12CD.mkv").camera_id == "front_door"
     segment = parse_name("camera2_2024-03-05_07-08-09_AB12CD_part003.mp4")
     assert segment.camera_id == "camera2" and segment.started is None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,11 +87,6 @@ def admitted(kind: str, filename: str) -> bool:
 
 def content_type(filename: str) -> str:
     return CONTENT_TYPES.get(extension(filename), "application/octet-stream")
-
-
-def iso_utc(epoch: float) -> str:
-    """ISO 8601 in UTC with a ``Z`` suffix, as every timestamp of the contract."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 class Escape(ValueError):

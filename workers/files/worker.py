@@ -40,13 +40,14 @@ from urllib.parse import quote
 from camservice import ffmpeg
 from camservice.envelope import Event
 from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
+from camservice.timestamps import utc_iso
 from workers.base import CallContext, Worker, run_worker
 
 from .active import ActiveFiles
 from .auth import make_authorizer
 from .downloads import DownloadServer
 from .index import FileIndex, Row, ScanResult
-from .names import KINDS, RECORDING, SNAPSHOT, Escape, admitted, iso_utc, resolve_inside
+from .names import KINDS, RECORDING, SNAPSHOT, Escape, admitted, resolve_inside
 from .retention import Candidate, FileLock, Policy, PolicyStore, plan
 from .storage import ThresholdMonitor, Usage, storage_info
 
@@ -166,7 +167,7 @@ class FilesWorker(Worker):
         entry: dict[str, Any] = {
             "filename": row.filename,
             "file_size": row.size,
-            "modified_time": iso_utc(row.mtime),
+            "modified_time": utc_iso(row.mtime, "seconds"),
             "download_url": self.download_url(row.kind, row.filename),
         }
         device = row.device or (self._device_of_camera.get(row.camera_id) if row.camera_id else None)
@@ -223,7 +224,7 @@ class FilesWorker(Worker):
             created = row.mtime - row.duration
         else:
             created = row.mtime
-        entry["created_time"] = iso_utc(created)
+        entry["created_time"] = utc_iso(created, "seconds")
         return entry
 
     def _refresh_row(self, kind: str, filename: str, path: Path, active: set[str] | None) -> Row:

@@ -15,15 +15,11 @@ import string
 import time
 from datetime import datetime, timezone
 
+from camservice.timestamps import utc_iso  # noqa: F401 - naming.utc_iso is what sessions use
+
 _ALPHABET = string.ascii_uppercase + string.digits
 #: Longest file name most Linux file systems accept, in bytes.
 MAX_NAME_BYTES = 255
-
-
-def utc_iso(stamp: float | None = None) -> str:
-    """ISO 8601 in UTC with millisecond precision and a ``Z`` suffix."""
-    moment = datetime.fromtimestamp(time.time() if stamp is None else stamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def random_tag(length: int = 6) -> str:
