@@ -8,7 +8,7 @@ Subscribes to every topic on the supervisor's event proxy and
   a sequence gap or a new discovery process triggers a fresh snapshot (PUB/SUB
   drops messages for late joiners and at the high-water mark);
 * fans client notifications out to the connections that want them, encoding
-  each message once (``websockets.broadcast`` writes without awaiting);
+  each message once (:func:`gateway.connection.broadcast` writes without awaiting);
 * records the supervisor's process samples and exits (an exited worker's
   calls are failed over at once instead of waiting for missed heartbeats).
 """
@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 import structlog
 import zmq
-from websockets.asyncio.server import broadcast
 
 from camservice import comms, jsonrpc
 from camservice.cameras import Camera
 from camservice.envelope import Event, EnvelopeError
 
+from .connection import broadcast
 from .core import Gateway
 from .pool import WorkerPool
 

@@ -3,13 +3,10 @@
 Wires together the pieces: :class:`~gateway.core.Gateway` (checks and
 gateway-local methods), :class:`~gateway.pool.WorkerPool` (ZeroMQ ROUTER to
 the workers), :class:`~gateway.events.EventRelay` (replica and notifications)
-and the ``websockets`` server. Several gateway processes share one port with
-``SO_REUSEPORT``; the kernel spreads connections over them.
-
-Replies are pushed with ``websockets.broadcast`` (synchronous, no task per
-reply). Backpressure: when a client stops reading and its write buffer grows
-past :data:`WRITE_BUFFER_LIMIT`, the gateway stops reading its requests until
-the buffer drains, and closes it if that takes too long.
+and the WebSocket connections (:mod:`gateway.connection`), which hand every
+message to :meth:`GatewayServer.message_received` synchronously. Several
+gateway processes share one port with ``SO_REUSEPORT``; the kernel spreads
+connections over them.
 """
 
 from __future__ import annotations
@@ -19,18 +16,19 @@ import os
 import signal
 import ssl
 import time
+from http import HTTPStatus
 from typing import Any
 
 import structlog
 import zmq
-from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from camservice import comms, config as config_module, jsonrpc, log, process
 
 from . import http
+from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .events import EventRelay
 from .pool import WorkerPool
@@ -40,6 +38,8 @@ logger = structlog.get_logger("gateway")
 WRITE_BUFFER_LIMIT = 4 * 1024 * 1024
 SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
+#: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
+LISTEN_BACKLOG = 1024
 
 
 class GatewayServer:
@@ -56,8 +56,12 @@ class GatewayServer:
         self.pool.on_worker_ready = self._worker_ready
         self.metrics_renderer = None  # set by gateway.metrics when enabled
         self.max_batch = config.server.max_in_flight
+        self.limits = Limits(max_size=config.server.max_frame_bytes, write_limit=WRITE_BUFFER_LIMIT,
+                             slow_client_timeout=SLOW_CLIENT_TIMEOUT)
+        #: Every TCP connection, from accept to close (handshake included).
+        self.connections: set[Connection] = set()
         self._stop = asyncio.Event()
-        self._server = None
+        self._server: asyncio.AbstractServer | None = None
 
     def _worker_ready(self, worker) -> None:
         if worker.kind == "discovery":
@@ -65,7 +69,9 @@ class GatewayServer:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
+        if self._stop.is_set():
+            return self._response(503, "text/plain", b"server shutting down\n", {})
         if request.path.split("?", 1)[0] == "/ws" and len(self.gateway.sessions) >= self.config.server.max_connections:
             return self._response(503, "text/plain", b"too many connections\n", {"Retry-After": "5"})
         scheme = "https" if self.config.server.tls.cert_file else "http"
@@ -76,46 +82,44 @@ class GatewayServer:
 
     @staticmethod
     def _response(status: int, content_type: str, body: bytes, extra: dict[str, str]) -> Response:
-        from http import HTTPStatus
-
         headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
                            "Connection": "close", **extra})
         return Response(status, HTTPStatus(status).phrase, headers, body)
 
-    # --- WebSocket --------------------------------------------------------------------
+    # --- WebSocket (gateway.connection.Handler) ------------------------------------------
 
-    async def handle_connection(self, connection: ServerConnection) -> None:
+    def connection_made(self, connection: Connection) -> None:
+        self.connections.add(connection)
+
+    def connection_open(self, connection: Connection) -> None:
         peer = connection.remote_address[0] if connection.remote_address else "?"
-        session = self.gateway.open_session(peer, connection)
-        gateway, max_batch = self.gateway, self.max_batch
-        transport = connection.transport
+        connection.session = self.gateway.open_session(peer, connection)
 
-        def reply(message: dict | None) -> None:
-            if message is not None:
-                broadcast((connection,), jsonrpc.encode(message))
+    def connection_lost(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if connection.session is not None:
+            self.gateway.close_session(connection.session)
 
-        try:
-            async for data in connection:
-                session.last_activity = time.monotonic()
-                frame = jsonrpc.parse_frame(data, max_batch)
-                if frame.batch:
-                    self._handle_batch(session, frame, connection)
-                else:
-                    item = frame.items[0]
-                    if isinstance(item, dict):
-                        response = item
-                    else:
-                        response = gateway.handle(session, item, reply)
-                    if response is not None and response is not PENDING:
-                        broadcast((connection,), jsonrpc.encode(response))
-                if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                    await self._wait_for_drain(connection)
-        except ConnectionClosed:
-            pass
-        finally:
-            gateway.close_session(session)
+    def message_received(self, connection: Connection, data: str | bytes) -> None:
+        session = connection.session
+        session.last_activity = time.monotonic()
+        frame = jsonrpc.parse_frame(data, self.max_batch)
+        if frame.batch:
+            self._handle_batch(session, frame, connection)
+            return
+        item = frame.items[0]
+        if isinstance(item, dict):
+            response = item
+        else:
+            def reply(message: dict | None) -> None:
+                if message is not None:
+                    connection.send(jsonrpc.encode(message))
 
-    def _handle_batch(self, session, frame: jsonrpc.Frame, connection: ServerConnection) -> None:
+            response = self.gateway.handle(session, item, reply)
+        if response is not None and response is not PENDING:
+            connection.send(jsonrpc.encode(response))
+
+    def _handle_batch(self, session, frame: jsonrpc.Frame, connection: Connection) -> None:
         """Answer a batch with one array once every call in it is answered."""
         slots: list[Any] = [None] * len(frame.items)
         waiting = [0]
@@ -124,7 +128,7 @@ class GatewayServer:
         def flush() -> None:
             responses = [r for r in slots if r is not None]
             if responses:
-                broadcast((connection,), jsonrpc.encode(responses))
+                connection.send(jsonrpc.encode(responses))
 
         def filler(position: int):
             def fill(message: dict | None) -> None:
@@ -147,14 +151,6 @@ class GatewayServer:
         if waiting[0] == 0:
             flush()
 
-    async def _wait_for_drain(self, connection: ServerConnection) -> None:
-        deadline = time.monotonic() + SLOW_CLIENT_TIMEOUT
-        while connection.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT // 2:
-            if time.monotonic() > deadline:
-                await connection.close(1008, "client does not read its replies")
-                return
-            await asyncio.sleep(0.01)
-
     # --- lifecycle --------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -167,18 +163,14 @@ class GatewayServer:
         if self.config.server.tls.cert_file:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls.load_cert_chain(self.config.server.tls.cert_file, self.config.server.tls.key_file)
-        ping = self.config.server.ping_interval or None
-        self._server = await serve(
-            self.handle_connection, self.config.server.host, self.config.server.port,
-            process_request=self.process_request, max_size=self.config.server.max_frame_bytes,
-            compression=None, ping_interval=ping, ping_timeout=ping, ssl=tls,
-            reuse_port=True, close_timeout=2, max_queue=64, server_header="camservice",
-        )
+        self._server = await loop.create_server(
+            lambda: Connection(self, self.limits), self.config.server.host, self.config.server.port,
+            ssl=tls, reuse_port=True, backlog=LISTEN_BACKLOG)
         logger.info("gateway_listening", host=self.config.server.host, port=self.config.server.port,
                     pid=os.getpid(), tls=tls is not None)
         background = [asyncio.ensure_future(c) for c in
                       (self._sweep(), self._publish_stats(), self.events.resync_forever(),
-                       self._close_idle_unauthenticated())]
+                       self._close_idle_unauthenticated(), self._keepalive())]
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -191,17 +183,17 @@ class GatewayServer:
 
     async def shutdown(self, background: list[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending))
-        self._server.close(close_connections=False)  # stop accepting
+        self._server.close()  # stop accepting
         deadline = time.monotonic() + self.config.runtime.stop_timeout * 0.5
         while self.pool.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in background:
             task.cancel()
-        self._server.close(close_connections=True)
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), timeout=3.0)
-        except asyncio.TimeoutError:
-            pass
+        for connection in list(self.connections):
+            connection.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + 3.0
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         self.events.close()
         self.pool.close()
         self.ctx.term()
@@ -213,6 +205,15 @@ class GatewayServer:
             self.pool.sweep()
             self.pool._drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
+
+    async def _keepalive(self) -> None:
+        interval = self.config.server.ping_interval
+        if not interval:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for connection in list(self.connections):
+                connection.keepalive()
 
     async def _publish_stats(self) -> None:
         while True:
@@ -228,7 +229,7 @@ class GatewayServer:
             now = time.monotonic()
             for session in list(self.gateway.sessions):
                 if session.identity is None and now - session.last_activity > timeout and session.connection:
-                    asyncio.ensure_future(session.connection.close(1008, "authentication timeout"))
+                    session.connection.close(CloseCode.POLICY_VIOLATION, "authentication timeout")
 
 
 def main(index: int = 0) -> None:
