@@ -163,3 +163,18 @@ def test_percentile_helper():
     assert common.percentile(values, 99) == 99
     assert common.percentile(values, 100) == 100
     assert common.percentiles([3, 1, 2], (50, 100)) == {50: 2, 100: 3}
+
+
+def test_compare_runs_both_servers_in_alternating_rounds():
+    out = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--case", "get_camera_status:4",
+                          "--rounds", "2", "--duration", "0.5", "--warmup", "0.2", "--processes", "1",
+                          "--simulate", "1"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    runs, (summary,) = rows[:-1], rows[-1:]
+    assert [(r["server"], r["round"]) for r in runs] == [("baseline", 1), ("service", 1),
+                                                        ("baseline", 2), ("service", 2)]
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["server_cpu_us_per_req"] for r in runs)
+    assert summary["bench"] == "compare.summary" and summary["errors"] == 0
+    assert summary["ratios"] == [round(s["throughput_rps"] / b["throughput_rps"], 3)
+                                 for b, s in zip(runs[::2], runs[1::2])]
