@@ -201,11 +201,13 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.protocol.receive_eof()  # idempotent; the state becomes CLOSED
         for timer in (self._timer, self._slow_timer):
             if timer is not None:
                 timer.cancel()
-        self.handler.connection_lost(self)
+        try:
+            self.protocol.receive_eof()  # idempotent; the state becomes CLOSED
+        finally:
+            self.handler.connection_lost(self)
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests.

@@ -93,6 +93,9 @@ class EchoServer:
 
     async def __aenter__(self):
         loop = asyncio.get_running_loop()
+        # An exception in a protocol callback is only logged by asyncio: collect them.
+        self.callback_errors: list[dict] = []
+        loop.set_exception_handler(lambda _, context: self.callback_errors.append(context))
         self.server = await loop.create_server(lambda: Connection(self.handler, self.limits), "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{self.port}/ws"
@@ -103,6 +106,8 @@ class EchoServer:
             connection.transport.abort()
         self.server.close()
         await asyncio.wait_for(self.server.wait_closed(), 5)
+        await asyncio.sleep(0)  # let aborted connections report connection_lost
+        assert not self.callback_errors, self.callback_errors
 
     async def raw(self, handshake: bytes = HANDSHAKE) -> "RawClient":
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
