@@ -22,7 +22,7 @@ import structlog
 from camservice import __version__, jsonrpc
 from camservice.auth import Authenticator, authenticate_result
 from camservice.cameras import CameraTable
-from camservice.errors import (AUTH_REQUIRED, CAMERA_NOT_FOUND, INTERNAL_ERROR, PERMISSION_DENIED,
+from camservice.errors import (AUTH_REQUIRED, INTERNAL_ERROR, PERMISSION_DENIED,
                                RATE_LIMITED, METHOD_NOT_FOUND, RpcError, camera_not_found)
 from camservice.methods import GATEWAY, METHODS, WORKER_KINDS, Method, role_allows
 from camservice.ratelimit import AuthFailureThrottle, RateLimiter, TokenBucket

@@ -365,7 +365,6 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
-    from tests.test_files_support import run, running
     from workers.files.worker import tls_context
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

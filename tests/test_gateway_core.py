@@ -9,7 +9,7 @@ from camservice.auth import issue_token, load_or_create_secret
 from camservice.cameras import Camera
 from camservice.errors import (AUTH_REQUIRED, CAMERA_NOT_FOUND, INVALID_PARAMS, METHOD_NOT_FOUND,
                                PERMISSION_DENIED, RATE_LIMITED)
-from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
+from camservice.methods import METHODS, ROLES, role_allows
 from gateway.core import PENDING, Gateway
 
 

@@ -11,7 +11,6 @@ service, scraped by a real Prometheus, is in ``test_ops.py``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import re
 import threading
@@ -31,7 +30,6 @@ from camservice import config as config_module, jsonrpc
 from camservice.auth import KeyStore, issue_token, load_or_create_secret
 from camservice.cameras import Camera
 from camservice.envelope import Event
-from gateway import metrics
 from gateway.metrics import (LATENCY_BUCKETS, RECORDING_BUCKETS, SNAPSHOT_BUCKETS, STALE_AFTER, Histogram,
                              StorageProbe, attach)
 from gateway.server import GatewayServer

@@ -19,8 +19,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request

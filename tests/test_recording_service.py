@@ -8,7 +8,6 @@ service start costs seconds.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal

@@ -12,7 +12,6 @@ import signal
 
 import psutil
 import pytest
-import websockets
 
 from camservice.errors import (AUTH_REQUIRED, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                                PARSE_ERROR, SERVICE_BUSY)
