@@ -27,6 +27,16 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
+class Clock:
+    """A settable clock (monotonic or wall): tests move time by hand instead of sleeping."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

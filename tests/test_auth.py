@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 from camservice import auth, config, methods
 from camservice.auth import Authenticator, Identity, KeyStore, issue_token, load_or_create_secret
 from camservice.errors import AUTH_REQUIRED, RpcError
+from tests.harness import Clock
 
 NOW = 1_700_000_000.0
 SECRET = "s" * 64
-
-
-class Clock:
-    """A settable clock: tests move time instead of sleeping."""
-
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_config(tmp_path, secret: str | None = SECRET, **overrides):

@@ -19,14 +19,7 @@ from camservice import auth, config
 from camservice.auth import Authenticator
 from camservice.cli_security import register
 from camservice.errors import RpcError
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness import Clock
 
 
 def make_group() -> click.Group:

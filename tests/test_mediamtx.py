@@ -18,36 +18,10 @@ from camservice.mediamtx import (
     CLOSED, HALF_OPEN, MARKER, OPEN, PUBLISH_URL, UNREACHABLE, CircuitBreaker, MediaMTXClient,
     MediaMTXError, MediaMTXPaths, camera_path_conf, conf_drift, duration_ns, go_duration,
     is_managed, record_conf, stream_summary)
-from tests.fakes.mediamtx import SPEC_FILE, FakeMediaMTX, Spec, format_duration, parse_duration
+from tests.fakes.mediamtx import SPEC_FILE, FakeMediaMTX, format_duration, parse_duration
+from tests.harness import Clock
 
 FFMPEG = "/usr/bin/ffmpeg"  # only written into commands; the test that runs one locates a real ffmpeg
-
-
-class Clock:
-    """A monotonic clock the test moves by hand: no sleeping, no timing thresholds."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return Spec()
-
-
-@pytest.fixture
-def fake(spec):
-    server = FakeMediaMTX(spec).start()
-    yield server
-    server.stop()
-    # Every test leaves a clean record: what the client sent matched the spec,
-    # and what the fake answered did too. Tests that send bad requests on
-    # purpose check and clear fake.violations themselves.
-    assert server.violations == []
-    assert server.response_errors == []
 
 
 @pytest.fixture

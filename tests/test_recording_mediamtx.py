@@ -22,7 +22,8 @@ import pytest
 from camservice import errors, ffmpeg
 from camservice.errors import RpcError
 from camservice.mediamtx import CLOSED, OPEN, UNREACHABLE, MediaMTXClient
-from tests.fakes.mediamtx import FakeMediaMTX, Spec
+from tests.fakes.mediamtx import FakeMediaMTX
+from tests.harness import Clock
 from tests.test_recording_ffmpeg import SIZE, Harness, holders, probe, snap_params, start_params, until
 from workers.recording.backend import MediaMTXBackend, MediaMTXUnavailable, make_backend
 from workers.recording.sessions import RecordingManager
@@ -32,16 +33,6 @@ pytestmark = pytest.mark.slow
 CONFIG_GET = "/v3/config/paths/get/camera0"
 LIVE_GET = "/v3/paths/get/camera0"
 SECRET = "s3cr3t-Pa55"
-
-
-class Clock:
-    """The breaker's monotonic clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class StandIn(MediaMTXBackend):
@@ -59,20 +50,6 @@ class StandIn(MediaMTXBackend):
         url = self.urls.pop(0) if self.urls else super().stream_url(camera)
         self.read.append(url)
         return url
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return Spec()
-
-
-@pytest.fixture
-def fake(spec):
-    server = FakeMediaMTX(spec).start()
-    yield server
-    server.stop()
-    assert server.violations == []  # every request the backend sent matched the spec
-    assert server.response_errors == []
 
 
 @pytest.fixture
