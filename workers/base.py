@@ -309,11 +309,8 @@ class Worker:
         token = log.REQUEST_ID.set(request.request_id)
         try:
             result = handler(request.params, context)
-        except RpcError as exc:
-            self._reply(link, request.seq, exc.to_dict())
-        except Exception:
-            self.log.exception("handler_failed", method=request.method)
-            self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
+        except Exception as exc:
+            self._reply_failure(link, request, exc)
         else:
             self._reply(link, request.seq, None, result)
         finally:
@@ -323,13 +320,18 @@ class Worker:
         log.REQUEST_ID.set(request.request_id)  # the task runs in its own copy of the context
         try:
             result = await handler(request.params, context)
-        except RpcError as exc:
-            self._reply(link, request.seq, exc.to_dict())
-        except Exception:
-            self.log.exception("handler_failed", method=request.method)
-            self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
+        except Exception as exc:
+            self._reply_failure(link, request, exc)
         else:
             self._reply(link, request.seq, None, result)
+
+    def _reply_failure(self, link: _Link, request: Request, exc: Exception) -> None:
+        """A handler raised: an RpcError goes to the client as is, anything else is a logged -32603."""
+        if isinstance(exc, RpcError):
+            self._reply(link, request.seq, exc.to_dict())
+            return
+        self.log.error("handler_failed", method=request.method, exc_info=exc)
+        self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
 
     def _reply(self, link: _Link, seq: int, error: dict | None, result: Any = None) -> None:
         """Queue an answer for this tick's frame; results travel as JSON text."""
