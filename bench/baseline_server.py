@@ -68,13 +68,10 @@ RESULTS = {
         "total": 4,
         "connected": 4,
     },
-    "get_camera_status": dict(
-        _CAMERA, metrics={"bytes_sent": 123456789, "readers": 1, "uptime": 3600}
-    ),
+    "get_camera_status": dict(_CAMERA, metrics={"bytes_sent": 123456789, "readers": 1, "uptime": 3600}),
     "get_camera_capabilities": {"device": "sim:0", **_CAMERA["capabilities"]},
     "get_streams": [
-        {"name": f"camera{i}", "source": f"sim:{i}", "ready": True, "readers": 0, "bytes_sent": 0}
-        for i in range(4)
+        {"name": f"camera{i}", "source": f"sim:{i}", "ready": True, "readers": 0, "bytes_sent": 0} for i in range(4)
     ],
     "list_recordings": {"files": [_FILE], "total": 1, "limit": 100, "offset": 0},
     "list_snapshots": {"files": [], "total": 0, "limit": 100, "offset": 0},
@@ -89,12 +86,22 @@ RESULTS = {
         "status": "healthy",
         "uptime": 3600,
         "version": "0",
-        "components": {"gateway": "running", "discovery": "running",
-                       "recording": "running", "files": "running", "mediamtx": "running"},
+        "components": {
+            "gateway": "running",
+            "discovery": "running",
+            "recording": "running",
+            "files": "running",
+            "mediamtx": "running",
+        },
     },
     "get_metrics": {
-        "active_connections": 1, "total_requests": 1, "average_response_time": 0.1,
-        "error_rate": 0.0, "memory_usage": 1.0, "cpu_usage": 1.0, "processes": [],
+        "active_connections": 1,
+        "total_requests": 1,
+        "average_response_time": 0.1,
+        "error_rate": 0.0,
+        "memory_usage": 1.0,
+        "cpu_usage": 1.0,
+        "processes": [],
     },
     "subscribe_events": {"subscribed": ["camera_status_update"]},
     "unsubscribe_events": {"unsubscribed": ["camera_status_update"]},
@@ -163,8 +170,9 @@ def raise_nofile_limit() -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8012, help="listen port (default 8012)")
     args = ap.parse_args()

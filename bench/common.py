@@ -31,6 +31,7 @@ BASELINE_SCRIPT = BENCH_DIR / "baseline_server.py"
 
 # ---------------------------------------------------------------- statistics
 
+
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of an already sorted sequence (None if empty).
 
@@ -57,6 +58,7 @@ def print_json(obj) -> None:
 
 
 # --------------------------------------------------------- process accounting
+
 
 def processes(pids: Iterable[int], tree: bool = False) -> list[psutil.Process]:
     """psutil.Process objects for pids (and all their descendants if tree).
@@ -124,6 +126,7 @@ def rss_bytes(pids: Iterable[int], tree: bool = False) -> int:
 
 
 # ------------------------------------------------------------------- servers
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now (the usual bind-to-0 trick)."""

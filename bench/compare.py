@@ -39,16 +39,36 @@ import scaling  # noqa: E402  (FAST_LIMITS, on_sigterm)
 
 from tests.harness import Service  # noqa: E402
 
-DEFAULT_CASES = ["get_camera_status:10", "get_camera_status:100", "get_camera_status:500",
-                 "get_camera_list:100", "get_camera_capabilities:100"]
+DEFAULT_CASES = [
+    "get_camera_status:10",
+    "get_camera_status:100",
+    "get_camera_status:500",
+    "get_camera_list:100",
+    "get_camera_capabilities:100",
+]
 PARAMS = {"get_camera_status": '{"device":"camera0"}', "get_camera_capabilities": '{"device":"camera0"}'}
 
 
-def load(url: str, token: str, method: str, connections: int, args, pid_args: list[str],
-         duration: float) -> dict:
-    cmd = [sys.executable, str(BENCH / "load.py"), "--url", url, "--token", token, "--method", method,
-           "--params", PARAMS.get(method, "{}"), "--connections", str(connections),
-           "--duration", str(duration), "--processes", str(args.processes), *pid_args]
+def load(url: str, token: str, method: str, connections: int, args, pid_args: list[str], duration: float) -> dict:
+    cmd = [
+        sys.executable,
+        str(BENCH / "load.py"),
+        "--url",
+        url,
+        "--token",
+        token,
+        "--method",
+        method,
+        "--params",
+        PARAMS.get(method, "{}"),
+        "--connections",
+        str(connections),
+        "--duration",
+        str(duration),
+        "--processes",
+        str(args.processes),
+        *pid_args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 180)
     return common.load_result(done.stdout, done.stderr, done.returncode)
 
@@ -56,8 +76,10 @@ def load(url: str, token: str, method: str, connections: int, args, pid_args: li
 def run_case(case: str, service: Service, baseline_pid: int, baseline_url: str, token: str, args) -> dict:
     method, connections = case.rsplit(":", 1)
     connections = int(connections)
-    targets = {"baseline": (baseline_url, ["--pid", str(baseline_pid)]),
-               "service": (service.url, ["--pid-tree", str(service.supervisor_pid())])}
+    targets = {
+        "baseline": (baseline_url, ["--pid", str(baseline_pid)]),
+        "service": (service.url, ["--pid-tree", str(service.supervisor_pid())]),
+    }
     for url, pid_args in targets.values():  # warm-up: first-run costs (allocator, caches) out of the figures
         load(url, token, method, connections, args, pid_args, args.warmup)
     runs: dict[str, list[dict]] = {"baseline": [], "service": []}
@@ -66,28 +88,40 @@ def run_case(case: str, service: Service, baseline_pid: int, baseline_url: str, 
             result = load(url, token, method, connections, args, pid_args, args.duration)
             runs[name].append(result)
             common.print_json({"bench": "compare", "server": name, "round": round_number, **result})
-    ratios = [round(s["throughput_rps"] / b["throughput_rps"], 3)
-              for s, b in zip(runs["service"], runs["baseline"]) if s["throughput_rps"] and b["throughput_rps"]]
+    ratios = [
+        round(s["throughput_rps"] / b["throughput_rps"], 3)
+        for s, b in zip(runs["service"], runs["baseline"])
+        if s["throughput_rps"] and b["throughput_rps"]
+    ]
 
     def column(name: str, key: str) -> list:
         return [run.get(key) for run in runs[name]]
 
-    return {"bench": "compare.summary", "method": method, "connections": connections,
-            "client_processes": args.processes,
-            "ratio": [min(ratios), max(ratios)] if ratios else None, "ratios": ratios,
-            "service_rps": column("service", "throughput_rps"), "baseline_rps": column("baseline", "throughput_rps"),
-            "service_cpu_us_per_req": column("service", "server_cpu_us_per_req"),
-            "baseline_cpu_us_per_req": column("baseline", "server_cpu_us_per_req"),
-            "service_p95_ms": column("service", "p95_ms"), "service_p99_ms": column("service", "p99_ms"),
-            "baseline_p95_ms": column("baseline", "p95_ms"),
-            "other_cpu_s": column("service", "other_cpu_s"),
-            "errors": sum(run["errors"] for name in runs for run in runs[name])}
+    return {
+        "bench": "compare.summary",
+        "method": method,
+        "connections": connections,
+        "client_processes": args.processes,
+        "ratio": [min(ratios), max(ratios)] if ratios else None,
+        "ratios": ratios,
+        "service_rps": column("service", "throughput_rps"),
+        "baseline_rps": column("baseline", "throughput_rps"),
+        "service_cpu_us_per_req": column("service", "server_cpu_us_per_req"),
+        "baseline_cpu_us_per_req": column("baseline", "server_cpu_us_per_req"),
+        "service_p95_ms": column("service", "p95_ms"),
+        "service_p99_ms": column("service", "p99_ms"),
+        "baseline_p95_ms": column("baseline", "p95_ms"),
+        "other_cpu_s": column("service", "other_cpu_s"),
+        "errors": sum(run["errors"] for name in runs for run in runs[name]),
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Examples:" + __doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--case", action="append", help="METHOD:CONNECTIONS (repeatable; default: the issue's targets)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")

@@ -66,6 +66,7 @@ BLOCK = 8 << 20
 
 # ------------------------------------------------------------------ the file
 
+
 def make_file(path: Path, size: int, fill: str) -> dict:
     started = time.monotonic()
     reused = path.exists() and path.stat().st_size == size
@@ -77,7 +78,7 @@ def make_file(path: Path, size: int, fill: str) -> dict:
                 zeros = bytes(BLOCK)
                 left = size
                 while left:
-                    left -= os.write(fd, zeros[:min(BLOCK, left)])
+                    left -= os.write(fd, zeros[: min(BLOCK, left)])
             elif fill == "fallocate":
                 os.posix_fallocate(fd, 0, size)
             else:
@@ -86,11 +87,17 @@ def make_file(path: Path, size: int, fill: str) -> dict:
         finally:
             os.close(fd)
     st = path.stat()
-    return {"file": str(path), "size_bytes": st.st_size, "fill": fill if not reused else f"{fill} (reused)",
-            "allocated_bytes": st.st_blocks * 512, "prepare_s": round(time.monotonic() - started, 2)}
+    return {
+        "file": str(path),
+        "size_bytes": st.st_size,
+        "fill": fill if not reused else f"{fill} (reused)",
+        "allocated_bytes": st.st_blocks * 512,
+        "prepare_s": round(time.monotonic() - started, 2),
+    }
 
 
 # ------------------------------------------------------------------ the downloader
+
 
 def read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     data = b""
@@ -116,8 +123,10 @@ def get(host: str, port: int, path: str, token: str, buf: memoryview, deadline: 
     server's sendfile): an experiment, not what a full-speed client does.
     """
     with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
-                     f"Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+            f"Connection: close\r\n\r\n".encode()
+        )
         status, headers, rest = read_head(sock)
         if status != 200:
             return status, headers, 0, True
@@ -162,8 +171,13 @@ def download_loop(url: str, token: str, duration: float, once: bool = False, rat
         if once:
             break
     elapsed = time.monotonic() - started
-    return {"bytes": total, "elapsed_s": elapsed, "complete_s": complete, "errors": errors,
-            "location_port": target.port if total else None}
+    return {
+        "bytes": total,
+        "elapsed_s": elapsed,
+        "complete_s": complete,
+        "errors": errors,
+        "location_port": target.port if total else None,
+    }
 
 
 def _downloader_main(pipe, url: str, token: str, duration: float, nice: int = 0, rate: float = 0.0) -> None:
@@ -173,6 +187,7 @@ def _downloader_main(pipe, url: str, token: str, duration: float, nice: int = 0,
 
 
 # ------------------------------------------------------------------ the benchmark
+
 
 def run(args) -> dict:
     keep = args.files_dir is not None
@@ -198,8 +213,11 @@ def run(args) -> dict:
         probe.run("warmup", 1.0)
 
         def quiet(label):
-            cpu0, h0, c0 = (common.cpu_snapshot([supervisor], tree=True), isolation.host_busy(),
-                            common.cpu_snapshot([probe.proc.pid]))
+            cpu0, h0, c0 = (
+                common.cpu_snapshot([supervisor], tree=True),
+                isolation.host_busy(),
+                common.cpu_snapshot([probe.proc.pid]),
+            )
             res = probe.run(label, args.duration)
             srv = common.cpu_delta(cpu0, common.cpu_snapshot([supervisor], tree=True))
             cli = common.cpu_delta(c0, common.cpu_snapshot([probe.proc.pid]))
@@ -210,9 +228,11 @@ def run(args) -> dict:
 
         ctx = multiprocessing.get_context("fork")
         parent_end, child_end = ctx.Pipe()
-        downloader = ctx.Process(target=_downloader_main, daemon=True,
-                                 args=(child_end, url, token, args.duration, args.downloader_nice,
-                                       args.rate_mb_s * 1e6))
+        downloader = ctx.Process(
+            target=_downloader_main,
+            daemon=True,
+            args=(child_end, url, token, args.duration, args.downloader_nice, args.rate_mb_s * 1e6),
+        )
         c0 = common.cpu_snapshot([probe.proc.pid])
         probe.start("download", args.duration)
         t_from = time.monotonic()
@@ -239,8 +259,9 @@ def run(args) -> dict:
         cpu["status_probe"] = round(100 * probe_cpu / max(t_to - t_from, 1e-9), 1)
         cpu["other"] = round(cpu.get("other", 0.0) - cpu["status_probe"], 1)
         mb_s = dl["bytes"] / dl["elapsed_s"] / 1e6
-        common.print_json(isolation.phase_row("download", loaded, args.duration, None,
-                                              download_MB_s=round(mb_s, 1), cpu_percent=cpu))
+        common.print_json(
+            isolation.phase_row("download", loaded, args.duration, None, download_MB_s=round(mb_s, 1), cpu_percent=cpu)
+        )
 
         after, other_after = quiet("unloaded_after")
         common.print_json(isolation.phase_row("download", after, args.duration, other_after))
@@ -249,22 +270,32 @@ def run(args) -> dict:
         unloaded.extend(after["latencies"])
         s_un, s_dl = isolation.summary(unloaded), isolation.summary(loaded["latencies"])
         complete = sorted(dl["complete_s"])
-        return {"bench": "download.summary", "size_bytes": info["size_bytes"], "fill": info["fill"],
-                "allocated_bytes": info["allocated_bytes"],
-                "download_MB_s": round(mb_s, 1), "download_MiB_s": round(dl["bytes"] / dl["elapsed_s"] / 2**20, 1),
-                "downloaded_bytes": dl["bytes"], "download_window_s": round(dl["elapsed_s"], 2),
-                "complete_downloads": len(complete),
-                "complete_download_s": {"min": round(complete[0], 3), "max": round(complete[-1], 3)}
-                if complete else None,
-                "warm_download_s": round(warm["elapsed_s"], 3) if warm else None,
-                "download_errors": dl["errors"], "file_server_port": dl["location_port"],
-                "downloader_nice": args.downloader_nice, "client_rate_cap_MB_s": args.rate_mb_s or None,
-                "status_clients": args.status_clients, "status_interval_s": args.status_interval,
-                "status_unloaded": s_un, "status_during_download": s_dl,
-                "p95_ratio": round(s_dl["p95_ms"] / s_un["p95_ms"], 2) if s_un["p95_ms"] else None,
-                "targets": {"p95_ratio_below": 2.0, "download_MB_s_at_least": 200},
-                "cpu_percent_download": cpu, "other_cpu_s_unloaded": [other_before, other_after],
-                "loadavg_1m": round(os.getloadavg()[0], 2)}
+        return {
+            "bench": "download.summary",
+            "size_bytes": info["size_bytes"],
+            "fill": info["fill"],
+            "allocated_bytes": info["allocated_bytes"],
+            "download_MB_s": round(mb_s, 1),
+            "download_MiB_s": round(dl["bytes"] / dl["elapsed_s"] / 2**20, 1),
+            "downloaded_bytes": dl["bytes"],
+            "download_window_s": round(dl["elapsed_s"], 2),
+            "complete_downloads": len(complete),
+            "complete_download_s": {"min": round(complete[0], 3), "max": round(complete[-1], 3)} if complete else None,
+            "warm_download_s": round(warm["elapsed_s"], 3) if warm else None,
+            "download_errors": dl["errors"],
+            "file_server_port": dl["location_port"],
+            "downloader_nice": args.downloader_nice,
+            "client_rate_cap_MB_s": args.rate_mb_s or None,
+            "status_clients": args.status_clients,
+            "status_interval_s": args.status_interval,
+            "status_unloaded": s_un,
+            "status_during_download": s_dl,
+            "p95_ratio": round(s_dl["p95_ms"] / s_un["p95_ms"], 2) if s_un["p95_ms"] else None,
+            "targets": {"p95_ratio_below": 2.0, "download_MB_s_at_least": 200},
+            "cpu_percent_download": cpu,
+            "other_cpu_s_unloaded": [other_before, other_after],
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
     finally:
         if probe is not None:
             probe.close()
@@ -275,25 +306,43 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Examples:" + __doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--size-mb", type=int, default=1024, help="file size in MiB (default 1024)")
-    ap.add_argument("--fill", choices=("write", "fallocate", "truncate"), default="write",
-                    help="how the file's bytes are made (default write: real zero blocks)")
-    ap.add_argument("--files-dir", default=None,
-                    help="recordings folder to use and keep (default: a temporary one)")
+    ap.add_argument(
+        "--fill",
+        choices=("write", "fallocate", "truncate"),
+        default="write",
+        help="how the file's bytes are made (default write: real zero blocks)",
+    )
+    ap.add_argument("--files-dir", default=None, help="recordings folder to use and keep (default: a temporary one)")
     ap.add_argument("--status-clients", type=int, default=100, help="get_camera_status clients (default 100)")
-    ap.add_argument("--status-interval", type=float, default=0.1,
-                    help="seconds between one status client's requests (default 0.1; 0: flat out)")
+    ap.add_argument(
+        "--status-interval",
+        type=float,
+        default=0.1,
+        help="seconds between one status client's requests (default 0.1; 0: flat out)",
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default 10)")
-    ap.add_argument("--downloader-nice", type=int, default=0,
-                    help="nice increment of the downloading client (experiment: a client on another "
-                         "host takes no CPU here; default 0)")
-    ap.add_argument("--rate-mb-s", type=float, default=0.0,
-                    help="pace the downloading client to this many MB/s (experiment; default 0: full speed)")
-    ap.add_argument("--no-warm", dest="warm", action="store_false",
-                    help="skip the untimed first download that warms the page cache")
+    ap.add_argument(
+        "--downloader-nice",
+        type=int,
+        default=0,
+        help="nice increment of the downloading client (experiment: a client on another "
+        "host takes no CPU here; default 0)",
+    )
+    ap.add_argument(
+        "--rate-mb-s",
+        type=float,
+        default=0.0,
+        help="pace the downloading client to this many MB/s (experiment; default 0: full speed)",
+    )
+    ap.add_argument(
+        "--no-warm", dest="warm", action="store_false", help="skip the untimed first download that warms the page cache"
+    )
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, scaling.on_sigterm)
     try:

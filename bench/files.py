@@ -48,9 +48,13 @@ def percentile(ordered: list[float], p: float) -> float:
 
 def summary(samples_ms: list[float]) -> dict:
     ordered = sorted(samples_ms)
-    return {"n": len(ordered), "p50_ms": round(percentile(ordered, 50), 3),
-            "p95_ms": round(percentile(ordered, 95), 3), "p99_ms": round(percentile(ordered, 99), 3),
-            "max_ms": round(ordered[-1], 3)}
+    return {
+        "n": len(ordered),
+        "p50_ms": round(percentile(ordered, 50), 3),
+        "p95_ms": round(percentile(ordered, 95), 3),
+        "p99_ms": round(percentile(ordered, 99), 3),
+        "max_ms": round(ordered[-1], 3),
+    }
 
 
 def emit(obj: dict) -> None:
@@ -87,14 +91,13 @@ async def measure(call, params_for, queries: int) -> dict:
 
 async def bench_index(count: int, queries: int, base: Path) -> None:
     from camservice import config as config_module, methods
-    from workers.base import CallContext
-    from workers.files.worker import FilesWorker
+    from camservice.workers.base import CallContext
+    from camservice.workers.files.worker import FilesWorker
 
     root = Path(tempfile.mkdtemp(prefix="cs-bench-", dir=base))
     try:
         state = root / "s"
-        config = config_module.load(overrides={"runtime.state_dir": str(state), "files.http_port": 0},
-                                    environ={})
+        config = config_module.load(overrides={"runtime.state_dir": str(state), "files.http_port": 0}, environ={})
         started = time.perf_counter()
         names = generate(config.recordings_dir, count, time.time() - count * SPACING - 3600)
         generate_s = time.perf_counter() - started
@@ -121,19 +124,24 @@ async def bench_index(count: int, queries: int, base: Path) -> None:
             "device_filter": lambda i: {"limit": 100, "device": f"camera{i % CAMERAS}"},
             "deep_offset": lambda i: {"limit": 100, "offset": max(0, count - 100)},
         }
-        result = {"bench": "files.index", "files": count, "generate_s": round(generate_s, 3),
-                  "index_build_s": round(build_s, 3), "rescan_unchanged_s": round(rescan_s, 3),
-                  "rescan_quick_s": round(quick_s, 4),
-                  "db_bytes": sum(p.stat().st_size for p in worker.db.path.parent.glob("index.sqlite3*"))}
+        result = {
+            "bench": "files.index",
+            "files": count,
+            "generate_s": round(generate_s, 3),
+            "index_build_s": round(build_s, 3),
+            "rescan_unchanged_s": round(rescan_s, 3),
+            "rescan_quick_s": round(quick_s, 4),
+            "db_bytes": sum(p.stat().st_size for p in worker.db.path.parent.glob("index.sqlite3*")),
+        }
         for label, params_for in listing.items():
             result[f"list_{label}"] = await measure(
-                lambda p: worker.list_recordings(methods.list_files(p), ctx()), params_for, queries)
-        result["storage_info"] = await measure(lambda p: worker.get_storage_info({}, ctx()), lambda i: {},
-                                               queries)
+                lambda p: worker.list_recordings(methods.list_files(p), ctx()), params_for, queries
+            )
+        result["storage_info"] = await measure(lambda p: worker.get_storage_info({}, ctx()), lambda i: {}, queries)
         victims = iter(names[: min(queries, count // 2)])
         result["delete"] = await measure(
-            lambda p: worker.delete_recording(p, ctx()), lambda i: {"filename": next(victims)},
-            min(queries, count // 2))
+            lambda p: worker.delete_recording(p, ctx()), lambda i: {"filename": next(victims)}, min(queries, count // 2)
+        )
         worker.db.close()
         emit(result)
     finally:
@@ -163,10 +171,12 @@ async def bench_ws(url: str, queries: int, token: str | None) -> None:
             return
         total = first["result"]["total"]
         result = {"bench": "files.ws", "url": url, "files": total}
-        result["list_first_page"] = await measure(lambda p: rpc("list_recordings", p), lambda i: {"limit": 100},
-                                                  queries)
+        result["list_first_page"] = await measure(
+            lambda p: rpc("list_recordings", p), lambda i: {"limit": 100}, queries
+        )
         result["list_deep_offset"] = await measure(
-            lambda p: rpc("list_recordings", p), lambda i: {"limit": 100, "offset": max(0, total - 100)}, queries)
+            lambda p: rpc("list_recordings", p), lambda i: {"limit": 100, "offset": max(0, total - 100)}, queries
+        )
         emit(result)
 
 
@@ -175,8 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", nargs="?", choices=("index", "ws"), default="index")
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where to generate the file trees (index mode)")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to generate the file trees (index mode)"
+    )
     parser.add_argument("--url", default="ws://127.0.0.1:8002/ws")
     parser.add_argument("--token", default=os.environ.get("CAMSERVICE_TOKEN"))
     args = parser.parse_args(argv)

@@ -66,7 +66,7 @@ import load  # noqa: E402  (FastConnection, die_with_parent, raise_nofile_limit,
 from websockets.asyncio.client import connect  # noqa: E402
 
 from tests.harness import Service  # noqa: E402
-from workers.discovery import simulator  # noqa: E402
+from camservice.workers.discovery import simulator  # noqa: E402
 
 NS = 1_000_000_000
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]
@@ -84,11 +84,17 @@ def ms(ns: float | None) -> float | None:
 
 def summary(values_ns: list[int]) -> dict:
     pct = common.percentiles(values_ns, (50, 95, 99, 100))
-    return {"n": len(values_ns), "p50_ms": ms(pct[50]), "p95_ms": ms(pct[95]),
-            "p99_ms": ms(pct[99]), "max_ms": ms(pct[100])}
+    return {
+        "n": len(values_ns),
+        "p50_ms": ms(pct[50]),
+        "p95_ms": ms(pct[95]),
+        "p99_ms": ms(pct[99]),
+        "max_ms": ms(pct[100]),
+    }
 
 
 # ------------------------------------------------------------------ client side
+
 
 class Expectation:
     """What the connections of one client process wait for, shared by them."""
@@ -152,8 +158,9 @@ async def open_listener(url: str, token: str, topics: list[str] | None, sem: asy
 
 async def client(pipe, cfg: dict) -> None:
     sem = asyncio.Semaphore(64)
-    conns = await asyncio.gather(*(open_listener(cfg["url"], cfg["token"], cfg["topics"], sem)
-                                   for _ in range(cfg["n"])))
+    conns = await asyncio.gather(
+        *(open_listener(cfg["url"], cfg["token"], cfg["topics"], sem) for _ in range(cfg["n"]))
+    )
     expect = Expectation()
     listeners = [Listener(expect, ws) for ws in conns]
     for item in listeners:
@@ -170,8 +177,7 @@ async def client(pipe, cfg: dict) -> None:
         if msg[0] == "arm":
             _, expect.key, device, status = msg
             # '"sim:4"' and '"CONNECTED"' (the quote keeps DISCONNECTED apart).
-            expect.needles = (b"camera_status_update", json.dumps(device).encode(),
-                              json.dumps(status).encode())
+            expect.needles = (b"camera_status_update", json.dumps(device).encode(), json.dumps(status).encode())
             expect.remaining = len(listeners)
             for item in listeners:
                 item.hit = None
@@ -186,8 +192,12 @@ async def client(pipe, cfg: dict) -> None:
                     continue
                 body = json.loads(hit[1])
                 params = body.get("params", {})
-                good = (body.get("method") == "camera_status_update" and "id" not in body
-                        and params.get("device") == msg[2] and params.get("status") == msg[3])
+                good = (
+                    body.get("method") == "camera_status_update"
+                    and "id" not in body
+                    and params.get("device") == msg[2]
+                    and params.get("status") == msg[3]
+                )
                 ok.append(hit[0] if good else None)
             pipe.send(("times", msg[1], ok, dict(expect.errors)))
         elif msg[0] == "close" and not finished.done():
@@ -210,14 +220,16 @@ def client_main(pipe, cfg: dict, inherited: list) -> None:
 
 # ------------------------------------------------------------------ parent side
 
+
 class Clients:
     def __init__(self, cfg: dict, per_proc: list[int]):
         ctx = multiprocessing.get_context("fork")
         self.pipes, self.procs = [], []
         for n in per_proc:
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=client_main, daemon=True,
-                               args=(child_end, dict(cfg, n=n), self.pipes + [parent_end]))
+            proc = ctx.Process(
+                target=client_main, daemon=True, args=(child_end, dict(cfg, n=n), self.pipes + [parent_end])
+            )
             proc.start()
             child_end.close()
             self.pipes.append(parent_end)
@@ -232,7 +244,8 @@ class Clients:
             if left <= 0:
                 break
             for pipe in multiprocessing.connection.wait(
-                    [p for i, p in enumerate(self.pipes) if i not in out], min(left, 0.5)):
+                [p for i, p in enumerate(self.pipes) if i not in out], min(left, 0.5)
+            ):
                 i = self.pipes.index(pipe)
                 try:
                     msg = pipe.recv()
@@ -296,8 +309,11 @@ def run_hotplug(args) -> dict:
         first, last = [], []
         missed = 0
         client_pids = [p.pid for p in clients.procs]
-        cpu0, cli0, host0 = (common.cpu_snapshot([supervisor], tree=True),
-                             common.cpu_snapshot(client_pids), host_busy())
+        cpu0, cli0, host0 = (
+            common.cpu_snapshot([supervisor], tree=True),
+            common.cpu_snapshot(client_pids),
+            host_busy(),
+        )
         t_phase = time.monotonic()
         key = 0
         for cycle in range(args.cycles):
@@ -323,8 +339,11 @@ def run_hotplug(args) -> dict:
                     first.append(min(got))
                     last.append(max(got))
         phase_s = time.monotonic() - t_phase
-        cpu1, cli1, host1 = (common.cpu_snapshot([supervisor], tree=True),
-                             common.cpu_snapshot(client_pids), host_busy())
+        cpu1, cli1, host1 = (
+            common.cpu_snapshot([supervisor], tree=True),
+            common.cpu_snapshot(client_pids),
+            host_busy(),
+        )
         errors: Counter = Counter()
         for msg in answers:
             if msg:
@@ -332,17 +351,34 @@ def run_hotplug(args) -> dict:
         srv = common.cpu_delta(cpu0, cpu1)
         cli = common.cpu_delta(cli0, cli1)
         everything = lat["CONNECTED"] + lat["DISCONNECTED"]
-        result = {"bench": "hotplug", "clients": args.clients, "opened": opened,
-                  "processes": len(per_proc), "topics": topics, "events": key,
-                  "pairs": key * args.clients, "received": len(everything), "missed": missed,
-                  "connection_errors": dict(errors)}
+        result = {
+            "bench": "hotplug",
+            "clients": args.clients,
+            "opened": opened,
+            "processes": len(per_proc),
+            "topics": topics,
+            "events": key,
+            "pairs": key * args.clients,
+            "received": len(everything),
+            "missed": missed,
+            "connection_errors": dict(errors),
+        }
         result.update({k: v for k, v in summary(everything).items() if k != "n"})
-        result.update({"connected": summary(lat["CONNECTED"]), "disconnected": summary(lat["DISCONNECTED"]),
-                       "first_client": summary(first), "last_client": summary(last),
-                       "poll_interval_s": poll, "open_s": round(open_s, 2), "phase_s": round(phase_s, 2),
-                       "server_cpu_s": round(srv, 3), "client_cpu_s": round(cli, 3),
-                       "other_cpu_s": round(host1 - host0 - srv - cli, 2),
-                       "loadavg_1m": round(os.getloadavg()[0], 2)})
+        result.update(
+            {
+                "connected": summary(lat["CONNECTED"]),
+                "disconnected": summary(lat["DISCONNECTED"]),
+                "first_client": summary(first),
+                "last_client": summary(last),
+                "poll_interval_s": poll,
+                "open_s": round(open_s, 2),
+                "phase_s": round(phase_s, 2),
+                "server_cpu_s": round(srv, 3),
+                "client_cpu_s": round(cli, 3),
+                "other_cpu_s": round(host1 - host0 - srv - cli, 2),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         return result
     finally:
         if clients is not None:
@@ -352,13 +388,15 @@ def run_hotplug(args) -> dict:
 
 # ------------------------------------------------------------------ start-up mode
 
+
 async def poll_list(url: str, token: str, want: int, deadline: float) -> float | None:
     """monotonic time of the first get_camera_list answering `want` connected cameras."""
     while time.monotonic() < deadline:
         try:
             async with connect(url, open_timeout=2, ping_interval=None) as ws:
-                await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "authenticate",
-                                          "params": {"auth_token": token}}))
+                await ws.send(
+                    json.dumps({"jsonrpc": "2.0", "id": 1, "method": "authenticate", "params": {"auth_token": token}})
+                )
                 while json.loads(await ws.recv()).get("id") != 1:
                     pass
                 while time.monotonic() < deadline:
@@ -394,43 +432,70 @@ def run_startup(args) -> list[dict]:
             token = service.token("viewer")  # signs with the configured secret; no service needed
             cmd = [sys.executable, "-m", "camservice.cli", "start"]
             t0 = time.monotonic()
-            proc = subprocess.Popen(cmd, env=service.env, cwd=str(BENCH.parent),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, env=service.env, cwd=str(BENCH.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             t_list = asyncio.run(poll_list(service.url, token, args.startup, t0 + 60))
             proc.wait(60)
             t_cli = time.monotonic()  # upper bound: we looked after the list answered
-            rows.append({"bench": "hotplug.startup", "attempt": attempt + 1, "cameras": args.startup,
-                         "start_to_list_s": None if t_list is None else round(t_list - t0, 3),
-                         "start_cli_returned_s": round(t_cli - t0, 3), "start_exit": proc.returncode,
-                         "discovery_started_ms": discovery_started_ms(service.state_dir)})
+            rows.append(
+                {
+                    "bench": "hotplug.startup",
+                    "attempt": attempt + 1,
+                    "cameras": args.startup,
+                    "start_to_list_s": None if t_list is None else round(t_list - t0, 3),
+                    "start_cli_returned_s": round(t_cli - t0, 3),
+                    "start_exit": proc.returncode,
+                    "discovery_started_ms": discovery_started_ms(service.state_dir),
+                }
+            )
             common.print_json(rows[-1])
         finally:
             service.cleanup()
     lists = sorted(r["start_to_list_s"] for r in rows if r["start_to_list_s"] is not None)
     disc = sorted(r["discovery_started_ms"] for r in rows if r["discovery_started_ms"] is not None)
-    common.print_json({"bench": "hotplug.startup.summary", "cameras": args.startup, "starts": len(rows),
-                       "start_to_list_s_median": lists[len(lists) // 2] if lists else None,
-                       "start_to_list_s_max": lists[-1] if lists else None,
-                       "discovery_started_ms_median": disc[len(disc) // 2] if disc else None})
+    common.print_json(
+        {
+            "bench": "hotplug.startup.summary",
+            "cameras": args.startup,
+            "starts": len(rows),
+            "start_to_list_s_median": lists[len(lists) // 2] if lists else None,
+            "start_to_list_s_max": lists[-1] if lists else None,
+            "discovery_started_ms_median": disc[len(disc) // 2] if disc else None,
+        }
+    )
     return rows
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Examples:" + __doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--clients", "-c", type=int, default=500, help="connected clients (default 500)")
     ap.add_argument("--processes", "-p", type=int, default=2, help="client processes (default 2)")
     ap.add_argument("--cycles", "-k", type=int, default=20, help="plug+unplug cycles (default 20)")
     ap.add_argument("--simulate", type=int, default=4, help="cameras at start (default 4)")
-    ap.add_argument("--topics", choices=("all", "none"), default="all",
-                    help="all: subscribe_events with every client topic (default); none: no call")
-    ap.add_argument("--gap", type=float, default=0.1,
-                    help="seconds of quiet before each change, plus 0-100 ms random (default 0.1)")
-    ap.add_argument("--event-timeout", type=float, default=5.0,
-                    help="seconds to wait for every client to see an event (default 5)")
-    ap.add_argument("--startup", type=int, metavar="N", default=None,
-                    help="start-up mode: time for a service started with --simulate N to list N cameras")
+    ap.add_argument(
+        "--topics",
+        choices=("all", "none"),
+        default="all",
+        help="all: subscribe_events with every client topic (default); none: no call",
+    )
+    ap.add_argument(
+        "--gap", type=float, default=0.1, help="seconds of quiet before each change, plus 0-100 ms random (default 0.1)"
+    )
+    ap.add_argument(
+        "--event-timeout", type=float, default=5.0, help="seconds to wait for every client to see an event (default 5)"
+    )
+    ap.add_argument(
+        "--startup",
+        type=int,
+        metavar="N",
+        default=None,
+        help="start-up mode: time for a service started with --simulate N to list N cameras",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="start-up mode: starts (default 3)")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)

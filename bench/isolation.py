@@ -64,21 +64,23 @@ def ms(ns):
 
 def summary(lat: array) -> dict:
     pct = common.percentiles(lat, (50, 95, 99, 100))
-    return {"n": len(lat), "p50_ms": ms(pct[50]), "p95_ms": ms(pct[95]), "p99_ms": ms(pct[99]),
-            "max_ms": ms(pct[100])}
+    return {"n": len(lat), "p50_ms": ms(pct[50]), "p95_ms": ms(pct[95]), "p99_ms": ms(pct[99]), "max_ms": ms(pct[100])}
 
 
 # ------------------------------------------------------------------ paced status probe
+
 
 async def _probe(pipe, cfg: dict) -> None:
     sem = asyncio.Semaphore(64)
 
     async def open_one():
         async with sem:
-            ws = await connect(cfg["url"], compression=None, ping_interval=None, open_timeout=60,
-                               max_size=1 << 22)
-            await ws.send(json.dumps({"jsonrpc": "2.0", "id": "a", "method": "authenticate",
-                                      "params": {"auth_token": cfg["token"]}}))
+            ws = await connect(cfg["url"], compression=None, ping_interval=None, open_timeout=60, max_size=1 << 22)
+            await ws.send(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": "a", "method": "authenticate", "params": {"auth_token": cfg["token"]}}
+                )
+            )
             while json.loads(await ws.recv()).get("id") != "a":
                 pass
             return ws
@@ -86,8 +88,7 @@ async def _probe(pipe, cfg: dict) -> None:
     conns = await asyncio.gather(*(open_one() for _ in range(cfg["n"])))
     loop = asyncio.get_running_loop()
     pipe.send(("ready", len(conns)))
-    prefix = '{"jsonrpc":"2.0","method":%s,"params":%s,"id":' % (json.dumps(cfg["method"]),
-                                                                  json.dumps(cfg["params"]))
+    prefix = '{"jsonrpc":"2.0","method":%s,"params":%s,"id":' % (json.dumps(cfg["method"]), json.dumps(cfg["params"]))
     interval = cfg["interval"]
 
     async def one(ws, lat: array, errors: Counter, end: float, counters: Counter) -> None:
@@ -139,12 +140,25 @@ def _probe_main(pipe, cfg: dict) -> None:
 class StatusProbe:
     """`n` connections in a child process calling `method` paced at `interval` s each."""
 
-    def __init__(self, url: str, token: str, n: int, interval: float,
-                 method: str = "get_camera_status", params: dict | None = None):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        n: int,
+        interval: float,
+        method: str = "get_camera_status",
+        params: dict | None = None,
+    ):
         ctx = multiprocessing.get_context("fork")
         self.pipe, child = ctx.Pipe()
-        cfg = {"url": url, "token": token, "n": n, "interval": interval, "method": method,
-               "params": {"device": "camera0"} if params is None else params}
+        cfg = {
+            "url": url,
+            "token": token,
+            "n": n,
+            "interval": interval,
+            "method": method,
+            "params": {"device": "camera0"} if params is None else params,
+        }
         self.proc = ctx.Process(target=_probe_main, args=(child, cfg), daemon=True)
         self.proc.start()
         child.close()
@@ -190,8 +204,14 @@ def host_busy() -> float:
 
 
 def phase_row(bench: str, res: dict, duration: float, other_cpu_s: float | None = None, **extra) -> dict:
-    row = {"bench": bench, "phase": res["label"], **summary(res["latencies"]),
-           "rps": round(len(res["latencies"]) / duration, 1), "late": res["late"], "errors": res["errors"]}
+    row = {
+        "bench": bench,
+        "phase": res["label"],
+        **summary(res["latencies"]),
+        "rps": round(len(res["latencies"]) / duration, 1),
+        "late": res["late"],
+        "errors": res["errors"],
+    }
     if other_cpu_s is not None:
         row["other_cpu_s"] = other_cpu_s
     row.update(extra)
@@ -199,6 +219,7 @@ def phase_row(bench: str, res: dict, duration: float, other_cpu_s: float | None 
 
 
 # ------------------------------------------------------------------ the benchmark
+
 
 def run(args) -> dict:
     folder = scaling.FilesFolder(args.files_dir, args.files)
@@ -214,8 +235,11 @@ def run(args) -> dict:
         probe.run("warmup", 1.0)
 
         def quiet_phase(label):
-            cpu0, h0, c0 = common.cpu_snapshot([supervisor], tree=True), host_busy(), \
-                common.cpu_snapshot([probe.proc.pid])
+            cpu0, h0, c0 = (
+                common.cpu_snapshot([supervisor], tree=True),
+                host_busy(),
+                common.cpu_snapshot([probe.proc.pid]),
+            )
             res = probe.run(label, args.duration)
             srv = common.cpu_delta(cpu0, common.cpu_snapshot([supervisor], tree=True))
             cli = common.cpu_delta(c0, common.cpu_snapshot([probe.proc.pid]))
@@ -226,10 +250,30 @@ def run(args) -> dict:
 
         # Loaded: load.py (list_recordings) starts, and once its connections are
         # open and warm the status clients run for --duration.
-        cmd = [sys.executable, str(BENCH / "load.py"), "--url", service.url, "--token", token,
-               "--method", "list_recordings", "--params", args.list_params,
-               "--connections", str(args.list_clients), "--pipeline", "1", "--processes", "1",
-               "--warmup", "1.5", "--duration", str(args.duration + 1.0), "--pid-tree", str(supervisor)]
+        cmd = [
+            sys.executable,
+            str(BENCH / "load.py"),
+            "--url",
+            service.url,
+            "--token",
+            token,
+            "--method",
+            "list_recordings",
+            "--params",
+            args.list_params,
+            "--connections",
+            str(args.list_clients),
+            "--pipeline",
+            "1",
+            "--processes",
+            "1",
+            "--warmup",
+            "1.5",
+            "--duration",
+            str(args.duration + 1.0),
+            "--pid-tree",
+            str(supervisor),
+        ]
         lister = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sampler = scaling.CpuSampler(named, lister.pid).start()
         try:
@@ -250,8 +294,11 @@ def run(args) -> dict:
         cpu = sampler.percent(t_from, t_to)
         cpu["status_probe"] = round(100 * client_probe_cpu / max(t_to - t_from, 1e-9), 1)
         cpu["other"] = round(cpu.get("other", 0.0) - cpu["status_probe"], 1)
-        common.print_json(phase_row("isolation", loaded, args.duration, None,
-                                    list_throughput_rps=listing["throughput_rps"], cpu_percent=cpu))
+        common.print_json(
+            phase_row(
+                "isolation", loaded, args.duration, None, list_throughput_rps=listing["throughput_rps"], cpu_percent=cpu
+            )
+        )
 
         after, other_after = quiet_phase("unloaded_after")
         common.print_json(phase_row("isolation", after, args.duration, other_after))
@@ -259,16 +306,37 @@ def run(args) -> dict:
         unloaded = array("q", before["latencies"])
         unloaded.extend(after["latencies"])
         s_un, s_lo = summary(unloaded), summary(loaded["latencies"])
-        return {"bench": "isolation.summary", "files": args.files, "index_ready_s": round(index_s, 1),
-                "status_clients": args.status_clients, "status_interval_s": args.status_interval,
-                "list_clients": args.list_clients, "file_workers": args.file_workers,
-                "status_unloaded": s_un, "status_loaded": s_lo,
-                "p95_ratio": round(s_lo["p95_ms"] / s_un["p95_ms"], 2) if s_un["p95_ms"] else None,
-                "target_p95_ms": 5.0, "target_met": bool(s_lo["p95_ms"] is not None and s_lo["p95_ms"] < 5.0),
-                "list": {k: listing[k] for k in ("requests", "errors", "throughput_rps", "p50_ms", "p95_ms",
-                                                 "p99_ms", "max_ms", "server_cpu_us_per_req", "other_cpu_s")},
-                "cpu_percent_loaded": cpu, "other_cpu_s_unloaded": [other_before, other_after],
-                "loadavg_1m": round(os.getloadavg()[0], 2)}
+        return {
+            "bench": "isolation.summary",
+            "files": args.files,
+            "index_ready_s": round(index_s, 1),
+            "status_clients": args.status_clients,
+            "status_interval_s": args.status_interval,
+            "list_clients": args.list_clients,
+            "file_workers": args.file_workers,
+            "status_unloaded": s_un,
+            "status_loaded": s_lo,
+            "p95_ratio": round(s_lo["p95_ms"] / s_un["p95_ms"], 2) if s_un["p95_ms"] else None,
+            "target_p95_ms": 5.0,
+            "target_met": bool(s_lo["p95_ms"] is not None and s_lo["p95_ms"] < 5.0),
+            "list": {
+                k: listing[k]
+                for k in (
+                    "requests",
+                    "errors",
+                    "throughput_rps",
+                    "p50_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "max_ms",
+                    "server_cpu_us_per_req",
+                    "other_cpu_s",
+                )
+            },
+            "cpu_percent_loaded": cpu,
+            "other_cpu_s_unloaded": [other_before, other_after],
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
     finally:
         if probe is not None:
             probe.close()
@@ -278,14 +346,20 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Examples:" + __doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--files", type=int, default=100_000, help="recordings in the folder (default 100000)")
     ap.add_argument("--files-dir", default=None, help="recordings folder to use and keep (default: temporary)")
     ap.add_argument("--status-clients", type=int, default=10, help="get_camera_status clients (default 10)")
-    ap.add_argument("--status-interval", type=float, default=0.01,
-                    help="seconds between one status client's requests (default 0.01; 0: flat out)")
+    ap.add_argument(
+        "--status-interval",
+        type=float,
+        default=0.01,
+        help="seconds between one status client's requests (default 0.01; 0: flat out)",
+    )
     ap.add_argument("--list-clients", type=int, default=2, help="list_recordings clients (default 2)")
     ap.add_argument("--list-params", default='{"limit":100}', help='list_recordings params (default {"limit":100})')
     ap.add_argument("--file-workers", type=int, default=1, help="workers.files (default 1, the default config)")

@@ -94,6 +94,7 @@ def error_code(msg: bytes):
 
 # ------------------------------------------------------------------ client side
 
+
 def reply_id(msg: bytes) -> int | None:
     """Our request id in a reply: the n of "id":"~n" (json.dumps may add a space)."""
     i = msg.find(b'"id":"~')
@@ -105,7 +106,7 @@ def reply_id(msg: bytes) -> int | None:
             return None
         i += 8
     try:
-        return int(msg[i:msg.index(b'"', i)])
+        return int(msg[i : msg.index(b'"', i)])
     except ValueError:
         return None
 
@@ -114,14 +115,16 @@ async def open_connection(url: str, token: str | None, sem: asyncio.Semaphore):
     """Open one connection (and authenticate it); returns (ws, None) or (None, code)."""
     async with sem:  # bounded connect concurrency: don't overflow the listen backlog
         try:
-            ws = await connect(url, compression=None, ping_interval=None,
-                               open_timeout=30, max_size=1 << 22)
+            ws = await connect(url, compression=None, ping_interval=None, open_timeout=30, max_size=1 << 22)
         except Exception:
             return None, "connect"
         if token:
             try:
-                await ws.send(json.dumps({"jsonrpc": "2.0", "id": "auth", "method": "authenticate",
-                                          "params": {"auth_token": token}}))
+                await ws.send(
+                    json.dumps(
+                        {"jsonrpc": "2.0", "id": "auth", "method": "authenticate", "params": {"auth_token": token}}
+                    )
+                )
                 while True:  # skip notifications that may arrive first
                     reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
                     if isinstance(reply, dict) and reply.get("id") == "auth":
@@ -137,8 +140,7 @@ async def open_connection(url: str, token: str | None, sem: asyncio.Semaphore):
 
 async def open_all(cfg: dict) -> tuple[list, Counter]:
     sem = asyncio.Semaphore(cfg["connect_concurrency"])
-    results = await asyncio.gather(*(open_connection(cfg["url"], cfg["token"], sem)
-                                     for _ in range(cfg["n_conns"])))
+    results = await asyncio.gather(*(open_connection(cfg["url"], cfg["token"], sem) for _ in range(cfg["n_conns"])))
     conns = [ws for ws, _ in results if ws is not None]
     return conns, Counter(code for _, code in results if code is not None)
 
@@ -257,8 +259,7 @@ class FastConnection(asyncio.Protocol):
             self.finish()
             return
         self.transport.set_protocol(self)
-        while (self.inflight < self.runner.depth
-               and (req := self.runner.next_request(self.pending)) is not None):
+        while self.inflight < self.runner.depth and (req := self.runner.next_request(self.pending)) is not None:
             self.queue(0x81, req.encode())
             self.inflight += 1
         self.flush()
@@ -289,15 +290,15 @@ class FastConnection(asyncio.Protocol):
             if length == 126:
                 if n - pos < 4:
                     break
-                length, header = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                length, header = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
             elif length == 127:
                 if n - pos < 10:
                     break
-                length, header = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                length, header = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
             end = pos + header + length
             if end > n:
                 break
-            self.on_frame(buf[pos], buf[pos + header:end])
+            self.on_frame(buf[pos], buf[pos + header : end])
             pos = end
         self.buf = buf[pos:] if pos < n else b""
         self.flush()
@@ -362,8 +363,7 @@ async def load_worker(pipe, cfg: dict) -> None:
 
     cpu = {}
     loop = asyncio.get_running_loop()
-    loop.call_later(max(0.0, (t_start - time.perf_counter_ns()) / NS),
-                    lambda: cpu.setdefault("start", cpu_now()))
+    loop.call_later(max(0.0, (t_start - time.perf_counter_ns()) / NS), lambda: cpu.setdefault("start", cpu_now()))
     if cfg["client"] == "fast":
         fast = [FastConnection(runner, ws) for ws in conns]
         for conn in fast:
@@ -372,8 +372,7 @@ async def load_worker(pipe, cfg: dict) -> None:
         pendings = [conn.pending for conn in fast]
     else:
         pendings = [{} for _ in conns]
-        waits = [asyncio.ensure_future(drive_websockets(runner, ws, pending))
-                 for ws, pending in zip(conns, pendings)]
+        waits = [asyncio.ensure_future(drive_websockets(runner, ws, pending)) for ws, pending in zip(conns, pendings)]
     # Hard time limit: a stalled server must not hang the run.
     end = t_end + 10 * NS if t_end < UNLIMITED else t_start + int(cfg["timeout"] * NS)
     _, not_done = await wait_all(waits, (end - time.perf_counter_ns()) / NS)
@@ -382,8 +381,9 @@ async def load_worker(pipe, cfg: dict) -> None:
         runner.errors["timeout"] += runner.unanswered(pendings)
     errors = {k: v for k, v in runner.errors.items() if v}
 
-    pipe.send(("end", {"last_ns": runner.last_ns, "errors": errors, "client_cpu_s": cpu_used},
-               runner.latencies.tobytes()))
+    pipe.send(
+        ("end", {"last_ns": runner.last_ns, "errors": errors, "client_cpu_s": cpu_used}, runner.latencies.tobytes())
+    )
     await pipe_recv(pipe)  # "close": the parent has sampled the server CPU
     if cfg["client"] == "fast":
         await wait_all([conn.close() for conn in fast], 10)
@@ -441,6 +441,7 @@ def child_main(pipe, cfg: dict, inherited: list) -> None:
 
 # ------------------------------------------------------------------ parent side
 
+
 class ClientPool:
     """The client processes and their pipes."""
 
@@ -449,9 +450,11 @@ class ClientPool:
         self.pipes, self.procs = [], []
         for n, budget in zip(conns_per_proc, budgets):
             parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=child_main, daemon=True,
-                               args=(child_end, dict(cfg, n_conns=n, budget=budget),
-                                     self.pipes + [parent_end]))
+            proc = ctx.Process(
+                target=child_main,
+                daemon=True,
+                args=(child_end, dict(cfg, n_conns=n, budget=budget), self.pipes + [parent_end]),
+            )
             proc.start()
             child_end.close()  # so the parent sees EOF if the child dies
             self.pipes.append(parent_end)
@@ -507,8 +510,7 @@ def connect_timeout(n: int) -> float:
 
 def run_load(args, cfg: dict, per_proc: list[int]) -> dict:
     total = args.requests
-    budgets = ([None] * len(per_proc) if total is None
-               else [total * n // args.connections for n in per_proc])
+    budgets = [None] * len(per_proc) if total is None else [total * n // args.connections for n in per_proc]
     if total is not None:  # rounding leftovers go to the first process
         budgets[0] += total - sum(budgets)
     pool = ClientPool(cfg, per_proc, budgets)
@@ -546,11 +548,19 @@ def run_load(args, cfg: dict, per_proc: list[int]) -> dict:
     has_pids = bool(args.pid or args.pid_tree)
     srv_cpu = common.cpu_delta(cpu_before, cpu_after) if has_pids else None
     return {
-        "method": args.method, "connections": args.connections, "pipeline": args.pipeline,
-        "processes": len(per_proc), "requests": n, "errors": sum(errors.values()),
-        "error_codes": dict(errors), "duration_s": round(duration, 3),
+        "method": args.method,
+        "connections": args.connections,
+        "pipeline": args.pipeline,
+        "processes": len(per_proc),
+        "requests": n,
+        "errors": sum(errors.values()),
+        "error_codes": dict(errors),
+        "duration_s": round(duration, 3),
         "throughput_rps": round(n / duration, 1) if duration > 0 else None,
-        "p50_ms": ms(pct[50]), "p95_ms": ms(pct[95]), "p99_ms": ms(pct[99]), "max_ms": ms(pct[100]),
+        "p50_ms": ms(pct[50]),
+        "p95_ms": ms(pct[95]),
+        "p99_ms": ms(pct[99]),
+        "max_ms": ms(pct[100]),
         "server_cpu_s": None if srv_cpu is None else round(srv_cpu, 3),
         "server_cpu_us_per_req": round(srv_cpu / n * 1e6, 1) if srv_cpu is not None and n else None,
         "client_cpu_s": round(client_cpu, 3),
@@ -585,10 +595,17 @@ def run_idle(args, cfg: dict, per_proc: list[int]) -> dict:
         errors["dead"] += opened - alive
     mb = lambda b: round(b / 2**20, 1)  # noqa: E731
     return {
-        "mode": "idle", "connections": args.idle, "processes": len(per_proc),
-        "opened": opened, "alive": alive, "errors": sum(errors.values()),
-        "error_codes": dict(errors), "connect_s": round(connect_s, 2), "hold_s": args.hold,
-        "server_rss_before_mb": mb(rss_before), "server_rss_mb": mb(rss),
+        "mode": "idle",
+        "connections": args.idle,
+        "processes": len(per_proc),
+        "opened": opened,
+        "alive": alive,
+        "errors": sum(errors.values()),
+        "error_codes": dict(errors),
+        "connect_s": round(connect_s, 2),
+        "hold_s": args.hold,
+        "server_rss_before_mb": mb(rss_before),
+        "server_rss_mb": mb(rss),
         "server_rss_bytes": rss,
         "server_rss_per_conn_kb": round((rss - rss_before) / 1024 / max(opened, 1), 1),
     }
@@ -606,35 +623,62 @@ def check_loopback(url: str) -> None:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--url", default="ws://127.0.0.1:8002/ws", help="WebSocket URL (loopback only)")
     ap.add_argument("--method", default="ping", help="JSON-RPC method (default ping)")
-    ap.add_argument("--params", default=None, help="JSON params, e.g. '{\"device\":\"camera0\"}'")
+    ap.add_argument("--params", default=None, help='JSON params, e.g. \'{"device":"camera0"}\'')
     ap.add_argument("--connections", "-c", type=int, default=10, help="connections (default 10)")
-    ap.add_argument("--requests", "-n", type=int, default=None,
-                    help="timed requests in total (default 20000, or no limit with --duration)")
-    ap.add_argument("--duration", "-d", type=float, default=None,
-                    help="stop sending after this many seconds of the timed phase")
+    ap.add_argument(
+        "--requests",
+        "-n",
+        type=int,
+        default=None,
+        help="timed requests in total (default 20000, or no limit with --duration)",
+    )
+    ap.add_argument(
+        "--duration", "-d", type=float, default=None, help="stop sending after this many seconds of the timed phase"
+    )
     ap.add_argument("--pipeline", type=int, default=1, help="requests in flight per connection")
     ap.add_argument("--processes", "-p", type=int, default=2, help="client processes (default 2)")
     ap.add_argument("--token", default=None, help="authenticate each connection with this JWT/API key")
-    ap.add_argument("--warmup", type=float, default=1.0,
-                    help="seconds of unmeasured load before the timed phase (default 1)")
-    ap.add_argument("--timeout", type=float, default=120.0,
-                    help="hard limit of a count-bounded timed phase in seconds (default 120)")
+    ap.add_argument(
+        "--warmup", type=float, default=1.0, help="seconds of unmeasured load before the timed phase (default 1)"
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="hard limit of a count-bounded timed phase in seconds (default 120)",
+    )
     ap.add_argument("--pid", type=int, action="append", help="server pid for CPU/RSS (repeatable)")
-    ap.add_argument("--pid-tree", type=int, action="append",
-                    help="server pid whose whole process tree is accounted (e.g. the supervisor)")
-    ap.add_argument("--idle", type=int, default=None, metavar="N",
-                    help="idle mode: open N connections, hold them, report success and server RSS")
+    ap.add_argument(
+        "--pid-tree",
+        type=int,
+        action="append",
+        help="server pid whose whole process tree is accounted (e.g. the supervisor)",
+    )
+    ap.add_argument(
+        "--idle",
+        type=int,
+        default=None,
+        metavar="N",
+        help="idle mode: open N connections, hold them, report success and server RSS",
+    )
     ap.add_argument("--hold", type=float, default=10.0, help="idle mode: seconds to hold (default 10)")
-    ap.add_argument("--client", choices=("fast", "websockets"), default="fast",
-                    help="fast: own framing after the websockets handshake (cheap, default); "
-                         "websockets: the library's send()/recv() for every message")
-    ap.add_argument("--connect-concurrency", type=int, default=64,
-                    help="handshakes in progress per client process (default 64)")
+    ap.add_argument(
+        "--client",
+        choices=("fast", "websockets"),
+        default="fast",
+        help="fast: own framing after the websockets handshake (cheap, default); "
+        "websockets: the library's send()/recv() for every message",
+    )
+    ap.add_argument(
+        "--connect-concurrency", type=int, default=64, help="handshakes in progress per client process (default 64)"
+    )
     args = ap.parse_args(argv)
     if args.requests is None and args.duration is None:
         args.requests = 20000
@@ -653,9 +697,17 @@ def main(argv=None) -> int:
     n_conns = args.idle if args.idle is not None else args.connections
     procs = max(1, min(args.processes, n_conns))
     per_proc = split(n_conns, procs)
-    cfg = {"url": args.url, "method": args.method, "params": args.params, "token": args.token,
-           "pipeline": args.pipeline, "timeout": args.timeout, "idle": args.idle is not None,
-           "connect_concurrency": args.connect_concurrency, "client": args.client}
+    cfg = {
+        "url": args.url,
+        "method": args.method,
+        "params": args.params,
+        "token": args.token,
+        "pipeline": args.pipeline,
+        "timeout": args.timeout,
+        "idle": args.idle is not None,
+        "connect_concurrency": args.connect_concurrency,
+        "client": args.client,
+    }
     result = run_idle(args, cfg, per_proc) if cfg["idle"] else run_load(args, cfg, per_proc)
     common.print_json(result)
     return 0 if result["errors"] == 0 else 1

@@ -1,6 +1,6 @@
 """Bench of the recording worker's media path with simulated cameras.
 
-Drives :class:`workers.recording.sessions.RecordingManager` in-process (no
+Drives :class:`camservice.workers.recording.sessions.RecordingManager` in-process (no
 gateway, no ZeroMQ: what is measured is the worker's own work, ffmpeg
 included) against simulated cameras of ``--size`` at ``--fps`` and prints
 one JSON line per figure:
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from camservice import config as config_module  # noqa: E402
 from camservice import log, methods  # noqa: E402
 from camservice.cameras import Camera  # noqa: E402
-from workers.discovery import simulator  # noqa: E402
-from workers.recording.sessions import RecordingManager  # noqa: E402
+from camservice.workers.discovery import simulator  # noqa: E402
+from camservice.workers.recording.sessions import RecordingManager  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -53,8 +53,14 @@ def emit(**fields) -> None:
 
 def latency_line(bench: str, samples_s: list[float], **extra) -> None:
     ms = [s * 1000 for s in samples_s]
-    emit(bench=bench, **extra, n=len(ms), p50_ms=round(percentile(ms, 50), 2),
-         p95_ms=round(percentile(ms, 95), 2), max_ms=round(max(ms), 2))
+    emit(
+        bench=bench,
+        **extra,
+        n=len(ms),
+        p50_ms=round(percentile(ms, 50), 2),
+        p95_ms=round(percentile(ms, 95), 2),
+        max_ms=round(max(ms), 2),
+    )
 
 
 async def timed(coro) -> tuple[float, dict]:
@@ -64,14 +70,21 @@ async def timed(coro) -> tuple[float, dict]:
 
 
 async def bench(args: argparse.Namespace, state: Path) -> None:
-    config = config_module.load(overrides={
-        "runtime.state_dir": str(state), "runtime.transport": "tcp", "storage.min_free_bytes": 0}, environ={})
+    config = config_module.load(
+        overrides={"runtime.state_dir": str(state), "runtime.transport": "tcp", "storage.min_free_bytes": 0}, environ={}
+    )
     cameras: dict[str, Camera] = {}
     for index in range(max(1, args.cameras)):
         simulator.plug(state, args.size, args.fps, index=index)
         node = simulator.read_node(simulator.node_path(state, index))
-        cameras[f"sim:{index}"] = Camera(id=f"camera{index}", device=f"sim:{index}", resolution=args.size,
-                                         fps=args.fps, simulated=True, source=node.source())
+        cameras[f"sim:{index}"] = Camera(
+            id=f"camera{index}",
+            device=f"sim:{index}",
+            resolution=args.size,
+            fps=args.fps,
+            simulated=True,
+            source=node.source(),
+        )
     manager = RecordingManager(config, cameras.get, lambda topic, data: None)
     await manager.open()
     snap = lambda fmt: methods.take_snapshot({"device": "sim:0", "format": fmt})  # noqa: E731
@@ -107,13 +120,21 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
     for proc in procs:
         proc.cpu_percent(None)
     await asyncio.sleep(args.sample_seconds)
-    per = [{"pid": p.pid, "cpu_percent": round(p.cpu_percent(None), 1), "rss_bytes": p.memory_info().rss}
-           for p in procs]
+    per = [
+        {"pid": p.pid, "cpu_percent": round(p.cpu_percent(None), 1), "rss_bytes": p.memory_info().rss} for p in procs
+    ]
     await manager.close("bench finished")
-    emit(bench="recording_load", cameras=len(per), size=args.size, fps=args.fps, sample_s=args.sample_seconds,
-         cpu_percent_per_camera=round(sum(p["cpu_percent"] for p in per) / len(per), 1),
-         rss_bytes_per_camera=int(sum(p["rss_bytes"] for p in per) / len(per)),
-         cpu_count=psutil.cpu_count(), processes=per)
+    emit(
+        bench="recording_load",
+        cameras=len(per),
+        size=args.size,
+        fps=args.fps,
+        sample_s=args.sample_seconds,
+        cpu_percent_per_camera=round(sum(p["cpu_percent"] for p in per) / len(per), 1),
+        rss_bytes_per_camera=int(sum(p["rss_bytes"] for p in per) / len(per)),
+        cpu_count=psutil.cpu_count(),
+        processes=per,
+    )
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ def on_sigterm(signum, frame):
 
 # ------------------------------------------------------------------ recordings folder
 
+
 def ensure_files(folder: Path, count: int) -> dict:
     """Make `folder` hold exactly `count` generated recordings; reuse it if it does."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,7 @@ class FilesFolder:
 
 
 # ------------------------------------------------------------------ service helpers
+
 
 async def _rpc(ws, rid: int, method: str, params: dict | None = None) -> dict:
     msg = {"jsonrpc": "2.0", "id": rid, "method": method}
@@ -127,9 +129,12 @@ def wait_index(service: Service, token: str, count: int, timeout: float = 600) -
 
 
 def start_service(folder: Path, settings: dict, simulate: int = 4) -> Service:
-    service = Service(simulate=simulate, **FAST_LIMITS, **{"storage.recordings_dir": str(folder),
-                                                          "storage.scan_interval": 3600.0,
-                                                          "runtime.start_timeout": 120.0}, **settings)
+    service = Service(
+        simulate=simulate,
+        **FAST_LIMITS,
+        **{"storage.recordings_dir": str(folder), "storage.scan_interval": 3600.0, "runtime.start_timeout": 120.0},
+        **settings,
+    )
     try:
         service.start()
     except BaseException:
@@ -183,13 +188,42 @@ class CpuSampler:
         return out
 
 
-def run_load(service: Service, token: str, supervisor: int, named: dict[str, int], args,
-             method: str, params: str, connections: int, pipeline: int) -> tuple[dict, dict]:
+def run_load(
+    service: Service,
+    token: str,
+    supervisor: int,
+    named: dict[str, int],
+    args,
+    method: str,
+    params: str,
+    connections: int,
+    pipeline: int,
+) -> tuple[dict, dict]:
     """bench/load.py in a subprocess, with per-process CPU sampled meanwhile."""
-    cmd = [sys.executable, str(LOAD), "--url", service.url, "--token", token, "--method", method,
-           "--params", params, "--connections", str(connections), "--pipeline", str(pipeline),
-           "--duration", str(args.duration), "--processes", str(args.client_processes),
-           "--warmup", str(args.warmup), "--pid-tree", str(supervisor)]
+    cmd = [
+        sys.executable,
+        str(LOAD),
+        "--url",
+        service.url,
+        "--token",
+        token,
+        "--method",
+        method,
+        "--params",
+        params,
+        "--connections",
+        str(connections),
+        "--pipeline",
+        str(pipeline),
+        "--duration",
+        str(args.duration),
+        "--processes",
+        str(args.client_processes),
+        "--warmup",
+        str(args.warmup),
+        "--pid-tree",
+        str(supervisor),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = CpuSampler(named, proc.pid).start()
     launched = time.monotonic()
@@ -221,39 +255,61 @@ def run_one(args, folder: Path, n: int) -> dict:
         named = service.pids()
         supervisor = service.supervisor_pid()
         time.sleep(1.0)  # let start-up work (ids, first storage check) finish
-        result, cpu = run_load(service, token, supervisor, named, args, args.method, args.params,
-                               args.connections, args.pipeline)
-        return {"bench": "scaling", "kind": args.kind, "n": n, "files": args.files,
-                "files_concurrency": args.concurrency,
-                "index_ready_s": round(index_s, 1), "throughput_rps": result["throughput_rps"],
-                "p50_ms": result["p50_ms"], "p95_ms": result["p95_ms"], "p99_ms": result["p99_ms"],
-                "errors": result["errors"], "server_cpu_us_per_req": result["server_cpu_us_per_req"],
-                "client_cpu_us_per_req": result["client_cpu_us_per_req"],
-                "other_cpu_s": result["other_cpu_s"], "cpu_percent": cpu, "load": result}
+        result, cpu = run_load(
+            service, token, supervisor, named, args, args.method, args.params, args.connections, args.pipeline
+        )
+        return {
+            "bench": "scaling",
+            "kind": args.kind,
+            "n": n,
+            "files": args.files,
+            "files_concurrency": args.concurrency,
+            "index_ready_s": round(index_s, 1),
+            "throughput_rps": result["throughput_rps"],
+            "p50_ms": result["p50_ms"],
+            "p95_ms": result["p95_ms"],
+            "p99_ms": result["p99_ms"],
+            "errors": result["errors"],
+            "server_cpu_us_per_req": result["server_cpu_us_per_req"],
+            "client_cpu_us_per_req": result["client_cpu_us_per_req"],
+            "other_cpu_s": result["other_cpu_s"],
+            "cpu_percent": cpu,
+            "load": result,
+        }
     finally:
         service.cleanup()
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Examples:" + __doc__.split("Examples:")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kind", default="files", choices=("files", "recording", "discovery"),
-                    help="worker kind whose process count varies (default files)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--kind",
+        default="files",
+        choices=("files", "recording", "discovery"),
+        help="worker kind whose process count varies (default files)",
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="process counts (default 1 2 4)")
     ap.add_argument("--method", default="list_recordings", help="JSON-RPC method (default list_recordings)")
     ap.add_argument("--params", default='{"limit": 100}', help='JSON params (default {"limit": 100})')
     ap.add_argument("--files", type=int, default=100_000, help="recordings in the folder (default 100000)")
-    ap.add_argument("--files-dir", default=None,
-                    help="recordings folder to use and keep (generated if empty; default: a temporary one)")
+    ap.add_argument(
+        "--files-dir",
+        default=None,
+        help="recordings folder to use and keep (generated if empty; default: a temporary one)",
+    )
     ap.add_argument("--connections", type=int, default=32, help="load connections (default 32)")
     ap.add_argument("--pipeline", type=int, default=4, help="requests in flight per connection (default 4)")
     ap.add_argument("--duration", type=float, default=10.0, help="timed seconds per N (default 10)")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (default 1)")
     ap.add_argument("--client-processes", type=int, default=2, help="load.py client processes (default 2)")
     ap.add_argument("--gateways", type=int, default=1, help="gateway processes (default 1)")
-    ap.add_argument("--concurrency", type=int, default=None,
-                    help="workers.files_concurrency (default: the service's default, 2)")
+    ap.add_argument(
+        "--concurrency", type=int, default=None, help="workers.files_concurrency (default: the service's default, 2)"
+    )
     args = ap.parse_args(argv)
     args.params = json.dumps(json.loads(args.params), separators=(",", ":"))
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -269,14 +325,21 @@ def main(argv=None) -> int:
             row["efficiency"] = round(row["speedup"] / (n / args.workers[0]), 3) if row["speedup"] else None
             rows.append(row)
             common.print_json(row)
-        common.print_json({"bench": "scaling.summary", "kind": args.kind, "method": args.method,
-                           "params": json.loads(args.params), "files": args.files,
-                           "base_n": args.workers[0],
-                           "throughput_rps": {str(r["n"]): r["throughput_rps"] for r in rows},
-                           "speedup": {str(r["n"]): r["speedup"] for r in rows},
-                           "efficiency": {str(r["n"]): r["efficiency"] for r in rows},
-                           "errors": sum(r["errors"] for r in rows),
-                           "loadavg_1m": round(os.getloadavg()[0], 2)})
+        common.print_json(
+            {
+                "bench": "scaling.summary",
+                "kind": args.kind,
+                "method": args.method,
+                "params": json.loads(args.params),
+                "files": args.files,
+                "base_n": args.workers[0],
+                "throughput_rps": {str(r["n"]): r["throughput_rps"] for r in rows},
+                "speedup": {str(r["n"]): r["speedup"] for r in rows},
+                "efficiency": {str(r["n"]): r["efficiency"] for r in rows},
+                "errors": sum(r["errors"] for r in rows),
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         return 0
     except KeyboardInterrupt:
         return 130

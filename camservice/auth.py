@@ -87,7 +87,8 @@ def load_or_create_secret(config) -> str:
             raise ConfigError(
                 f"security.jwt_secret: must be at least {MIN_SECRET_BYTES} bytes for HS256 "
                 "(RFC 7518 section 3.2); generate one with "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         return configured
     state_dir = Path(config.runtime.state_dir)
     path = state_dir / SECRET_FILE
@@ -96,8 +97,11 @@ def load_or_create_secret(config) -> str:
     try:
         secret = path.read_text().strip()
         if path.stat().st_mode & 0o077:
-            _log.warning("jwt_secret_file_not_private", path=str(path),
-                         hint="other users may read it: chmod 600 it and consider replacing the secret")
+            _log.warning(
+                "jwt_secret_file_not_private",
+                path=str(path),
+                hint="other users may read it: chmod 600 it and consider replacing the secret",
+            )
     except OSError as exc:
         raise ConfigError(f"security.jwt_secret: cannot read {path}: {exc.strerror}") from None
     if len(secret.encode()) < MIN_SECRET_BYTES:
@@ -188,8 +192,13 @@ class KeyRecord:
 
     def public(self) -> dict[str, Any]:
         """What ``keys list`` shows: never the hash."""
-        return {"name": self.name, "role": self.role, "created": self.created,
-                "revoked": self.revoked, "revoked_at": self.revoked_at}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "created": self.created,
+            "revoked": self.revoked,
+            "revoked_at": self.revoked_at,
+        }
 
 
 def hash_key(key: str) -> str:
@@ -224,8 +233,13 @@ class KeyStore:
 
     REFRESH_INTERVAL = 1.0
 
-    def __init__(self, path: str | os.PathLike, *, monotonic: Callable[[], float] = time.monotonic,
-                 refresh_interval: float = REFRESH_INTERVAL):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ):
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._monotonic = monotonic
@@ -318,8 +332,9 @@ class KeyStore:
                 if record.name == name:
                     if record.revoked:
                         return False
-                    records[i] = KeyRecord(record.name, record.role, record.created,
-                                           utc_iso(timespec="seconds"), record.sha256)
+                    records[i] = KeyRecord(
+                        record.name, record.role, record.created, utc_iso(timespec="seconds"), record.sha256
+                    )
                     return True
         raise KeyStoreError(f"no API key named '{name}'")
 
@@ -344,9 +359,13 @@ class KeyStore:
         self.refresh(force=True)
 
     def _write(self, records: list[KeyRecord]) -> None:
-        document = {"version": 1, "keys": [
-            {"name": r.name, "role": r.role, "created": r.created, "revoked_at": r.revoked_at, "sha256": r.sha256}
-            for r in records]}
+        document = {
+            "version": 1,
+            "keys": [
+                {"name": r.name, "role": r.role, "created": r.created, "revoked_at": r.revoked_at, "sha256": r.sha256}
+                for r in records
+            ],
+        }
         temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -376,8 +395,9 @@ def _stamp(st: os.stat_result) -> tuple[int, ...]:
 def _parse(raw: bytes) -> list[KeyRecord]:
     try:
         document = json.loads(raw)
-        records = [KeyRecord(k["name"], k["role"], k["created"], k.get("revoked_at"), k["sha256"])
-                   for k in document["keys"]]
+        records = [
+            KeyRecord(k["name"], k["role"], k["created"], k.get("revoked_at"), k["sha256"]) for k in document["keys"]
+        ]
     except (ValueError, KeyError, TypeError) as exc:
         raise KeyStoreError(f"corrupt API key store: {type(exc).__name__}") from None
     for record in records:
@@ -396,9 +416,14 @@ class Authenticator:
     re-read interval) are injectable so that tests drive time.
     """
 
-    def __init__(self, config, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 keys: KeyStore | None = None):
+    def __init__(
+        self,
+        config,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        keys: KeyStore | None = None,
+    ):
         self._secret = load_or_create_secret(config)
         self._clock = clock
         self.keys = keys if keys is not None else KeyStore.for_config(config, monotonic=monotonic)
@@ -419,17 +444,30 @@ class Authenticator:
         record = self.keys.lookup(token)
         if record is None:
             raise _fail("unknown or revoked API key")
-        return Identity(subject=record.name, role=record.role, expires_at=None, kind="api_key",
-                        key_name=record.name, key_hash=record.sha256)
+        return Identity(
+            subject=record.name,
+            role=record.role,
+            expires_at=None,
+            kind="api_key",
+            key_name=record.name,
+            key_hash=record.sha256,
+        )
 
     def _jwt(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=[ALGORITHM],
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
                 # Time claims are checked below against the injectable clock;
                 # PyJWT still checks presence, the signature, aud and sub's type.
-                options={"require": ["sub", "role", "exp"], "verify_exp": False,
-                         "verify_iat": False, "verify_nbf": False})
+                options={
+                    "require": ["sub", "role", "exp"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
         except jwt.MissingRequiredClaimError as exc:
             raise _fail(f"token lacks the '{exc.claim}' claim") from None
         except jwt.InvalidAlgorithmError:

@@ -69,8 +69,11 @@ class Camera:
         }
 
     def capabilities(self) -> dict[str, Any]:
-        return {"formats": list(self.formats), "resolutions": list(self.resolutions),
-                "frame_rates": {k: list(v) for k, v in self.frame_rates.items()}}
+        return {
+            "formats": list(self.formats),
+            "resolutions": list(self.resolutions),
+            "frame_rates": {k: list(v) for k, v in self.frame_rates.items()},
+        }
 
     def metrics(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now

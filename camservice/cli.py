@@ -36,8 +36,13 @@ def _load(ctx: click.Context, overrides: dict | None = None) -> config_module.Co
 
 
 @click.group()
-@click.option("--config", "config_path", envvar=config_module.CONFIG_ENV, type=click.Path(dir_okay=False),
-              help="YAML configuration file (env CAMSERVICE_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar=config_module.CONFIG_ENV,
+    type=click.Path(dir_okay=False),
+    help="YAML configuration file (env CAMSERVICE_CONFIG).",
+)
 @click.version_option(__version__, prog_name="camservice")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -50,8 +55,12 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 @main.command()
-@click.option("--simulate", type=click.IntRange(0, 64), default=None,
-              help="Number of simulated cameras (overrides cameras.simulate).")
+@click.option(
+    "--simulate",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Number of simulated cameras (overrides cameras.simulate).",
+)
 @click.option("--foreground", is_flag=True, help="Stay attached; readable logs on stderr.")
 @click.pass_context
 def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
@@ -71,8 +80,14 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     logs = config.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "supervisor.out", "ab") as out:
-        supervisor = subprocess.Popen([sys.executable, "-m", "camservice.supervisor.arbiter"], env=env,
-                                      stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "camservice.supervisor.arbiter"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + config.runtime.start_timeout
     while time.monotonic() < deadline:
         if supervisor.poll() is not None:
@@ -80,24 +95,29 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
             raise click.ClickException("the supervisor exited during start:\n  " + "\n  ".join(tail))
         status = control(config, "status", timeout=0.5)
         if status and all(p["state"] == "running" for p in status["processes"]) and _ready(config):
-            click.echo(f"camservice {__version__} started: pid {supervisor.pid}, "
-                       f"{len(status['processes'])} processes, ws{'s' if config.server.tls.cert_file else ''}://"
-                       f"{config.public_host}:{config.server.port}/ws")
+            click.echo(
+                f"camservice {__version__} started: pid {supervisor.pid}, "
+                f"{len(status['processes'])} processes, ws{'s' if config.server.tls.cert_file else ''}://"
+                f"{config.public_host}:{config.server.port}/ws"
+            )
             return
         time.sleep(0.1)
     status = control(config, "status", timeout=0.5) or {}
     supervisor.send_signal(signal.SIGTERM)
     not_up = [p["name"] for p in status.get("processes", []) if p["state"] != "running"]
-    raise click.ClickException(f"not ready within {config.runtime.start_timeout}s"
-                               + (f"; not running: {', '.join(not_up)}" if not_up else "; /health/ready failing")
-                               + f" (logs in {logs})")
+    raise click.ClickException(
+        f"not ready within {config.runtime.start_timeout}s"
+        + (f"; not running: {', '.join(not_up)}" if not_up else "; /health/ready failing")
+        + f" (logs in {logs})"
+    )
 
 
 def _ready(config) -> bool:
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     if config.server.tls.cert_file:
-        conn = http.client.HTTPSConnection(host, config.server.port, timeout=1.0,
-                                           context=ssl._create_unverified_context())
+        conn = http.client.HTTPSConnection(
+            host, config.server.port, timeout=1.0, context=ssl._create_unverified_context()
+        )
     else:
         conn = http.client.HTTPConnection(host, config.server.port, timeout=1.0)
     try:
@@ -149,11 +169,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps({"running": True, **answer}))
         return
     click.echo(f"supervisor pid {answer['pid']}, up {answer['uptime']}s, state_dir {answer['state_dir']}")
-    click.echo(f"{'PROCESS':<14}{'ROLE':<11}{'PID':>8}  {'STATE':<9}{'CPU%':>6}{'RSS':>10}{'RESTARTS':>10}{'UPTIME':>10}")
+    click.echo(
+        f"{'PROCESS':<14}{'ROLE':<11}{'PID':>8}  {'STATE':<9}{'CPU%':>6}{'RSS':>10}{'RESTARTS':>10}{'UPTIME':>10}"
+    )
     for p in answer["processes"]:
         rss = f"{p['rss_bytes'] / 1048576:.1f}M"
-        click.echo(f"{p['name']:<14}{p['role']:<11}{p['pid'] or '-':>8}  {p['state']:<9}{p['cpu_percent']:>6.1f}"
-                   f"{rss:>10}{p['restarts']:>10}{p['uptime']:>9.0f}s")
+        click.echo(
+            f"{p['name']:<14}{p['role']:<11}{p['pid'] or '-':>8}  {p['state']:<9}{p['cpu_percent']:>6.1f}"
+            f"{rss:>10}{p['restarts']:>10}{p['uptime']:>9.0f}s"
+        )
 
 
 def control(config, command: str, timeout: float = 2.0) -> dict | None:
@@ -190,11 +214,12 @@ def camera() -> None:
 @click.pass_context
 def camera_plug(ctx: click.Context, resolution: str | None, fps: int | None) -> None:
     """Plug in a simulated camera, exactly like a USB hot-plug."""
-    from workers.discovery import simulator
+    from camservice.workers.discovery import simulator
 
     config = _load(ctx, {"cameras.sim_resolution": resolution} if resolution else None)
-    index = simulator.plug(config.state_dir, resolution=config.cameras.sim_resolution,
-                           fps=fps or config.cameras.sim_fps)
+    index = simulator.plug(
+        config.state_dir, resolution=config.cameras.sim_resolution, fps=fps or config.cameras.sim_fps
+    )
     click.echo(f"sim:{index}")
 
 
@@ -203,7 +228,7 @@ def camera_plug(ctx: click.Context, resolution: str | None, fps: int | None) -> 
 @click.pass_context
 def camera_unplug(ctx: click.Context, camera_id: str) -> None:
     """Unplug a simulated camera (sim:N, or its index)."""
-    from workers.discovery import simulator
+    from camservice.workers.discovery import simulator
 
     config = _load(ctx)
     try:

@@ -38,8 +38,9 @@ def _default_subject() -> str:
 
 @click.command("token")
 @click.option("--role", type=click.Choice(ROLES), required=True, help="Role the token grants.")
-@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True,
-              help="Seconds until the token expires.")
+@click.option(
+    "--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds until the token expires."
+)
 @click.option("--subject", default=None, help="The token's 'sub' claim (default: your user name).")
 @click.pass_context
 def token_command(ctx: click.Context, role: str, ttl: int, subject: str | None) -> None:
@@ -50,7 +51,9 @@ def token_command(ctx: click.Context, role: str, ttl: int, subject: str | None) 
     except config_module.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot create the JWT secret in {config.runtime.state_dir}: {exc.strerror}") from None
+        raise click.ClickException(
+            f"cannot create the JWT secret in {config.runtime.state_dir}: {exc.strerror}"
+        ) from None
     click.echo(issue_token(secret, role, subject or _default_subject(), ttl))
 
 

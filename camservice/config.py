@@ -81,72 +81,210 @@ SCHEMA: tuple[Setting, ...] = (
     # server
     Setting("server.host", "127.0.0.1", str, "Address the WebSocket/HTTP server listens on."),
     Setting("server.port", 8002, int, "Port of the WebSocket endpoint /ws and the HTTP endpoints.", _port),
-    Setting("server.public_host", None, str, "Host name put into stream and download URLs (default: server.host).", nullable=True),
-    Setting("server.tls.cert_file", None, str, "PEM certificate; with key_file, switches to wss:// and https://.", nullable=True),
+    Setting(
+        "server.public_host",
+        None,
+        str,
+        "Host name put into stream and download URLs (default: server.host).",
+        nullable=True,
+    ),
+    Setting(
+        "server.tls.cert_file",
+        None,
+        str,
+        "PEM certificate; with key_file, switches to wss:// and https://.",
+        nullable=True,
+    ),
     Setting("server.tls.key_file", None, str, "PEM private key for server.tls.cert_file.", nullable=True),
-    Setting("server.max_connections", 20000, int, "Connections accepted per gateway process; beyond it the handshake gets HTTP 503.", _positive),
-    Setting("server.max_frame_bytes", 1048576, int, "Largest accepted WebSocket frame (close code 1009 beyond).", _positive),
+    Setting(
+        "server.max_connections",
+        20000,
+        int,
+        "Connections accepted per gateway process; beyond it the handshake gets HTTP 503.",
+        _positive,
+    ),
+    Setting(
+        "server.max_frame_bytes", 1048576, int, "Largest accepted WebSocket frame (close code 1009 beyond).", _positive
+    ),
     Setting("server.max_in_flight", 128, int, "Requests one connection may have in flight at once.", _positive),
-    Setting("server.ping_interval", 20.0, NUMBER, "Seconds between WebSocket keepalive pings (0 disables).", _non_negative),
+    Setting(
+        "server.ping_interval", 20.0, NUMBER, "Seconds between WebSocket keepalive pings (0 disables).", _non_negative
+    ),
     # gateway
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
-    Setting("gateway.request_timeout", 10.0, NUMBER, "Seconds a worker has to answer a forwarded request before -32011.", _positive),
+    Setting(
+        "gateway.request_timeout",
+        10.0,
+        NUMBER,
+        "Seconds a worker has to answer a forwarded request before -32011.",
+        _positive,
+    ),
     # workers
-    Setting("workers.discovery", 1, int, "Camera discovery worker processes (state is per process: keep 1).", _positive),
+    Setting(
+        "workers.discovery", 1, int, "Camera discovery worker processes (state is per process: keep 1).", _positive
+    ),
     Setting("workers.recording", 1, int, "Recording worker processes (cameras are owned by one: keep 1).", _positive),
     Setting("workers.files", 1, int, "File worker processes sharing listing/info/delete requests.", _positive),
     Setting("workers.files_concurrency", 2, int, "Requests one file worker accepts at a time.", _positive),
     # runtime
     Setting("runtime.state_dir", "~/.local/state/camservice", str, "Pid/lock file, ipc sockets, logs, journals, keys."),
-    Setting("runtime.transport", "ipc", str, "ZeroMQ transport between processes: ipc (sockets in state_dir) or tcp.", _one_of("ipc", "tcp")),
+    Setting(
+        "runtime.transport",
+        "ipc",
+        str,
+        "ZeroMQ transport between processes: ipc (sockets in state_dir) or tcp.",
+        _one_of("ipc", "tcp"),
+    ),
     Setting("runtime.tcp_host", "127.0.0.1", str, "With transport tcp: address gateways bind and workers connect to."),
-    Setting("runtime.tcp_base_port", 8100, int, "With transport tcp: first of the ports used (two per gateway, two for events).", _port),
+    Setting(
+        "runtime.tcp_base_port",
+        8100,
+        int,
+        "With transport tcp: first of the ports used (two per gateway, two for events).",
+        _port,
+    ),
     Setting("runtime.heartbeat_interval", 1.0, NUMBER, "Seconds between worker heartbeats.", _positive),
     Setting("runtime.heartbeat_liveness", 3, int, "Missed heartbeats after which a worker counts as dead.", _positive),
-    Setting("runtime.stop_timeout", 8.0, NUMBER, "Seconds a process has to drain after SIGTERM before SIGKILL.", _positive),
-    Setting("runtime.restart_backoff_max", 30.0, NUMBER, "Ceiling of the exponential restart backoff, seconds.", _positive),
-    Setting("runtime.give_up_after", 10, int, "Crashes in a row (without a stable run) after which a process is left stopped.", _positive),
+    Setting(
+        "runtime.stop_timeout", 8.0, NUMBER, "Seconds a process has to drain after SIGTERM before SIGKILL.", _positive
+    ),
+    Setting(
+        "runtime.restart_backoff_max", 30.0, NUMBER, "Ceiling of the exponential restart backoff, seconds.", _positive
+    ),
+    Setting(
+        "runtime.give_up_after",
+        10,
+        int,
+        "Crashes in a row (without a stable run) after which a process is left stopped.",
+        _positive,
+    ),
     Setting("runtime.stable_after", 30.0, NUMBER, "Seconds of running that reset a process's crash count.", _positive),
     Setting("runtime.sample_interval", 2.0, NUMBER, "Seconds between psutil samples of every process.", _positive),
-    Setting("runtime.start_timeout", 30.0, NUMBER, "Seconds 'camservice start' waits for every process and the port.", _positive),
+    Setting(
+        "runtime.start_timeout",
+        30.0,
+        NUMBER,
+        "Seconds 'camservice start' waits for every process and the port.",
+        _positive,
+    ),
     # logging
-    Setting("logging.level", "info", str, "debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
+    Setting(
+        "logging.level", "info", str, "debug, info, warning or error.", _one_of("debug", "info", "warning", "error")
+    ),
     # storage
     Setting("storage.recordings_dir", None, str, "Recordings folder (default: <state_dir>/recordings).", nullable=True),
     Setting("storage.snapshots_dir", None, str, "Snapshots folder (default: <state_dir>/snapshots).", nullable=True),
-    Setting("storage.min_free_bytes", 268435456, int, "Below this much free space, recording and snapshots are refused (-32007).", _non_negative),
+    Setting(
+        "storage.min_free_bytes",
+        268435456,
+        int,
+        "Below this much free space, recording and snapshots are refused (-32007).",
+        _non_negative,
+    ),
     Setting("storage.warn_percent", 80.0, NUMBER, "Usage percentage that raises low_space_warning.", _percent),
     Setting("storage.critical_percent", 90.0, NUMBER, "Usage percentage reported as critical.", _percent),
-    Setting("storage.scan_interval", 60.0, NUMBER, "Seconds between rescans that notice files changed behind the service's back.", _positive),
+    Setting(
+        "storage.scan_interval",
+        60.0,
+        NUMBER,
+        "Seconds between rescans that notice files changed behind the service's back.",
+        _positive,
+    ),
     # files
-    Setting("files.http_port", 8003, int, "Port of the file workers' download server (the gateway redirects /files/ there).", _port),
-    Setting("files.download_rate_limit", 500_000_000, int, "Bytes per second one download may take (0: no limit); keeps a memory-speed copy from crowding out API calls.", _non_negative),
+    Setting(
+        "files.http_port",
+        8003,
+        int,
+        "Port of the file workers' download server (the gateway redirects /files/ there).",
+        _port,
+    ),
+    Setting(
+        "files.download_rate_limit",
+        500_000_000,
+        int,
+        "Bytes per second one download may take (0: no limit); keeps a memory-speed copy from crowding out API calls.",
+        _non_negative,
+    ),
     # cameras
     Setting("cameras.simulate", 0, int, "Simulated cameras created at start (sim:0 ... sim:N-1).", _non_negative),
     Setting("cameras.sim_resolution", "640x480", str, "Resolution of simulated cameras.", _resolution),
     Setting("cameras.sim_fps", 15, int, "Frame rate of simulated cameras.", _positive),
-    Setting("cameras.udev", True, bool, "Use udev for real V4L2 cameras (falls back to polling /dev when unavailable)."),
-    Setting("cameras.poll_interval", 0.05, NUMBER, "Seconds between checks for simulated plug/unplug (and /dev when polling).", _positive),
+    Setting(
+        "cameras.udev", True, bool, "Use udev for real V4L2 cameras (falls back to polling /dev when unavailable)."
+    ),
+    Setting(
+        "cameras.poll_interval",
+        0.05,
+        NUMBER,
+        "Seconds between checks for simulated plug/unplug (and /dev when polling).",
+        _positive,
+    ),
     Setting("cameras.max_cameras", 16, int, "Cameras the service manages at most.", _positive),
     # media
-    Setting("media.backend", "ffmpeg", str, "ffmpeg (built in) or mediamtx (streams via MediaMTX).", _one_of("ffmpeg", "mediamtx")),
-    Setting("media.ffmpeg_path", None, str, "ffmpeg binary (default: system ffmpeg, else the imageio-ffmpeg wheel).", nullable=True),
+    Setting(
+        "media.backend",
+        "ffmpeg",
+        str,
+        "ffmpeg (built in) or mediamtx (streams via MediaMTX).",
+        _one_of("ffmpeg", "mediamtx"),
+    ),
+    Setting(
+        "media.ffmpeg_path",
+        None,
+        str,
+        "ffmpeg binary (default: system ffmpeg, else the imageio-ffmpeg wheel).",
+        nullable=True,
+    ),
     Setting("media.mediamtx_api", "http://127.0.0.1:9997", str, "MediaMTX control API base URL (v3)."),
-    Setting("media.mediamtx_host", None, str, "Host used in MediaMTX stream URLs (default: server.public_host).", nullable=True),
+    Setting(
+        "media.mediamtx_host",
+        None,
+        str,
+        "Host used in MediaMTX stream URLs (default: server.public_host).",
+        nullable=True,
+    ),
     Setting("media.rtsp_port", 8554, int, "MediaMTX RTSP port.", _port),
     Setting("media.webrtc_port", 8889, int, "MediaMTX WebRTC port.", _port),
     Setting("media.hls_port", 8888, int, "MediaMTX HLS port.", _port),
     # recording
-    Setting("recording.segment_seconds", 600, int, "A recording rolls over to a new file after this many seconds.", _positive),
+    Setting(
+        "recording.segment_seconds",
+        600,
+        int,
+        "A recording rolls over to a new file after this many seconds.",
+        _positive,
+    ),
     Setting("recording.segment_max_bytes", 0, int, "...or after this many bytes (0: no size limit).", _non_negative),
-    Setting("recording.stall_seconds", 10.0, NUMBER, "A capture producing no output for this long is restarted.", _positive),
+    Setting(
+        "recording.stall_seconds", 10.0, NUMBER, "A capture producing no output for this long is restarted.", _positive
+    ),
     # security
-    Setting("security.jwt_secret", None, str, "HS256 secret (env CAMSERVICE_JWT_SECRET); generated into state_dir when unset.", nullable=True),
+    Setting(
+        "security.jwt_secret",
+        None,
+        str,
+        "HS256 secret (env CAMSERVICE_JWT_SECRET); generated into state_dir when unset.",
+        nullable=True,
+    ),
     Setting("security.metrics_require_auth", False, bool, "Require an admin credential for GET /metrics."),
-    Setting("security.rate_limit", 500.0, NUMBER, "Requests per second refilled per connection and per identity.", _positive),
+    Setting(
+        "security.rate_limit", 500.0, NUMBER, "Requests per second refilled per connection and per identity.", _positive
+    ),
     Setting("security.rate_burst", 1000, int, "Token-bucket size per connection and per identity.", _positive),
-    Setting("security.unauthenticated_timeout", 30.0, NUMBER, "Seconds an unauthenticated connection may stay idle.", _positive),
-    Setting("security.auth_failures_per_minute", 20, int, "Failed authentications per address per minute before throttling.", _positive),
+    Setting(
+        "security.unauthenticated_timeout",
+        30.0,
+        NUMBER,
+        "Seconds an unauthenticated connection may stay idle.",
+        _positive,
+    ),
+    Setting(
+        "security.auth_failures_per_minute",
+        20,
+        int,
+        "Failed authentications per address per minute before throttling.",
+        _positive,
+    ),
     # metrics
     Setting("metrics.enabled", True, bool, "Collect and export Prometheus metrics."),
 )
@@ -255,8 +393,11 @@ def _parse_env_value(key: str, text: str) -> Any:
     return value
 
 
-def load(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-         environ: dict[str, str] | None = None) -> Config:
+def load(
+    path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
     """Read, override and validate the configuration.
 
     ``path`` defaults to ``$CAMSERVICE_CONFIG``; without either, only defaults
@@ -319,8 +460,10 @@ def _check_consistency(values: dict[str, Any]) -> None:
         raise ConfigError("storage.warn_percent: must not exceed storage.critical_percent")
     if values["runtime.transport"] == "ipc" and len(values["runtime.state_dir"]) > 80:
         # ipc:// endpoints are Unix socket paths, limited to 107 bytes.
-        raise ConfigError("runtime.state_dir: too long for ipc sockets (80 characters at most); "
-                          "choose a shorter path or runtime.transport: tcp")
+        raise ConfigError(
+            "runtime.state_dir: too long for ipc sockets (80 characters at most); "
+            "choose a shorter path or runtime.transport: tcp"
+        )
 
 
 def example_yaml() -> str:

@@ -100,8 +100,7 @@ class Goodbye(NamedTuple):
 
 Message = Union[Ready, Request, Reply, Goodbye]
 
-_CLASSES = {Kind.READY: Ready, Kind.REQUEST: Request,
-            Kind.REPLY: Reply, Kind.GOODBYE: Goodbye}
+_CLASSES = {Kind.READY: Ready, Kind.REQUEST: Request, Kind.REPLY: Reply, Kind.GOODBYE: Goodbye}
 
 
 _BY_NUMBER = {int(kind): cls for kind, cls in _CLASSES.items()}

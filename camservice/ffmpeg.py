@@ -116,8 +116,13 @@ def lavfi_input(pattern: str, size: str, fps: int) -> list[str]:
     return ["-re", "-f", "lavfi", "-i", f"{pattern}=size={_check_size(size)}:rate={_check_fps(fps)}"]
 
 
-def v4l2_input(device: str, input_format: str | None = None, size: str | None = None,
-               fps: int | None = None, queue: int | None = None) -> list[str]:
+def v4l2_input(
+    device: str,
+    input_format: str | None = None,
+    size: str | None = None,
+    fps: int | None = None,
+    queue: int | None = None,
+) -> list[str]:
     """Input options of a V4L2 device; unset values are left to the driver."""
     if not isinstance(device, str) or not device.startswith("/"):
         raise ValueError(f"{device!r} is not a device path")
@@ -143,8 +148,13 @@ def probe(path: str | Path, ffmpeg: str | None = None, timeout: float = 10.0) ->
     """Read a media file's duration and video stream (blocking: call from a thread)."""
     exe = ffmpeg or locate()
     try:
-        proc = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)],
-                              capture_output=True, text=True, timeout=timeout, errors="replace")
+        proc = subprocess.run(
+            [exe, "-hide_banner", "-nostdin", "-i", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            errors="replace",
+        )
     except subprocess.TimeoutExpired:
         raise ProbeError(f"ffmpeg took over {timeout}s to read {Path(path).name}") from None
     info = parse_probe(proc.stderr)

@@ -87,14 +87,26 @@ def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
     except (ValueError, RecursionError, UnicodeDecodeError):
         return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
     if _has_lone_surrogate(data, value):
-        return Frame([error_response(None, RpcError(
-            PARSE_ERROR, data={"reason": "string with an unpaired UTF-16 surrogate escape"}))], batch=False)
+        return Frame(
+            [
+                error_response(
+                    None, RpcError(PARSE_ERROR, data={"reason": "string with an unpaired UTF-16 surrogate escape"})
+                )
+            ],
+            batch=False,
+        )
     if isinstance(value, list):
         if not value:
             return Frame([error_response(None, RpcError(INVALID_REQUEST, data={"reason": "empty batch"}))], batch=False)
         if len(value) > max_batch:
-            return Frame([error_response(None, RpcError(
-                INVALID_REQUEST, data={"reason": f"batch larger than {max_batch} requests"}))], batch=False)
+            return Frame(
+                [
+                    error_response(
+                        None, RpcError(INVALID_REQUEST, data={"reason": f"batch larger than {max_batch} requests"})
+                    )
+                ],
+                batch=False,
+            )
         return Frame([_parse_request(item) for item in value], batch=True)
     return Frame([_parse_request(value)], batch=False)
 
@@ -107,7 +119,7 @@ def _parse_request(value: Any) -> Call | dict:
         return error_response(None, RpcError(INVALID_REQUEST, data={"reason": "id must be a string, number or null"}))
     reply_id = None if request_id is NO_ID else request_id
     if value.get("jsonrpc") != "2.0":
-        return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": "jsonrpc must be \"2.0\""}))
+        return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": 'jsonrpc must be "2.0"'}))
     method = value.get("method")
     if not isinstance(method, str):
         return error_response(reply_id, RpcError(INVALID_REQUEST, data={"reason": "method must be a string"}))

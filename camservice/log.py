@@ -29,15 +29,19 @@ def setup(process: str, log_dir: Path | None, level: str = "info", console: bool
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_dir / f"{process}.log")
-        file_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-            processor=structlog.processors.JSONRenderer(),
-            foreign_pre_chain=_shared_processors()))
+        file_handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=structlog.processors.JSONRenderer(), foreign_pre_chain=_shared_processors()
+            )
+        )
         handlers.append(file_handler)
     if console:
         console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-            processor=structlog.dev.ConsoleRenderer(colors=False),
-            foreign_pre_chain=_shared_processors()))
+        console_handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=structlog.dev.ConsoleRenderer(colors=False), foreign_pre_chain=_shared_processors()
+            )
+        )
         handlers.append(console_handler)
     if not handlers:
         handlers.append(logging.NullHandler())

@@ -114,8 +114,9 @@ class CircuitBreaker:
     listeners get ``(old_state, new_state)`` in the thread that caused it.
     """
 
-    def __init__(self, failure_threshold: int = 3, reset_timeout: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, failure_threshold: int = 3, reset_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ):
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         self.failure_threshold = failure_threshold
@@ -198,9 +199,16 @@ class MediaMTXClient:
     in seconds. ``clock`` is only replaced by tests.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:9997", timeout: float = 2.0, *,
-                 failure_threshold: int = 3, reset_timeout: float = 5.0, page_size: int = 100,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:9997",
+        timeout: float = 2.0,
+        *,
+        failure_threshold: int = 3,
+        reset_timeout: float = 5.0,
+        page_size: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -273,16 +281,16 @@ class MediaMTXClient:
 
     # --- transport -------------------------------------------------------------------------
 
-    def request_sync(self, method: str, path: str, query: dict[str, Any] | None = None,
-                     body: Any = None) -> Any:
+    def request_sync(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None) -> Any:
         """One API call, blocking: the decoded JSON answer (None when empty).
 
         Raises :class:`MediaMTXError` for an error answer, no answer, or an
         open circuit breaker.
         """
         if not self.breaker.acquire():
-            raise MediaMTXError(UNREACHABLE + " (circuit open)",
-                                detail=f"next attempt in {self.breaker.retry_in():.1f}s")
+            raise MediaMTXError(
+                UNREACHABLE + " (circuit open)", detail=f"next attempt in {self.breaker.retry_in():.1f}s"
+            )
         target = self._prefix + path + ("?" + urlencode(query) if query else "")
         headers = {"Accept": "application/json"}
         data = None
@@ -313,8 +321,7 @@ class MediaMTXClient:
         except ValueError:
             raise MediaMTXError(f"answer to {path} is not JSON", status=status) from None
 
-    async def request(self, method: str, path: str, query: dict[str, Any] | None = None,
-                      body: Any = None) -> Any:
+    async def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None) -> Any:
         """:meth:`request_sync` in a thread."""
         return await asyncio.to_thread(self.request_sync, method, path, query, body)
 
@@ -451,9 +458,17 @@ _DURATION = re.compile(r"^(?:(\d+)d)?((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 #: Duration fields of a path configuration: MediaMTX answers ``1h0m0s`` for ``3600s``.
-DURATION_FIELDS = frozenset({"runOnDemandStartTimeout", "runOnDemandCloseAfter", "recordPartDuration",
-                             "recordSegmentDuration", "recordDeleteAfter", "sourceOnDemandStartTimeout",
-                             "sourceOnDemandCloseAfter"})
+DURATION_FIELDS = frozenset(
+    {
+        "runOnDemandStartTimeout",
+        "runOnDemandCloseAfter",
+        "recordPartDuration",
+        "recordSegmentDuration",
+        "recordDeleteAfter",
+        "sourceOnDemandStartTimeout",
+        "sourceOnDemandCloseAfter",
+    }
+)
 
 
 def duration_ns(text: str) -> int:
@@ -497,16 +512,21 @@ def capture_args(camera: Camera, config: Any) -> list[str]:
     kind = source.get("kind") or ("sim" if simulated else "v4l2")
     try:
         if kind == "sim":
-            return ffmpeg.lavfi_input(source.get("pattern") or "testsrc2",
-                                      str(source.get("size") or camera.resolution or config.cameras.sim_resolution),
-                                      source.get("fps") or camera.fps or config.cameras.sim_fps)
+            return ffmpeg.lavfi_input(
+                source.get("pattern") or "testsrc2",
+                str(source.get("size") or camera.resolution or config.cameras.sim_resolution),
+                source.get("fps") or camera.fps or config.cameras.sim_fps,
+            )
         if kind == "v4l2":
             # Strict: the path ends up in MediaMTX's runOnDemand command line.
             if not re.fullmatch(r"/dev/[A-Za-z0-9_./-]+", camera.device) or ".." in camera.device:
                 raise ValueError(f"{camera.device!r} is not a V4L2 device path")
             size = camera.resolution if camera.resolution and _SIZE.fullmatch(camera.resolution) else None
-            fps = camera.fps if isinstance(camera.fps, int) and not isinstance(camera.fps, bool) and camera.fps > 0 \
+            fps = (
+                camera.fps
+                if isinstance(camera.fps, int) and not isinstance(camera.fps, bool) and camera.fps > 0
                 else None
+            )
             return ffmpeg.v4l2_input(camera.device, source.get("input_format"), size, fps)
     except ValueError as exc:
         raise ValueError(f"{camera.id}: {exc}") from None
@@ -515,8 +535,19 @@ def capture_args(camera: Camera, config: Any) -> list[str]:
 
 #: H.264 is what RTSP, WebRTC and HLS readers all take. One key frame a second
 #: (whatever the frame rate) bounds how long a new WebRTC/HLS reader waits for a picture.
-ENCODE_ARGS = ("-an", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-               "-pix_fmt", "yuv420p", "-force_key_frames", "expr:gte(t,n_forced*1)")
+ENCODE_ARGS = (
+    "-an",
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+    "-pix_fmt",
+    "yuv420p",
+    "-force_key_frames",
+    "expr:gte(t,n_forced*1)",
+)
 
 
 def publish_command(camera: Camera, ffmpeg_exe: str, config: Any) -> str:
@@ -525,9 +556,21 @@ def publish_command(camera: Camera, ffmpeg_exe: str, config: Any) -> str:
     MediaMTX splits the command like a POSIX shell (no shell runs it) and
     substitutes ``$RTSP_PORT`` and ``$MTX_PATH``; every other word is quoted.
     """
-    words = [ffmpeg_exe, "-hide_banner", "-loglevel", "warning", "-nostdin",
-             *capture_args(camera, config), *ENCODE_ARGS,
-             "-metadata", f"comment={MARKER}", "-f", "rtsp", "-rtsp_transport", "tcp"]
+    words = [
+        ffmpeg_exe,
+        "-hide_banner",
+        "-loglevel",
+        "warning",
+        "-nostdin",
+        *capture_args(camera, config),
+        *ENCODE_ARGS,
+        "-metadata",
+        f"comment={MARKER}",
+        "-f",
+        "rtsp",
+        "-rtsp_transport",
+        "tcp",
+    ]
     return " ".join(shlex.quote(word) for word in words) + " " + PUBLISH_URL
 
 
@@ -572,8 +615,13 @@ def conf_drift(desired: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any
     return drift
 
 
-def record_conf(enabled: bool, record_path: str | None = None, record_format: str = "fmp4",
-                segment_seconds: float = 600, part_seconds: float = 1.0) -> dict[str, Any]:
+def record_conf(
+    enabled: bool,
+    record_path: str | None = None,
+    record_format: str = "fmp4",
+    segment_seconds: float = 600,
+    part_seconds: float = 1.0,
+) -> dict[str, Any]:
     """Path fields that turn MediaMTX's own recorder on or off (for :meth:`MediaMTXClient.patch_path`).
 
     Turning it on sets:
@@ -604,9 +652,14 @@ def record_conf(enabled: bool, record_path: str | None = None, record_format: st
         raise ValueError("record_format must be fmp4 or mpegts")
     if not 0 < segment_seconds <= 86400:
         raise ValueError("segment_seconds must be in (0, 86400]")
-    return {"record": True, "recordPath": record_path, "recordFormat": record_format,
-            "recordSegmentDuration": go_duration(segment_seconds),
-            "recordPartDuration": go_duration(part_seconds), "recordDeleteAfter": "0s"}
+    return {
+        "record": True,
+        "recordPath": record_path,
+        "recordFormat": record_format,
+        "recordSegmentDuration": go_duration(segment_seconds),
+        "recordPartDuration": go_duration(part_seconds),
+        "recordDeleteAfter": "0s",
+    }
 
 
 def stream_summary(path: dict[str, Any]) -> dict[str, Any]:
@@ -614,8 +667,13 @@ def stream_summary(path: dict[str, Any]) -> dict[str, Any]:
     source = path.get("source") or {}
     ready = path.get("ready", path.get("available", False))
     sent = path.get("outboundBytes", path.get("bytesSent", 0))
-    return {"name": path.get("name"), "source": source.get("type"), "ready": bool(ready),
-            "readers": len(path.get("readers") or []), "bytes_sent": int(sent or 0)}
+    return {
+        "name": path.get("name"),
+        "source": source.get("type"),
+        "ready": bool(ready),
+        "readers": len(path.get("readers") or []),
+        "bytes_sent": int(sent or 0),
+    }
 
 
 class MediaMTXPaths:
@@ -648,9 +706,11 @@ class MediaMTXPaths:
         media = self.config.media
         host = media.mediamtx_host or self.config.public_host
         host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        urls = {"rtsp": f"rtsp://{host}:{media.rtsp_port}/{camera_id}",
-                "webrtc": f"http://{host}:{media.webrtc_port}/{camera_id}",
-                "hls": f"http://{host}:{media.hls_port}/{camera_id}"}
+        urls = {
+            "rtsp": f"rtsp://{host}:{media.rtsp_port}/{camera_id}",
+            "webrtc": f"http://{host}:{media.webrtc_port}/{camera_id}",
+            "hls": f"http://{host}:{media.hls_port}/{camera_id}",
+        }
         return {name: url for name, url in urls.items() if name in tuple(protocols)}
 
     async def served_protocols(self, refresh: bool = False) -> tuple[str, ...]:
@@ -664,8 +724,9 @@ class MediaMTXPaths:
                 log.warning("mediamtx_global_config_unreadable", reason=exc.reason)
                 conf = {}
             # "<p>Disable" is how MediaMTX before 1.0 said it; still accepted there.
-            self._protocols = tuple(p for p in STREAM_PROTOCOLS
-                                    if conf.get(p, True) is not False and conf.get(f"{p}Disable") is not True)
+            self._protocols = tuple(
+                p for p in STREAM_PROTOCOLS if conf.get(p, True) is not False and conf.get(f"{p}Disable") is not True
+            )
         return self._protocols
 
     async def add_camera(self, camera: Camera) -> dict[str, str]:
@@ -746,8 +807,11 @@ class MediaMTXPaths:
             await self.client.add_path(camera.id, desired)
             log.info("mediamtx_path_added", path=camera.id)
         elif not is_managed(existing):
-            log.warning("mediamtx_path_foreign", path=camera.id,
-                        action="a path of that name is configured outside camservice; not serving the camera")
+            log.warning(
+                "mediamtx_path_foreign",
+                path=camera.id,
+                action="a path of that name is configured outside camservice; not serving the camera",
+            )
             return {}
         else:
             if existing.get("runOnInit"):  # recording keeps it publishing: same command, kept current
@@ -764,8 +828,14 @@ class MediaMTXPaths:
         """``<recordings_dir>/%path_%Y-%m-%d_%H-%M-%S-%f``: camera0_2026-01-31_12-00-00-123456.mp4."""
         return f"{self.config.recordings_dir}/%path_%Y-%m-%d_%H-%M-%S-%f"
 
-    async def set_recording(self, camera: Camera | str, enabled: bool, record_path: str | None = None,
-                            record_format: str = "fmp4", segment_seconds: float | None = None) -> None:
+    async def set_recording(
+        self,
+        camera: Camera | str,
+        enabled: bool,
+        record_path: str | None = None,
+        record_format: str = "fmp4",
+        segment_seconds: float | None = None,
+    ) -> None:
         """Turn MediaMTX's recorder on or off for a camera's path.
 
         Besides :func:`record_conf`'s fields, turning it on sets

@@ -78,8 +78,12 @@ def _integer(params: Params, name: str, low: int, high: int | None, default: int
     if value is None:
         return default
     # Not finite: 1e400 parses as infinity, which int() cannot convert.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, float) and not math.isfinite(value)) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+        or value != int(value)
+    ):
         raise invalid_params(f"'{name}' must be an integer", name)
     value = int(value)
     if value < low or (high is not None and value > high):
@@ -195,8 +199,12 @@ def take_snapshot(params: Any) -> Params:
     return {"device": device, "filename": filename, "format": fmt}
 
 
-_DURATIONS = {"duration_seconds": (1, 86400, 1), "duration_minutes": (1, 1440, 60),
-              "duration_hours": (1, 24, 3600), "duration": (1, 86400, 1)}
+_DURATIONS = {
+    "duration_seconds": (1, 86400, 1),
+    "duration_minutes": (1, 1440, 60),
+    "duration_hours": (1, 24, 3600),
+    "duration": (1, 86400, 1),
+}
 
 
 def start_recording(params: Any) -> Params:
@@ -251,38 +259,40 @@ def retention_policy(params: Any) -> Params:
         raise invalid_params("'max_age_days' is required for an age policy", "max_age_days")
     if policy_type == "size" and enabled and max_size_gb is None:
         raise invalid_params("'max_size_gb' is required for a size policy", "max_size_gb")
-    return {"policy_type": policy_type, "enabled": enabled,
-            "max_age_days": max_age_days, "max_size_gb": max_size_gb}
+    return {"policy_type": policy_type, "enabled": enabled, "max_age_days": max_age_days, "max_size_gb": max_size_gb}
 
 
 # --- the table ------------------------------------------------------------------
 
 _M = Method
-METHODS: dict[str, Method] = {m.name: m for m in (
-    _M("ping", None, GATEWAY, no_params),
-    _M("authenticate", None, GATEWAY, authenticate),
-    _M("get_camera_list", "viewer", GATEWAY, no_params),
-    _M("get_camera_status", "viewer", GATEWAY, device_only),
-    _M("get_camera_capabilities", "viewer", DISCOVERY, device_only),
-    _M("get_streams", "viewer", DISCOVERY, no_params),
-    _M("list_recordings", "viewer", FILES, list_files),
-    _M("list_snapshots", "viewer", FILES, list_files),
-    _M("get_recording_info", "viewer", FILES, filename_only),
-    _M("get_snapshot_info", "viewer", FILES, filename_only),
-    _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True)),
-    _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False)),
-    _M("get_server_info", "viewer", GATEWAY, no_params),
-    _M("take_snapshot", "operator", RECORDING, take_snapshot, idempotent=False, timeout=15.0),
-    _M("start_recording", "operator", RECORDING, start_recording, idempotent=False, timeout=15.0),
-    _M("stop_recording", "operator", RECORDING, device_only, idempotent=False, timeout=15.0),
-    _M("delete_recording", "operator", FILES, filename_only, idempotent=False),
-    _M("delete_snapshot", "operator", FILES, filename_only, idempotent=False),
-    _M("get_metrics", "admin", GATEWAY, no_params),
-    _M("get_status", "admin", GATEWAY, no_params),
-    _M("get_storage_info", "admin", FILES, no_params),
-    _M("set_retention_policy", "admin", FILES, retention_policy, idempotent=False),
-    _M("cleanup_old_files", "admin", FILES, no_params, idempotent=False, timeout=60.0),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        _M("ping", None, GATEWAY, no_params),
+        _M("authenticate", None, GATEWAY, authenticate),
+        _M("get_camera_list", "viewer", GATEWAY, no_params),
+        _M("get_camera_status", "viewer", GATEWAY, device_only),
+        _M("get_camera_capabilities", "viewer", DISCOVERY, device_only),
+        _M("get_streams", "viewer", DISCOVERY, no_params),
+        _M("list_recordings", "viewer", FILES, list_files),
+        _M("list_snapshots", "viewer", FILES, list_files),
+        _M("get_recording_info", "viewer", FILES, filename_only),
+        _M("get_snapshot_info", "viewer", FILES, filename_only),
+        _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True)),
+        _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False)),
+        _M("get_server_info", "viewer", GATEWAY, no_params),
+        _M("take_snapshot", "operator", RECORDING, take_snapshot, idempotent=False, timeout=15.0),
+        _M("start_recording", "operator", RECORDING, start_recording, idempotent=False, timeout=15.0),
+        _M("stop_recording", "operator", RECORDING, device_only, idempotent=False, timeout=15.0),
+        _M("delete_recording", "operator", FILES, filename_only, idempotent=False),
+        _M("delete_snapshot", "operator", FILES, filename_only, idempotent=False),
+        _M("get_metrics", "admin", GATEWAY, no_params),
+        _M("get_status", "admin", GATEWAY, no_params),
+        _M("get_storage_info", "admin", FILES, no_params),
+        _M("set_retention_policy", "admin", FILES, retention_policy, idempotent=False),
+        _M("cleanup_old_files", "admin", FILES, no_params, idempotent=False, timeout=60.0),
+    )
+}
 
 
 def role_allows(have: str | None, required: str | None) -> bool:

@@ -22,10 +22,10 @@ except (OSError, AttributeError):  # not Linux/glibc: the parent-pid watchdogs s
     _prctl = None
 
 ROLES = {
-    "gateway": "gateway.server:main",
-    "discovery": "workers.discovery.worker:main",
-    "recording": "workers.recording.worker:main",
-    "files": "workers.files.worker:main",
+    "gateway": "camservice.gateway.server:main",
+    "discovery": "camservice.workers.discovery.worker:main",
+    "recording": "camservice.workers.recording.worker:main",
+    "files": "camservice.workers.files.worker:main",
 }
 
 

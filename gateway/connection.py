@@ -266,7 +266,7 @@ class Connection(asyncio.Protocol):
                 break  # too large (the protocol refuses it below), or not all here yet
             first = buffer[position]
             if (first == 0x81 or first == 0x82) and buffer[position + 1] & 0x80 and not self._fragments:
-                self._deliver(apply_mask(buffer[start:end], buffer[start - 4:start]), first == 0x81)
+                self._deliver(apply_mask(buffer[start:end], buffer[start - 4 : start]), first == 0x81)
             else:
                 self._receive(buffer[position:end])
             position = end
@@ -385,7 +385,7 @@ class Connection(asyncio.Protocol):
             return
         eof = SEND_EOF in writes  # half-close after what comes before it; nothing can follow it
         if eof:
-            del writes[writes.index(SEND_EOF):]
+            del writes[writes.index(SEND_EOF) :]
         if writes:
             self.transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
         if eof:
@@ -428,12 +428,12 @@ def next_frame(buffer: bytes | bytearray, position: int) -> tuple[int, int, int]
         header = 4
         if available < header:
             return None
-        length = int.from_bytes(buffer[position + 2:position + 4], "big")
+        length = int.from_bytes(buffer[position + 2 : position + 4], "big")
     elif length == 127:
         header = 10
         if available < header:
             return None
-        length = int.from_bytes(buffer[position + 2:position + 10], "big")
+        length = int.from_bytes(buffer[position + 2 : position + 10], "big")
     if second & 0x80:
         header += 4
     if available < header:

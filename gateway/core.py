@@ -22,8 +22,15 @@ import structlog
 from camservice import __version__, jsonrpc
 from camservice.auth import Authenticator, authenticate_result
 from camservice.cameras import CameraTable
-from camservice.errors import (AUTH_REQUIRED, INTERNAL_ERROR, PERMISSION_DENIED,
-                               RATE_LIMITED, METHOD_NOT_FOUND, RpcError, camera_not_found)
+from camservice.errors import (
+    AUTH_REQUIRED,
+    INTERNAL_ERROR,
+    PERMISSION_DENIED,
+    RATE_LIMITED,
+    METHOD_NOT_FOUND,
+    RpcError,
+    camera_not_found,
+)
 from camservice.methods import GATEWAY, METHODS, WORKER_KINDS, Method, role_allows
 from camservice.ratelimit import AuthFailureThrottle, RateLimiter, TokenBucket
 
@@ -41,8 +48,18 @@ Reply = Callable[[dict | None], None]
 #: Returned by :meth:`Gateway.handle` when the answer will come through ``reply``.
 PENDING = object()
 
-CAPABILITIES = ["camera_discovery", "hot_plug_events", "snapshots", "recordings", "segmented_recordings",
-                "file_management", "retention", "jwt_auth", "api_keys", "event_subscriptions"]
+CAPABILITIES = [
+    "camera_discovery",
+    "hot_plug_events",
+    "snapshots",
+    "recordings",
+    "segmented_recordings",
+    "file_management",
+    "retention",
+    "jwt_auth",
+    "api_keys",
+    "event_subscriptions",
+]
 
 
 class Gateway:
@@ -69,8 +86,10 @@ class Gateway:
         self.workers_alive: Callable[[], dict[str, int]] = lambda: {k: 0 for k in WORKER_KINDS}
         # ffmpeg is found at start or nothing works; MediaMTX reports itself (_media_status).
         self.media_status: dict[str, Any] = (
-            {"state": "running", "backend": "ffmpeg"} if config.media.backend == "ffmpeg"
-            else {"state": "unknown", "backend": "mediamtx"})
+            {"state": "running", "backend": "ffmpeg"}
+            if config.media.backend == "ffmpeg"
+            else {"state": "unknown", "backend": "mediamtx"}
+        )
 
     # --- sessions -------------------------------------------------------------------
 
@@ -140,8 +159,9 @@ class Gateway:
         now = time.time()
         wait = self.auth_failures.blocked(session.peer, now)
         if wait:
-            raise RpcError(RATE_LIMITED, data={"reason": "too many failed authentications",
-                                               "retry_after_ms": int(wait * 1000) + 1})
+            raise RpcError(
+                RATE_LIMITED, data={"reason": "too many failed authentications", "retry_after_ms": int(wait * 1000) + 1}
+            )
         if not isinstance(token, str) or not token:
             raise RpcError(AUTH_REQUIRED, data={"reason": "auth_token must be a non-empty string"})
         try:
@@ -162,8 +182,9 @@ class Gateway:
         if wait:
             raise RpcError(RATE_LIMITED, data={"retry_after_ms": int(wait * 1000) + 1})
 
-    def _forward(self, session: Session, call: jsonrpc.Call, method: Method, params: dict,
-                 identity, reply: Reply, started: float) -> None:
+    def _forward(
+        self, session: Session, call: jsonrpc.Call, method: Method, params: dict, identity, reply: Reply, started: float
+    ) -> None:
         request_id = f"g{self.index}-{next(self.request_ids)}"
         caller = identity.caller() if identity is not None else {}
         call_id = call.id
@@ -205,9 +226,13 @@ class Gateway:
         if name == "unsubscribe_events":
             return {"unsubscribed": session.unsubscribe(params["topics"])}
         if name == "get_server_info":
-            return {"name": "camservice", "version": __version__, "capabilities": CAPABILITIES,
-                    "supported_formats": ["mp4", "mkv", "jpg", "png"],
-                    "max_cameras": self.config.cameras.max_cameras}
+            return {
+                "name": "camservice",
+                "version": __version__,
+                "capabilities": CAPABILITIES,
+                "supported_formats": ["mp4", "mkv", "jpg", "png"],
+                "max_cameras": self.config.cameras.max_cameras,
+            }
         if name == "get_status":
             return self.status()
         if name == "get_metrics":
@@ -233,12 +258,21 @@ class Gateway:
             overall = "degraded"
         else:
             overall = "healthy"
-        return {"status": overall, "uptime": round(time.time() - self.started, 3),
-                "version": __version__, "components": components}
+        return {
+            "status": overall,
+            "uptime": round(time.time() - self.started, 3),
+            "version": __version__,
+            "components": components,
+        }
 
     def own_counters(self) -> dict[str, Any]:
-        return {"connections": len(self.sessions), "requests": self.stats.total,
-                "errors": self.stats.errors, "latency_sum": self.stats.latency_sum, "pid": os.getpid()}
+        return {
+            "connections": len(self.sessions),
+            "requests": self.stats.total,
+            "errors": self.stats.errors,
+            "latency_sum": self.stats.latency_sum,
+            "pid": os.getpid(),
+        }
 
     def metrics(self) -> dict[str, Any]:
         counters = dict(self.gateway_stats)
@@ -253,8 +287,16 @@ class Gateway:
             "error_rate": round(errors / requests, 6) if requests else 0.0,
             "memory_usage": self.host_stats.get("memory_percent", 0.0),
             "cpu_usage": self.host_stats.get("cpu_percent", 0.0),
-            "processes": [{"name": p["name"], "pid": p["pid"], "cpu_percent": p["cpu_percent"],
-                           "rss_bytes": p["rss_bytes"], "restarts": p["restarts"]} for p in self.processes],
+            "processes": [
+                {
+                    "name": p["name"],
+                    "pid": p["pid"],
+                    "cpu_percent": p["cpu_percent"],
+                    "rss_bytes": p["rss_bytes"],
+                    "restarts": p["restarts"],
+                }
+                for p in self.processes
+            ],
         }
 
     def ready(self) -> bool:

@@ -8,7 +8,7 @@ Subscribes to every topic on the supervisor's event proxy and
   a sequence gap or a new discovery process triggers a fresh snapshot (PUB/SUB
   drops messages for late joiners and at the high-water mark);
 * fans client notifications out to the connections that want them, encoding
-  each message once (:func:`gateway.connection.broadcast` writes without awaiting);
+  each message once (:func:`camservice.gateway.connection.broadcast` writes without awaiting);
 * records the supervisor's process samples and exits (an exited worker's
   calls are failed over at once instead of waiting for missed heartbeats).
 """
@@ -132,8 +132,9 @@ class EventRelay:
         if self._snapshot_pending:
             return
         self._snapshot_pending = True
-        self.pool.call("discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot",
-                       {}, True, self._on_snapshot)
+        self.pool.call(
+            "discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot", {}, True, self._on_snapshot
+        )
 
     def _on_snapshot(self, error: dict | None, result: Any) -> None:
         self._snapshot_pending = False
@@ -166,8 +167,11 @@ class EventRelay:
         # its API key is revoked): a connection that makes no further call
         # would otherwise keep hearing events with a dead credential.
         still_valid = self.gateway.auth.still_valid
-        recipients = [s.connection for s in self.gateway.sessions
-                      if s.connection is not None and s.wants(topic) and still_valid(s.identity)]
+        recipients = [
+            s.connection
+            for s in self.gateway.sessions
+            if s.connection is not None and s.wants(topic) and still_valid(s.identity)
+        ]
         if not recipients:
             return
         broadcast(recipients, jsonrpc.encode(jsonrpc.notification(topic, params)))

@@ -33,8 +33,10 @@ def health(gateway: Gateway, which: str) -> HttpResponse:
         return _json(200, {"status": "healthy", "timestamp": now, "details": {"process": "gateway"}})
     if which == "ready":
         ready = gateway.ready()
-        return _json(200 if ready else 503, {"status": "healthy" if ready else "unhealthy", "timestamp": now,
-                                             "components": gateway.components()})
+        return _json(
+            200 if ready else 503,
+            {"status": "healthy" if ready else "unhealthy", "timestamp": now, "components": gateway.components()},
+        )
     if which == "system":
         status = gateway.status()
         code = 200 if status["status"] in ("healthy", "degraded") else 503
@@ -45,36 +47,53 @@ def health(gateway: Gateway, which: str) -> HttpResponse:
         state = "healthy" if loaded else "unhealthy"
         if loaded and listing["total"] and listing["connected"] < listing["total"]:
             state = "degraded"
-        return _json(200 if loaded else 503, {"status": state, "timestamp": now, "details": {
-            "total": listing["total"], "connected": listing["connected"],
-            "cameras": {c["id"]: c["status"] for c in listing["cameras"]}}})
+        return _json(
+            200 if loaded else 503,
+            {
+                "status": state,
+                "timestamp": now,
+                "details": {
+                    "total": listing["total"],
+                    "connected": listing["connected"],
+                    "cameras": {c["id"]: c["status"] for c in listing["cameras"]},
+                },
+            },
+        )
     if which == "mediamtx":
         media = dict(gateway.media_status)
         backend = gateway.config.media.backend
         if backend != "mediamtx":
-            return _json(200, {"status": "healthy", "timestamp": now,
-                               "details": {"backend": backend, "mediamtx": "not used"}})
+            return _json(
+                200, {"status": "healthy", "timestamp": now, "details": {"backend": backend, "mediamtx": "not used"}}
+            )
         up = media.get("state") == "running"
-        return _json(200 if up else 503, {"status": "healthy" if up else "unhealthy", "timestamp": now,
-                                          "details": {"backend": backend, "state": media.get("state", "unknown")}})
+        return _json(
+            200 if up else 503,
+            {
+                "status": "healthy" if up else "unhealthy",
+                "timestamp": now,
+                "details": {"backend": backend, "state": media.get("state", "unknown")},
+            },
+        )
     return _json(404, {"error": "unknown health check"})
 
 
 def _without_port(host: str) -> str:
     """``example:8002`` -> ``example``; ``[::1]:8002`` and ``[::1]`` -> ``[::1]``."""
     if host.startswith("["):
-        return host[:host.find("]") + 1] or host
+        return host[: host.find("]") + 1] or host
     return host.rsplit(":", 1)[0]
 
 
-def route(gateway: Gateway, path: str, host_header: str | None, scheme: str,
-          metrics: Callable[[], tuple[bytes, str]] | None) -> HttpResponse | None:
+def route(
+    gateway: Gateway, path: str, host_header: str | None, scheme: str, metrics: Callable[[], tuple[bytes, str]] | None
+) -> HttpResponse | None:
     """The response for a plain HTTP request, or None to go on with the WebSocket handshake."""
     target = urlsplit(path)
     if target.path == "/ws":
         return None
     if target.path.startswith("/health/"):
-        return health(gateway, target.path[len("/health/"):])
+        return health(gateway, target.path[len("/health/") :])
     if target.path == "/metrics" and metrics is not None:
         body, content_type = metrics()
         return 200, content_type, body, {}

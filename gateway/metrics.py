@@ -11,7 +11,7 @@ one answer has to cover the supervisor, every gateway and every worker.
   the right moments, takes a lock and a label lookup per increment, and still
   knows nothing of the supervisor's psutil samples. Instead every process
   sends its numbers over the event bus it already has.
-* **Hot path.** :class:`~gateway.stats.RequestStats` already counts requests
+* **Hot path.** :class:`~camservice.gateway.stats.RequestStats` already counts requests
   by (method, code). :meth:`LocalMetrics.observe_request`, installed as its
   ``observer``, adds the latency histogram: one dict lookup, one ``bisect``
   into fixed bounds, two float/int additions on a plain list. Notifications
@@ -72,8 +72,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -88,8 +87,29 @@ log = structlog.get_logger("gateway.metrics")
 #: calls) and exact at the alert thresholds 0.2, 1 and 4 s, where
 #: ``histogram_quantile`` must not interpolate across a wide bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.0002, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
-    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0, 6.0, 10.0)
+    0.0001,
+    0.0002,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.0,
+    4.0,
+    6.0,
+    10.0,
+)
 #: Suggested bounds for the recording worker's ``snapshot_seconds``.
 SNAPSHOT_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 #: Suggested bounds for the recording worker's ``recording_seconds``.
@@ -132,8 +152,9 @@ class LocalMetrics:
         self.notifications: dict[str, int] = {}
         self.delivery = Histogram()
 
-    def observe_request(self, method: str, code: int, seconds: float,
-                        _bisect=bisect_left, _bounds=LATENCY_BUCKETS) -> None:
+    def observe_request(
+        self, method: str, code: int, seconds: float, _bisect=bisect_left, _bounds=LATENCY_BUCKETS
+    ) -> None:
         """``RequestStats.observer``: called once per request, so kept to the bare minimum.
 
         ``method`` is bounded: the gateway records unknown names as ``"unknown"``.
@@ -171,8 +192,13 @@ class StorageProbe:
     would wait for a stuck ``statvfs`` and keep the gateway from exiting.
     """
 
-    def __init__(self, folders: dict[str, Path], max_age: float = 5.0, timeout: float = 1.0,
-                 disk_usage: Callable[[Path], Any] = shutil.disk_usage):
+    def __init__(
+        self,
+        folders: dict[str, Path],
+        max_age: float = 5.0,
+        timeout: float = 1.0,
+        disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+    ):
         self.folders = folders
         self.max_age = max_age
         self.timeout = timeout
@@ -203,8 +229,7 @@ class StorageProbe:
             return
         if self._running is None or self._running.is_set():
             self._running = threading.Event()
-            threading.Thread(target=self._measure, args=(self._running,), name="storage-probe",
-                             daemon=True).start()
+            threading.Thread(target=self._measure, args=(self._running,), name="storage-probe", daemon=True).start()
         finished = self._running
         deadline = time.monotonic() + self.timeout
         # Polling a threading.Event keeps the loop free and needs no loop
@@ -268,8 +293,9 @@ class MetricsExporter:
         self.published: dict[str, Any] | None = None
         #: Latest ``_worker_stats`` data by process name, with ``"time"`` of arrival.
         self.workers: dict[str, dict[str, Any]] = {}
-        self.storage = storage or StorageProbe({"recordings": self.config.recordings_dir,
-                                                "snapshots": self.config.snapshots_dir})
+        self.storage = storage or StorageProbe(
+            {"recordings": self.config.recordings_dir, "snapshots": self.config.snapshots_dir}
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ServiceCollector(self))
 
@@ -408,23 +434,38 @@ class ServiceCollector(Collector):
 
     @staticmethod
     def _gateways(views: dict[int, dict[str, Any]]) -> Iterator:
-        requests = _counter("camservice_requests", "JSON-RPC requests answered, by method and result "
-                            "code (0 = success, else the JSON-RPC error code).", ["gateway", "method", "code"])
-        latency = HistogramMetricFamily("camservice_request_duration_seconds",
-                                        "Time from a request's arrival to its answer, by method.",
-                                        labels=["gateway", "method"])
+        requests = _counter(
+            "camservice_requests",
+            "JSON-RPC requests answered, by method and result code (0 = success, else the JSON-RPC error code).",
+            ["gateway", "method", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "camservice_request_duration_seconds",
+            "Time from a request's arrival to its answer, by method.",
+            labels=["gateway", "method"],
+        )
         connections = _gauge("camservice_open_connections", "Open WebSocket connections.", ["gateway"])
-        in_flight = _gauge("camservice_requests_in_flight", "Requests sent to workers and not answered yet.",
-                           ["gateway"])
-        notifications = _counter("camservice_notifications_sent", "Notifications sent to clients "
-                                 "(one per receiving connection), by topic.", ["gateway", "topic"])
-        delivery = HistogramMetricFamily("camservice_notification_delivery_seconds",
-                                         "Time from an event's publication to the notification's send.",
-                                         labels=["gateway"])
-        timeouts = _counter("camservice_worker_request_timeouts", "Requests a worker did not answer "
-                            "within their deadline (-32011), by worker kind.", ["gateway", "kind"])
-        queued = _gauge("camservice_worker_queue_depth", "Requests waiting for a free worker, by kind.",
-                        ["gateway", "kind"])
+        in_flight = _gauge(
+            "camservice_requests_in_flight", "Requests sent to workers and not answered yet.", ["gateway"]
+        )
+        notifications = _counter(
+            "camservice_notifications_sent",
+            "Notifications sent to clients (one per receiving connection), by topic.",
+            ["gateway", "topic"],
+        )
+        delivery = HistogramMetricFamily(
+            "camservice_notification_delivery_seconds",
+            "Time from an event's publication to the notification's send.",
+            labels=["gateway"],
+        )
+        timeouts = _counter(
+            "camservice_worker_request_timeouts",
+            "Requests a worker did not answer within their deadline (-32011), by worker kind.",
+            ["gateway", "kind"],
+        )
+        queued = _gauge(
+            "camservice_worker_queue_depth", "Requests waiting for a free worker, by kind.", ["gateway", "kind"]
+        )
         alive = _gauge("camservice_workers_alive", "Workers sending heartbeats, by kind.", ["gateway", "kind"])
         losses = _counter("camservice_worker_losses", "Workers lost (missed heartbeats or exit).", ["gateway"])
         for index, report in sorted(views.items()):
@@ -447,24 +488,31 @@ class ServiceCollector(Collector):
                 queued.add_metric([g, kind], report.get("queue_depth", {}).get(kind, 0))
                 alive.add_metric([g, kind], report.get("workers_alive", {}).get(kind, 0))
             losses.add_metric([g], report.get("worker_losses", 0))
-        yield from (requests, latency, connections, in_flight, notifications, delivery, timeouts, queued,
-                    alive, losses)
+        yield from (requests, latency, connections, in_flight, notifications, delivery, timeouts, queued, alive, losses)
 
     # --- supervisor's samples ------------------------------------------------------------------
 
     @staticmethod
     def _processes(rows: list[dict[str, Any]]) -> Iterator:
         labels = ["process", "role"]
-        up = _gauge("camservice_process_up", "1 while the process runs, 0 while it is restarting, "
-                    "stopped or given up on.", labels)
+        up = _gauge(
+            "camservice_process_up",
+            "1 while the process runs, 0 while it is restarting, stopped or given up on.",
+            labels,
+        )
         cpu = _counter("camservice_process_cpu_seconds", "CPU time (user + system) of the process.", labels)
         rss = _gauge("camservice_process_resident_memory_bytes", "Resident memory of the process.", labels)
-        child_cpu = _gauge("camservice_process_children_cpu_seconds", "CPU time of the process's live "
-                           "children (ffmpeg); drops when a child exits.", labels)
-        child_rss = _gauge("camservice_process_children_resident_memory_bytes",
-                           "Resident memory of the process's children (ffmpeg).", labels)
-        restarts = _counter("camservice_process_restarts", "Restarts by the supervisor since it started.",
-                            labels)
+        child_cpu = _gauge(
+            "camservice_process_children_cpu_seconds",
+            "CPU time of the process's live children (ffmpeg); drops when a child exits.",
+            labels,
+        )
+        child_rss = _gauge(
+            "camservice_process_children_resident_memory_bytes",
+            "Resident memory of the process's children (ffmpeg).",
+            labels,
+        )
+        restarts = _counter("camservice_process_restarts", "Restarts by the supervisor since it started.", labels)
         uptime = _gauge("camservice_process_uptime_seconds", "Seconds since the process (re)started.", labels)
         for row in rows:
             key = [str(row.get("name")), str(row.get("role"))]
@@ -502,8 +550,7 @@ class ServiceCollector(Collector):
         if "net_bytes_sent" in host:
             sent = _counter("camservice_host_network_transmit_bytes", "Bytes sent by every host interface.")
             sent.add_metric([], host["net_bytes_sent"])
-            received = _counter("camservice_host_network_receive_bytes",
-                                "Bytes received by every host interface.")
+            received = _counter("camservice_host_network_receive_bytes", "Bytes received by every host interface.")
             received.add_metric([], host.get("net_bytes_recv", 0))
             yield from (sent, received)
 
@@ -511,8 +558,9 @@ class ServiceCollector(Collector):
 
     @staticmethod
     def _workers(reports: list[dict[str, Any]]) -> Iterator:
-        in_flight = _gauge("camservice_worker_requests_in_flight", "Requests a worker is handling.",
-                           ["process", "kind"])
+        in_flight = _gauge(
+            "camservice_worker_requests_in_flight", "Requests a worker is handling.", ["process", "kind"]
+        )
         for report in sorted(reports, key=lambda r: r["name"]):
             in_flight.add_metric([report["name"], str(report.get("kind"))], report.get("in_flight", 0))
         yield in_flight
@@ -520,18 +568,19 @@ class ServiceCollector(Collector):
     @staticmethod
     def _storage(usage: dict[str, tuple[int, int, int]], files: dict[str, Any]) -> Iterator:
         labels = ["folder"]
-        capacity = _gauge("camservice_storage_capacity_bytes", "Size of the file system holding the folder.",
-                          labels)
+        capacity = _gauge("camservice_storage_capacity_bytes", "Size of the file system holding the folder.", labels)
         used = _gauge("camservice_storage_used_bytes", "Bytes used on the folder's file system.", labels)
-        available = _gauge("camservice_storage_available_bytes", "Bytes available to the service on the "
-                           "folder's file system (root's reserve excluded, like df).", labels)
+        available = _gauge(
+            "camservice_storage_available_bytes",
+            "Bytes available to the service on the folder's file system (root's reserve excluded, like df).",
+            labels,
+        )
         for folder, (total, in_use, free) in sorted(usage.items()):
             capacity.add_metric([folder], total)
             used.add_metric([folder], in_use)
             available.add_metric([folder], free)
         yield from (capacity, used, available)
-        content = _gauge("camservice_storage_content_bytes", "Bytes of the service's files in the folder.",
-                         labels)
+        content = _gauge("camservice_storage_content_bytes", "Bytes of the service's files in the folder.", labels)
         count = _gauge("camservice_storage_files", "Files in the folder.", labels)
         for folder in ("recordings", "snapshots"):
             size, files_in = _number(files.get(f"{folder}_bytes")), _number(files.get(f"{folder}_files"))
@@ -564,8 +613,9 @@ class ServiceCollector(Collector):
     @staticmethod
     def _recording(stats: dict[str, Any]) -> Iterator:
         for key, name, doc in (
-                ("snapshot_seconds", "camservice_snapshot_duration_seconds", "Time taken to take a snapshot."),
-                ("recording_seconds", "camservice_recording_duration_seconds", "Length of finished recordings.")):
+            ("snapshot_seconds", "camservice_snapshot_duration_seconds", "Time taken to take a snapshot."),
+            ("recording_seconds", "camservice_recording_duration_seconds", "Length of finished recordings."),
+        ):
             parsed = _histogram_buckets(stats.get(key))
             if parsed is not None:
                 family = HistogramMetricFamily(name, doc, labels=[])
@@ -600,7 +650,7 @@ class ServiceCollector(Collector):
 
 
 def attach(server) -> MetricsExporter | None:
-    """Install metrics on a :class:`~gateway.server.GatewayServer`; None when ``metrics.enabled`` is off.
+    """Install metrics on a :class:`~camservice.gateway.server.GatewayServer`; None when ``metrics.enabled`` is off.
 
     Wraps rather than edits: ``server.process_request`` (``/metrics``, with
     the request headers for ``security.metrics_require_auth``, answered by a
@@ -629,6 +679,7 @@ def attach(server) -> MetricsExporter | None:
 
         async def answer():
             return server._response(*await exporter.respond(peer, request.headers))
+
         return answer()
 
     server.process_request = process_request

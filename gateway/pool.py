@@ -77,8 +77,9 @@ class PendingCall:
 
 
 class WorkerPool:
-    def __init__(self, ctx: zmq.Context, endpoint: str, heartbeat_interval: float,
-                 liveness: int, max_queue: int = 50_000):
+    def __init__(
+        self, ctx: zmq.Context, endpoint: str, heartbeat_interval: float, liveness: int, max_queue: int = 50_000
+    ):
         self.endpoint = endpoint
         self.socket = comms.router(ctx)
         self.heartbeat_timeout = heartbeat_interval * liveness
@@ -123,8 +124,17 @@ class WorkerPool:
 
     # --- calls ---------------------------------------------------------------------
 
-    def call(self, kind: str, method: str, params: dict, timeout: float, request_id: str,
-             caller: dict, idempotent: bool, callback: ReplyCallback) -> None:
+    def call(
+        self,
+        kind: str,
+        method: str,
+        params: dict,
+        timeout: float,
+        request_id: str,
+        caller: dict,
+        idempotent: bool,
+        callback: ReplyCallback,
+    ) -> None:
         """Send ``method`` to a worker of ``kind``; ``callback`` gets the answer."""
         if self._kind_down(kind):
             callback(RpcError(SERVICE_BUSY, data={"reason": f"no {kind} worker is running"}).to_dict(), None)
@@ -145,8 +155,9 @@ class WorkerPool:
     def _kind_down(self, kind: str) -> bool:
         if kind not in self._kind_seen:
             return False
-        return time.monotonic() - self._kind_seen[kind] > self.heartbeat_timeout and \
-            not any(w.kind == kind and not w.draining for w in self.workers.values())
+        return time.monotonic() - self._kind_seen[kind] > self.heartbeat_timeout and not any(
+            w.kind == kind and not w.draining for w in self.workers.values()
+        )
 
     def _pick(self, kind: str, exclude: bytes | None = None) -> WorkerHandle | None:
         best = None
@@ -166,8 +177,10 @@ class WorkerPool:
         if worker is None:
             return False
         # Request(...).wire() without building the NamedTuple: this is the hot path.
-        self._queue(worker.identity, (Kind.REQUEST, call.seq, call.method, call.params, call.deadline,
-                                      call.request_id, call.caller))
+        self._queue(
+            worker.identity,
+            (Kind.REQUEST, call.seq, call.method, call.params, call.deadline, call.request_id, call.caller),
+        )
         now = time.monotonic()
         worker.in_flight.add(call.seq)
         worker.last_used = now
@@ -342,9 +355,16 @@ class WorkerPool:
                 self.queues[call.kind].appendleft(call)  # waits for the restarted worker
                 continue
             self.pending.pop(seq, None)
-            call.callback(RpcError(SERVICE_BUSY, data={
-                "reason": f"the {call.kind} worker exited while handling the request; "
-                          "it may or may not have taken effect"}).to_dict(), None)
+            call.callback(
+                RpcError(
+                    SERVICE_BUSY,
+                    data={
+                        "reason": f"the {call.kind} worker exited while handling the request; "
+                        "it may or may not have taken effect"
+                    },
+                ).to_dict(),
+                None,
+            )
 
     def _fail(self, call: PendingCall, reason: str) -> None:
         if self.pending.pop(call.seq, None) is not None:

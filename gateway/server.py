@@ -1,9 +1,9 @@
 """The gateway process: WebSocket JSON-RPC server in front of the workers.
 
-Wires together the pieces: :class:`~gateway.core.Gateway` (checks and
-gateway-local methods), :class:`~gateway.pool.WorkerPool` (ZeroMQ ROUTER to
-the workers), :class:`~gateway.events.EventRelay` (replica and notifications)
-and the WebSocket connections (:mod:`gateway.connection`), which hand every
+Wires together the pieces: :class:`~camservice.gateway.core.Gateway` (checks and
+gateway-local methods), :class:`~camservice.gateway.pool.WorkerPool` (ZeroMQ ROUTER to
+the workers), :class:`~camservice.gateway.events.EventRelay` (replica and notifications)
+and the WebSocket connections (:mod:`camservice.gateway.connection`), which hand every
 message to :meth:`GatewayServer.message_received` synchronously. Several
 gateway processes share one port with ``SO_REUSEPORT``; the kernel spreads
 connections over them.
@@ -48,16 +48,23 @@ class GatewayServer:
         self.index = index
         self.endpoints = comms.Endpoints.from_config(config)
         self.ctx = zmq.Context()
-        self.pool = WorkerPool(self.ctx, self.endpoints.gateways[index], config.runtime.heartbeat_interval,
-                               config.runtime.heartbeat_liveness)
+        self.pool = WorkerPool(
+            self.ctx,
+            self.endpoints.gateways[index],
+            config.runtime.heartbeat_interval,
+            config.runtime.heartbeat_liveness,
+        )
         self.gateway = Gateway(config, self.pool.call, index)
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
         self.metrics_renderer = None  # set by gateway.metrics when enabled
         self.max_batch = config.server.max_in_flight
-        self.limits = Limits(max_size=config.server.max_frame_bytes, write_limit=WRITE_BUFFER_LIMIT,
-                             slow_client_timeout=SLOW_CLIENT_TIMEOUT)
+        self.limits = Limits(
+            max_size=config.server.max_frame_bytes,
+            write_limit=WRITE_BUFFER_LIMIT,
+            slow_client_timeout=SLOW_CLIENT_TIMEOUT,
+        )
         #: Every TCP connection, from accept to close (handshake included).
         self.connections: set[Connection] = set()
         self._stop = asyncio.Event()
@@ -82,8 +89,9 @@ class GatewayServer:
 
     @staticmethod
     def _response(status: int, content_type: str, body: bytes, extra: dict[str, str]) -> Response:
-        headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
-                           "Connection": "close", **extra})
+        headers = Headers(
+            {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close", **extra}
+        )
         return Response(status, HTTPStatus(status).phrase, headers, body)
 
     # --- WebSocket (gateway.connection.Handler) ------------------------------------------
@@ -111,6 +119,7 @@ class GatewayServer:
         if isinstance(item, dict):
             response = item
         else:
+
             def reply(message: dict | None) -> None:
                 if message is not None:
                     connection.send(jsonrpc.encode(message))
@@ -136,6 +145,7 @@ class GatewayServer:
                 waiting[0] -= 1
                 if finished[0] and waiting[0] == 0:
                     flush()
+
             return fill
 
         for position, item in enumerate(frame.items):
@@ -164,13 +174,30 @@ class GatewayServer:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls.load_cert_chain(self.config.server.tls.cert_file, self.config.server.tls.key_file)
         self._server = await loop.create_server(
-            lambda: Connection(self, self.limits), self.config.server.host, self.config.server.port,
-            ssl=tls, reuse_port=True, backlog=LISTEN_BACKLOG)
-        logger.info("gateway_listening", host=self.config.server.host, port=self.config.server.port,
-                    pid=os.getpid(), tls=tls is not None)
-        background = [asyncio.ensure_future(c) for c in
-                      (self._sweep(), self._publish_stats(), self.events.resync_forever(),
-                       self._close_idle_unauthenticated(), self._keepalive())]
+            lambda: Connection(self, self.limits),
+            self.config.server.host,
+            self.config.server.port,
+            ssl=tls,
+            reuse_port=True,
+            backlog=LISTEN_BACKLOG,
+        )
+        logger.info(
+            "gateway_listening",
+            host=self.config.server.host,
+            port=self.config.server.port,
+            pid=os.getpid(),
+            tls=tls is not None,
+        )
+        background = [
+            asyncio.ensure_future(c)
+            for c in (
+                self._sweep(),
+                self._publish_stats(),
+                self.events.resync_forever(),
+                self._close_idle_unauthenticated(),
+                self._keepalive(),
+            )
+        ]
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -235,8 +262,12 @@ class GatewayServer:
 def main(index: int = 0) -> None:
     config = config_module.load()
     process.set_title(f"camservice: gateway {index}")
-    log.setup(f"gateway-{index}", config.state_dir / "logs", config.logging.level,
-              console=os.environ.get("CAMSERVICE_FOREGROUND") == "1")
+    log.setup(
+        f"gateway-{index}",
+        config.state_dir / "logs",
+        config.logging.level,
+        console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
+    )
     server = GatewayServer(config, index)
     try:
         from .metrics import attach

@@ -1,7 +1,7 @@
 """Per-connection state: who is calling, what they listen to, what they owe.
 
 A :class:`Session` is plain data plus small pure methods; the WebSocket layer
-(:mod:`gateway.server`) owns one per connection.
+(:mod:`camservice.gateway.server`) owns one per connection.
 """
 
 from __future__ import annotations

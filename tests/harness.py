@@ -72,11 +72,19 @@ class Service:
         return self.root / "state"
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "camservice.cli", *args], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "camservice.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"camservice {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-                                 f"\n--- logs ---\n{self.logs()}")
+            raise AssertionError(
+                f"camservice {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+                f"\n--- logs ---\n{self.logs()}"
+            )
         return proc
 
     def start(self) -> "Service":

@@ -26,8 +26,12 @@ SECRET = "s" * 64
 
 def make_config(tmp_path, secret: str | None = SECRET, **overrides):
     # tcp transport: pytest's tmp paths can exceed the ipc socket path limit.
-    values = {"runtime.state_dir": str(tmp_path / "state"), "runtime.transport": "tcp",
-              "security.jwt_secret": secret, **overrides}
+    values = {
+        "runtime.state_dir": str(tmp_path / "state"),
+        "runtime.transport": "tcp",
+        "security.jwt_secret": secret,
+        **overrides,
+    }
     return config.load(overrides=values, environ={})
 
 
@@ -163,8 +167,9 @@ def test_real_rs256_token(authn):
     assert "algorithm" in rejected(authn, token(claims(), secret=private, algorithm="RS256"))
 
 
-@pytest.mark.parametrize("garbage", ["x", "a.b", "a.b.c", "...", "eyJ.eyJ.sig", "Bearer abc",
-                                     "\x00\x01", "é.é.é", "a" * 9000])
+@pytest.mark.parametrize(
+    "garbage", ["x", "a.b", "a.b.c", "...", "eyJ.eyJ.sig", "Bearer abc", "\x00\x01", "é.é.é", "a" * 9000]
+)
 def test_malformed(authn, garbage):
     rejected(authn, garbage)
 
@@ -195,9 +200,19 @@ def test_arbitrary_text_never_crashes(shared_authn, text):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.sampled_from(["sub", "role", "exp", "iat", "nbf", "aud", "x"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                                 st.text(max_size=10), st.lists(st.integers(), max_size=2))))
+@given(
+    st.dictionaries(
+        st.sampled_from(["sub", "role", "exp", "iat", "nbf", "aud", "x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=10),
+            st.lists(st.integers(), max_size=2),
+        ),
+    )
+)
 def test_arbitrary_signed_claims_never_crash(shared_authn, payload):
     authn = shared_authn
     try:
@@ -296,8 +311,13 @@ def test_foreign_audience_refused(authn):
 def test_authenticate_result_for_jwt(authn):
     identity = authn.authenticate(token(claims(role="viewer", exp=1_700_000_060)))
     result = auth.authenticate_result(identity)
-    assert result == {"authenticated": True, "role": "viewer", "permissions": methods.permissions("viewer"),
-                      "expires_at": "2023-11-14T22:14:20Z", "session_id": identity.session_id}
+    assert result == {
+        "authenticated": True,
+        "role": "viewer",
+        "permissions": methods.permissions("viewer"),
+        "expires_at": "2023-11-14T22:14:20Z",
+        "session_id": identity.session_id,
+    }
     assert "take_snapshot" not in result["permissions"] and "get_camera_list" in result["permissions"]
 
 
@@ -325,13 +345,16 @@ def test_http_without_credentials(authn):
     assert authn.authenticate_http({"Accept": "*/*"}) is None
 
 
-@pytest.mark.parametrize("headers", [
-    {"Authorization": "Basic YWxpY2U6cHc="},
-    {"Authorization": "Bearer"},
-    {"Authorization": "Bearer not-a-token"},
-    {"X-API-Key": ""},
-    {"X-API-Key": "csk_nope"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Basic YWxpY2U6cHc="},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer not-a-token"},
+        {"X-API-Key": ""},
+        {"X-API-Key": "csk_nope"},
+    ],
+)
 def test_http_bad_credentials_raise(authn, headers):
     with pytest.raises(RpcError) as info:
         authn.authenticate_http(headers)
@@ -362,8 +385,13 @@ def test_api_key_lifecycle(authn):
     name, key = authn.keys.create("operator", "door")
     assert re.fullmatch(r"csk_[A-Za-z0-9_-]{43}", key)
     identity = authn.authenticate(key)
-    assert (identity.subject, identity.role, identity.kind, identity.key_name, identity.expires_at) == \
-        ("door", "operator", "api_key", "door", None)
+    assert (identity.subject, identity.role, identity.kind, identity.key_name, identity.expires_at) == (
+        "door",
+        "operator",
+        "api_key",
+        "door",
+        None,
+    )
     assert authn.still_valid(identity)
     assert authn.keys.revoke("door") is True
     assert authn.keys.revoke("door") is False
@@ -491,8 +519,10 @@ def test_configured_secret_wins(tmp_path):
 
 
 def test_secret_from_environment(tmp_path):
-    cfg = config.load(overrides={"runtime.state_dir": str(tmp_path), "runtime.transport": "tcp"},
-                      environ={"CAMSERVICE_JWT_SECRET": "e" * 32})
+    cfg = config.load(
+        overrides={"runtime.state_dir": str(tmp_path), "runtime.transport": "tcp"},
+        environ={"CAMSERVICE_JWT_SECRET": "e" * 32},
+    )
     assert load_or_create_secret(cfg) == "e" * 32
 
 
@@ -531,8 +561,7 @@ def test_concurrent_first_start_agrees_on_one_secret(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     count = 8
     barrier, queue = ctx.Barrier(count), ctx.Queue()
-    procs = [ctx.Process(target=_secret_in_child, args=(str(tmp_path / "state"), barrier, queue))
-             for _ in range(count)]
+    procs = [ctx.Process(target=_secret_in_child, args=(str(tmp_path / "state"), barrier, queue)) for _ in range(count)]
     for proc in procs:
         proc.start()
     secrets_seen = [queue.get(timeout=60) for _ in procs]

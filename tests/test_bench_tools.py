@@ -27,8 +27,7 @@ def baseline():
 
 
 def run_load(*args) -> dict:
-    out = subprocess.run([sys.executable, str(BENCH / "load.py"), *args],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, str(BENCH / "load.py"), *args], capture_output=True, text=True, timeout=60)
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, (out.stdout, out.stderr)
     return json.loads(lines[0])
@@ -37,9 +36,28 @@ def run_load(*args) -> dict:
 @pytest.mark.parametrize("client", ["fast", "websockets"])
 def test_load_against_baseline(baseline, client):
     proc, url = baseline
-    r = run_load("--url", url, "--method", "get_camera_status", "--params", '{"device":"camera0"}',
-                 "--connections", "4", "--requests", "800", "--pipeline", "4",
-                 "--processes", "2", "--warmup", "0.2", "--client", client, "--pid", str(proc.pid))
+    r = run_load(
+        "--url",
+        url,
+        "--method",
+        "get_camera_status",
+        "--params",
+        '{"device":"camera0"}',
+        "--connections",
+        "4",
+        "--requests",
+        "800",
+        "--pipeline",
+        "4",
+        "--processes",
+        "2",
+        "--warmup",
+        "0.2",
+        "--client",
+        client,
+        "--pid",
+        str(proc.pid),
+    )
     assert r["requests"] == 800
     assert r["errors"] == 0 and r["error_codes"] == {}
     assert (r["connections"], r["pipeline"], r["processes"]) == (4, 4, 2)
@@ -50,8 +68,20 @@ def test_load_against_baseline(baseline, client):
 
 def test_load_counts_jsonrpc_errors(baseline):
     _, url = baseline
-    r = run_load("--url", url, "--method", "no_such_method", "--connections", "2",
-                 "--requests", "50", "--processes", "1", "--warmup", "0")
+    r = run_load(
+        "--url",
+        url,
+        "--method",
+        "no_such_method",
+        "--connections",
+        "2",
+        "--requests",
+        "50",
+        "--processes",
+        "1",
+        "--warmup",
+        "0",
+    )
     assert r["requests"] == 50
     assert r["errors"] == 50 and r["error_codes"] == {"-32601": 50}
     assert r["server_cpu_s"] is None  # no --pid given
@@ -102,9 +132,24 @@ def test_load_tolerates_a_tricky_server(client):
     proc = subprocess.Popen([sys.executable, "-c", TRICKY_SERVER, str(port)])
     try:
         assert common.wait_port("127.0.0.1", port, 10)
-        r = run_load("--url", f"ws://127.0.0.1:{port}/ws", "--connections", "4",
-                     "--requests", "400", "--pipeline", "8", "--processes", "2",
-                     "--warmup", "0.3", "--client", client, "--timeout", "20")
+        r = run_load(
+            "--url",
+            f"ws://127.0.0.1:{port}/ws",
+            "--connections",
+            "4",
+            "--requests",
+            "400",
+            "--pipeline",
+            "8",
+            "--processes",
+            "2",
+            "--warmup",
+            "0.3",
+            "--client",
+            client,
+            "--timeout",
+            "20",
+        )
     finally:
         proc.terminate()
         proc.wait(10)
@@ -116,12 +161,16 @@ def test_client_processes_die_with_the_parent(baseline):
     import signal
 
     _, url = baseline
-    load = subprocess.Popen([sys.executable, str(BENCH / "load.py"), "--url", url,
-                             "--connections", "2", "--duration", "30"],
-                            stdout=subprocess.DEVNULL)
+    load = subprocess.Popen(
+        [sys.executable, str(BENCH / "load.py"), "--url", url, "--connections", "2", "--duration", "30"],
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        children = wait_for(lambda: (found := psutil.Process(load.pid).children()) and len(found) >= 2 and found,
-                            10, message="load.py's two client processes")
+        children = wait_for(
+            lambda: (found := psutil.Process(load.pid).children()) and len(found) >= 2 and found,
+            10,
+            message="load.py's two client processes",
+        )
     finally:
         load.send_signal(signal.SIGKILL)
         load.wait()
@@ -139,10 +188,13 @@ def test_baseline_answers_like_the_contract(baseline):
     async def talk():
         async with connect(url, compression=None) as ws:
             replies = []
-            for text in ('{"jsonrpc":"2.0","id":1,"method":"ping"}',
-                         '{"jsonrpc":"2.0","id":"a","method":"get_camera_status","params":{"device":"camera0"}}',
-                         '[{"jsonrpc":"2.0","id":2,"method":"ping"},{"jsonrpc":"2.0","method":"ping"}]',
-                         "[]", "not json"):
+            for text in (
+                '{"jsonrpc":"2.0","id":1,"method":"ping"}',
+                '{"jsonrpc":"2.0","id":"a","method":"get_camera_status","params":{"device":"camera0"}}',
+                '[{"jsonrpc":"2.0","id":2,"method":"ping"},{"jsonrpc":"2.0","method":"ping"}]',
+                "[]",
+                "not json",
+            ):
                 await ws.send(text)
                 replies.append(json.loads(await ws.recv()))
             return replies
@@ -166,15 +218,38 @@ def test_percentile_helper():
 
 
 def test_compare_runs_both_servers_in_alternating_rounds():
-    out = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--case", "get_camera_status:4",
-                          "--rounds", "2", "--duration", "0.5", "--warmup", "0.2", "--processes", "1",
-                          "--simulate", "1"], capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "compare.py"),
+            "--case",
+            "get_camera_status:4",
+            "--rounds",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--processes",
+            "1",
+            "--simulate",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     runs, (summary,) = rows[:-1], rows[-1:]
-    assert [(r["server"], r["round"]) for r in runs] == [("baseline", 1), ("service", 1),
-                                                        ("baseline", 2), ("service", 2)]
+    assert [(r["server"], r["round"]) for r in runs] == [
+        ("baseline", 1),
+        ("service", 1),
+        ("baseline", 2),
+        ("service", 2),
+    ]
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["server_cpu_us_per_req"] for r in runs)
     assert summary["bench"] == "compare.summary" and summary["errors"] == 0
-    assert summary["ratios"] == [round(s["throughput_rps"] / b["throughput_rps"], 3)
-                                 for b, s in zip(runs[::2], runs[1::2])]
+    assert summary["ratios"] == [
+        round(s["throughput_rps"] / b["throughput_rps"], 3) for b, s in zip(runs[::2], runs[1::2])
+    ]

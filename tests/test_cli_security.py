@@ -39,11 +39,13 @@ def make_group() -> click.Group:
 @pytest.fixture
 def config_file(tmp_path):
     path = tmp_path / "camservice.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         runtime:
-          state_dir: {tmp_path / 'state'}
+          state_dir: {tmp_path / "state"}
           transport: tcp
-        """))
+        """)
+    )
     return path
 
 
@@ -53,7 +55,9 @@ def run(config_file):
     runner = CliRunner()
 
     def invoke(*args, env=None):
-        return runner.invoke(group, ["--config", str(config_file), *args], env={"CAMSERVICE_JWT_SECRET": "", **(env or {})})
+        return runner.invoke(
+            group, ["--config", str(config_file), *args], env={"CAMSERVICE_JWT_SECRET": "", **(env or {})}
+        )
 
     return invoke
 
@@ -110,8 +114,9 @@ def test_bad_config_file_is_a_clear_error(tmp_path):
 
 
 def test_config_from_environment(config_file, tmp_path):
-    result = CliRunner().invoke(make_group(), ["keys", "create", "--role", "viewer"],
-                                env={"CAMSERVICE_CONFIG": str(config_file)})
+    result = CliRunner().invoke(
+        make_group(), ["keys", "create", "--role", "viewer"], env={"CAMSERVICE_CONFIG": str(config_file)}
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "state" / auth.KEYS_FILE).exists()
 
@@ -128,8 +133,15 @@ def test_key_lifecycle(run, cfg):
     assert (identity.role, identity.key_name) == ("operator", "front-door")
 
     listed = run("keys", "list", "--json")
-    assert json.loads(listed.stdout) == [{"name": "front-door", "role": "operator", "created": listed_created(listed),
-                                          "revoked": False, "revoked_at": None}]
+    assert json.loads(listed.stdout) == [
+        {
+            "name": "front-door",
+            "role": "operator",
+            "created": listed_created(listed),
+            "revoked": False,
+            "revoked_at": None,
+        }
+    ]
     assert key not in listed.stdout
 
     revoked = run("keys", "revoke", "front-door")

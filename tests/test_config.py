@@ -22,16 +22,19 @@ def test_defaults_are_documented_values():
     assert cfg.recordings_dir == cfg.state_dir / "recordings"
 
 
-@pytest.mark.parametrize("text,key", [
-    ("server:\n  prot: 1\n", "server.prot"),
-    ("server:\n  port: 70000\n", "server.port"),
-    ("server:\n  port: 'abc'\n", "server.port"),
-    ("server:\n  port: true\n", "server.port"),
-    ("media:\n  backend: gstreamer\n", "media.backend"),
-    ("cameras:\n  sim_resolution: big\n", "cameras.sim_resolution"),
-    ("gateway:\n  processes: 0\n", "gateway.processes"),
-    ("bogus: 1\n", "bogus"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("server:\n  prot: 1\n", "server.prot"),
+        ("server:\n  port: 70000\n", "server.port"),
+        ("server:\n  port: 'abc'\n", "server.port"),
+        ("server:\n  port: true\n", "server.port"),
+        ("media:\n  backend: gstreamer\n", "media.backend"),
+        ("cameras:\n  sim_resolution: big\n", "cameras.sim_resolution"),
+        ("gateway:\n  processes: 0\n", "gateway.processes"),
+        ("bogus: 1\n", "bogus"),
+    ],
+)
 def test_bad_keys_and_values_name_the_key(tmp_path, text, key):
     with pytest.raises(config.ConfigError) as info:
         config.load(write(tmp_path, text), environ={})
@@ -60,7 +63,10 @@ def test_tls_needs_both_files(tmp_path):
 
 
 def test_overrides_win():
-    assert config.load(overrides={"cameras.simulate": 3}, environ={"CAMSERVICE_CAMERAS_SIMULATE": "1"}).cameras.simulate == 3
+    assert (
+        config.load(overrides={"cameras.simulate": 3}, environ={"CAMSERVICE_CAMERAS_SIMULATE": "1"}).cameras.simulate
+        == 3
+    )
 
 
 def test_example_file_is_generated_from_the_schema_and_loads():

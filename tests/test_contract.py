@@ -36,8 +36,18 @@ import pytest
 import yaml
 
 from camservice.auth import LEEWAY, issue_token
-from camservice.errors import (AUTH_REQUIRED, CAMERA_NOT_FOUND, FILE_NOT_FOUND, IN_PROGRESS, INVALID_PARAMS,
-                               INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, PERMISSION_DENIED, RATE_LIMITED)
+from camservice.errors import (
+    AUTH_REQUIRED,
+    CAMERA_NOT_FOUND,
+    FILE_NOT_FOUND,
+    IN_PROGRESS,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    PERMISSION_DENIED,
+    RATE_LIMITED,
+)
 
 from .harness import Client, Service, run, wait_for
 
@@ -45,7 +55,9 @@ pytestmark = pytest.mark.slow
 
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
-DEFAULT_NAME = re.compile(r"(?P<id>[A-Za-z0-9._-]+)_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_[A-Z0-9]{6}\.(?P<ext>[a-z0-9]+)")
+DEFAULT_NAME = re.compile(
+    r"(?P<id>[A-Za-z0-9._-]+)_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_[A-Z0-9]{6}\.(?P<ext>[a-z0-9]+)"
+)
 CAMERA_KEYS = {"device", "id", "status", "name", "resolution", "fps", "streams", "capabilities", "recording"}
 NOTIFICATION_CAMERA_KEYS = {"device", "id", "status", "name", "resolution", "fps", "streams"}
 FILE_KEYS = {"filename", "file_size", "modified_time", "download_url"}
@@ -57,9 +69,19 @@ FILE_EXTENSIONS = {"camera_id", "recording", "resolution"}
 
 ROLE_TABLE = {
     None: ["ping", "authenticate"],
-    "viewer": ["get_camera_list", "get_camera_status", "get_camera_capabilities", "get_streams", "list_recordings",
-               "list_snapshots", "get_recording_info", "get_snapshot_info", "subscribe_events",
-               "unsubscribe_events", "get_server_info"],
+    "viewer": [
+        "get_camera_list",
+        "get_camera_status",
+        "get_camera_capabilities",
+        "get_streams",
+        "list_recordings",
+        "list_snapshots",
+        "get_recording_info",
+        "get_snapshot_info",
+        "subscribe_events",
+        "unsubscribe_events",
+        "get_server_info",
+    ],
     "operator": ["take_snapshot", "start_recording", "stop_recording", "delete_recording", "delete_snapshot"],
     "admin": ["get_metrics", "get_status", "get_storage_info", "set_retention_policy", "cleanup_old_files"],
 }
@@ -236,6 +258,7 @@ def check_recording_event(params: dict, status: str) -> None:
 
 def test_transport_and_the_order_of_checks(api):
     """-32600, -32601, -32001, -32003, -32602, then the target's own codes, in that order."""
+
     async def scenario():
         async with api.client(None) as anon, api.client("viewer") as viewer, api.client("operator") as operator:
             assert await anon.call("ping") == "pong"
@@ -250,28 +273,29 @@ def test_transport_and_the_order_of_checks(api):
             assert error["data"] == {"required_role": "operator", "role": "viewer"}
             # Bad params beat an unknown target; then the target decides.
             await invalid(operator, "take_snapshot", {"device": "no-such-camera", "format": "gif"}, "format")
-            assert (await error_of(operator, "take_snapshot", {"device": "no-such-camera"}))["code"] == \
-                CAMERA_NOT_FOUND
-            assert (await error_of(viewer, "get_snapshot_info", {"filename": "missing.jpg"}))["code"] == \
-                FILE_NOT_FOUND
+            assert (await error_of(operator, "take_snapshot", {"device": "no-such-camera"}))["code"] == CAMERA_NOT_FOUND
+            assert (await error_of(viewer, "get_snapshot_info", {"filename": "missing.jpg"}))["code"] == FILE_NOT_FOUND
             # Positional params: -32602 with a reason but no single parameter at fault.
             await invalid(viewer, "get_snapshot_info", ["missing.jpg"], None)
             await invalid(viewer, "get_camera_list", {"bogus": 1}, "bogus")
             # Values JSON can carry but the service cannot echo back: a clear error, the connection stays.
             reply = await viewer.raw('{"jsonrpc":"2.0","method":"ping","id":1e400}', "null")
             assert reply["error"]["code"] == INVALID_REQUEST and reply["id"] is None
-            reply = await viewer.raw('{"jsonrpc":"2.0","method":"list_recordings","params":{"limit":1e400},'
-                                     '"id":"big"}', '"big"')
+            reply = await viewer.raw(
+                '{"jsonrpc":"2.0","method":"list_recordings","params":{"limit":1e400},"id":"big"}', '"big"'
+            )
             assert reply["error"]["code"] == INVALID_PARAMS and reply["error"]["data"]["param"] == "limit"
             reply = await viewer.raw('{"jsonrpc":"2.0","method":"ping","id":"\\ud800"}', "null")
             assert reply["error"]["code"] == PARSE_ERROR and reply["id"] is None
-            reply = await viewer.raw('{"jsonrpc":"2.0","method":"get_camera_status",'
-                                     '"params":{"device":"\\udfff"},"id":"s"}', "null")
+            reply = await viewer.raw(
+                '{"jsonrpc":"2.0","method":"get_camera_status","params":{"device":"\\udfff"},"id":"s"}', "null"
+            )
             assert reply["error"]["code"] == PARSE_ERROR
             # A valid surrogate pair is just a character.
             reply = await viewer.raw('{"jsonrpc":"2.0","method":"ping","id":"\\ud83d\\ude00"}', '"\\ud83d\\ude00"')
-            assert reply == {"jsonrpc": "2.0", "result": "pong", "id": "\U0001F600"}
+            assert reply == {"jsonrpc": "2.0", "result": "pong", "id": "\U0001f600"}
             assert await viewer.call("ping") == "pong"
+
     run(scenario())
 
 
@@ -284,11 +308,15 @@ def test_every_method_enforces_its_role(api):
             for method in ROLE_TABLE["operator"] + ROLE_TABLE["admin"]:
                 error = await error_of(viewer, method, {})
                 required = "operator" if method in ROLE_TABLE["operator"] else "admin"
-                assert error == {"code": PERMISSION_DENIED, "message": error["message"],
-                                 "data": {"required_role": required, "role": "viewer"}}, (method, error)
+                assert error == {
+                    "code": PERMISSION_DENIED,
+                    "message": error["message"],
+                    "data": {"required_role": required, "role": "viewer"},
+                }, (method, error)
             for method in ROLE_TABLE["admin"]:
                 error = await error_of(operator, method, {})
                 assert error["data"] == {"required_role": "admin", "role": "operator"}, (method, error)
+
     run(scenario())
 
 
@@ -298,8 +326,9 @@ def test_rate_limit_comes_after_role_and_before_params(api):
 
     async def scenario():
         async with Client(api.svc.url, token) as client:
-            batch = json.dumps([{"jsonrpc": "2.0", "method": "list_recordings", "params": {"limit": 0},
-                                 "id": n} for n in range(100)])
+            batch = json.dumps(
+                [{"jsonrpc": "2.0", "method": "list_recordings", "params": {"limit": 0}, "id": n} for n in range(100)]
+            )
             limited = None
             for _ in range(200):  # the bucket refills, so keep going until it is empty
                 replies = await client.raw(batch, "batch")
@@ -315,8 +344,8 @@ def test_rate_limit_comes_after_role_and_before_params(api):
             # Method, authentication and role are checked before it.
             assert (await error_of(client, "no_such_method"))["code"] == METHOD_NOT_FOUND
             assert (await error_of(client, "take_snapshot", {"device": "camera0"}))["code"] == PERMISSION_DENIED
-            assert (await error_of(client, "get_camera_list", {"auth_token": "not-a-token"}))["code"] == \
-                AUTH_REQUIRED
+            assert (await error_of(client, "get_camera_list", {"auth_token": "not-a-token"}))["code"] == AUTH_REQUIRED
+
     run(scenario())
 
 
@@ -348,6 +377,7 @@ def test_authenticate_results_and_the_old_form(api):
             listing = await client.call("get_camera_list", {"auth_token": api.tokens["viewer"]})
             assert listing["total"] == 2
             assert (await error_of(client, "get_camera_list"))["code"] == AUTH_REQUIRED
+
     run(scenario())
 
 
@@ -386,8 +416,7 @@ def test_camera_list_status_capabilities_and_streams(api):
                 assert set(caps) == {"device", "formats", "resolutions", "frame_rates"}
                 assert caps["device"] == first["device"]
                 assert {k: caps[k] for k in ("formats", "resolutions", "frame_rates")} == first["capabilities"]
-            assert (await error_of(client, "get_camera_capabilities", {"device": "nope"}))["code"] == \
-                CAMERA_NOT_FOUND
+            assert (await error_of(client, "get_camera_capabilities", {"device": "nope"}))["code"] == CAMERA_NOT_FOUND
 
             streams = await client.call("get_streams")
             assert isinstance(streams, list) and len(streams) == 2
@@ -395,8 +424,10 @@ def test_camera_list_status_capabilities_and_streams(api):
                 assert set(stream) == {"name", "source", "ready", "readers", "bytes_sent"}
                 assert isinstance(stream["ready"], bool) and is_int(stream["readers"])
                 assert is_int(stream["bytes_sent"])
-            assert sorted((s["name"], s["source"]) for s in streams) == \
-                sorted((c["id"], c["device"]) for c in listing["cameras"])
+            assert sorted((s["name"], s["source"]) for s in streams) == sorted(
+                (c["id"], c["device"]) for c in listing["cameras"]
+            )
+
     run(scenario())
 
 
@@ -416,8 +447,9 @@ def test_snapshots_take_list_info_delete(api):
             assert path.name == default["filename"] and path.parent == api.snapshots
             assert path.read_bytes()[:2] == b"\xff\xd8" and default["file_size"] == path.stat().st_size
 
-            png = await client.call("take_snapshot", {"device": "camera1", "format": "png",
-                                                      "filename": "contract-shot"})
+            png = await client.call(
+                "take_snapshot", {"device": "camera1", "format": "png", "filename": "contract-shot"}
+            )
             assert png["filename"] == "contract-shot.png" and png["device"] == "sim:1"
             assert Path(png["file_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             same = await client.call("take_snapshot", {"device": "camera1", "filename": "contract-kept.jpg"})
@@ -427,8 +459,9 @@ def test_snapshots_take_list_info_delete(api):
             assert jpeg["filename"] == "contract-alt.jpeg"
             assert Path(jpeg["file_path"]).read_bytes()[:2] == b"\xff\xd8"
             await invalid(client, "take_snapshot", {"device": "camera1", "filename": "x.png"}, "filename")
-            await invalid(client, "take_snapshot", {"device": "camera1", "format": "png", "filename": "x.jpg"},
-                          "filename")
+            await invalid(
+                client, "take_snapshot", {"device": "camera1", "format": "png", "filename": "x.jpg"}, "filename"
+            )
             for bad in (".hidden", "a/b", "../up", "sp ace", "x" * 256, "", 7):
                 await invalid(client, "take_snapshot", {"device": "camera1", "filename": bad}, "filename")
             await invalid(client, "take_snapshot", {"device": "camera1", "format": "gif"}, "format")
@@ -455,14 +488,19 @@ def test_snapshots_take_list_info_delete(api):
                 mine = await client.call("list_snapshots", {"device": device})
                 assert [f["filename"] for f in mine["files"]] == [n for n in names if n.startswith("contract-")]
                 assert mine["total"] == 3
-            for params, param in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"),
-                                  ({"offset": -1}, "offset"), ({"limit": "5"}, "limit")):
+            for params, param in (
+                ({"limit": 0}, "limit"),
+                ({"limit": 1001}, "limit"),
+                ({"offset": -1}, "offset"),
+                ({"limit": "5"}, "limit"),
+            ):
                 await invalid(client, "list_snapshots", params, param)
 
             info = await client.call("get_snapshot_info", {"filename": "contract-shot.png"})
             check_file_entry(info, "snapshot")
-            assert {k: v for k, v in info.items() if k not in ("created_time", "resolution")} == \
-                by_name["contract-shot.png"]
+            assert {k: v for k, v in info.items() if k not in ("created_time", "resolution")} == by_name[
+                "contract-shot.png"
+            ]
             assert is_iso_z(info["created_time"]) and info["resolution"] == "320x240"
             assert moment(info["created_time"]) <= moment(info["modified_time"])
 
@@ -486,6 +524,7 @@ def test_snapshots_take_list_info_delete(api):
                 assert error["code"] == FILE_NOT_FOUND
             after = await client.call("list_snapshots")
             assert "contract-kept.jpg" not in [f["filename"] for f in after["files"]]
+
     run(scenario())
 
 
@@ -496,23 +535,26 @@ def test_recordings_start_stop_and_durations(api):
     async def scenario():
         async with api.client("operator") as client:
             # Every duration form, and what they normalise to.
-            for params, param in (({"duration_seconds": 5, "duration": 5}, "duration"),
-                                  ({"duration_minutes": 1, "duration_hours": 1}, "duration_hours"),
-                                  ({"duration_seconds": 0}, "duration_seconds"),
-                                  ({"duration_seconds": 86401}, "duration_seconds"),
-                                  ({"duration_minutes": 1441}, "duration_minutes"),
-                                  ({"duration_hours": 25}, "duration_hours"),
-                                  ({"duration": 86401}, "duration"), ({"duration": 1.5}, "duration"),
-                                  ({"format": "avi"}, "format"), ({"filename": "clip.mkv"}, "filename"),
-                                  ({"filename": ".clip"}, "filename")):
+            for params, param in (
+                ({"duration_seconds": 5, "duration": 5}, "duration"),
+                ({"duration_minutes": 1, "duration_hours": 1}, "duration_hours"),
+                ({"duration_seconds": 0}, "duration_seconds"),
+                ({"duration_seconds": 86401}, "duration_seconds"),
+                ({"duration_minutes": 1441}, "duration_minutes"),
+                ({"duration_hours": 25}, "duration_hours"),
+                ({"duration": 86401}, "duration"),
+                ({"duration": 1.5}, "duration"),
+                ({"format": "avi"}, "format"),
+                ({"filename": "clip.mkv"}, "filename"),
+                ({"filename": ".clip"}, "filename"),
+            ):
                 await invalid(client, "start_recording", {"device": "camera0", **params}, param)
 
             # Timed, with two of the forms at once on the two cameras.
             timed = {}
             for device, form in (("camera0", {"duration_seconds": 1}), ("sim:1", {"duration": 1})):
                 result = await client.call("start_recording", {"device": device, **form})
-                assert set(result) == {"device", "session_id", "filename", "status", "start_time", "duration",
-                                       "format"}
+                assert set(result) == {"device", "session_id", "filename", "status", "start_time", "duration", "format"}
                 assert result["status"] == "STARTED" and result["duration"] == 1 and result["format"] == "mp4"
                 assert is_iso_z(result["start_time"]) and uuid.UUID(result["session_id"])
                 match = DEFAULT_NAME.fullmatch(result["filename"])
@@ -520,12 +562,18 @@ def test_recordings_start_stop_and_durations(api):
                 timed[result["session_id"]] = result
             assert sorted(r["device"] for r in timed.values()) == ["sim:0", "sim:1"]
             for session_id, result in timed.items():
-                started = await expect(client, "recording_status_update", where=lambda p, s=session_id:
-                                                    p["session_id"] == s and p["status"] == "STARTED")
+                started = await expect(
+                    client,
+                    "recording_status_update",
+                    where=lambda p, s=session_id: p["session_id"] == s and p["status"] == "STARTED",
+                )
                 check_recording_event(started, "STARTED")
                 assert started["filename"] == result["filename"] and started["device"] == result["device"]
-                done = await expect(client, "recording_status_update", where=lambda p, s=session_id:
-                                                 p["session_id"] == s and p["status"] != "STARTED")
+                done = await expect(
+                    client,
+                    "recording_status_update",
+                    where=lambda p, s=session_id: p["session_id"] == s and p["status"] != "STARTED",
+                )
                 check_recording_event(done, "COMPLETED")
                 assert done["filename"] == result["filename"] and done["duration"] >= 1
             for device in ("camera0", "camera1"):  # it ended by itself: nothing to stop
@@ -539,34 +587,47 @@ def test_recordings_start_stop_and_durations(api):
                 assert stopped["status"] == "STOPPED" and stopped["session_id"] == result["session_id"]
 
             # Unlimited, custom name and mkv.
-            result = await client.call("start_recording", {"device": "sim:0", "format": "mkv",
-                                                           "filename": "contract-clip"})
+            result = await client.call(
+                "start_recording", {"device": "sim:0", "format": "mkv", "filename": "contract-clip"}
+            )
             assert result["filename"] == "contract-clip.mkv" and result["duration"] is None
             assert result["format"] == "mkv" and result["device"] == "sim:0"
-            started = await expect(client, "recording_status_update", where=lambda p:
-                                                p["session_id"] == result["session_id"])
+            started = await expect(
+                client, "recording_status_update", where=lambda p: p["session_id"] == result["session_id"]
+            )
             check_recording_event(started, "STARTED")
             again = await error_of(client, "start_recording", {"device": "camera0"})
             assert again["code"] == IN_PROGRESS and again["data"]["reason"]
             busy = await error_of(client, "delete_recording", {"filename": "contract-clip.mkv"})
             assert busy["code"] == IN_PROGRESS
-            camera = (await client.call("get_camera_status", {"device": "camera0"}))
+            camera = await client.call("get_camera_status", {"device": "camera0"})
             assert camera["recording"] is True
             info = await client.call("get_recording_info", {"filename": "contract-clip.mkv"})
             check_file_entry(info, "recording")
             assert is_iso_z(info["created_time"])
 
             stopped = await client.call("stop_recording", {"device": "camera0"})
-            assert set(stopped) == {"device", "session_id", "filename", "status", "start_time", "end_time",
-                                    "duration", "file_size"}
+            assert set(stopped) == {
+                "device",
+                "session_id",
+                "filename",
+                "status",
+                "start_time",
+                "end_time",
+                "duration",
+                "file_size",
+            }
             assert stopped["status"] == "STOPPED" and stopped["session_id"] == result["session_id"]
             assert stopped["filename"] == "contract-clip.mkv" and stopped["device"] == "sim:0"
             assert stopped["start_time"] == result["start_time"]
             assert moment(stopped["end_time"]) >= moment(stopped["start_time"])
             assert is_number(stopped["duration"]) and stopped["duration"] >= 0
             assert stopped["file_size"] == (api.recordings / "contract-clip.mkv").stat().st_size > 0
-            event = await expect(client, "recording_status_update", where=lambda p:
-                                              p["session_id"] == result["session_id"] and p["status"] != "STARTED")
+            event = await expect(
+                client,
+                "recording_status_update",
+                where=lambda p: p["session_id"] == result["session_id"] and p["status"] != "STARTED",
+            )
             check_recording_event(event, "STOPPED")
             assert "error" not in event and event["filename"] == "contract-clip.mkv"
 
@@ -575,9 +636,11 @@ def test_recordings_start_stop_and_durations(api):
             assert (await error_of(client, "stop_recording", {"device": "sim:7"}))["code"] == CAMERA_NOT_FOUND
             assert (await error_of(client, "start_recording", {"device": "sim:7"}))["code"] == CAMERA_NOT_FOUND
             # The name is taken now.
-            taken = await error_of(client, "start_recording", {"device": "camera1", "filename": "contract-clip",
-                                                                "format": "mkv"})
+            taken = await error_of(
+                client, "start_recording", {"device": "camera1", "filename": "contract-clip", "format": "mkv"}
+            )
             assert taken["code"] == IN_PROGRESS
+
     run(scenario())
 
 
@@ -600,8 +663,7 @@ def test_recording_files_list_info_delete(api):
             by_path = await client.call("list_recordings", {"device": "sim:1"})
             by_id = await client.call("list_recordings", {"device": "camera1"})
             assert by_path == by_id and by_path["total"] == 3
-            assert [f["filename"] for f in by_path["files"]] == [f["filename"] for f in files
-                                                                  if f["device"] == "sim:1"]
+            assert [f["filename"] for f in by_path["files"]] == [f["filename"] for f in files if f["device"] == "sim:1"]
             assert (await client.call("list_recordings", {"device": "sim:9"}))["total"] == 0
 
             for entry in files:
@@ -621,6 +683,7 @@ def test_recording_files_list_info_delete(api):
                 assert (await error_of(client, method, {"filename": victim}))["code"] == FILE_NOT_FOUND
                 await invalid(client, method, {"filename": "../snapshots/x.mp4"}, "filename")
             assert (await client.call("list_recordings"))["total"] == 4
+
     run(scenario())
 
 
@@ -631,6 +694,7 @@ def test_downloads_over_http(api):
     when a redirect changes the port (browsers' fetch, python-requests), so
     a redirecting ``download_url`` is a 401 for them.
     """
+
     async def scenario():
         async with api.client("viewer") as client:
             recording = (await client.call("list_recordings", {"limit": 1}))["files"][0]
@@ -672,8 +736,15 @@ def test_storage_retention_and_cleanup(api):
     async def scenario():
         async with api.client("admin") as client:
             storage = await client.call("get_storage_info")
-            assert set(storage) == {"total_space", "used_space", "available_space", "usage_percentage",
-                                    "recordings_size", "snapshots_size", "low_space_warning"}
+            assert set(storage) == {
+                "total_space",
+                "used_space",
+                "available_space",
+                "usage_percentage",
+                "recordings_size",
+                "snapshots_size",
+                "low_space_warning",
+            }
             for key in ("total_space", "used_space", "available_space", "recordings_size", "snapshots_size"):
                 assert is_int(storage[key]) and storage[key] >= 0, key
             assert storage["used_space"] <= storage["total_space"]
@@ -683,10 +754,16 @@ def test_storage_retention_and_cleanup(api):
             # warn_percent is 0.5 in this module: every real disk is past it.
             assert storage["low_space_warning"] is True
 
-            stored = await client.call("set_retention_policy", {"policy_type": "age", "enabled": True,
-                                                                "max_age_days": 30})
-            assert stored == {"policy_type": "age", "enabled": True, "max_age_days": 30, "max_size_gb": None,
-                              "message": stored["message"]}
+            stored = await client.call(
+                "set_retention_policy", {"policy_type": "age", "enabled": True, "max_age_days": 30}
+            )
+            assert stored == {
+                "policy_type": "age",
+                "enabled": True,
+                "max_age_days": 30,
+                "max_size_gb": None,
+                "message": stored["message"],
+            }
             assert isinstance(stored["message"], str) and stored["message"]
             before = (await client.call("list_recordings"))["total"]
             cleanup = await client.call("cleanup_old_files")
@@ -701,12 +778,15 @@ def test_storage_retention_and_cleanup(api):
             cleanup = await client.call("cleanup_old_files")
             assert cleanup["cleanup_executed"] is False and cleanup["files_deleted"] == 0
 
-            for params, param in (({"policy_type": "weekly", "enabled": True}, "policy_type"),
-                                  ({"enabled": True}, "policy_type"),
-                                  ({"policy_type": "age"}, "enabled"),
-                                  ({"policy_type": "age", "enabled": True}, "max_age_days"),
-                                  ({"policy_type": "size", "enabled": True, "max_size_gb": -1}, "max_size_gb")):
+            for params, param in (
+                ({"policy_type": "weekly", "enabled": True}, "policy_type"),
+                ({"enabled": True}, "policy_type"),
+                ({"policy_type": "age"}, "enabled"),
+                ({"policy_type": "age", "enabled": True}, "max_age_days"),
+                ({"policy_type": "size", "enabled": True, "max_size_gb": -1}, "max_size_gb"),
+            ):
                 await invalid(client, "set_retention_policy", params, param)
+
     run(scenario())
 
 
@@ -721,8 +801,13 @@ def test_status_metrics_and_server_info(api):
             assert status["status"] == "healthy"
             assert is_number(status["uptime"]) and status["uptime"] >= 0
             assert isinstance(status["version"], str) and status["version"]
-            assert status["components"] == {"gateway": "running", "discovery": "running", "recording": "running",
-                                            "files": "running", "media_backend": "running"}
+            assert status["components"] == {
+                "gateway": "running",
+                "discovery": "running",
+                "recording": "running",
+                "files": "running",
+                "media_backend": "running",
+            }
 
             async def sampled():
                 # The supervisor samples processes every runtime.sample_interval.
@@ -734,8 +819,15 @@ def test_status_metrics_and_server_info(api):
                 raise AssertionError("get_metrics never listed the processes")
 
             metrics = await sampled()
-            assert set(metrics) == {"active_connections", "total_requests", "average_response_time", "error_rate",
-                                    "memory_usage", "cpu_usage", "processes"}
+            assert set(metrics) == {
+                "active_connections",
+                "total_requests",
+                "average_response_time",
+                "error_rate",
+                "memory_usage",
+                "cpu_usage",
+                "processes",
+            }
             assert is_int(metrics["active_connections"]) and metrics["active_connections"] >= 1
             assert is_int(metrics["total_requests"]) and metrics["total_requests"] > 0
             assert is_number(metrics["average_response_time"]) and metrics["average_response_time"] >= 0
@@ -757,12 +849,18 @@ def test_status_metrics_and_server_info(api):
             assert info["capabilities"] and all(isinstance(c, str) for c in info["capabilities"])
             assert {"mp4", "mkv", "jpg", "png"} <= set(info["supported_formats"])
             assert is_int(info["max_cameras"]) and info["max_cameras"] == 16
+
     run(scenario())
 
 
 def test_http_health_and_metrics_endpoints(api):
-    for which, member in (("live", "details"), ("ready", "components"), ("system", "components"),
-                          ("cameras", "details"), ("mediamtx", "details")):
+    for which, member in (
+        ("live", "details"),
+        ("ready", "components"),
+        ("system", "components"),
+        ("cameras", "details"),
+        ("mediamtx", "details"),
+    ):
         status, headers, body = http_get(f"{api.http_base}/health/{which}")
         assert status == 200, (which, body)
         assert headers["content-type"].startswith("application/json")
@@ -781,10 +879,15 @@ def test_http_health_and_metrics_endpoints(api):
 
 def test_subscriptions_narrow_clear_and_hot_plug_events(api):
     async def scenario():
-        async with api.client("viewer") as everything, api.client("viewer") as narrowed, \
-                api.client("viewer") as silent, api.client("operator") as operator:
-            assert await narrowed.call("subscribe_events", {"topics": ["recording_status_update"]}) == \
-                {"subscribed": ["recording_status_update"]}
+        async with (
+            api.client("viewer") as everything,
+            api.client("viewer") as narrowed,
+            api.client("viewer") as silent,
+            api.client("operator") as operator,
+        ):
+            assert await narrowed.call("subscribe_events", {"topics": ["recording_status_update"]}) == {
+                "subscribed": ["recording_status_update"]
+            }
             assert await silent.call("unsubscribe_events") == {"unsubscribed": sorted(TOPICS)}
             await invalid(narrowed, "subscribe_events", {"topics": ["nope"]}, "topics")
             await invalid(narrowed, "subscribe_events", {}, "topics")
@@ -815,11 +918,12 @@ def test_subscriptions_narrow_clear_and_hot_plug_events(api):
             assert await synced(silent) == []
 
             # Subscribing again brings notifications back, only those asked for.
-            assert await silent.call("subscribe_events", {"topics": ["camera_status_update"]}) == \
-                {"subscribed": ["camera_status_update"]}
-            assert await narrowed.call("unsubscribe_events", {"topics": ["recording_status_update",
-                                                                         "camera_status_update"]}) == \
-                {"unsubscribed": ["recording_status_update"]}
+            assert await silent.call("subscribe_events", {"topics": ["camera_status_update"]}) == {
+                "subscribed": ["camera_status_update"]
+            }
+            assert await narrowed.call(
+                "unsubscribe_events", {"topics": ["recording_status_update", "camera_status_update"]}
+            ) == {"unsubscribed": ["recording_status_update"]}
             api.svc.cli("camera", "unplug", plugged)
             gone = await expect(silent, "camera_status_update", where=lambda p: p["status"] == "DISCONNECTED")
             assert set(gone) == NOTIFICATION_CAMERA_KEYS and gone["id"] == camera_id and gone["device"] == plugged
@@ -834,26 +938,30 @@ def test_subscriptions_narrow_clear_and_hot_plug_events(api):
             for method in ("get_camera_capabilities", "take_snapshot", "start_recording"):
                 client = operator if method != "get_camera_capabilities" else everything
                 assert (await error_of(client, method, {"device": camera_id}))["code"] == CAMERA_NOT_FOUND
+
     run(scenario())
 
 
 def test_an_expired_token_gets_no_more_notifications(api):
     """The role is bound to the connection until the token expires: so are its notifications."""
+
     async def scenario():
-        async with api.client(None) as expiring, \
-                api.client("viewer") as watcher, api.client("operator") as operator:
+        async with api.client(None) as expiring, api.client("viewer") as watcher, api.client("operator") as operator:
             result = await expiring.call("authenticate", {"auth_token": api.token("viewer", ttl=1)})
             expires = moment(result["expires_at"]).timestamp()
             await asyncio.sleep(max(0.0, expires + LEEWAY + 0.2 - time.time()))
             started = await operator.call("start_recording", {"device": "camera1"})
-            await expect(watcher, "recording_status_update",
-                         where=lambda p: p["session_id"] == started["session_id"])
+            await expect(watcher, "recording_status_update", where=lambda p: p["session_id"] == started["session_id"])
             await operator.call("stop_recording", {"device": "camera1"})
-            await expect(watcher, "recording_status_update",
-                         where=lambda p: p["session_id"] == started["session_id"] and p["status"] == "STOPPED")
+            await expect(
+                watcher,
+                "recording_status_update",
+                where=lambda p: p["session_id"] == started["session_id"] and p["status"] == "STOPPED",
+            )
             assert await synced(expiring) == []
             error = await error_of(expiring, "get_camera_list")
             assert error["code"] == AUTH_REQUIRED
+
     run(scenario())
 
 
@@ -869,8 +977,9 @@ def test_health_degrades_and_the_restarted_file_worker_reports_storage(api):
             os.kill(files, signal.SIGSTOP)
             try:
                 # Missed heartbeats (runtime.heartbeat_liveness) mark it down.
-                await asyncio.to_thread(wait_for, lambda: http_get(f"{base}/health/ready")[0] == 503, 20, 0.2,
-                                        "/health/ready to report 503")
+                await asyncio.to_thread(
+                    wait_for, lambda: http_get(f"{base}/health/ready")[0] == 503, 20, 0.2, "/health/ready to report 503"
+                )
                 status, _, body = http_get(f"{base}/health/ready")
                 ready = json.loads(body)
                 assert set(ready) == {"status", "timestamp", "components"} and ready["status"] == "unhealthy"
@@ -884,12 +993,17 @@ def test_health_degrades_and_the_restarted_file_worker_reports_storage(api):
                 os.kill(files, signal.SIGKILL)
             # Its replacement measures the disk and, past warn_percent, says so.
             storage = await expect(client, "storage_status_update", timeout=30)
-            assert {"usage_percentage", "low_space_warning"} <= set(storage) <= \
-                {"usage_percentage", "low_space_warning", "level"}, storage
+            assert (
+                {"usage_percentage", "low_space_warning"}
+                <= set(storage)
+                <= {"usage_percentage", "low_space_warning", "level"}
+            ), storage
             assert storage["low_space_warning"] is True
             assert is_number(storage["usage_percentage"]) and 0 <= storage["usage_percentage"] <= 100
-            await asyncio.to_thread(wait_for, lambda: http_get(f"{base}/health/ready")[0] == 200, 20, 0.2,
-                                    "/health/ready to recover")
+            await asyncio.to_thread(
+                wait_for, lambda: http_get(f"{base}/health/ready")[0] == 200, 20, 0.2, "/health/ready to recover"
+            )
             assert (await client.call("get_status"))["status"] == "healthy"
             assert (await client.call("list_snapshots", {"limit": 1}))["total"] > 0
+
     run(scenario())

@@ -9,22 +9,38 @@ import os
 import pytest
 
 from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
-from workers.discovery import simulator
-from workers.discovery.ids import IdStore, lowest_free, read_ids
-from workers.discovery.media import StreamSync
-from workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
-from workers.discovery.watch import SimDirWatcher, V4L2Watcher
+from camservice.workers.discovery import simulator
+from camservice.workers.discovery.ids import IdStore, lowest_free, read_ids
+from camservice.workers.discovery.media import StreamSync
+from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
+from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
 
 
 def usb(key: str, device: str, **fields) -> Found:
-    return Found(key=key, device=device, kind=V4L2, name="USB Camera", resolution="1280x720", fps=30,
-                 formats=["MJPEG"], resolutions=["1280x720"], frame_rates={"1280x720": [30]},
-                 source={"kind": "v4l2", "path": device}, **fields)
+    return Found(
+        key=key,
+        device=device,
+        kind=V4L2,
+        name="USB Camera",
+        resolution="1280x720",
+        fps=30,
+        formats=["MJPEG"],
+        resolutions=["1280x720"],
+        frame_rates={"1280x720": [30]},
+        source={"kind": "v4l2", "path": device},
+        **fields,
+    )
 
 
 def sim(index: int) -> Found:
-    return Found(key=f"sim:{index}", device=f"sim:{index}", kind=SIM, name=f"Simulated Camera {index}",
-                 resolution="640x480", fps=15)
+    return Found(
+        key=f"sim:{index}",
+        device=f"sim:{index}",
+        kind=SIM,
+        name=f"Simulated Camera {index}",
+        resolution="640x480",
+        fps=15,
+    )
 
 
 def registry(tmp_path, max_cameras: int = 16) -> CameraRegistry:
@@ -49,8 +65,11 @@ async def until(predicate, timeout: float = 10.0) -> None:
 
 def test_ids_are_lowest_free_and_persisted(tmp_path):
     store = IdStore(tmp_path / "cameras.json")
-    assert store.assign(["sim:0", "sim:1", "by-path:a"]) == {"sim:0": "camera0", "sim:1": "camera1",
-                                                            "by-path:a": "camera2"}
+    assert store.assign(["sim:0", "sim:1", "by-path:a"]) == {
+        "sim:0": "camera0",
+        "sim:1": "camera1",
+        "by-path:a": "camera2",
+    }
     assert store.assign(["by-path:b", "sim:0"]) == {"by-path:b": "camera3", "sim:0": "camera0"}
     again = IdStore(tmp_path / "cameras.json")  # a restart
     assert again.all() == store.all()
@@ -80,7 +99,8 @@ def test_corrupt_id_file_is_kept_aside(tmp_path):
 def test_appear_disappear_reappear_keeps_the_id(tmp_path):
     reg = registry(tmp_path)
     assert states(reg.merge(V4L2, [usb("by-id:c920", "/dev/video0")], now=100.0)) == [
-        ("camera0", "/dev/video0", CONNECTED)]
+        ("camera0", "/dev/video0", CONNECTED)
+    ]
     assert reg.merge(V4L2, [usb("by-id:c920", "/dev/video0")]) == []  # nothing new
     assert states(reg.merge(V4L2, [])) == [("camera0", "/dev/video0", DISCONNECTED)]
     assert states(reg.cameras()) == [("camera0", "/dev/video0", DISCONNECTED)]  # still listed
@@ -100,8 +120,11 @@ def test_ids_survive_a_restart(tmp_path):
     restarted = registry(tmp_path)
     restarted.merge(V4L2, [usb("by-path:port4", "/dev/video0")])  # the real camera shows up first now
     restarted.merge(SIM, [sim(1), sim(0)])
-    assert {c.device: c.id for c in restarted.cameras()} == {"sim:0": "camera0", "sim:1": "camera1",
-                                                             "/dev/video0": "camera2"}
+    assert {c.device: c.id for c in restarted.cameras()} == {
+        "sim:0": "camera0",
+        "sim:1": "camera1",
+        "/dev/video0": "camera2",
+    }
 
 
 def test_scans_of_one_kind_never_disconnect_the_other(tmp_path):
@@ -125,8 +148,13 @@ def test_error_state_and_recovery(tmp_path):
 def test_same_serial_twice_falls_back_to_the_port(tmp_path):
     reg = registry(tmp_path)
     reg.merge(V4L2, [usb("by-id:cheap-SN0001", "/dev/video0", alt_key="by-path:port1")])
-    changed = reg.merge(V4L2, [usb("by-id:cheap-SN0001", "/dev/video2", alt_key="by-path:port2"),
-                               usb("by-id:cheap-SN0001", "/dev/video0", alt_key="by-path:port1")])
+    changed = reg.merge(
+        V4L2,
+        [
+            usb("by-id:cheap-SN0001", "/dev/video2", alt_key="by-path:port2"),
+            usb("by-id:cheap-SN0001", "/dev/video0", alt_key="by-path:port1"),
+        ],
+    )
     assert states(changed) == [("camera1", "/dev/video2", CONNECTED)]  # the first camera kept its id
     assert reg.find("/dev/video0").id == "camera0"
 
@@ -148,8 +176,11 @@ def test_max_cameras(tmp_path):
     changed = reg.merge(SIM, [sim(0), sim(1), sim(2)])
     assert [c.device for c in changed] == ["sim:0", "sim:1"]
     reg.merge(SIM, [sim(1), sim(2)])  # sim:0 leaves, so sim:2 fits
-    assert {c.device: c.status for c in reg.cameras()} == {"sim:0": DISCONNECTED, "sim:1": CONNECTED,
-                                                           "sim:2": CONNECTED}
+    assert {c.device: c.status for c in reg.cameras()} == {
+        "sim:0": DISCONNECTED,
+        "sim:1": CONNECTED,
+        "sim:2": CONNECTED,
+    }
 
 
 def test_recording_and_streams_follow_events(tmp_path):
@@ -228,11 +259,20 @@ def test_v4l2_watcher_without_udev_polls_dev(tmp_path):
 
     class Scanner:
         def scan(self):
-            return [usb(f"dev:{name}", str(tmp_path / name)) for name in sorted(os.listdir(tmp_path))
-                    if name.startswith("video")]
+            return [
+                usb(f"dev:{name}", str(tmp_path / name))
+                for name in sorted(os.listdir(tmp_path))
+                if name.startswith("video")
+            ]
 
-    watcher = V4L2Watcher(Scanner(), scans.append, use_udev=True, poll_interval=0.05,
-                          dev_root=str(tmp_path), udev_control=str(tmp_path / "no-udev"))
+    watcher = V4L2Watcher(
+        Scanner(),
+        scans.append,
+        use_udev=True,
+        poll_interval=0.05,
+        dev_root=str(tmp_path),
+        udev_control=str(tmp_path / "no-udev"),
+    )
     assert watcher.open_monitor()[0] is None
     watcher.dev_interval = 0.01  # the production minimum is DEV_POLL_MIN; no need to wait here
 
@@ -306,11 +346,13 @@ def test_v4l2_watcher_rescans_on_udev_events(tmp_path):
 
 def test_real_udev_monitor_is_used_only_where_udev_runs(tmp_path):
     pytest.importorskip("pyudev")
-    watcher = V4L2Watcher(None, print, use_udev=True, poll_interval=0.05,
-                          udev_control=str(tmp_path / "control"))
+    watcher = V4L2Watcher(None, print, use_udev=True, poll_interval=0.05, udev_control=str(tmp_path / "control"))
     monitor, reason = watcher.open_monitor()
     assert monitor is None and "udev is not running" in reason
-    assert V4L2Watcher(None, print, use_udev=False, poll_interval=0.05).open_monitor() == (None, "cameras.udev is false")
+    assert V4L2Watcher(None, print, use_udev=False, poll_interval=0.05).open_monitor() == (
+        None,
+        "cameras.udev is false",
+    )
     (tmp_path / "control").touch()
     monitor, reason = watcher.open_monitor()
     if monitor is None:
@@ -406,8 +448,10 @@ def test_stream_sync_with_the_real_mediamtx_client(tmp_path):
     reg = registry(tmp_path)
     published, statuses = [], []
     with fakes.FakeMediaMTX() as fake:
-        cfg = config.load(overrides={"runtime.state_dir": str(tmp_path), "media.backend": "mediamtx",
-                                     "media.mediamtx_api": fake.url}, environ={})
+        cfg = config.load(
+            overrides={"runtime.state_dir": str(tmp_path), "media.backend": "mediamtx", "media.mediamtx_api": fake.url},
+            environ={},
+        )
         sync = StreamSync.from_config(cfg, reg, published.append, on_status=statuses.append)
         assert sync is not None
 

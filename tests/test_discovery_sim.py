@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from camservice import ffmpeg
-from workers.discovery import simulator
-from workers.discovery.ids import IdStore
+from camservice.workers.discovery import simulator
+from camservice.workers.discovery.ids import IdStore
 
 # A child that opens a node and reports how it went: "ok", "EBUSY", or the errno name.
 OPENER = textwrap.dedent("""
     import errno, sys
-    from workers.discovery.simulator import open_sim_device
+    from camservice.workers.discovery.simulator import open_sim_device
     try:
         fd = open_sim_device(sys.argv[1])
     except OSError as exc:
@@ -43,7 +43,9 @@ def test_plug_writes_a_node_and_unplug_removes_it(tmp_path):
     assert json.loads(node.read_text()) == {"index": 0, "resolution": "640x480", "fps": 15, "pattern": "testsrc2"}
     assert simulator.plug(tmp_path, "1280x720", 30) == 1
     assert [(n.device, n.resolution, n.fps) for n in simulator.list_nodes(tmp_path)] == [
-        ("sim:0", "640x480", 15), ("sim:1", "1280x720", 30)]
+        ("sim:0", "640x480", 15),
+        ("sim:1", "1280x720", 30),
+    ]
     assert simulator.unplug(tmp_path, "sim:0") == 0
     assert not node.exists()
     assert simulator.plug(tmp_path) == 0  # the lowest free index again
@@ -93,8 +95,14 @@ def test_unplug_names(tmp_path):
 def test_parse_node_rejects_broken_files(tmp_path):
     good = simulator.parse_node(tmp_path / "sim3", '{"index": 3, "fps": 5}')
     assert (good.index, good.resolution, good.fps) == (3, "640x480", 5)
-    for name, text in [("sim3", "not json"), ("sim3", "[]"), ("sim3", '{"index": 4}'),
-                       ("sim03", "{}"), ("camera3", "{}"), ("sim3", '{"resolution": "big"}')]:
+    for name, text in [
+        ("sim3", "not json"),
+        ("sim3", "[]"),
+        ("sim3", '{"index": 4}'),
+        ("sim03", "{}"),
+        ("camera3", "{}"),
+        ("sim3", '{"resolution": "big"}'),
+    ]:
         with pytest.raises(simulator.SimNodeError):
             simulator.parse_node(tmp_path / name, text)
 
@@ -118,8 +126,9 @@ def test_lock_lives_exactly_as_long_as_the_capture_child(tmp_path):
     node = simulator.node_path(tmp_path, simulator.plug(tmp_path))
     fd = simulator.open_sim_device(node)
     # The recording worker's pattern: hand the fd to the child, close its own copy.
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE, pass_fds=(fd,))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, pass_fds=(fd,)
+    )
     os.close(fd)
     try:
         assert try_open_in_other_process(node) == "EBUSY Device or resource busy"
@@ -162,7 +171,10 @@ def test_prepare_run_resets_a_new_run_and_keeps_a_restarted_one(tmp_path):
 
     assert simulator.prepare_run(tmp_path, 3, None, None, owner="run-2") is True
     assert [(n.index, n.resolution) for n in simulator.list_nodes(tmp_path)] == [
-        (0, "640x480"), (1, "640x480"), (2, "640x480")]
+        (0, "640x480"),
+        (1, "640x480"),
+        (2, "640x480"),
+    ]
 
 
 def test_sim_capabilities_include_its_own_mode():
@@ -189,8 +201,23 @@ def test_ffmpeg_captures_a_simulated_camera(tmp_path):
         pytest.skip("no ffmpeg")
     node = simulator.read_node(simulator.node_path(tmp_path, simulator.plug(tmp_path, "320x240", 10)))
     out = tmp_path / "clip.mkv"
-    result = subprocess.run([exe, "-hide_banner", "-nostdin", "-loglevel", "error",
-                             *simulator.sim_input_args(node.source()), "-frames:v", "3", "-c:v", "ffv1", str(out)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            exe,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            *simulator.sim_input_args(node.source()),
+            "-frames:v",
+            "3",
+            "-c:v",
+            "ffv1",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert ffmpeg.probe(out, exe).resolution == "320x240"

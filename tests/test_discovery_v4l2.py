@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.discovery import v4l2
-from workers.discovery.v4l2 import Mode, RawNode
+from camservice.workers.discovery import v4l2
+from camservice.workers.discovery.v4l2 import Mode, RawNode
 
 DATA = Path(__file__).parent / "data" / "v4l2"
 
@@ -89,8 +89,13 @@ def test_c920_capabilities():
 def test_c920_default_mode_is_mjpeg_1080p30():
     camera = v4l2.describe(udev_node("c920_video0", "0"), probe_record("c920_video0"))
     assert (camera.resolution, camera.fps) == ("1920x1080", 30)
-    assert camera.source == {"kind": "v4l2", "path": "/dev/video0", "input_format": "mjpeg",
-                             "size": "1920x1080", "fps": 30}
+    assert camera.source == {
+        "kind": "v4l2",
+        "path": "/dev/video0",
+        "input_format": "mjpeg",
+        "size": "1920x1080",
+        "fps": 30,
+    }
 
 
 def test_mode_choice_prefers_a_usable_rate_over_size():
@@ -174,8 +179,9 @@ def make_sysfs(root: Path, nodes: dict[str, tuple[str, str, str]]) -> tuple[Path
 
 def test_enumerate_sysfs_reads_nodes_without_udev(tmp_path):
     usb = "/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0"
-    sys_root, dev_root = make_sysfs(tmp_path, {"video0": (usb, "0", "HD Pro Webcam C920"),
-                                               "video1": (usb, "1", "HD Pro Webcam C920")})
+    sys_root, dev_root = make_sysfs(
+        tmp_path, {"video0": (usb, "0", "HD Pro Webcam C920"), "video1": (usb, "1", "HD Pro Webcam C920")}
+    )
     (sys_root / "class" / "video4linux" / "v4l-subdev0").mkdir()  # not a video node
     nodes = v4l2.enumerate_sysfs(sys_root, dev_root)
     assert [n.devname for n in nodes] == [str(dev_root / "video0"), str(dev_root / "video1")]
@@ -219,18 +225,25 @@ def test_scanner_keeps_capture_nodes_and_caches_probes(tmp_path):
     dev.mkdir()
     for name in ("video0", "video1", "video2"):
         (dev / name).touch()
-    nodes = [RawNode(str(dev / "video0"), properties=udev_properties("c920_video0"), index="0"),
-             RawNode(str(dev / "video1"), properties=udev_properties("c920_video1"), index="1"),
-             RawNode(str(dev / "video2"), properties=udev_properties("sonix_video2"), index="0")]
-    prober = RecordedProber({str(dev / "video0"): probe_record("c920_video0"),
-                             str(dev / "video1"): probe_record("c920_video1"),
-                             str(dev / "video2"): PermissionError(errno.EACCES, "Permission denied")})
+    nodes = [
+        RawNode(str(dev / "video0"), properties=udev_properties("c920_video0"), index="0"),
+        RawNode(str(dev / "video1"), properties=udev_properties("c920_video1"), index="1"),
+        RawNode(str(dev / "video2"), properties=udev_properties("sonix_video2"), index="0"),
+    ]
+    prober = RecordedProber(
+        {
+            str(dev / "video0"): probe_record("c920_video0"),
+            str(dev / "video1"): probe_record("c920_video1"),
+            str(dev / "video2"): PermissionError(errno.EACCES, "Permission denied"),
+        }
+    )
     scanner = v4l2.V4L2Scanner(enumerate=lambda: nodes, prober=prober)
 
     found = scanner.scan()
     assert [(f.device, f.name, f.error is None) for f in found] == [
         (str(dev / "video0"), "HD Pro Webcam C920", True),
-        (str(dev / "video2"), "USB 2.0 Camera: USB Camera", False)]
+        (str(dev / "video2"), "USB 2.0 Camera: USB Camera", False),
+    ]
     assert "permission" in found[1].error
     assert len(prober.calls) == 3
 
@@ -245,8 +258,10 @@ def test_scanner_keeps_capture_nodes_and_caches_probes(tmp_path):
 
 def test_scanner_skips_nodes_that_vanish_while_probed(tmp_path):
     (tmp_path / "video0").touch()
-    nodes = [RawNode(str(tmp_path / "video0"), properties=udev_properties("c920_video0"), index="0"),
-             RawNode(str(tmp_path / "video7"), properties=udev_properties("c920_video0"), index="0")]
+    nodes = [
+        RawNode(str(tmp_path / "video0"), properties=udev_properties("c920_video0"), index="0"),
+        RawNode(str(tmp_path / "video7"), properties=udev_properties("c920_video0"), index="0"),
+    ]
     prober = RecordedProber({str(tmp_path / "video0"): OSError(errno.ENODEV, "No such device")})
     scanner = v4l2.V4L2Scanner(enumerate=lambda: nodes, prober=prober)
     assert scanner.scan() == []

@@ -23,12 +23,13 @@ import zmq
 
 from camservice import comms, config
 from camservice.envelope import Event, Ready, Reply, Request, unpack
-from workers.discovery import simulator
+from camservice.workers.discovery import simulator
 
 WAIT = 20.0  # seconds any single expected message may take on a slow CI machine
 
-pytestmark = pytest.mark.skipif(bool(glob.glob("/dev/video*")),
-                                reason="real cameras on this machine would join the lists")
+pytestmark = pytest.mark.skipif(
+    bool(glob.glob("/dev/video*")), reason="real cameras on this machine would join the lists"
+)
 
 
 class FakeGateway:
@@ -106,8 +107,12 @@ class FakeGateway:
 def start_worker(state_dir: str, simulate: int, via_shell: bool = False, **settings: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMSERVICE_")}
     env.update({config.env_name(key): value for key, value in settings.items()})
-    env.update(CAMSERVICE_RUNTIME_STATE_DIR=state_dir, CAMSERVICE_CAMERAS_SIMULATE=str(simulate),
-               CAMSERVICE_CAMERAS_UDEV="false", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(
+        CAMSERVICE_RUNTIME_STATE_DIR=state_dir,
+        CAMSERVICE_CAMERAS_SIMULATE=str(simulate),
+        CAMSERVICE_CAMERAS_UDEV="false",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
     command = [sys.executable, "-m", "camservice.process", "discovery", "0"]
     if via_shell:  # a different parent: what a new service run looks like to the worker
         command = ["sh", "-c", " ".join(command) + "; exit $?"]
@@ -162,13 +167,20 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
         snap = snapshot(gateway)
         assert snap["source"] == "discovery-0"
         assert [(c["id"], c["device"], c["status"]) for c in snap["cameras"]] == [
-            ("camera0", "sim:0", "CONNECTED"), ("camera1", "sim:1", "CONNECTED"), ("camera2", "sim:2", "CONNECTED")]
+            ("camera0", "sim:0", "CONNECTED"),
+            ("camera1", "sim:1", "CONNECTED"),
+            ("camera2", "sim:2", "CONNECTED"),
+        ]
         assert snap["cameras"][0]["source"]["node"] == str(Path(state_dir).resolve() / "dev" / "sim0")
         assert snap["seq"] >= 3  # one event per camera, published before any gateway listened
 
         simulator.plug(state_dir, "1280x720", 30)
         plugged = gateway.next_camera_event(lambda d: d["device"] == "sim:3")
-        assert (plugged.data["id"], plugged.data["status"], plugged.data["resolution"]) == ("camera3", "CONNECTED", "1280x720")
+        assert (plugged.data["id"], plugged.data["status"], plugged.data["resolution"]) == (
+            "camera3",
+            "CONNECTED",
+            "1280x720",
+        )
 
         simulator.unplug(state_dir, "sim:1")
         gone = gateway.next_camera_event(lambda d: d["device"] == "sim:1")
@@ -182,7 +194,11 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
         assert gone.seq <= later["seq"]
         snap = later
         assert {c["id"]: c["status"] for c in snap["cameras"]} == {
-            "camera0": "CONNECTED", "camera1": "DISCONNECTED", "camera2": "CONNECTED", "camera3": "CONNECTED"}
+            "camera0": "CONNECTED",
+            "camera1": "DISCONNECTED",
+            "camera2": "CONNECTED",
+            "camera3": "CONNECTED",
+        }
 
         error, caps = gateway.call("get_camera_capabilities", {"device": "camera3"})
         assert error is None
@@ -195,11 +211,15 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
         error, streams = gateway.call("get_streams")
         assert error is None
         assert [(s["name"], s["source"], s["ready"], s["readers"]) for s in streams] == [
-            ("camera0", "sim:0", False, 0), ("camera2", "sim:2", False, 0), ("camera3", "sim:3", False, 0)]
+            ("camera0", "sim:0", False, 0),
+            ("camera2", "sim:2", False, 0),
+            ("camera3", "sim:3", False, 0),
+        ]
 
         recording = gateway.next_camera_event(
             lambda d: d["id"] == "camera0" and d["recording"],
-            poke=lambda: gateway.publish("recording_status_update", {"device": "sim:0", "status": "STARTED"}))
+            poke=lambda: gateway.publish("recording_status_update", {"device": "sim:0", "status": "STARTED"}),
+        )
         assert recording.data["readers"] == 1
         gateway.publish("recording_status_update", {"device": "camera0", "status": "COMPLETED"})
         stopped = gateway.next_camera_event(lambda d: d["id"] == "camera0")
@@ -225,8 +245,11 @@ def test_restarted_worker_keeps_the_run_and_a_new_run_starts_fresh(state_dir, ga
     process = run(state_dir, gateway, simulate=2)
     try:
         cameras = {c["device"]: (c["id"], c["status"]) for c in snapshot(gateway)["cameras"]}
-        assert cameras == {"sim:0": ("camera0", "CONNECTED"), "sim:1": ("camera1", "DISCONNECTED"),
-                           "sim:5": ("camera2", "CONNECTED")}
+        assert cameras == {
+            "sim:0": ("camera0", "CONNECTED"),
+            "sim:1": ("camera1", "DISCONNECTED"),
+            "sim:5": ("camera2", "CONNECTED"),
+        }
     finally:
         stop_worker(process)
 
@@ -258,8 +281,7 @@ def test_service_without_cameras(state_dir, gateway):
 def test_mediamtx_backend_fills_stream_urls(state_dir, gateway):
     fakes = pytest.importorskip("tests.fakes.mediamtx")
     with fakes.FakeMediaMTX() as fake:
-        process = run(state_dir, gateway, simulate=2, **{"media.backend": "mediamtx",
-                                                         "media.mediamtx_api": fake.url})
+        process = run(state_dir, gateway, simulate=2, **{"media.backend": "mediamtx", "media.mediamtx_api": fake.url})
         try:
             status = gateway.next_event("_media_status", lambda d: True)
             assert status.data == {"state": "running", "backend": "mediamtx"}

@@ -6,13 +6,16 @@ import pytest
 from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, pack, unpack
 
 
-@pytest.mark.parametrize("message", [
-    Ready("files", 123, 2, 0),
-    Request(1, "list_recordings", {"limit": 10}, 1.5e9, "g0-1", {"sub": "u", "role": "viewer"}),
-    Reply(1, None, {"files": []}),
-    Reply(2, {"code": -32010, "message": "File not found"}, None),
-    Goodbye(99),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ready("files", 123, 2, 0),
+        Request(1, "list_recordings", {"limit": 10}, 1.5e9, "g0-1", {"sub": "u", "role": "viewer"}),
+        Reply(1, None, {"files": []}),
+        Reply(2, {"code": -32010, "message": "File not found"}, None),
+        Goodbye(99),
+    ],
+)
 def test_round_trip(message):
     assert unpack(message.pack()) == [message]
 
@@ -22,8 +25,19 @@ def test_a_frame_carries_several_messages_in_order():
     assert unpack(pack(*messages)) == messages
 
 
-@pytest.mark.parametrize("frame", [b"", b"\x00", msgpack.packb([99, 1]), msgpack.packb([3]), msgpack.packb({"a": 1}),
-                                   msgpack.packb([]), msgpack.packb([[99, 1]]), msgpack.packb([[3]])])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00",
+        msgpack.packb([99, 1]),
+        msgpack.packb([3]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb([]),
+        msgpack.packb([[99, 1]]),
+        msgpack.packb([[3]]),
+    ],
+)
 def test_garbage_raises_envelope_error(frame):
     with pytest.raises(EnvelopeError):
         unpack(frame)

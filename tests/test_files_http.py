@@ -15,8 +15,8 @@ import tracemalloc
 
 import pytest
 
-from workers.files.downloads import DownloadServer
-from workers.files.worker import FilesWorker
+from camservice.workers.files.downloads import DownloadServer
+from camservice.workers.files.worker import FilesWorker
 
 from tests.test_files_support import make_config
 
@@ -79,47 +79,53 @@ def raw(server, request: bytes) -> bytes:
 # --- traversal ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/files/recordings/../secret.mp4", 400),
-    ("/files/recordings/%2e%2e/secret.mp4", 400),
-    ("/files/recordings/%2E%2E%2Fsecret.mp4", 400),
-    ("/files/recordings/..%2fsecret.mp4", 400),
-    ("/files/recordings/.%2e/.%2e/secret.mp4", 400),
-    ("/files/recordings/%252e%252e%252fsecret.mp4", 400),  # double-encoded: decoded once only
-    ("/files/recordings//etc/passwd", 400),
-    ("/files/recordings/%2Fetc%2Fpasswd", 400),
-    ("/files/recordings/clip.mp4%00.jpg", 400),
-    ("/files/recordings/clip.mp4%00", 400),
-    ("/files/recordings/..\\secret.mp4", 400),
-    ("/files/recordings/%5c..%5csecret.mp4", 400),
-    ("/files/recordings/.hidden.mp4", 400),
-    ("/files/recordings/%c0%ae%c0%ae/secret.mp4", 400),  # overlong UTF-8 dots
-    ("/files/recordings/up/secret.mp4", 400),
-    ("/files/snapshots/../recordings/clip.mp4", 400),
-    ("/files/recordings/escape.mp4", 404),  # symlink pointing outside
-    ("/files/recordings/relative.mp4", 404),
-    ("/files/recordings/up", 404),  # symlink to a directory outside
-    ("/files/recordings/notes.txt", 404),  # not media: not ours to serve
-    ("/files/recordings/missing.mp4", 404),
-    ("/files/recordings/", 404),
-    ("/files/other/clip.mp4", 404),
-    ("/etc/passwd", 404),
-    ("http://127.0.0.1/files/recordings/clip.mp4", 400),  # absolute-form target
-    ("*", 400),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/files/recordings/../secret.mp4", 400),
+        ("/files/recordings/%2e%2e/secret.mp4", 400),
+        ("/files/recordings/%2E%2E%2Fsecret.mp4", 400),
+        ("/files/recordings/..%2fsecret.mp4", 400),
+        ("/files/recordings/.%2e/.%2e/secret.mp4", 400),
+        ("/files/recordings/%252e%252e%252fsecret.mp4", 400),  # double-encoded: decoded once only
+        ("/files/recordings//etc/passwd", 400),
+        ("/files/recordings/%2Fetc%2Fpasswd", 400),
+        ("/files/recordings/clip.mp4%00.jpg", 400),
+        ("/files/recordings/clip.mp4%00", 400),
+        ("/files/recordings/..\\secret.mp4", 400),
+        ("/files/recordings/%5c..%5csecret.mp4", 400),
+        ("/files/recordings/.hidden.mp4", 400),
+        ("/files/recordings/%c0%ae%c0%ae/secret.mp4", 400),  # overlong UTF-8 dots
+        ("/files/recordings/up/secret.mp4", 400),
+        ("/files/snapshots/../recordings/clip.mp4", 400),
+        ("/files/recordings/escape.mp4", 404),  # symlink pointing outside
+        ("/files/recordings/relative.mp4", 404),
+        ("/files/recordings/up", 404),  # symlink to a directory outside
+        ("/files/recordings/notes.txt", 404),  # not media: not ours to serve
+        ("/files/recordings/missing.mp4", 404),
+        ("/files/recordings/", 404),
+        ("/files/other/clip.mp4", 404),
+        ("/etc/passwd", 404),
+        ("http://127.0.0.1/files/recordings/clip.mp4", 400),  # absolute-form target
+        ("*", 400),
+    ],
+)
 def test_traversal_attempts_are_refused(server, path, status):
     got, headers, body = get(server, path)
     assert got == status, body
     assert SECRET not in body and BODY not in body
 
 
-@pytest.mark.parametrize("request_line", [
-    b"GET /files/recordings/clip.mp4\x00.jpg HTTP/1.1",
-    b"GET /files/recordings/..\\..\\secret.mp4 HTTP/1.1",
-    b"GET /files/recordings/../../secret.mp4 HTTP/1.1",
-    b"GET /files/recordings/clip.mp4 HTTP/1.1 extra",
-    b"GET /files/recordings/clip.mp4 HTTP/2.0",
-])
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /files/recordings/clip.mp4\x00.jpg HTTP/1.1",
+        b"GET /files/recordings/..\\..\\secret.mp4 HTTP/1.1",
+        b"GET /files/recordings/../../secret.mp4 HTTP/1.1",
+        b"GET /files/recordings/clip.mp4 HTTP/1.1 extra",
+        b"GET /files/recordings/clip.mp4 HTTP/2.0",
+    ],
+)
 def test_raw_request_lines_are_refused(server, request_line):
     answer = raw(server, request_line + b"\r\nHost: x\r\n\r\n")
     status = int(answer.split(b" ", 2)[1])
@@ -132,8 +138,9 @@ def test_symlinks_are_never_served(server, folders):
     assert get(server, "/files/recordings/clip.mp4")[0] == 200
     # The folder itself may be a symlink (recordings on another disk).
     os.symlink(folders["recording"], folders["recording"].parent / "linked")
-    srv = DownloadServer({"recording": folders["recording"].parent / "linked", "snapshot": folders["snapshot"]},
-                         "127.0.0.1", 0)
+    srv = DownloadServer(
+        {"recording": folders["recording"].parent / "linked", "snapshot": folders["snapshot"]}, "127.0.0.1", 0
+    )
     srv.start()
     try:
         assert get(srv, "/files/recordings/clip.mp4")[2] == BODY
@@ -144,13 +151,16 @@ def test_symlinks_are_never_served(server, folders):
 # --- whole files, headers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, content_type, body", [
-    ("/files/recordings/clip.mp4", "video/mp4", BODY),
-    ("/files/recordings/movie.mkv", "video/x-matroska", b"mkv"),
-    ("/files/snapshots/still.jpg", "image/jpeg", b"jpg"),
-    ("/files/snapshots/still.png", "image/png", b"png"),
-    ("/files/recordings/empty.mp4", "video/mp4", b""),
-])
+@pytest.mark.parametrize(
+    "path, content_type, body",
+    [
+        ("/files/recordings/clip.mp4", "video/mp4", BODY),
+        ("/files/recordings/movie.mkv", "video/x-matroska", b"mkv"),
+        ("/files/snapshots/still.jpg", "image/jpeg", b"jpg"),
+        ("/files/snapshots/still.png", "image/png", b"png"),
+        ("/files/recordings/empty.mp4", "video/mp4", b""),
+    ],
+)
 def test_whole_file(server, path, content_type, body):
     status, headers, got = get(server, path)
     name = path.rsplit("/", 1)[1]
@@ -173,19 +183,22 @@ def test_head_sends_headers_only(server):
 # --- ranges --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header, first, last", [
-    ("bytes=0-0", 0, 0),
-    ("bytes=10-19", 10, 19),
-    ("bytes=1000-", 1000, 1023),  # open-ended
-    ("bytes=-24", 1000, 1023),  # suffix
-    ("bytes=-5000", 0, 1023),  # suffix longer than the file
-    ("bytes=1020-9999", 1020, 1023),  # end clipped
-    ("bytes=1023-1023", 1023, 1023),
-])
+@pytest.mark.parametrize(
+    "header, first, last",
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=10-19", 10, 19),
+        ("bytes=1000-", 1000, 1023),  # open-ended
+        ("bytes=-24", 1000, 1023),  # suffix
+        ("bytes=-5000", 0, 1023),  # suffix longer than the file
+        ("bytes=1020-9999", 1020, 1023),  # end clipped
+        ("bytes=1023-1023", 1023, 1023),
+    ],
+)
 def test_single_ranges(server, header, first, last):
     status, headers, body = get(server, "/files/recordings/clip.mp4", headers={"Range": header})
     assert status == 206
-    assert body == BODY[first:last + 1]
+    assert body == BODY[first : last + 1]
     assert headers["content-range"] == f"bytes {first}-{last}/1024"
     assert headers["content-length"] == str(last - first + 1)
 
@@ -212,11 +225,15 @@ def test_ignored_ranges_send_the_whole_file(server, header):
 
 def test_if_range_with_a_stale_date_sends_the_whole_file(server):
     _, headers, _ = get(server, "/files/recordings/clip.mp4", method="HEAD")
-    status, _, body = get(server, "/files/recordings/clip.mp4",
-                          headers={"Range": "bytes=0-3", "If-Range": headers["last-modified"]})
+    status, _, body = get(
+        server, "/files/recordings/clip.mp4", headers={"Range": "bytes=0-3", "If-Range": headers["last-modified"]}
+    )
     assert status == 206 and body == BODY[:4]
-    status, _, body = get(server, "/files/recordings/clip.mp4",
-                          headers={"Range": "bytes=0-3", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    status, _, body = get(
+        server,
+        "/files/recordings/clip.mp4",
+        headers={"Range": "bytes=0-3", "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"},
+    )
     assert status == 200 and body == BODY
 
 
@@ -351,8 +368,9 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
         async with running(config) as worker:
             for name, (headers, expected) in cases.items():
                 result = {}
-                thread = threading.Thread(target=lambda: result.update(
-                    r=get(worker.http, "/files/recordings/w.mp4", headers=headers)))
+                thread = threading.Thread(
+                    target=lambda: result.update(r=get(worker.http, "/files/recordings/w.mp4", headers=headers))
+                )
                 thread.start()
                 while thread.is_alive():
                     await asyncio.sleep(0.01)
@@ -365,12 +383,30 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
-    from workers.files.worker import tls_context
+    from camservice.workers.files.worker import tls_context
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                    "-days", "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     config = make_config(tmp_path, **{"server.tls.cert_file": str(cert), "server.tls.key_file": str(key)})
     assert tls_context(make_config(tmp_path)) is None
     srv = DownloadServer(folders, "127.0.0.1", 0, ssl_context=tls_context(config))
@@ -394,7 +430,7 @@ def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
 
 def test_viewer_authorizer_follows_the_contract(folders, tmp_path):
     from camservice.auth import Authenticator, issue_token, load_or_create_secret
-    from workers.files.auth import viewer_authorizer
+    from camservice.workers.files.auth import viewer_authorizer
 
     config = make_config(tmp_path)
     authorize = viewer_authorizer(config, Authenticator(config))

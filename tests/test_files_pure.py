@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from workers.files import downloads
+from camservice.workers.files import downloads
 from camservice.timestamps import utc_iso
-from workers.files.names import Escape, admitted, parse_name, resolve_inside
-from workers.files.retention import DAY, GB, Candidate, Policy, PolicyStore, FileLock, plan
-from workers.files.storage import ThresholdMonitor, Usage, storage_info
+from camservice.workers.files.names import Escape, admitted, parse_name, resolve_inside
+from camservice.workers.files.retention import DAY, GB, Candidate, Policy, PolicyStore, FileLock, plan
+from camservice.workers.files.storage import ThresholdMonitor, Usage, storage_info
 
 NOW = 1_700_000_000.0
 
@@ -27,8 +27,9 @@ def test_parse_default_name():
     assert segment.camera_id == "camera2" and segment.started is None
 
 
-@pytest.mark.parametrize("name", ["holiday.mp4", "camera0_2024-03-05_07-08-09_ab12cd.mp4",
-                                  "camera0_2024-03-05_07-08-09.mp4"])
+@pytest.mark.parametrize(
+    "name", ["holiday.mp4", "camera0_2024-03-05_07-08-09_ab12cd.mp4", "camera0_2024-03-05_07-08-09.mp4"]
+)
 def test_parse_custom_names(name):
     assert parse_name(name).camera_id is None
 
@@ -64,29 +65,33 @@ def test_resolve_inside(tmp_path):
 # --- ranges --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header, expected", [
-    (None, None),
-    ("bytes=0-0", (0, 0)),
-    ("bytes=0-9", (0, 9)),
-    ("bytes=5-", (5, 99)),
-    ("bytes=90-500", (90, 99)),
-    ("bytes=-10", (90, 99)),
-    ("bytes=-1000", (0, 99)),
-    ("bytes=99-99", (99, 99)),
-    ("BYTES = 1-2", (1, 2)),
-    ("bytes=5-2", None),  # invalid: ignored, whole file
-    ("bytes=0-1,5-6", None),  # several ranges: whole file
-    ("items=0-1", None),
-    ("bytes=abc", None),
-    ("bytes=1-x", None),
-    ("bytes=١-٢", None),  # Arabic-Indic digits are not HTTP digits
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, None),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=5-", (5, 99)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-1000", (0, 99)),
+        ("bytes=99-99", (99, 99)),
+        ("BYTES = 1-2", (1, 2)),
+        ("bytes=5-2", None),  # invalid: ignored, whole file
+        ("bytes=0-1,5-6", None),  # several ranges: whole file
+        ("items=0-1", None),
+        ("bytes=abc", None),
+        ("bytes=1-x", None),
+        ("bytes=١-٢", None),  # Arabic-Indic digits are not HTTP digits
+    ],
+)
 def test_parse_range(header, expected):
     assert downloads.parse_range(header, 100) == expected
 
 
-@pytest.mark.parametrize("header, size", [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100),
-                                          ("bytes=0-", 0), ("bytes=-5", 0)])
+@pytest.mark.parametrize(
+    "header, size", [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)]
+)
 def test_parse_range_unsatisfiable(header, size):
     with pytest.raises(downloads.Unsatisfiable):
         downloads.parse_range(header, size)
@@ -120,8 +125,10 @@ def test_plan_age():
 def test_plan_never_picks_a_file_being_recorded():
     rows = recordings(("a", 10, 1, True), ("b", 9, 1), ("c", 8, 5 * GB, True), ("d", 7, 1))
     assert names(plan(rows, Policy("age", True, max_age_days=1), now=NOW)) == ["b", "d"]
-    assert names(plan(rows, Policy("size", True, max_size_gb=0.000000001), now=NOW,
-                      recordings_bytes=5 * GB + 3)) == ["b", "d"]
+    assert names(plan(rows, Policy("size", True, max_size_gb=0.000000001), now=NOW, recordings_bytes=5 * GB + 3)) == [
+        "b",
+        "d",
+    ]
 
 
 def test_plan_size_oldest_first_until_under_limit():
@@ -209,6 +216,12 @@ def test_threshold_monitor_low_free_bytes_is_a_warning():
 
 def test_storage_info_shape():
     info = storage_info(Usage(1000, 600, 300), 50, 7, 80.0, 0)
-    assert info == {"total_space": 1000, "used_space": 600, "available_space": 300,
-                    "usage_percentage": 66.67, "recordings_size": 50, "snapshots_size": 7,
-                    "low_space_warning": False}
+    assert info == {
+        "total_space": 1000,
+        "used_space": 600,
+        "available_space": 300,
+        "usage_percentage": 66.67,
+        "recordings_size": 50,
+        "snapshots_size": 7,
+        "low_space_warning": False,
+    }

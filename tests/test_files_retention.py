@@ -6,7 +6,7 @@ import time
 
 from camservice import methods
 from camservice.errors import SERVICE_BUSY, RpcError
-from workers.files.retention import DAY, FileLock
+from camservice.workers.files.retention import DAY, FileLock
 
 from tests.test_files_support import FakeDisk, ctx, make_config, make_file, run, running, write_active
 
@@ -35,11 +35,20 @@ def test_set_retention_policy_is_stored_and_survives_restart(tmp_path):
     async def body():
         async with running(config) as worker:
             result = await worker.set_retention_policy(policy(policy_type="age", enabled=True, max_age_days=7), ctx())
-            assert result == {"policy_type": "age", "enabled": True, "max_age_days": 7, "max_size_gb": None,
-                              "message": "Retention policy updated"}
+            assert result == {
+                "policy_type": "age",
+                "enabled": True,
+                "max_age_days": 7,
+                "max_size_gb": None,
+                "message": "Retention policy updated",
+            }
         async with running(config, index=1) as worker:  # another process, after a restart
-            assert worker.policies.load().to_dict() == {"policy_type": "age", "enabled": True,
-                                                        "max_age_days": 7, "max_size_gb": None}
+            assert worker.policies.load().to_dict() == {
+                "policy_type": "age",
+                "enabled": True,
+                "max_age_days": 7,
+                "max_size_gb": None,
+            }
 
     run(body())
 
@@ -65,8 +74,9 @@ def test_age_policy_on_recordings_and_snapshots_spares_active_files(tmp_path):
     config = make_config(tmp_path)
     aged(config, {"a_old.mp4": (30, 100), "b_old.mkv": (8, 50), "c_new.mp4": (2, 10), "d_live.mp4": (9, 70)})
     aged(config, {"s_old.jpg": (10, 5), "s_new.png": (1, 5)}, kind="snapshot")
-    write_active(config, {"d_live.mp4": {"camera_id": "camera0", "device": "sim:0", "session_id": "x",
-                                         "started": time.time()}})
+    write_active(
+        config, {"d_live.mp4": {"camera_id": "camera0", "device": "sim:0", "session_id": "x", "started": time.time()}}
+    )
 
     async def body():
         async with running(config) as worker:
@@ -88,8 +98,7 @@ def test_age_policy_on_recordings_and_snapshots_spares_active_files(tmp_path):
 
 def test_size_policy_deletes_oldest_recordings_first(tmp_path):
     config = make_config(tmp_path)
-    aged(config, {"r1.mp4": (5, 400_000), "r2.mp4": (4, 300_000), "r3.mp4": (3, 500_000),
-                  "r4.mp4": (2, 400_000)})
+    aged(config, {"r1.mp4": (5, 400_000), "r2.mp4": (4, 300_000), "r3.mp4": (3, 500_000), "r4.mp4": (2, 400_000)})
     aged(config, {"s.jpg": (50, 2_000_000)}, kind="snapshot")
 
     async def body():

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from camservice import config as config_module
-from workers.base import CallContext
-from workers.files.worker import FilesWorker
+from camservice.workers.base import CallContext
+from camservice.workers.files.worker import FilesWorker
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> config_module.Config:
-    values = {"runtime.state_dir": str(tmp_path / "s"), "files.http_port": 0,
-              "storage.scan_interval": 3600.0}
+    values = {"runtime.state_dir": str(tmp_path / "s"), "files.http_port": 0, "storage.scan_interval": 3600.0}
     values.update(overrides)
     return config_module.load(overrides=values, environ={})
 

@@ -14,10 +14,19 @@ import pytest
 from camservice import ffmpeg, methods
 from camservice.envelope import Event
 from camservice.errors import FILE_NOT_FOUND, IN_PROGRESS, INVALID_PARAMS, RpcError
-from workers.files.worker import FilesWorker
+from camservice.workers.files.worker import FilesWorker
 
-from tests.test_files_support import (EPOCH, FakeDisk, ctx, default_name, make_config, make_file,
-                                      run, running, write_active)
+from tests.test_files_support import (
+    EPOCH,
+    FakeDisk,
+    ctx,
+    default_name,
+    make_config,
+    make_file,
+    run,
+    running,
+    write_active,
+)
 
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
@@ -92,9 +101,14 @@ def test_entry_shape(tmp_path):
         async with running(config) as worker:
             await worker.rescan()
             (entry,) = (await worker.list_recordings(methods.list_files({}), ctx()))["files"]
-            assert entry == {"filename": name, "file_size": 5, "modified_time": "2023-11-14T22:13:20Z",
-                             "download_url": f"http://cam.example:{worker.http.port}/files/recordings/{name}",
-                             "camera_id": "camera1", "recording": False}
+            assert entry == {
+                "filename": name,
+                "file_size": 5,
+                "modified_time": "2023-11-14T22:13:20Z",
+                "download_url": f"http://cam.example:{worker.http.port}/files/recordings/{name}",
+                "camera_id": "camera1",
+                "recording": False,
+            }
 
     run(body())
 
@@ -111,8 +125,10 @@ def test_device_filter_by_camera_id_and_by_device(tmp_path):
 
             async def fake_call(method, params, timeout=5.0, request_id=""):
                 calls.append(method)
-                return {"cameras": [{"id": "camera1", "device": "/dev/video4"},
-                                    {"id": "camera2", "device": "sim:2"}], "seq": 1}
+                return {
+                    "cameras": [{"id": "camera1", "device": "/dev/video4"}, {"id": "camera2", "device": "sim:2"}],
+                    "seq": 1,
+                }
 
             worker.call = fake_call
             by_id = await worker.list_recordings(methods.list_files({"device": "camera1"}), ctx())
@@ -137,8 +153,15 @@ def test_camera_status_events_teach_the_device_mapping(tmp_path):
     async def body():
         async with running(config) as worker:
             await worker.rescan()
-            await worker.on_event(Event("camera_status_update", "discovery-0", 1,
-                                        {"id": "camera0", "device": "sim:0", "status": "CONNECTED"}, time.time()))
+            await worker.on_event(
+                Event(
+                    "camera_status_update",
+                    "discovery-0",
+                    1,
+                    {"id": "camera0", "device": "sim:0", "status": "CONNECTED"},
+                    time.time(),
+                )
+            )
             page = await worker.list_recordings(methods.list_files({"device": "sim:0"}), ctx())
             assert page["total"] == 3 and {f["device"] for f in page["files"]} == {"sim:0"}
 
@@ -229,8 +252,17 @@ def test_names_leaving_the_folder_are_invalid_params(tmp_path, method):
 
     async def body():
         async with running(config) as worker:
-            for bad in ["../secret.mp4", "..", "/etc/passwd", "escape.mp4", "etc", "a/../../secret.mp4",
-                        "x\x00.mp4", ".hidden.mp4", "a\\b.mp4"]:
+            for bad in [
+                "../secret.mp4",
+                "..",
+                "/etc/passwd",
+                "escape.mp4",
+                "etc",
+                "a/../../secret.mp4",
+                "x\x00.mp4",
+                ".hidden.mp4",
+                "a\\b.mp4",
+            ]:
                 with pytest.raises(RpcError) as caught:
                     await getattr(worker, method)({"filename": bad}, ctx())
                 assert caught.value.code == INVALID_PARAMS, bad
@@ -249,11 +281,17 @@ def test_unknown_files_are_not_found(tmp_path):
 
     async def body():
         async with running(config) as worker:
-            for method, name in [("get_recording_info", "nope.mp4"), ("get_snapshot_info", "nope.jpg"),
-                                 ("delete_recording", "nope.mp4"), ("delete_snapshot", "nope.png"),
-                                 ("get_recording_info", "notes.txt"), ("get_recording_info", "folder.mp4"),
-                                 ("delete_recording", "folder.mp4"), ("get_recording_info", "alias.mp4"),
-                                 ("delete_recording", "alias.mp4")]:
+            for method, name in [
+                ("get_recording_info", "nope.mp4"),
+                ("get_snapshot_info", "nope.jpg"),
+                ("delete_recording", "nope.mp4"),
+                ("delete_snapshot", "nope.png"),
+                ("get_recording_info", "notes.txt"),
+                ("get_recording_info", "folder.mp4"),
+                ("delete_recording", "folder.mp4"),
+                ("get_recording_info", "alias.mp4"),
+                ("delete_recording", "alias.mp4"),
+            ]:
                 with pytest.raises(RpcError) as caught:
                     await getattr(worker, method)({"filename": name}, ctx())
                 assert caught.value.code == FILE_NOT_FOUND
@@ -298,8 +336,7 @@ def test_delete_of_a_file_not_yet_indexed_works(tmp_path):
 def test_active_file_cannot_be_deleted(tmp_path):
     config = make_config(tmp_path)
     names = tree(config, count=2)
-    write_active(config, {names[0]: {"camera_id": "camera0", "device": "sim:0", "session_id": "s",
-                                     "started": EPOCH}})
+    write_active(config, {names[0]: {"camera_id": "camera0", "device": "sim:0", "session_id": "s", "started": EPOCH}})
 
     async def body():
         async with running(config) as worker:
@@ -308,8 +345,7 @@ def test_active_file_cannot_be_deleted(tmp_path):
                 await worker.delete_recording({"filename": names[0]}, ctx())
             assert caught.value.code == IN_PROGRESS
             assert (config.recordings_dir / names[0]).exists()
-            entries = {f["filename"]: f for f in
-                       (await worker.list_recordings(methods.list_files({}), ctx()))["files"]}
+            entries = {f["filename"]: f for f in (await worker.list_recordings(methods.list_files({}), ctx()))["files"]}
             assert entries[names[0]]["recording"] is True and entries[names[1]]["recording"] is False
             write_active(config, {})  # the recording finished
             assert (await worker.delete_recording({"filename": names[0]}, ctx()))["deleted"] is True
@@ -323,8 +359,15 @@ def test_file_update_events_track_recording_state(tmp_path):
     name = default_name("camera2", EPOCH, "EV0001")
 
     def event(state, **extra):
-        data = {"kind": "recording", "filename": name, "camera_id": "camera2", "device": "/dev/video2",
-                "state": state, "size": 0, **extra}
+        data = {
+            "kind": "recording",
+            "filename": name,
+            "camera_id": "camera2",
+            "device": "/dev/video2",
+            "state": state,
+            "size": 0,
+            **extra,
+        }
         return Event("_file_update", "recording-0", 1, data, time.time())
 
     async def body():
@@ -355,10 +398,44 @@ def test_info_probes_real_media_once(tmp_path, monkeypatch):
     snap = config.snapshots_dir / "still.jpg"
     rec.parent.mkdir(parents=True)
     snap.parent.mkdir(parents=True)
-    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=10", "-t", "2", "-c:v", "mpeg4", "-y", str(rec)], check=True, timeout=60)
-    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=80x60",
-                    "-frames:v", "1", "-y", str(snap)], check=True, timeout=60)
+    subprocess.run(
+        [
+            exe,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=10",
+            "-t",
+            "2",
+            "-c:v",
+            "mpeg4",
+            "-y",
+            str(rec),
+        ],
+        check=True,
+        timeout=60,
+    )
+    subprocess.run(
+        [
+            exe,
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=80x60",
+            "-frames:v",
+            "1",
+            "-y",
+            str(snap),
+        ],
+        check=True,
+        timeout=60,
+    )
 
     async def body():
         async with running(config) as worker:
@@ -403,12 +480,13 @@ def test_two_workers_delete_and_list_concurrently(tmp_path):
             victims = names[:80]
             # Both workers try to delete every victim, while both keep listing.
             jobs = [delete(w, n) for n in victims for w in (first, second)]
-            jobs += [w.list_recordings(methods.list_files({"limit": 50}), ctx())
-                     for _ in range(20) for w in (first, second)]
+            jobs += [
+                w.list_recordings(methods.list_files({"limit": 50}), ctx()) for _ in range(20) for w in (first, second)
+            ]
             results = await asyncio.gather(*jobs)
             outcomes = results[:160]
             for i in range(80):
-                assert sorted(outcomes[2 * i:2 * i + 2]) == ["deleted", "missing"]
+                assert sorted(outcomes[2 * i : 2 * i + 2]) == ["deleted", "missing"]
             for page in results[160:]:
                 assert len(page["files"]) == 50 and 40 <= page["total"] <= 120
             for worker in (first, second):
@@ -421,7 +499,7 @@ def test_two_workers_delete_and_list_concurrently(tmp_path):
 CHILD = r"""
 import sys, time
 from pathlib import Path
-from workers.files.index import FileIndex
+from camservice.workers.files.index import FileIndex
 db = FileIndex(Path(sys.argv[1]))
 db.open()
 for i in range(400):
@@ -440,8 +518,8 @@ def test_another_process_writes_the_index_while_we_list(tmp_path):
         async with running(config) as worker:
             await worker.rescan()
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", CHILD, str(worker.db.path), stdout=asyncio.subprocess.PIPE,
-                cwd=os.getcwd())
+                sys.executable, "-c", CHILD, str(worker.db.path), stdout=asyncio.subprocess.PIPE, cwd=os.getcwd()
+            )
             pages = 0
             while child.returncode is None:
                 page = await worker.list_recordings(methods.list_files({"limit": 1000}), ctx())
@@ -465,8 +543,9 @@ def test_another_process_writes_the_index_while_we_list(tmp_path):
 
 
 def test_storage_info_and_threshold_events(tmp_path):
-    config = make_config(tmp_path, **{"storage.warn_percent": 80.0, "storage.critical_percent": 90.0,
-                                      "storage.min_free_bytes": 0})
+    config = make_config(
+        tmp_path, **{"storage.warn_percent": 80.0, "storage.critical_percent": 90.0, "storage.min_free_bytes": 0}
+    )
     tree(config, count=10)
 
     async def body():
@@ -481,10 +560,17 @@ def test_storage_info_and_threshold_events(tmp_path):
             for percent in (50, 81, 85, 92, 95, 89.5, 88, 60, 60):
                 disk.set(percent)
                 await worker.check_storage()
-            levels = [(d["level"], d["usage_percentage"], d["low_space_warning"])
-                      for topic, d in worker.published if topic == "storage_status_update"]
-            assert levels == [("warning", 81.0, True), ("critical", 92.0, True),
-                              ("warning", 88.0, True), ("ok", 60.0, False)]
+            levels = [
+                (d["level"], d["usage_percentage"], d["low_space_warning"])
+                for topic, d in worker.published
+                if topic == "storage_status_update"
+            ]
+            assert levels == [
+                ("warning", 81.0, True),
+                ("critical", 92.0, True),
+                ("warning", 88.0, True),
+                ("ok", 60.0, False),
+            ]
             disk.set(85)
             assert (await worker.get_storage_info({}, ctx()))["low_space_warning"] is True
 
@@ -497,8 +583,10 @@ def test_only_the_leader_runs_background_jobs(tmp_path):
 
     async def body():
         disk = FakeDisk(used_percent=99)
-        async with running(config, 0, background=True, disk=disk) as first, \
-                running(config, 1, background=True, disk=disk) as second:
+        async with (
+            running(config, 0, background=True, disk=disk) as first,
+            running(config, 1, background=True, disk=disk) as second,
+        ):
             deadline = time.monotonic() + 10
             while not (first.published or second.published) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -536,8 +624,9 @@ def test_a_follower_woken_by_a_policy_change_does_not_spin(tmp_path):
                 return original(*args, **kwargs)
 
             follower.leader.acquire = counting_acquire
-            await follower.set_retention_policy(methods.retention_policy(
-                {"policy_type": "manual", "enabled": False}), ctx())
+            await follower.set_retention_policy(
+                methods.retention_policy({"policy_type": "manual", "enabled": False}), ctx()
+            )
             for _ in range(30):
                 await asyncio.sleep(0.01)
             assert attempts <= 2  # one wake-up, then back to the interval

@@ -1,6 +1,6 @@
-"""gateway.connection: the WebSocket layer, over real sockets and byte by byte.
+"""camservice.gateway.connection: the WebSocket layer, over real sockets and byte by byte.
 
-Most tests run a tiny echo server made of :class:`gateway.connection.Connection`
+Most tests run a tiny echo server made of :class:`camservice.gateway.connection.Connection`
 on a real TCP port and talk to it with the ``websockets`` client or with raw
 frames written by hand on a plain socket (what a buggy or hostile client
 would send). The property test feeds a recorded byte stream cut at random
@@ -23,10 +23,12 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.utils import apply_mask
 from websockets.http11 import Response
 
-from gateway.connection import Connection, Limits, next_frame, text_frame
+from camservice.gateway.connection import Connection, Limits, next_frame, text_frame
 
-HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 def client_frame(opcode: Opcode, data: bytes, fin: bool = True, mask: bool = True, rsv1: bool = False) -> bytes:
@@ -60,9 +62,11 @@ class Echo:
         if request.path == "/http":
             return Response(200, "OK", Headers({"Content-Length": "2", "Connection": "close"}), b"ok")
         if request.path == "/later":
+
             async def answer():
                 await asyncio.sleep(0.05)
                 return Response(200, "OK", Headers({"Content-Length": "5", "Connection": "close"}), b"later")
+
             return answer()
         if request.path == "/boom":
             raise RuntimeError("handler bug")
@@ -162,6 +166,7 @@ def test_text_and_binary_messages_are_answered_in_order():
                 replies = [await asyncio.wait_for(ws.recv(), 5) for _ in sent]
                 assert replies[:-1] == sent[:-1]
                 assert replies[-1] == "binary:" + (b"\x00\xff" * 40000).hex()  # a 127-length reply frame
+
     run(scenario())
 
 
@@ -169,14 +174,17 @@ def test_fragmented_message_with_a_ping_between_fragments():
     async def scenario():
         async with EchoServer() as server:
             client = await server.raw()
-            client.send(client_frame(Opcode.TEXT, b"hel", fin=False)
-                        + client_frame(Opcode.PING, b"p1")
-                        + client_frame(Opcode.CONT, b"lo ", fin=False)
-                        + client_frame(Opcode.CONT, "wörld".encode(), fin=True))
+            client.send(
+                client_frame(Opcode.TEXT, b"hel", fin=False)
+                + client_frame(Opcode.PING, b"p1")
+                + client_frame(Opcode.CONT, b"lo ", fin=False)
+                + client_frame(Opcode.CONT, "wörld".encode(), fin=True)
+            )
             pong = await client.frame()
             assert (pong.opcode, pong.data) == (Opcode.PONG, b"p1")
             reply = await client.frame()
             assert (reply.opcode, reply.data) == (Opcode.TEXT, "hello wörld".encode())
+
     run(scenario())
 
 
@@ -186,14 +194,14 @@ def test_a_stream_written_one_byte_at_a_time():
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = RawClient(reader, writer)
-            stream = HANDSHAKE + b"".join(client_frame(Opcode.TEXT, f"m{n}".encode() * (n * 40))
-                                          for n in range(1, 6))
+            stream = HANDSHAKE + b"".join(client_frame(Opcode.TEXT, f"m{n}".encode() * (n * 40)) for n in range(1, 6))
             for byte in stream:
                 writer.write(bytes((byte,)))
                 await writer.drain()
             await reader.readuntil(b"\r\n\r\n")
             for n in range(1, 6):
                 assert (await client.frame()).data == f"m{n}".encode() * (n * 40)
+
     run(scenario())
 
 
@@ -208,17 +216,21 @@ def test_frames_sent_together_with_the_handshake_are_answered():
             client.send(cut[5:] + client_frame(Opcode.TEXT, b"late"))
             assert (await client.frame()).data == b"x" * 200
             assert (await client.frame()).data == b"late"
+
     run(scenario())
 
 
-@pytest.mark.parametrize("payload, code", [
-    (client_frame(Opcode.TEXT, b"\xff\xfe not utf-8"), 1007),
-    (client_frame(Opcode.TEXT, b"unmasked", mask=False), 1002),
-    (client_frame(Opcode.CONT, b"nothing to continue"), 1002),
-    (client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.TEXT, b"b"), 1002),
-    (client_frame(Opcode.TEXT, b"x", rsv1=True), 1002),  # RSV1 without an extension
-    (client_frame(Opcode.PING, b"p" * 126), 1002),  # control frame over 125 bytes
-])
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (client_frame(Opcode.TEXT, b"\xff\xfe not utf-8"), 1007),
+        (client_frame(Opcode.TEXT, b"unmasked", mask=False), 1002),
+        (client_frame(Opcode.CONT, b"nothing to continue"), 1002),
+        (client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.TEXT, b"b"), 1002),
+        (client_frame(Opcode.TEXT, b"x", rsv1=True), 1002),  # RSV1 without an extension
+        (client_frame(Opcode.PING, b"p" * 126), 1002),  # control frame over 125 bytes
+    ],
+)
 def test_protocol_violations_close_with_the_rfc_code(payload, code):
     async def scenario():
         async with EchoServer() as server:
@@ -227,6 +239,7 @@ def test_protocol_violations_close_with_the_rfc_code(payload, code):
             assert (await client.frame()).data == b"fine"
             assert (await client.close_frame()).code == code
             await asyncio.wait_for(server.handler.lost.wait(), 5)
+
     run(scenario())
 
 
@@ -243,6 +256,7 @@ def test_too_large_frame_is_refused_from_its_header():
             async with websockets.connect(server.url) as ws:
                 await ws.send("y" * 1000)  # exactly the limit is fine
                 assert await asyncio.wait_for(ws.recv(), 5) == "y" * 1000
+
     run(scenario())
 
 
@@ -260,6 +274,7 @@ def test_closing_handshakes_both_ways():
                 assert (ws.close_code, ws.close_reason) == (4000, "asked to leave")
             await asyncio.wait_for(server.handler.lost.wait(), 5)
             assert not server.handler.connections
+
     run(scenario())
 
 
@@ -279,6 +294,7 @@ def test_keepalive_fails_a_client_that_never_answers_pings():
                 assert (await silent.close_frame()).code == 1011
                 await answering.send("still here")
                 assert await asyncio.wait_for(answering.recv(), 5) == "still here"
+
     run(scenario())
 
 
@@ -296,6 +312,7 @@ def test_a_client_that_stops_reading_is_dropped_and_others_are_not():
                 assert server.handler.lost_count == 1
                 await reading.send("alive")
                 assert await asyncio.wait_for(reading.recv(), 5) == "alive"
+
     run(scenario())
 
 
@@ -320,6 +337,7 @@ def test_plain_http_answers_and_handshake_failures():
             assert answer.startswith(b"HTTP/1.1 426")
             assert await get(server.port, b"NOT HTTP AT ALL\r\n\r\n") == b""
             assert server.handler.opened == 0
+
     run(scenario())
 
 
@@ -330,6 +348,7 @@ def test_a_connection_that_never_finishes_its_handshake_is_dropped():
             writer.write(b"GET /ws HTTP/1.1\r\n")  # and nothing more
             assert await asyncio.wait_for(reader.read(), 5) == b""
             await asyncio.wait_for(server.handler.lost.wait(), 5)
+
     run(scenario())
 
 
@@ -382,8 +401,11 @@ def server_frames(data: bytes) -> list[Frame]:
     return frames
 
 
-messages = st.lists(st.tuples(st.one_of(st.text(max_size=300), st.binary(max_size=70000)),
-                              st.integers(1, 4), st.booleans()), min_size=1, max_size=8)
+messages = st.lists(
+    st.tuples(st.one_of(st.text(max_size=300), st.binary(max_size=70000)), st.integers(1, 4), st.booleans()),
+    min_size=1,
+    max_size=8,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -396,7 +418,7 @@ def test_any_cut_of_the_stream_delivers_the_same_messages(messages, cuts):
         data = content.encode() if is_text else content
         expected.append(data if is_text else b"binary:" + data.hex().encode())
         size = max(1, -(-len(data) // pieces))
-        chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
         for number, chunk in enumerate(chunks):
             opcode = (Opcode.TEXT if is_text else Opcode.BINARY) if number == 0 else Opcode.CONT
             stream += client_frame(opcode, chunk, fin=number == len(chunks) - 1)
@@ -417,7 +439,7 @@ def test_any_cut_of_the_stream_delivers_the_same_messages(messages, cuts):
 
     written = asyncio.run(feed())
     assert written.startswith(b"HTTP/1.1 101")
-    frames = server_frames(written[written.index(b"\r\n\r\n") + 4:])
+    frames = server_frames(written[written.index(b"\r\n\r\n") + 4 :])
     assert [f.data for f in frames if f.opcode is Opcode.TEXT] == expected
     assert [f.data for f in frames if f.opcode is Opcode.PONG] == [b"%d" % n for n in range(pings)]
     assert frames[-1].opcode is Opcode.CLOSE and Close.parse(frames[-1].data).code == 1000

@@ -7,10 +7,16 @@ import pytest
 from camservice import config as config_module, jsonrpc
 from camservice.auth import issue_token, load_or_create_secret
 from camservice.cameras import Camera
-from camservice.errors import (AUTH_REQUIRED, CAMERA_NOT_FOUND, INVALID_PARAMS, METHOD_NOT_FOUND,
-                               PERMISSION_DENIED, RATE_LIMITED)
+from camservice.errors import (
+    AUTH_REQUIRED,
+    CAMERA_NOT_FOUND,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    PERMISSION_DENIED,
+    RATE_LIMITED,
+)
 from camservice.methods import METHODS, ROLES, role_allows
-from gateway.core import PENDING, Gateway
+from camservice.gateway.core import PENDING, Gateway
 
 
 class Recorder:
@@ -25,8 +31,14 @@ class Recorder:
 
 @pytest.fixture
 def setup(tmp_path):
-    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"), "security.rate_burst": 1000,
-                                        "security.rate_limit": 1000.0}, environ={})
+    cfg = config_module.load(
+        overrides={
+            "runtime.state_dir": str(tmp_path / "s"),
+            "security.rate_burst": 1000,
+            "security.rate_limit": 1000.0,
+        },
+        environ={},
+    )
     forward = Recorder()
     gw = Gateway(cfg, forward)
     gw.cameras.load_snapshot([Camera("camera0", "sim:0", resolution="640x480", fps=15).to_state()], 1, "discovery-0")
@@ -149,8 +161,15 @@ def test_invalid_params_after_auth(setup):
 
 
 def test_rate_limit_and_in_flight_cap(tmp_path):
-    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"), "security.rate_burst": 5,
-                                        "security.rate_limit": 0.001, "server.max_in_flight": 2}, environ={})
+    cfg = config_module.load(
+        overrides={
+            "runtime.state_dir": str(tmp_path / "s"),
+            "security.rate_burst": 5,
+            "security.rate_limit": 0.001,
+            "server.max_in_flight": 2,
+        },
+        environ={},
+    )
     gw = Gateway(cfg, Recorder())
     session = gw.open_session("p")
     codes = [code_of(call(gw, session, "ping")[0]) for _ in range(7)]
@@ -193,7 +212,8 @@ def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
     table = gw.cameras
     camera = table.find("camera0")
     assert json.loads(table.status_json(camera, now=camera.connected_since + 5)) == camera.to_status(
-        now=camera.connected_since + 5)
+        now=camera.connected_since + 5
+    )
     assert json.loads(table.list_json()) == table.api_list()
     table.set_recording("camera0", True)
     assert json.loads(table.status_json(camera))["recording"] is True
@@ -204,8 +224,9 @@ def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
 
 
 def test_repeated_auth_failures_from_one_address_are_throttled(tmp_path):
-    cfg = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "s"),
-                                        "security.auth_failures_per_minute": 3}, environ={})
+    cfg = config_module.load(
+        overrides={"runtime.state_dir": str(tmp_path / "s"), "security.auth_failures_per_minute": 3}, environ={}
+    )
     gw = Gateway(cfg, Recorder())
     good = issue_token(load_or_create_secret(cfg), "viewer", "v", 60)
     attacker, bystander = gw.open_session("10.0.0.9"), gw.open_session("10.0.0.7")

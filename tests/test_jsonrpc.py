@@ -41,11 +41,14 @@ def test_garbage_is_a_parse_error_with_null_id(text):
     assert item["error"]["code"] == PARSE_ERROR and item["id"] is None
 
 
-@pytest.mark.parametrize("text", [
-    '{"jsonrpc":"2.0","method":"ping","id":"\\ud800"}',
-    '{"jsonrpc":"2.0","method":"\\uDFFF","id":1}',
-    '[{"jsonrpc":"2.0","method":"ping","params":{"device":"a\\udc00b"},"id":1}]',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"jsonrpc":"2.0","method":"ping","id":"\\ud800"}',
+        '{"jsonrpc":"2.0","method":"\\uDFFF","id":1}',
+        '[{"jsonrpc":"2.0","method":"ping","params":{"device":"a\\udc00b"},"id":1}]',
+    ],
+)
 def test_unpaired_surrogate_escapes_are_a_parse_error(text):
     # Echoed back (id, method, device), such a string makes the reply
     # unencodable as UTF-8, which used to cost the client its connection.
@@ -55,7 +58,7 @@ def test_unpaired_surrogate_escapes_are_a_parse_error(text):
 
 def test_surrogate_pairs_and_escaped_backslashes_are_fine():
     call = single('{"jsonrpc":"2.0","method":"ping","id":"\\ud83d\\ude00 C:\\\\udir"}')
-    assert call.id == "\U0001F600 C:\\udir"
+    assert call.id == "\U0001f600 C:\\udir"
     jsonrpc.encode(jsonrpc.response(call.id, "pong")).encode("utf-8")
 
 
@@ -70,15 +73,18 @@ def test_deep_nesting_is_a_parse_error_not_a_crash():
     assert item["error"]["code"] == PARSE_ERROR
 
 
-@pytest.mark.parametrize("value,echo_id", [
-    ('{"jsonrpc":"1.0","method":"ping","id":1}', 1),
-    ('{"jsonrpc":"2.0","method":5,"id":"x"}', "x"),
-    ('{"jsonrpc":"2.0","method":"ping","params":3,"id":2}', 2),
-    ('{"jsonrpc":"2.0","method":"ping","id":{"a":1}}', None),
-    ('{"jsonrpc":"2.0","method":"ping","id":true}', None),
-    ('42', None),
-    ('"ping"', None),
-])
+@pytest.mark.parametrize(
+    "value,echo_id",
+    [
+        ('{"jsonrpc":"1.0","method":"ping","id":1}', 1),
+        ('{"jsonrpc":"2.0","method":5,"id":"x"}', "x"),
+        ('{"jsonrpc":"2.0","method":"ping","params":3,"id":2}', 2),
+        ('{"jsonrpc":"2.0","method":"ping","id":{"a":1}}', None),
+        ('{"jsonrpc":"2.0","method":"ping","id":true}', None),
+        ("42", None),
+        ('"ping"', None),
+    ],
+)
 def test_invalid_requests(value, echo_id):
     item = single(value)
     assert item["error"]["code"] == INVALID_REQUEST
@@ -101,16 +107,25 @@ def test_batch_mixes_calls_and_errors_in_order():
 
 
 def test_batch_size_is_bounded():
-    frame = jsonrpc.parse_frame(json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(11)]),
-                                max_batch=10)
+    frame = jsonrpc.parse_frame(
+        json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": i} for i in range(11)]), max_batch=10
+    )
     assert not frame.batch and frame.items[0]["error"]["code"] == INVALID_REQUEST
 
 
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                              lambda children: st.lists(children, max_size=4)
-                              | st.dictionaries(st.text(max_size=8), children, max_size=4),
-                              max_leaves=20).map(json.dumps)))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda children: (
+                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+            ),
+            max_leaves=20,
+        ).map(json.dumps),
+    )
+)
 def test_parse_never_raises_and_errors_encode(data):
     frame = jsonrpc.parse_frame(data)
     for item in frame.items:

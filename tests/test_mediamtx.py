@@ -15,9 +15,24 @@ from camservice import config as config_module
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import MEDIA_BACKEND, RpcError
 from camservice.mediamtx import (
-    CLOSED, HALF_OPEN, MARKER, OPEN, PUBLISH_URL, UNREACHABLE, CircuitBreaker, MediaMTXClient,
-    MediaMTXError, MediaMTXPaths, camera_path_conf, conf_drift, duration_ns, go_duration,
-    is_managed, record_conf, stream_summary)
+    CLOSED,
+    HALF_OPEN,
+    MARKER,
+    OPEN,
+    PUBLISH_URL,
+    UNREACHABLE,
+    CircuitBreaker,
+    MediaMTXClient,
+    MediaMTXError,
+    MediaMTXPaths,
+    camera_path_conf,
+    conf_drift,
+    duration_ns,
+    go_duration,
+    is_managed,
+    record_conf,
+    stream_summary,
+)
 from tests.fakes.mediamtx import SPEC_FILE, FakeMediaMTX, format_duration, parse_duration
 from tests.harness import Clock
 
@@ -36,8 +51,9 @@ def client(fake, clock) -> MediaMTXClient:
 
 @pytest.fixture
 def config(tmp_path):
-    return config_module.load(overrides={"runtime.state_dir": str(tmp_path), "server.public_host": "cams.example"},
-                              environ={})
+    return config_module.load(
+        overrides={"runtime.state_dir": str(tmp_path), "server.public_host": "cams.example"}, environ={}
+    )
 
 
 @pytest.fixture
@@ -50,8 +66,14 @@ def run(coro):
 
 
 def sim_camera(index: int = 0, **changes) -> Camera:
-    camera = Camera(id=f"camera{index}", device=f"sim:{index}", simulated=True, resolution="640x480", fps=15,
-                    source={"kind": "sim", "size": "640x480", "fps": 15})
+    camera = Camera(
+        id=f"camera{index}",
+        device=f"sim:{index}",
+        simulated=True,
+        resolution="640x480",
+        fps=15,
+        source={"kind": "sim", "size": "640x480", "fps": 15},
+    )
     for name, value in changes.items():
         setattr(camera, name, value)
     return camera
@@ -96,26 +118,33 @@ def test_openapi_nullable_and_unsigned_become_json_schema(spec):
 # --- the fake validates ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, target, body, fragment", [
-    ("POST", "/v3/config/paths/add/cam", {"source": "publisher", "colour": "red"}, "'colour' was unexpected"),
-    ("POST", "/v3/config/paths/add/cam", {"record": "yes"}, "not of type 'boolean'"),
-    ("POST", "/v3/config/paths/add/cam", {"recordFormat": "mp4"}, "is not one of"),
-    ("POST", "/v3/config/paths/add/cam", {"runOnDemandCloseAfter": "10 seconds"}, "invalid duration"),
-    ("POST", "/v3/config/paths/add/bad%20name", {}, "invalid path name"),
-    ("POST", "/v3/config/paths/add/cam", {"source": "rtsp://10.0.0.9/s", "runOnDemand": "ffmpeg"},
-     "can be used only when source is 'publisher'"),
-    ("POST", "/v3/config/paths/add/cam", {"record": True, "recordPath": "/rec/%Y-%m-%d"}, "must contain %path"),
-    ("POST", "/v3/config/paths/add/cam", None, "a JSON request body is required"),
-    ("POST", "/v3/config/paths/add/cam", b"source: publisher", "invalid JSON body"),
-    ("PATCH", "/v3/config/global/patch", {"rtspEncryption": "sometimes"}, "is not one of"),
-    ("GET", "/v3/config/paths/list?items_per_page=5", None, "unknown query parameter 'items_per_page'"),
-    ("GET", "/v3/paths/list?page=first", None, "is not an integer"),
-    ("GET", "/v3/paths/list?itemsPerPage=0", None, "invalid items per page"),
-    ("DELETE", "/v3/recordings/deletesegment?path=cam", None, "'start' is required"),
-    ("DELETE", "/v3/config/paths/delete/cam", {"source": "publisher"}, "takes no request body"),
-    ("GET", "/v3/config/paths/add/cam", None, "method GET not allowed"),
-    ("GET", "/v2/paths/list", None, "no such operation"),
-])
+@pytest.mark.parametrize(
+    "method, target, body, fragment",
+    [
+        ("POST", "/v3/config/paths/add/cam", {"source": "publisher", "colour": "red"}, "'colour' was unexpected"),
+        ("POST", "/v3/config/paths/add/cam", {"record": "yes"}, "not of type 'boolean'"),
+        ("POST", "/v3/config/paths/add/cam", {"recordFormat": "mp4"}, "is not one of"),
+        ("POST", "/v3/config/paths/add/cam", {"runOnDemandCloseAfter": "10 seconds"}, "invalid duration"),
+        ("POST", "/v3/config/paths/add/bad%20name", {}, "invalid path name"),
+        (
+            "POST",
+            "/v3/config/paths/add/cam",
+            {"source": "rtsp://10.0.0.9/s", "runOnDemand": "ffmpeg"},
+            "can be used only when source is 'publisher'",
+        ),
+        ("POST", "/v3/config/paths/add/cam", {"record": True, "recordPath": "/rec/%Y-%m-%d"}, "must contain %path"),
+        ("POST", "/v3/config/paths/add/cam", None, "a JSON request body is required"),
+        ("POST", "/v3/config/paths/add/cam", b"source: publisher", "invalid JSON body"),
+        ("PATCH", "/v3/config/global/patch", {"rtspEncryption": "sometimes"}, "is not one of"),
+        ("GET", "/v3/config/paths/list?items_per_page=5", None, "unknown query parameter 'items_per_page'"),
+        ("GET", "/v3/paths/list?page=first", None, "is not an integer"),
+        ("GET", "/v3/paths/list?itemsPerPage=0", None, "invalid items per page"),
+        ("DELETE", "/v3/recordings/deletesegment?path=cam", None, "'start' is required"),
+        ("DELETE", "/v3/config/paths/delete/cam", {"source": "publisher"}, "takes no request body"),
+        ("GET", "/v3/config/paths/add/cam", None, "method GET not allowed"),
+        ("GET", "/v2/paths/list", None, "no such operation"),
+    ],
+)
 def test_fake_rejects_requests_the_spec_does_not_allow(fake, spec, method, target, body, fragment):
     status, answer = raw(fake, method, target, body)
     assert status == (404 if "operation" in fragment or "not allowed" in fragment else 400)
@@ -128,8 +157,10 @@ def test_fake_rejects_requests_the_spec_does_not_allow(fake, spec, method, targe
 
 def test_fake_state_conflicts_are_errors_but_not_violations(fake):
     assert raw(fake, "POST", "/v3/config/paths/add/cam", {})[0] == 200
-    assert raw(fake, "POST", "/v3/config/paths/add/cam", {}) == \
-        (400, {"status": "error", "error": "path already exists"})
+    assert raw(fake, "POST", "/v3/config/paths/add/cam", {}) == (
+        400,
+        {"status": "error", "error": "path already exists"},
+    )
     assert raw(fake, "PATCH", "/v3/config/paths/patch/nope", {})[0] == 404
     assert raw(fake, "DELETE", "/v3/config/paths/delete/nope")[0] == 404
     assert fake.violations == []
@@ -154,8 +185,16 @@ def test_every_fake_answer_matches_the_spec(fake, spec):
         statuses[op.operation_id] = status
     assert len(statuses) == len(spec.operations) == 41
     # The stateful ones really answered from state, not from an error branch.
-    for operation_id in ("configPathsGet", "configPathsPatch", "configPathsDelete", "pathsList",
-                         "recordingsList", "recordingsGet", "recordingsDeleteSegment", "configGlobalGet"):
+    for operation_id in (
+        "configPathsGet",
+        "configPathsPatch",
+        "configPathsDelete",
+        "pathsList",
+        "recordingsList",
+        "recordingsGet",
+        "recordingsDeleteSegment",
+        "configGlobalGet",
+    ):
         assert statuses[operation_id] == 200, operation_id
     assert statuses["configPathsAdd"] == 400  # camera0 existed
     assert fake.response_errors == []
@@ -175,8 +214,14 @@ def test_fake_restarts_on_the_same_port_and_reset_forgets_api_paths(fake):
 
 
 def test_durations_are_answered_as_mediamtx_writes_them():
-    assert [format_duration(parse_duration(t)) for t in ("600s", "90s", "1d", "0s", "1.5s", "500ms")] == \
-        ["10m0s", "1m30s", "1d", "", "1.5s", "500ms"]
+    assert [format_duration(parse_duration(t)) for t in ("600s", "90s", "1d", "0s", "1.5s", "500ms")] == [
+        "10m0s",
+        "1m30s",
+        "1d",
+        "",
+        "1.5s",
+        "500ms",
+    ]
     with pytest.raises(ValueError):
         parse_duration("10")
 
@@ -288,8 +333,13 @@ def test_live_state_and_stream_summary(client, fake):
     path, missing = run(scenario())
     assert missing is None
     assert path["ready"] is True and path["confName"] == "camera0"
-    assert stream_summary(path) == {"name": "camera0", "source": "rtspSession", "ready": True,
-                                    "readers": 2, "bytes_sent": 1234}
+    assert stream_summary(path) == {
+        "name": "camera0",
+        "source": "rtspSession",
+        "ready": True,
+        "readers": 2,
+        "bytes_sent": 1234,
+    }
 
 
 def test_recordings(client, fake):
@@ -304,8 +354,9 @@ def test_recordings(client, fake):
         return listed, after, missing.value, await client.get_recordings("camera9")
 
     listed, after, missing, none = run(scenario())
-    assert listed == [{"name": "camera0", "segments": [{"start": "2026-01-01T00:00:00Z"},
-                                                       {"start": "2026-01-01T00:10:00Z"}]}]
+    assert listed == [
+        {"name": "camera0", "segments": [{"start": "2026-01-01T00:00:00Z"}, {"start": "2026-01-01T00:10:00Z"}]}
+    ]
     assert after == {"name": "camera0", "segments": [{"start": "2026-01-01T00:10:00Z"}]}
     assert missing.status == 404 and none is None
 
@@ -406,22 +457,31 @@ def test_sim_camera_conf_matches_the_spec(spec, config):
 
 
 def test_v4l2_camera_conf(spec, config):
-    camera = Camera(id="camera1", device="/dev/video2", resolution="1280x720", fps=30,
-                    source={"kind": "v4l2", "input_format": "mjpeg"})
+    camera = Camera(
+        id="camera1",
+        device="/dev/video2",
+        resolution="1280x720",
+        fps=30,
+        source={"kind": "v4l2", "input_format": "mjpeg"},
+    )
     conf = camera_path_conf(camera, FFMPEG, config)
     assert spec.errors("PathConf", conf) == []
-    assert ("-f v4l2 -input_format mjpeg -video_size 1280x720 -framerate 30 -i /dev/video2"
-            in " ".join(shlex.split(conf["runOnDemand"])))
+    assert "-f v4l2 -input_format mjpeg -video_size 1280x720 -framerate 30 -i /dev/video2" in " ".join(
+        shlex.split(conf["runOnDemand"])
+    )
 
 
-@pytest.mark.parametrize("changes", [
-    {"source": {"kind": "sim", "size": "640x480:rate=1,drawtext=x"}},
-    {"source": {"kind": "sim", "fps": "15 -y /tmp/x"}},
-    {"source": {"kind": "sim", "pattern": "movie=/etc/passwd"}},
-    {"source": {"kind": "v4l2"}, "device": "/dev/../etc/passwd", "simulated": False},
-    {"source": {"kind": "v4l2", "input_format": "mjpeg -y"}, "device": "/dev/video0", "simulated": False},
-    {"source": {"kind": "rtsp"}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"source": {"kind": "sim", "size": "640x480:rate=1,drawtext=x"}},
+        {"source": {"kind": "sim", "fps": "15 -y /tmp/x"}},
+        {"source": {"kind": "sim", "pattern": "movie=/etc/passwd"}},
+        {"source": {"kind": "v4l2"}, "device": "/dev/../etc/passwd", "simulated": False},
+        {"source": {"kind": "v4l2", "input_format": "mjpeg -y"}, "device": "/dev/video0", "simulated": False},
+        {"source": {"kind": "rtsp"}},
+    ],
+)
 def test_conf_refuses_capture_values_that_are_not_plain(config, changes):
     with pytest.raises(ValueError):
         camera_path_conf(sim_camera(**changes), FFMPEG, config)
@@ -435,18 +495,25 @@ def test_sim_publish_command_runs_in_real_ffmpeg(config):
     except ffmpeg.FFmpegNotFound:
         pytest.skip("no ffmpeg")
     words = shlex.split(camera_path_conf(sim_camera(), exe, config)["runOnDemand"])
-    cut = next(i for i in range(len(words) - 1) if words[i:i + 2] == ["-f", "rtsp"])
+    cut = next(i for i in range(len(words) - 1) if words[i : i + 2] == ["-f", "rtsp"])
     # Same capture, encoder and metadata options; three frames to nowhere instead of RTSP.
-    proc = subprocess.run(words[:cut] + ["-frames:v", "3", "-f", "null", "-"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        words[:cut] + ["-frames:v", "3", "-f", "null", "-"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_drift_compares_durations_by_value():
-    assert conf_drift({"runOnDemandCloseAfter": "600s", "source": "publisher"},
-                      {"runOnDemandCloseAfter": "10m0s", "source": "publisher"}) == {}
-    assert conf_drift({"runOnDemandCloseAfter": "10s"}, {"runOnDemandCloseAfter": "1m0s"}) == \
-        {"runOnDemandCloseAfter": "10s"}
+    assert (
+        conf_drift(
+            {"runOnDemandCloseAfter": "600s", "source": "publisher"},
+            {"runOnDemandCloseAfter": "10m0s", "source": "publisher"},
+        )
+        == {}
+    )
+    assert conf_drift({"runOnDemandCloseAfter": "10s"}, {"runOnDemandCloseAfter": "1m0s"}) == {
+        "runOnDemandCloseAfter": "10s"
+    }
     assert duration_ns("1d1h0m0.5s") == (25 * 3600 + 0.5) * 10**9 and duration_ns("") == 0
     assert go_duration(600) == "600s" and go_duration(0.25) == "250ms"
 
@@ -454,8 +521,11 @@ def test_drift_compares_durations_by_value():
 # --- camera paths -----------------------------------------------------------------------------
 
 
-URLS0 = {"rtsp": "rtsp://cams.example:8554/camera0", "webrtc": "http://cams.example:8889/camera0",
-         "hls": "http://cams.example:8888/camera0"}
+URLS0 = {
+    "rtsp": "rtsp://cams.example:8554/camera0",
+    "webrtc": "http://cams.example:8889/camera0",
+    "hls": "http://cams.example:8888/camera0",
+}
 
 
 def test_add_camera_answers_the_urls_served(paths, fake):
@@ -466,12 +536,16 @@ def test_add_camera_answers_the_urls_served(paths, fake):
 
 
 def test_urls_use_mediamtx_host_and_only_enabled_protocols(client, fake, tmp_path):
-    config = config_module.load(overrides={"runtime.state_dir": str(tmp_path), "media.mediamtx_host": "media.lan",
-                                           "media.rtsp_port": 18554}, environ={})
+    config = config_module.load(
+        overrides={"runtime.state_dir": str(tmp_path), "media.mediamtx_host": "media.lan", "media.rtsp_port": 18554},
+        environ={},
+    )
     paths = MediaMTXPaths(client, config, ffmpeg_exe=FFMPEG)
     run(client.patch_global_config({"hls": False}))
-    assert run(paths.add_camera(sim_camera())) == {"rtsp": "rtsp://media.lan:18554/camera0",
-                                                   "webrtc": "http://media.lan:8889/camera0"}
+    assert run(paths.add_camera(sim_camera())) == {
+        "rtsp": "rtsp://media.lan:18554/camera0",
+        "webrtc": "http://media.lan:8889/camera0",
+    }
 
 
 def test_add_camera_while_mediamtx_is_down_serves_nothing(paths, fake):
@@ -483,8 +557,11 @@ def test_remove_camera_deletes_only_its_own_path(paths, client, fake):
     async def scenario():
         await paths.add_camera(sim_camera(0))
         await client.add_path("camera3", {"source": "rtsp://10.0.0.3/live"})
-        return (await paths.remove_camera(sim_camera(0)), await paths.remove_camera("camera3"),
-                await paths.remove_camera("camera9"))
+        return (
+            await paths.remove_camera(sim_camera(0)),
+            await paths.remove_camera("camera3"),
+            await paths.remove_camera("camera9"),
+        )
 
     assert run(scenario()) == (True, False, False)
     assert sorted(fake.paths) == ["all_others", "camera3"]
@@ -510,8 +587,12 @@ def test_reconcile_adds_fixes_and_removes_only_its_own_paths(paths, client, fake
     assert {name: fake.path_conf(name) for name in foreign_before} == foreign_before
     fixed = fake.path_conf("camera1")
     assert fixed["runOnDemandCloseAfter"] == "10s" and fixed["runOnDemandRestart"] is True
-    assert result == {"camera0": URLS0, "camera1": {k: v.replace("camera0", "camera1") for k, v in URLS0.items()},
-                      "camera2": {}, "camera7": {}}
+    assert result == {
+        "camera0": URLS0,
+        "camera1": {k: v.replace("camera0", "camera1") for k, v in URLS0.items()},
+        "camera2": {},
+        "camera7": {},
+    }
 
     changes = len([m for m, _ in fake.requests if m != "GET"])
     assert run(paths.reconcile(cameras)) == result
@@ -557,9 +638,12 @@ def test_recording_needs_a_path_of_ours(paths, client):
 
 def test_record_conf_checks_what_mediamtx_would_refuse():
     assert record_conf(False) == {"record": False}
-    for bad in ({"record_path": "/rec/%Y-%m-%d_%H-%M-%S"}, {"record_path": "/rec/%path"},
-                {"record_path": "/rec/%path_%s", "record_format": "mp4"},
-                {"record_path": "/rec/%path_%s", "segment_seconds": 2 * 86400}):
+    for bad in (
+        {"record_path": "/rec/%Y-%m-%d_%H-%M-%S"},
+        {"record_path": "/rec/%path"},
+        {"record_path": "/rec/%path_%s", "record_format": "mp4"},
+        {"record_path": "/rec/%path_%s", "segment_seconds": 2 * 86400},
+    ):
         with pytest.raises(ValueError):
             record_conf(True, **bad)
     assert MARKER not in json.dumps(record_conf(True, "/rec/%path_%s"))

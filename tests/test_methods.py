@@ -16,11 +16,31 @@ def bad(validator, params, param=None):
 
 
 def test_every_contract_method_is_in_the_table():
-    contract = {"ping", "authenticate", "get_camera_list", "get_camera_status", "get_camera_capabilities",
-                "get_streams", "list_recordings", "list_snapshots", "get_recording_info", "get_snapshot_info",
-                "subscribe_events", "unsubscribe_events", "get_server_info", "take_snapshot", "start_recording",
-                "stop_recording", "delete_recording", "delete_snapshot", "get_metrics", "get_status",
-                "get_storage_info", "set_retention_policy", "cleanup_old_files"}
+    contract = {
+        "ping",
+        "authenticate",
+        "get_camera_list",
+        "get_camera_status",
+        "get_camera_capabilities",
+        "get_streams",
+        "list_recordings",
+        "list_snapshots",
+        "get_recording_info",
+        "get_snapshot_info",
+        "subscribe_events",
+        "unsubscribe_events",
+        "get_server_info",
+        "take_snapshot",
+        "start_recording",
+        "stop_recording",
+        "delete_recording",
+        "delete_snapshot",
+        "get_metrics",
+        "get_status",
+        "get_storage_info",
+        "set_retention_policy",
+        "cleanup_old_files",
+    }
     assert set(methods.METHODS) == contract
 
 

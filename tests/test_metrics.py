@@ -30,9 +30,16 @@ from camservice import config as config_module, jsonrpc
 from camservice.auth import KeyStore, issue_token, load_or_create_secret
 from camservice.cameras import Camera
 from camservice.envelope import Event
-from gateway.metrics import (LATENCY_BUCKETS, RECORDING_BUCKETS, SNAPSHOT_BUCKETS, STALE_AFTER, Histogram,
-                             StorageProbe, attach)
-from gateway.server import GatewayServer
+from camservice.gateway.metrics import (
+    LATENCY_BUCKETS,
+    RECORDING_BUCKETS,
+    SNAPSHOT_BUCKETS,
+    STALE_AFTER,
+    Histogram,
+    StorageProbe,
+    attach,
+)
+from camservice.gateway.server import GatewayServer
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "metrics-test-secret-" + "y" * 32
@@ -46,8 +53,13 @@ def make_server(tmp_path):
     servers = []
 
     def make(index: int = 0, attach_metrics: bool = True, **settings) -> GatewayServer:
-        values = {"runtime.state_dir": str(tmp_path / "state"), "security.jwt_secret": SECRET,
-                  "security.rate_limit": 10000.0, "security.rate_burst": 10000, **settings}
+        values = {
+            "runtime.state_dir": str(tmp_path / "state"),
+            "security.jwt_secret": SECRET,
+            "security.rate_limit": 10000.0,
+            "security.rate_burst": 10000,
+            **settings,
+        }
         server = GatewayServer(config_module.load(overrides=values, environ={}), index)
         servers.append(server)
         if attach_metrics:
@@ -103,21 +115,64 @@ def call(server: GatewayServer, session, method: str, params=None):
 
 def process_rows() -> list[dict]:
     return [
-        {"name": "gateway-0", "role": "gateway", "index": 0, "pid": 101, "state": "running", "restarts": 0,
-         "uptime": 12.5, "cpu_percent": 3.0, "rss_bytes": 40_000_000, "cpu_seconds": 1.25,
-         "children_rss_bytes": 0, "children_cpu_seconds": 0.0, "last_exit": None},
-        {"name": "recording-0", "role": "recording", "index": 0, "pid": None, "state": "backoff",
-         "restarts": 3, "uptime": 0.0, "cpu_percent": 0.0, "rss_bytes": 0, "cpu_seconds": 0.0,
-         "children_rss_bytes": 0, "children_cpu_seconds": 0.0, "last_exit": -9},
-        {"name": "files-0", "role": "files", "index": 0, "pid": 103, "state": "running", "restarts": 1,
-         "uptime": 30.0, "cpu_percent": 1.0, "rss_bytes": 30_000_000, "cpu_seconds": 0.5,
-         "children_rss_bytes": 9_000_000, "children_cpu_seconds": 2.5, "last_exit": 1},
+        {
+            "name": "gateway-0",
+            "role": "gateway",
+            "index": 0,
+            "pid": 101,
+            "state": "running",
+            "restarts": 0,
+            "uptime": 12.5,
+            "cpu_percent": 3.0,
+            "rss_bytes": 40_000_000,
+            "cpu_seconds": 1.25,
+            "children_rss_bytes": 0,
+            "children_cpu_seconds": 0.0,
+            "last_exit": None,
+        },
+        {
+            "name": "recording-0",
+            "role": "recording",
+            "index": 0,
+            "pid": None,
+            "state": "backoff",
+            "restarts": 3,
+            "uptime": 0.0,
+            "cpu_percent": 0.0,
+            "rss_bytes": 0,
+            "cpu_seconds": 0.0,
+            "children_rss_bytes": 0,
+            "children_cpu_seconds": 0.0,
+            "last_exit": -9,
+        },
+        {
+            "name": "files-0",
+            "role": "files",
+            "index": 0,
+            "pid": 103,
+            "state": "running",
+            "restarts": 1,
+            "uptime": 30.0,
+            "cpu_percent": 1.0,
+            "rss_bytes": 30_000_000,
+            "cpu_seconds": 0.5,
+            "children_rss_bytes": 9_000_000,
+            "children_cpu_seconds": 2.5,
+            "last_exit": 1,
+        },
     ]
 
 
-HOST = {"cpu_percent": 42.0, "per_cpu_percent": [40.0, 44.0], "memory_percent": 50.0,
-        "memory_total_bytes": 8_000_000_000, "memory_used_bytes": 4_000_000_000, "load": [0.5, 0.4, 0.3],
-        "net_bytes_sent": 1000, "net_bytes_recv": 2000}
+HOST = {
+    "cpu_percent": 42.0,
+    "per_cpu_percent": [40.0, 44.0],
+    "memory_percent": 50.0,
+    "memory_total_bytes": 8_000_000_000,
+    "memory_used_bytes": 4_000_000_000,
+    "load": [0.5, 0.4, 0.3],
+    "net_bytes_sent": 1000,
+    "net_bytes_recv": 2000,
+}
 
 
 def histogram_of(bounds, values) -> dict:
@@ -137,8 +192,13 @@ def test_latency_histogram_matches_prometheus_client_bucket_for_bucket(make_serv
     reference = ReferenceHistogram("ref", "reference", buckets=LATENCY_BUCKETS, registry=reference_registry)
     rng = random.Random(7)
     # Every bound exactly (the "le" edge), just above and below each, and a spread.
-    values = [b for b in LATENCY_BUCKETS] + [b * 1.0001 for b in LATENCY_BUCKETS] + \
-             [b * 0.9999 for b in LATENCY_BUCKETS] + [rng.expovariate(200) for _ in range(500)] + [0.0, 25.0]
+    values = (
+        [b for b in LATENCY_BUCKETS]
+        + [b * 1.0001 for b in LATENCY_BUCKETS]
+        + [b * 0.9999 for b in LATENCY_BUCKETS]
+        + [rng.expovariate(200) for _ in range(500)]
+        + [0.0, 25.0]
+    )
     for item in values:
         server.gateway.stats.record("get_camera_list", 0, item)
         reference.observe(item)
@@ -148,11 +208,12 @@ def test_latency_histogram_matches_prometheus_client_bucket_for_bucket(make_serv
     for (name, labels), expected in theirs.items():
         if not name.startswith("ref_"):
             continue
-        suffix = name[len("ref"):]
+        suffix = name[len("ref") :]
         if suffix == "_created":
             continue
-        got = value(ours, "camservice_request_duration_seconds" + suffix, gateway="0", method="get_camera_list",
-                    **dict(labels))
+        got = value(
+            ours, "camservice_request_duration_seconds" + suffix, gateway="0", method="get_camera_list", **dict(labels)
+        )
         assert got == pytest.approx(expected), (name, dict(labels))
         compared += 1
     assert compared == len(LATENCY_BUCKETS) + 1 + 2  # buckets, +Inf, _count, _sum
@@ -229,21 +290,58 @@ def test_supervisor_samples_become_process_and_host_metrics(make_server):
 def test_worker_stats_render_what_is_present_and_nothing_else(make_server):
     server = make_server()
     before = scrape(server)
-    for name in ("camservice_snapshot_duration_seconds_count", "camservice_recording_duration_seconds_count",
-                 "camservice_storage_content_bytes", "camservice_storage_files",
-                 "camservice_camera_hotplug_events_total", "camservice_recordings_failed_total"):
+    for name in (
+        "camservice_snapshot_duration_seconds_count",
+        "camservice_recording_duration_seconds_count",
+        "camservice_storage_content_bytes",
+        "camservice_storage_files",
+        "camservice_camera_hotplug_events_total",
+        "camservice_recordings_failed_total",
+    ):
         assert name not in names(before)
     snapshot = histogram_of(SNAPSHOT_BUCKETS, [0.08, 0.15, 0.15, 4.0])
     recording = histogram_of(RECORDING_BUCKETS, [5, 120, 100000])
-    deliver(server, "_worker_stats", {"name": "recording-0", "kind": "recording", "index": 0, "pid": 5,
-                                      "in_flight": 2, "stats": {"active_recordings": 1, "failed_recordings": 2,
-                                                                "snapshot_seconds": snapshot,
-                                                                "recording_seconds": recording}})
-    deliver(server, "_worker_stats", {"name": "files-0", "kind": "files", "index": 0, "pid": 6, "in_flight": 0,
-                                      "stats": {"recordings_bytes": 5000, "snapshots_bytes": 70,
-                                                "recordings_files": 3, "snapshots_files": 1}})
-    deliver(server, "_worker_stats", {"name": "discovery-0", "kind": "discovery", "index": 0, "pid": 7,
-                                      "in_flight": 0, "stats": {"hotplug_events": 9}})
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "recording-0",
+            "kind": "recording",
+            "index": 0,
+            "pid": 5,
+            "in_flight": 2,
+            "stats": {
+                "active_recordings": 1,
+                "failed_recordings": 2,
+                "snapshot_seconds": snapshot,
+                "recording_seconds": recording,
+            },
+        },
+    )
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "files-0",
+            "kind": "files",
+            "index": 0,
+            "pid": 6,
+            "in_flight": 0,
+            "stats": {"recordings_bytes": 5000, "snapshots_bytes": 70, "recordings_files": 3, "snapshots_files": 1},
+        },
+    )
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "discovery-0",
+            "kind": "discovery",
+            "index": 0,
+            "pid": 7,
+            "in_flight": 0,
+            "stats": {"hotplug_events": 9},
+        },
+    )
     found = scrape(server)
     assert value(found, "camservice_snapshot_duration_seconds_count") == 4
     assert value(found, "camservice_snapshot_duration_seconds_bucket", le="0.1") == 1
@@ -263,30 +361,49 @@ def test_malformed_or_stale_worker_stats_render_nothing(make_server):
     server = make_server()
     bad = {"bounds": [0.1, 0.2], "counts": [1, 2], "sum": 1.0}  # one count short of +Inf
     unordered = {"bounds": [0.2, 0.1], "counts": [1, 1, 0], "sum": 0.3}
-    deliver(server, "_worker_stats", {"name": "recording-0", "kind": "recording", "index": 0, "pid": 5,
-                                      "in_flight": 0, "stats": {"snapshot_seconds": bad,
-                                                                "recording_seconds": unordered,
-                                                                "active_recordings": "many"}})
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "recording-0",
+            "kind": "recording",
+            "index": 0,
+            "pid": 5,
+            "in_flight": 0,
+            "stats": {"snapshot_seconds": bad, "recording_seconds": unordered, "active_recordings": "many"},
+        },
+    )
     found = scrape(server)
     assert "camservice_snapshot_duration_seconds_count" not in names(found)
     assert "camservice_recording_duration_seconds_count" not in names(found)
     assert value(found, "camservice_recordings_active") == 0  # the replica's count instead
 
-    deliver(server, "_worker_stats", {"name": "files-0", "kind": "files", "index": 0, "pid": 6, "in_flight": 0,
-                                      "stats": {"recordings_bytes": 1}})
+    deliver(
+        server,
+        "_worker_stats",
+        {"name": "files-0", "kind": "files", "index": 0, "pid": 6, "in_flight": 0, "stats": {"recordings_bytes": 1}},
+    )
     assert "camservice_storage_content_bytes" in names(scrape(server))
     server.exporter.workers["files-0"]["time"] -= STALE_AFTER + 1  # not heard of since
     found = scrape(server)
     assert "camservice_storage_content_bytes" not in names(found)
-    assert not any(name == "camservice_worker_requests_in_flight" and dict(labels)["process"] == "files-0"
-                   for name, labels in found)
+    assert not any(
+        name == "camservice_worker_requests_in_flight" and dict(labels)["process"] == "files-0"
+        for name, labels in found
+    )
 
 
 def test_cameras_by_status_and_recordings_from_the_replica(make_server):
     server = make_server()
-    server.gateway.cameras.load_snapshot([
-        Camera("camera0", "sim:0").to_state(), Camera("camera1", "sim:1").to_state(),
-        Camera("camera2", "/dev/video2", status="DISCONNECTED").to_state()], 1, "discovery-0")
+    server.gateway.cameras.load_snapshot(
+        [
+            Camera("camera0", "sim:0").to_state(),
+            Camera("camera1", "sim:1").to_state(),
+            Camera("camera2", "/dev/video2", status="DISCONNECTED").to_state(),
+        ],
+        1,
+        "discovery-0",
+    )
     server.gateway.cameras.set_recording("camera1", True)
     found = scrape(server)
     assert value(found, "camservice_cameras", status="CONNECTED") == 2
@@ -295,9 +412,16 @@ def test_cameras_by_status_and_recordings_from_the_replica(make_server):
     assert value(found, "camservice_recordings_active") == 1
 
 
-@pytest.mark.parametrize("backend, state, up", [
-    ("ffmpeg", "unknown", 1), ("ffmpeg", "down", 0),
-    ("mediamtx", "unknown", 0), ("mediamtx", "down", 0), ("mediamtx", "running", 1)])
+@pytest.mark.parametrize(
+    "backend, state, up",
+    [
+        ("ffmpeg", "unknown", 1),
+        ("ffmpeg", "down", 0),
+        ("mediamtx", "unknown", 0),
+        ("mediamtx", "down", 0),
+        ("mediamtx", "running", 1),
+    ],
+)
 def test_media_backend_up(make_server, backend, state, up):
     server = make_server(**{"media.backend": backend})
     if state != "unknown":
@@ -335,10 +459,14 @@ def test_each_gateway_exports_the_others_requests_and_histograms(make_server):
     for server in (g0, g1):
         found = scrape(server)
         assert value(found, "camservice_requests_total", gateway="1", method="take_snapshot", code="-32011") == 1
-        assert value(found, "camservice_request_duration_seconds_bucket", gateway="1", method="take_snapshot",
-                     le="0.3") == 1
-        assert value(found, "camservice_request_duration_seconds_bucket", gateway="1", method="take_snapshot",
-                     le="+Inf") == 2
+        assert (
+            value(found, "camservice_request_duration_seconds_bucket", gateway="1", method="take_snapshot", le="0.3")
+            == 1
+        )
+        assert (
+            value(found, "camservice_request_duration_seconds_bucket", gateway="1", method="take_snapshot", le="+Inf")
+            == 2
+        )
         assert value(found, "camservice_requests_total", gateway="0", method="ping", code="0") == 1
     # get_metrics keeps summing over gateways from the same (extended) reports.
     assert g0.gateway.metrics()["total_requests"] == 3
@@ -346,6 +474,7 @@ def test_each_gateway_exports_the_others_requests_and_histograms(make_server):
 
 def test_counters_never_go_back_when_scrapes_alternate_between_gateways(make_server):
     """Prometheus would read a lower value as a counter reset and report a spike."""
+
     def run(own_live: bool) -> list[str]:
         g0 = make_server(0, attach_metrics=False, **{"gateway.processes": 2})
         g1 = make_server(1, attach_metrics=False, **{"gateway.processes": 2})
@@ -377,10 +506,19 @@ def test_counters_never_go_back_when_scrapes_alternate_between_gateways(make_ser
 def test_a_silent_gateway_disappears(make_server):
     g0 = make_server(0, **{"gateway.processes": 2})
     report = {"time": time.time() - STALE_AFTER - 1, "requests": [["ping", 0, 5]], "latency": {}}
-    g0.gateway.gateway_stats[1] = {"index": 1, "requests": 5, "errors": 0, "latency_sum": 0.0,
-                                   "connections": 0, "pid": 1, "metrics": report}
-    assert ("camservice_requests_total", frozenset({"gateway": "1", "method": "ping", "code": "0"}.items())) \
-        not in scrape(g0)
+    g0.gateway.gateway_stats[1] = {
+        "index": 1,
+        "requests": 5,
+        "errors": 0,
+        "latency_sum": 0.0,
+        "connections": 0,
+        "pid": 1,
+        "metrics": report,
+    }
+    assert (
+        "camservice_requests_total",
+        frozenset({"gateway": "1", "method": "ping", "code": "0"}.items()),
+    ) not in scrape(g0)
     report["time"] = time.time()
     assert value(scrape(g0), "camservice_requests_total", gateway="1", method="ping", code="0") == 5
 
@@ -442,8 +580,9 @@ def test_exposition_passes_promtool_lint(make_server, tmp_path):
     server = populated_server(make_server)
     body = http_get(server).body
     lint = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
-    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), \
-        (lint.stdout + lint.stderr).decode()
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), (
+        lint.stdout + lint.stderr
+    ).decode()
 
 
 # --- disk usage ---------------------------------------------------------------------------
@@ -459,8 +598,9 @@ def test_a_hung_file_system_does_not_hold_the_scrape(make_server, tmp_path):
         release.wait(30)
         return SimpleNamespace(total=1000, used=600, free=300)
 
-    server.exporter.storage = StorageProbe({"recordings": tmp_path / "not" / "yet"}, max_age=0.0, timeout=0.05,
-                                           disk_usage=slow_disk_usage)
+    server.exporter.storage = StorageProbe(
+        {"recordings": tmp_path / "not" / "yet"}, max_age=0.0, timeout=0.05, disk_usage=slow_disk_usage
+    )
     first = scrape(server)  # answered while the measurement hangs
     second = scrape(server)
     assert "camservice_storage_used_bytes" not in names(first) | names(second)
@@ -494,16 +634,47 @@ def populated_server(make_server) -> GatewayServer:
     server.events.on_delivery("camera_status_update", 1, 0.001)
     server.gateway.cameras.load_snapshot([Camera("camera0", "sim:0").to_state()], 1, "discovery-0")
     deliver(server, "_process_stats", {"processes": process_rows(), "host": HOST})
-    deliver(server, "_worker_stats", {"name": "recording-0", "kind": "recording", "index": 0, "pid": 5,
-                                      "in_flight": 0, "stats": {
-                                          "active_recordings": 0, "failed_recordings": 0,
-                                          "snapshot_seconds": histogram_of(SNAPSHOT_BUCKETS, [0.1]),
-                                          "recording_seconds": histogram_of(RECORDING_BUCKETS, [60])}})
-    deliver(server, "_worker_stats", {"name": "files-0", "kind": "files", "index": 0, "pid": 6, "in_flight": 0,
-                                      "stats": {"recordings_bytes": 1, "snapshots_bytes": 1,
-                                                "recordings_files": 1, "snapshots_files": 1}})
-    deliver(server, "_worker_stats", {"name": "discovery-0", "kind": "discovery", "index": 0, "pid": 7,
-                                      "in_flight": 0, "stats": {"hotplug_events": 1}})
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "recording-0",
+            "kind": "recording",
+            "index": 0,
+            "pid": 5,
+            "in_flight": 0,
+            "stats": {
+                "active_recordings": 0,
+                "failed_recordings": 0,
+                "snapshot_seconds": histogram_of(SNAPSHOT_BUCKETS, [0.1]),
+                "recording_seconds": histogram_of(RECORDING_BUCKETS, [60]),
+            },
+        },
+    )
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "files-0",
+            "kind": "files",
+            "index": 0,
+            "pid": 6,
+            "in_flight": 0,
+            "stats": {"recordings_bytes": 1, "snapshots_bytes": 1, "recordings_files": 1, "snapshots_files": 1},
+        },
+    )
+    deliver(
+        server,
+        "_worker_stats",
+        {
+            "name": "discovery-0",
+            "kind": "discovery",
+            "index": 0,
+            "pid": 7,
+            "in_flight": 0,
+            "stats": {"hotplug_events": 1},
+        },
+    )
     return server
 
 
@@ -561,7 +732,7 @@ class _LogWorker:
     """A worker with one sync and one async handler that log, driven through Worker._on_request."""
 
     def __init__(self, tmp_path):
-        from workers.base import Worker, _Link
+        from camservice.workers.base import Worker, _Link
 
         config = config_module.load(overrides={"runtime.state_dir": str(tmp_path / "w")}, environ={})
 
@@ -593,12 +764,18 @@ def _log_lines(tmp_path, methods: list[tuple[str, str]]) -> list[dict]:
     lines: list[dict] = []
     from camservice.log import add_request_id
 
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, add_request_id,
-                                    lambda _, __, event: lines.append(dict(event)) or event,
-                                    structlog.processors.JSONRenderer()],
-                        logger_factory=structlog.PrintLoggerFactory(file=open("/dev/null", "w")),
-                        cache_logger_on_first_use=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            add_request_id,
+            lambda _, __, event: lines.append(dict(event)) or event,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=open("/dev/null", "w")),
+        cache_logger_on_first_use=False,
+    )
     try:
+
         async def drive():
             probe = _LogWorker(tmp_path)
             for method, request_id in methods:

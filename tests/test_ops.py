@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from camservice import config as config_module
-from gateway.metrics import SERVER_ERROR_CODES
+from camservice.gateway.metrics import SERVER_ERROR_CODES
 
 from .harness import Client, RpcFailure, Service, free_port, run, wait_for
 
@@ -68,8 +68,7 @@ def dashboard_panels() -> list[dict]:
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
-    return [(panel["title"], target["expr"]) for panel in dashboard_panels()
-            for target in panel.get("targets", [])]
+    return [(panel["title"], target["expr"]) for panel in dashboard_panels() for target in panel.get("targets", [])]
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -139,7 +138,7 @@ def test_error_rates_count_the_codes_the_exporter_calls_server_errors():
 def test_warning_and_critical_pairs_share_a_condition_label():
     """What the Alertmanager inhibit rule of ops/README.md matches on."""
     rules = {rule["alert"]: rule for rule in alert_rules()}
-    pairs = [(name[:-len("Critical")] + "High", name) for name in rules if name.endswith("Critical")]
+    pairs = [(name[: -len("Critical")] + "High", name) for name in rules if name.endswith("Critical")]
     assert pairs
     for warning, critical in pairs:
         assert rules[warning]["labels"]["severity"] == "warning"
@@ -195,7 +194,9 @@ def test_systemd_unit_agrees_with_the_service():
     assert settings["ProtectSystem"] == ["strict"] and settings["PrivateTmp"] == ["yes"]
     assert "char-video4linux rw" in settings["DeviceAllow"]
     # The state folder the service is pointed at is writable despite ProtectSystem=strict.
-    state_dir = next(v.split("=", 1)[1] for v in settings["Environment"] if v.startswith("CAMSERVICE_RUNTIME_STATE_DIR="))
+    state_dir = next(
+        v.split("=", 1)[1] for v in settings["Environment"] if v.startswith("CAMSERVICE_RUNTIME_STATE_DIR=")
+    )
     assert state_dir in " ".join(settings["ReadWritePaths"])
     assert state_dir == "/var/lib/" + settings["StateDirectory"][0]
     # systemd must not SIGKILL the supervisor while it still stops its children.
@@ -204,8 +205,11 @@ def test_systemd_unit_agrees_with_the_service():
 
 
 def _openapi_schemas() -> dict:
-    for candidate in (REPO / "tests/fakes/mediamtx_openapi.yaml", REPO / "shared/mediamtx/openapi.yaml",
-                      Path("/work/shared/mediamtx/openapi.yaml")):
+    for candidate in (
+        REPO / "tests/fakes/mediamtx_openapi.yaml",
+        REPO / "shared/mediamtx/openapi.yaml",
+        Path("/work/shared/mediamtx/openapi.yaml"),
+    ):
         if candidate.exists():
             return yaml.safe_load(candidate.read_text())["components"]["schemas"]
     pytest.skip("MediaMTX OpenAPI spec not found (tests/fakes/mediamtx_openapi.yaml)")
@@ -272,9 +276,15 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "prometheus.log"
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.config}", f"--storage.tsdb.path={root / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"))
+            [
+                PROMETHEUS,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("wb"),
+        )
 
     def api(self, endpoint: str, **params) -> dict:
         status, _, body = http(f"{self.url}/api/v1/{endpoint}?{urllib.parse.urlencode(params, doseq=True)}")
@@ -304,6 +314,7 @@ class Prometheus:
 
 async def traffic(service: Service) -> None:
     """Requests of every kind, over several connections so both gateways serve some."""
+
     async def one_client(number: int) -> None:
         async with Client(service.url, service.token("operator")) as client:
             await client.call("get_camera_list")
@@ -324,8 +335,9 @@ async def traffic(service: Service) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None, reason=NO_PROMETHEUS)
 def test_prometheus_scrapes_the_live_service_and_every_expression_has_data(tmp_path):
-    with Service(simulate=2, **{"gateway.processes": 2, "runtime.sample_interval": 0.5,
-                                "security.metrics_require_auth": True}) as service:
+    with Service(
+        simulate=2, **{"gateway.processes": 2, "runtime.sample_interval": 0.5, "security.metrics_require_auth": True}
+    ) as service:
         metrics_url = f"http://127.0.0.1:{service.port}/metrics"
         key = service.cli("keys", "create", "--role", "admin", "--name", "prometheus").stdout.strip().split()[-1]
         credentials = tmp_path / "camservice.key"
@@ -360,8 +372,12 @@ def test_prometheus_scrapes_the_live_service_and_every_expression_has_data(tmp_p
         try:
             wait_for(prometheus.ready, timeout=20, interval=0.2, message="prometheus ready")
             # A few scrapes, so rate() has points; all of them successful.
-            wait_for(lambda: prometheus.query('count_over_time(up{job="camservice"}[1m]) >= 4'),
-                     timeout=20, interval=0.5, message="four scrapes")
+            wait_for(
+                lambda: prometheus.query('count_over_time(up{job="camservice"}[1m]) >= 4'),
+                timeout=20,
+                interval=0.5,
+                message="four scrapes",
+            )
             assert [s["value"][1] for s in prometheus.query('up{job="camservice"}')] == ["1"]
             loaded = {rule["name"] for group in prometheus.api("rules")["groups"] for rule in group["rules"]}
             assert loaded == {rule["alert"] for rule in alert_rules()}
@@ -373,11 +389,14 @@ def test_prometheus_scrapes_the_live_service_and_every_expression_has_data(tmp_p
                 prometheus.query(expr)  # must parse and evaluate (status success)
                 for name in METRIC.findall(expr):
                     used.setdefault(name, []).append(where)
-            missing = {name: places for name, places in used.items() if not prometheus.api("series", **{"match[]": name})}
+            missing = {
+                name: places for name, places in used.items() if not prometheus.api("series", **{"match[]": name})
+            }
             assert not missing, "metrics with no data in Prometheus:\n" + "\n".join(
                 f"  {name} (used by {', '.join(sorted(set(places))[:3])}; "
                 f"{next((v for k, v in PROVIDERS.items() if name.startswith(k)), 'gateway')})"
-                for name, places in sorted(missing.items()))
+                for name, places in sorted(missing.items())
+            )
 
             # The traffic is there, by method and code, from both gateways.
             by_gateway = {s["metric"]["gateway"] for s in prometheus.query("camservice_requests_total")}

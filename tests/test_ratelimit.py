@@ -113,8 +113,11 @@ def test_contract_defaults_allow_a_burst_of_200():
 
 
 @settings(max_examples=200, deadline=None)
-@given(rate=st.floats(0.1, 1000), burst=st.integers(1, 500),
-       steps=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 3)), max_size=60))
+@given(
+    rate=st.floats(0.1, 1000),
+    burst=st.integers(1, 500),
+    steps=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 3)), max_size=60),
+)
 def test_never_more_than_burst_plus_refill(rate, burst, steps):
     """Over any run, admitted cost <= burst + rate * elapsed, and every answer is sane."""
     bucket = TokenBucket(rate, burst)

@@ -26,9 +26,9 @@ from camservice import config as config_module
 from camservice import errors, ffmpeg, methods
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import RpcError
-from workers.discovery import simulator
-from workers.recording import sessions as sessions_module
-from workers.recording.sessions import RecordingManager
+from camservice.workers.discovery import simulator
+from camservice.workers.recording import sessions as sessions_module
+from camservice.workers.recording.sessions import RecordingManager
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,12 @@ SIZE = "320x240"
 
 
 def make_config(state: Path, **overrides: Any):
-    values = {"runtime.state_dir": str(state), "runtime.transport": "tcp",
-              "storage.min_free_bytes": 0, "recording.stall_seconds": 10.0}
+    values = {
+        "runtime.state_dir": str(state),
+        "runtime.transport": "tcp",
+        "storage.min_free_bytes": 0,
+        "recording.stall_seconds": 10.0,
+    }
     values.update(overrides)
     return config_module.load(overrides=values, environ={})
 
@@ -48,8 +52,9 @@ def make_config(state: Path, **overrides: Any):
 def plug_camera(state: Path, index: int, size: str = SIZE, fps: int = 15) -> Camera:
     simulator.plug(state, size, fps, index=index)
     node = simulator.read_node(simulator.node_path(state, index))
-    return Camera(id=f"camera{index}", device=f"sim:{index}", resolution=size, fps=fps,
-                  simulated=True, source=node.source())
+    return Camera(
+        id=f"camera{index}", device=f"sim:{index}", resolution=size, fps=fps, simulated=True, source=node.source()
+    )
 
 
 class Harness:
@@ -75,8 +80,7 @@ class Harness:
         return [d for t, d in self.events if t == "recording_status_update" and d["session_id"] == session_id]
 
     def file_updates(self, **match: Any) -> list[dict[str, Any]]:
-        return [d for t, d in self.events
-                if t == "_file_update" and all(d.get(k) == v for k, v in match.items())]
+        return [d for t, d in self.events if t == "_file_update" and all(d.get(k) == v for k, v in match.items())]
 
     async def wait_status(self, session_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
         await until(lambda: any(d["status"] == status for d in self.statuses(session_id)), timeout)
@@ -97,8 +101,9 @@ async def until(predicate, timeout: float = 20.0, interval: float = 0.05) -> Non
         await asyncio.sleep(interval)
 
 
-def start_params(device: str = "sim:0", duration: int | None = None, fmt: str = "mp4",
-                 filename: str | None = None) -> dict[str, Any]:
+def start_params(
+    device: str = "sim:0", duration: int | None = None, fmt: str = "mp4", filename: str | None = None
+) -> dict[str, Any]:
     """Parameters as the gateway's validator hands them to the worker."""
     params = {"device": device, "duration": duration, "format": fmt, "filename": filename}
     return methods.start_recording({k: v for k, v in params.items() if v is not None})
@@ -296,8 +301,10 @@ def test_unplug_mid_recording_fails_the_session(tmp_path: Path):
         simulator.unplug(h.state, 0)
         h.cameras["camera1"] = Camera(**{**h.cameras["camera1"].__dict__, "status": DISCONNECTED})
         h.manager.camera_changed(h.cameras["camera1"])
-        failed = [await h.wait_status(by_node["session_id"], "FAILED"),
-                  await h.wait_status(by_event["session_id"], "FAILED")]
+        failed = [
+            await h.wait_status(by_node["session_id"], "FAILED"),
+            await h.wait_status(by_event["session_id"], "FAILED"),
+        ]
         after = None
         try:
             await h.manager.stop_recording({"device": "sim:0"})
@@ -321,8 +328,7 @@ def test_disk_low_refuses_and_stops_recordings(tmp_path: Path, monkeypatch):
     async def refused():
         await h.manager.open()
         codes = []
-        for call in (h.manager.start_recording(start_params()),
-                     h.manager.take_snapshot(snap_params("sim:0", "jpg"))):
+        for call in (h.manager.start_recording(start_params()), h.manager.take_snapshot(snap_params("sim:0", "jpg"))):
             try:
                 await call
             except RpcError as exc:
@@ -355,19 +361,23 @@ def test_errors_for_unknown_camera_idle_stop_and_ffmpeg_failure(tmp_path: Path):
     h = Harness(tmp_path)
     fake = tmp_path / "video9"  # a regular file is no capture device
     fake.write_text("")
-    h.cameras["camera9"] = Camera(id="camera9", device=str(fake), source={
-        "kind": "v4l2", "path": str(fake), "input_format": "mjpeg", "size": "320x240", "fps": 15})
+    h.cameras["camera9"] = Camera(
+        id="camera9",
+        device=str(fake),
+        source={"kind": "v4l2", "path": str(fake), "input_format": "mjpeg", "size": "320x240", "fps": 15},
+    )
 
     async def scenario():
         await h.manager.open()
         found = {}
         for name, call in (
-                ("start_unknown", h.manager.start_recording(start_params(device="sim:7"))),
-                ("snapshot_unknown", h.manager.take_snapshot(snap_params("nope", "jpg"))),
-                ("stop_unknown", h.manager.stop_recording({"device": "sim:7"})),
-                ("stop_idle", h.manager.stop_recording({"device": "sim:0"})),
-                ("start_broken", h.manager.start_recording(start_params(device="camera9"))),
-                ("snapshot_broken", h.manager.take_snapshot(snap_params("camera9", "jpg")))):
+            ("start_unknown", h.manager.start_recording(start_params(device="sim:7"))),
+            ("snapshot_unknown", h.manager.take_snapshot(snap_params("nope", "jpg"))),
+            ("stop_unknown", h.manager.stop_recording({"device": "sim:7"})),
+            ("stop_idle", h.manager.stop_recording({"device": "sim:0"})),
+            ("start_broken", h.manager.start_recording(start_params(device="camera9"))),
+            ("snapshot_broken", h.manager.take_snapshot(snap_params("camera9", "jpg"))),
+        ):
             try:
                 await call
             except RpcError as exc:
@@ -396,7 +406,8 @@ def test_concurrent_start_snapshot_and_same_file_name(tmp_path: Path):
             h.manager.start_recording(start_params(device="sim:0", filename="same")),
             h.manager.take_snapshot(snap_params("sim:0")),
             h.manager.start_recording(start_params(device="sim:1", filename="same")),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         for device in ("sim:0", "sim:1"):
             try:
                 await h.manager.stop_recording({"device": device})
@@ -413,13 +424,25 @@ def test_concurrent_start_snapshot_and_same_file_name(tmp_path: Path):
 
 def test_recovery_after_the_deadline_passed_reports_completed(tmp_path: Path):
     h = Harness(tmp_path)
-    from workers.recording.journal import Journal, SessionRecord
+    from camservice.workers.recording.journal import Journal, SessionRecord
 
     (h.config.recordings_dir).mkdir(parents=True, exist_ok=True)
     h.recording("old.mp4").write_bytes(b"x")
-    Journal(h.state / "journal").save(SessionRecord(
-        "s-old", "camera0", "sim:0", "old.mp4", "mp4", time.time() - 60, 30, time.time() - 30, ["old.mp4"],
-        ffmpeg_pid=os.getpid(), staging="not-in-my-cmdline"))
+    Journal(h.state / "journal").save(
+        SessionRecord(
+            "s-old",
+            "camera0",
+            "sim:0",
+            "old.mp4",
+            "mp4",
+            time.time() - 60,
+            30,
+            time.time() - 30,
+            ["old.mp4"],
+            ffmpeg_pid=os.getpid(),
+            staging="not-in-my-cmdline",
+        )
+    )
 
     async def scenario():
         await h.manager.open()
@@ -435,15 +458,21 @@ def test_recovery_after_the_deadline_passed_reports_completed(tmp_path: Path):
 
 
 def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
-    from workers.recording.backend import MediaMTXBackend, make_backend
-    from workers.recording.capture import DeviceInput
+    from camservice.workers.recording.backend import MediaMTXBackend, make_backend
+    from camservice.workers.recording.capture import DeviceInput
 
-    h = Harness(tmp_path, **{"media.backend": "mediamtx", "media.mediamtx_api": "http://10.1.2.3:9997",
-                             "media.rtsp_port": 18554})
+    h = Harness(
+        tmp_path,
+        **{"media.backend": "mediamtx", "media.mediamtx_api": "http://10.1.2.3:9997", "media.rtsp_port": 18554},
+    )
     backend = make_backend(h.config)
     assert isinstance(backend, MediaMTXBackend)
     assert backend.open_input(h.cameras["camera0"]).args[-4:] == [
-        "-rtsp_transport", "tcp", "-i", "rtsp://10.1.2.3:18554/camera0"]
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        "rtsp://10.1.2.3:18554/camera0",
+    ]
 
     # No MediaMTX here: an ffmpeg publishing H.264 over TCP to one reader stands
     # in for the camera's RTSP path, so the copy-into-segments pipeline runs for real.
@@ -453,9 +482,32 @@ def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     publisher = subprocess.Popen(
-        [ffmpeg.locate(), "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
-         "-i", f"testsrc2=size={SIZE}:rate=15", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-         "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"])
+        [
+            ffmpeg.locate(),
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={SIZE}:rate=15",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "15",
+            "-f",
+            "mpegts",
+            f"tcp://127.0.0.1:{port}?listen=1",
+        ]
+    )
 
     class StandIn(MediaMTXBackend):
         def open_input(self, camera):
@@ -525,8 +577,16 @@ def test_sigkill_mid_recording_then_resume(tmp_path: Path):
     h = Harness.__new__(Harness)
     h.state, h.events = state, []
     h.config = make_config(state)
-    h.cameras = {"camera0": Camera(id="camera0", device="sim:0", resolution=SIZE, fps=15, simulated=True,
-                                   source=simulator.read_node(simulator.node_path(state, 0)).source())}
+    h.cameras = {
+        "camera0": Camera(
+            id="camera0",
+            device="sim:0",
+            resolution=SIZE,
+            fps=15,
+            simulated=True,
+            source=simulator.read_node(simulator.node_path(state, 0)).source(),
+        )
+    }
     first = h.recording(started["filename"])
     assert probe(first).codec == "h264"  # the killed capture left a playable file
     [entry] = list((state / "journal").iterdir())

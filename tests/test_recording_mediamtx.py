@@ -25,8 +25,8 @@ from camservice.mediamtx import CLOSED, OPEN, UNREACHABLE, MediaMTXClient
 from tests.fakes.mediamtx import FakeMediaMTX
 from tests.harness import Clock
 from tests.test_recording_ffmpeg import SIZE, Harness, holders, probe, snap_params, start_params, until
-from workers.recording.backend import MediaMTXBackend, MediaMTXUnavailable, make_backend
-from workers.recording.sessions import RecordingManager
+from camservice.workers.recording.backend import MediaMTXBackend, MediaMTXUnavailable, make_backend
+from camservice.workers.recording.sessions import RecordingManager
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +57,9 @@ def clock() -> Clock:
     return Clock()
 
 
-def setup(tmp_path: Path, fake: FakeMediaMTX, clock: Clock | None = None,
-          api: str | None = None) -> tuple[Harness, StandIn]:
+def setup(
+    tmp_path: Path, fake: FakeMediaMTX, clock: Clock | None = None, api: str | None = None
+) -> tuple[Harness, StandIn]:
     """A harness whose manager uses a :class:`StandIn` backend checking paths on ``fake``."""
     h = Harness(tmp_path, **{"media.backend": "mediamtx", "media.mediamtx_api": api or fake.url})
     client = None
@@ -96,11 +97,35 @@ class Publishers:
 
     def add(self) -> str:
         port = free_port()
-        self.procs.append(subprocess.Popen(
-            [ffmpeg.locate(), "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi",
-             "-i", f"testsrc2=size={SIZE}:rate=15", "-c:v", "libx264", "-preset", "ultrafast",
-             "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-g", "15", "-f", "mpegts",
-             f"tcp://127.0.0.1:{port}?listen=1"]))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    ffmpeg.locate(),
+                    "-hide_banner",
+                    "-nostdin",
+                    "-loglevel",
+                    "error",
+                    "-re",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"testsrc2=size={SIZE}:rate=15",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-tune",
+                    "zerolatency",
+                    "-pix_fmt",
+                    "yuv420p",
+                    "-g",
+                    "15",
+                    "-f",
+                    "mpegts",
+                    f"tcp://127.0.0.1:{port}?listen=1",
+                ]
+            )
+        )
         self.ports.append(port)
         return f"tcp://127.0.0.1:{port}"
 
@@ -159,14 +184,23 @@ def test_checked_path_lets_snapshot_and_recording_read_the_stream(tmp_path: Path
 
 
 def test_default_backend_has_one_client_from_config_and_reads_rtsp(tmp_path: Path, fake):
-    h = Harness(tmp_path, **{"media.backend": "mediamtx",
-                             "media.mediamtx_api": f"http://admin:{SECRET}@127.0.0.1:{fake.port}",
-                             "media.rtsp_port": 18554})
+    h = Harness(
+        tmp_path,
+        **{
+            "media.backend": "mediamtx",
+            "media.mediamtx_api": f"http://admin:{SECRET}@127.0.0.1:{fake.port}",
+            "media.rtsp_port": 18554,
+        },
+    )
     backend = make_backend(h.config)
     assert isinstance(backend, MediaMTXBackend)
     assert backend.api.base_url == fake.url  # credentials kept out of anything loggable
     assert backend.open_input(h.cameras["camera0"]).args[-4:] == [
-        "-rtsp_transport", "tcp", "-i", "rtsp://127.0.0.1:18554/camera0"]
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        "rtsp://127.0.0.1:18554/camera0",
+    ]
     fake.set_path_state("camera0", ready=False)  # only live (under all_others): a path all the same
 
     async def scenario():
@@ -184,8 +218,10 @@ def test_no_path_is_refused_before_reading(tmp_path: Path, fake, clock):
 
     async def scenario():
         await h.manager.open()
-        return (await failure(h.manager.start_recording(start_params())),
-                await failure(h.manager.take_snapshot(snap_params())))
+        return (
+            await failure(h.manager.start_recording(start_params())),
+            await failure(h.manager.take_snapshot(snap_params())),
+        )
 
     for exc in asyncio.run(scenario()):
         assert exc.code == errors.MEDIA_BACKEND
@@ -221,8 +257,10 @@ def test_mediamtx_error_status_carries_its_detail(tmp_path: Path, fake, clock):
 def test_reasons_carry_no_credentials_or_outside_paths(tmp_path: Path, fake):
     h, backend = setup(tmp_path, fake, api=f"http://admin:{SECRET}@127.0.0.1:{fake.port}")
     fake.paths["camera0"] = {"source": "publisher"}
-    leaky = (f"cannot read rtsp://admin:{SECRET}@10.0.0.5:554/cam?token=abc123 (see /etc/mediamtx/mediamtx.yml;"
-             f" password {SECRET})")
+    leaky = (
+        f"cannot read rtsp://admin:{SECRET}@10.0.0.5:554/cam?token=abc123 (see /etc/mediamtx/mediamtx.yml;"
+        f" password {SECRET})"
+    )
 
     async def scenario():
         await h.manager.open()
@@ -236,8 +274,9 @@ def test_reasons_carry_no_credentials_or_outside_paths(tmp_path: Path, fake):
     assert "rtsp://10.0.0.5:554/cam" in reason and "mediamtx.yml" in reason
     # FAILED reasons go through the same sanitize(); files in storage keep their path.
     kept = f"{h.config.recordings_dir}/x.mp4"
-    text = backend.sanitize(f"tcp://u:{SECRET}@127.0.0.1:1/a: refused; {kept}; /home/alice/ffmpeg: error;"
-                            " file:///home/alice/x.ts")
+    text = backend.sanitize(
+        f"tcp://u:{SECRET}@127.0.0.1:1/a: refused; {kept}; /home/alice/ffmpeg: error; file:///home/alice/x.ts"
+    )
     assert SECRET not in text and "u:" not in text and "/home" not in text
     assert "tcp://127.0.0.1:1/a" in text and kept in text and "ffmpeg: error" in text
 

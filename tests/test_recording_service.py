@@ -30,8 +30,9 @@ def test_snapshot_recording_and_worker_crash_through_the_service():
             async with Client(service.url, token) as client:
                 snap = await client.call("take_snapshot", {"device": "sim:0"})
                 started = await client.call("start_recording", {"device": "camera0", "duration_seconds": 30})
-                note = await client.notification("recording_status_update",
-                                                 where=lambda p: p["session_id"] == started["session_id"])
+                note = await client.notification(
+                    "recording_status_update", where=lambda p: p["session_id"] == started["session_id"]
+                )
                 again = None
                 try:
                     await client.call("start_recording", {"device": "sim:0"})

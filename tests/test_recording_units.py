@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from camservice.cameras import Camera
-from workers.recording import capture, naming
-from workers.recording.journal import ActiveFiles, Journal, SessionRecord, atomic_write_json
+from camservice.workers.recording import capture, naming
+from camservice.workers.recording.journal import ActiveFiles, Journal, SessionRecord, atomic_write_json
 
 
 def test_default_name_follows_the_contract():
@@ -42,8 +42,10 @@ def test_segment_glob_matches_later_segments_only(tmp_path: Path):
 
 def test_sanitize_keeps_storage_paths_and_devices_only(tmp_path: Path):
     storage = tmp_path / "recordings"
-    text = (f"{storage}/a.mp4: error | /root/.state/dev/sim0: busy | /dev/video0: No such device"
-            " | /opt/ffmpeg/bin/ffmpeg-x: failed")
+    text = (
+        f"{storage}/a.mp4: error | /root/.state/dev/sim0: busy | /dev/video0: No such device"
+        " | /opt/ffmpeg/bin/ffmpeg-x: failed"
+    )
     clean = capture.sanitize(text, [storage])
     assert f"{storage}/a.mp4" in clean and "/dev/video0" in clean
     assert "/root" not in clean and "/opt" not in clean
@@ -83,14 +85,30 @@ def test_active_files_document_shape(tmp_path: Path):
 
     asyncio.run(scenario())
     document = json.loads(active.path.read_text())
-    assert document == {"files": {"b.mp4": {"camera_id": "camera1", "device": "sim:1", "session_id": "s2",
-                                            "started": "2026-01-01T00:00:00.000Z"}}}
+    assert document == {
+        "files": {
+            "b.mp4": {
+                "camera_id": "camera1",
+                "device": "sim:1",
+                "session_id": "s2",
+                "started": "2026-01-01T00:00:00.000Z",
+            }
+        }
+    }
 
 
 def test_recording_command_line(tmp_path: Path):
     device = capture.DeviceInput(["-f", "lavfi", "-i", "testsrc2"])
-    argv = capture.recording_argv("ffmpeg", device, staging=tmp_path, fmt="mp4", segment_seconds=600,
-                                  first_index=2, fps=15, frame_path=tmp_path / "f.jpg")
+    argv = capture.recording_argv(
+        "ffmpeg",
+        device,
+        staging=tmp_path,
+        fmt="mp4",
+        segment_seconds=600,
+        first_index=2,
+        fps=15,
+        frame_path=tmp_path / "f.jpg",
+    )
     joined = " ".join(argv)
     assert "-segment_start_number 2" in joined and f"{tmp_path}/seg%03d.mp4" in joined
     assert "frag_keyframe+empty_moov" in joined and "-g 15" in joined
@@ -101,10 +119,25 @@ def test_recording_command_line(tmp_path: Path):
 def test_v4l2_input_arguments(tmp_path: Path):
     node = tmp_path / "video0"
     node.touch()
-    camera = Camera(id="camera0", device=str(node), source={
-        "kind": "v4l2", "path": str(node), "input_format": "mjpeg", "size": "1280x720", "fps": 30})
+    camera = Camera(
+        id="camera0",
+        device=str(node),
+        source={"kind": "v4l2", "path": str(node), "input_format": "mjpeg", "size": "1280x720", "fps": 30},
+    )
     device = capture.open_input(camera)
-    assert device.args == ["-f", "v4l2", "-thread_queue_size", "64", "-input_format", "mjpeg",
-                           "-video_size", "1280x720", "-framerate", "30", "-i", str(node)]
+    assert device.args == [
+        "-f",
+        "v4l2",
+        "-thread_queue_size",
+        "64",
+        "-input_format",
+        "mjpeg",
+        "-video_size",
+        "1280x720",
+        "-framerate",
+        "30",
+        "-i",
+        str(node),
+    ]
     node.unlink()
     assert not capture.camera_present(camera)

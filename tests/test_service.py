@@ -13,8 +13,14 @@ import signal
 import psutil
 import pytest
 
-from camservice.errors import (AUTH_REQUIRED, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-                               PARSE_ERROR, SERVICE_BUSY)
+from camservice.errors import (
+    AUTH_REQUIRED,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVICE_BUSY,
+)
 
 from .harness import Client, RpcFailure, Service, alive, process_tree, run, wait_for
 
@@ -28,8 +34,9 @@ def test_start_status_and_camera_list(service):
     assert roles == ["discovery", "files", "gateway", "recording"]
     assert all(p["state"] == "running" and p["pid"] for p in status["processes"])
     for pid in service.pids().values():
-        assert psutil.Process(pid).cmdline()[0].startswith("camservice: ") or \
-            "camservice" in " ".join(psutil.Process(pid).cmdline())
+        assert psutil.Process(pid).cmdline()[0].startswith("camservice: ") or "camservice" in " ".join(
+            psutil.Process(pid).cmdline()
+        )
 
     async def scenario():
         async with Client(service.url, service.token("viewer")) as client:
@@ -37,14 +44,24 @@ def test_start_status_and_camera_list(service):
             assert listing["total"] == 2 and listing["connected"] == 2
             assert sorted(c["device"] for c in listing["cameras"]) == ["sim:0", "sim:1"]
             camera = listing["cameras"][0]
-            assert {"device", "id", "status", "name", "resolution", "fps", "streams", "capabilities",
-                    "recording"} <= set(camera)
+            assert {
+                "device",
+                "id",
+                "status",
+                "name",
+                "resolution",
+                "fps",
+                "streams",
+                "capabilities",
+                "recording",
+            } <= set(camera)
             status = await client.call("get_camera_status", {"device": camera["id"]})
             assert status["status"] == "CONNECTED" and set(status["metrics"]) == {"bytes_sent", "readers", "uptime"}
             same = await client.call("get_camera_status", {"device": camera["device"]})
             assert same["id"] == camera["id"]
             caps = await client.call("get_camera_capabilities", {"device": camera["id"]})
             assert caps["device"] and "320x240" in caps["resolutions"]
+
     run(scenario())
 
 
@@ -74,13 +91,25 @@ def test_transport_rules_over_a_real_connection(service):
             reply = await client.request("get_camera_list")
             assert reply["error"]["code"] == AUTH_REQUIRED
             # A batch with a notification, an error and two calls: one array, no entry for the notification.
-            batch = json.dumps([{"jsonrpc": "2.0", "method": "ping", "id": "a"},
-                                {"jsonrpc": "2.0", "method": "ping"},
-                                {"jsonrpc": "2.0", "method": "get_camera_list", "id": "b",
-                                 "params": {"auth_token": service.token("viewer")}},
-                                {"jsonrpc": "2.0", "method": "get_streams", "id": "c",
-                                 "params": {"auth_token": service.token("viewer")}},
-                                7])
+            batch = json.dumps(
+                [
+                    {"jsonrpc": "2.0", "method": "ping", "id": "a"},
+                    {"jsonrpc": "2.0", "method": "ping"},
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "get_camera_list",
+                        "id": "b",
+                        "params": {"auth_token": service.token("viewer")},
+                    },
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "get_streams",
+                        "id": "c",
+                        "params": {"auth_token": service.token("viewer")},
+                    },
+                    7,
+                ]
+            )
             reply = await client.raw(batch, "batch")
             assert isinstance(reply, list) and len(reply) == 4
             by_id = {r["id"]: r for r in reply}
@@ -91,6 +120,7 @@ def test_transport_rules_over_a_real_connection(service):
             await client.ws.send("x" * (1024 * 1024 + 10))
             await asyncio.wait_for(client.ws.wait_closed(), 10)
             assert client.ws.close_code == 1009
+
     run(scenario())
 
 
@@ -98,9 +128,11 @@ def test_many_requests_in_flight_answered_out_of_order(service):
     async def scenario():
         async with Client(service.url, service.token("admin")) as client:
             methods = ["get_camera_capabilities", "get_camera_status", "list_recordings", "ping"] * 25
-            replies = await asyncio.gather(*(
-                client.request(m, {"device": "camera0"} if "camera" in m else None) for m in methods))
+            replies = await asyncio.gather(
+                *(client.request(m, {"device": "camera0"} if "camera" in m else None) for m in methods)
+            )
             assert all("result" in r for r in replies), [r for r in replies if "error" in r][:3]
+
     run(scenario())
 
 
@@ -111,6 +143,7 @@ def test_invalid_params_keep_the_connection(service):
                 await client.call("start_recording", {"device": "camera0", "duration_seconds": -5})
             assert info.value.code == INVALID_PARAMS and info.value.data["param"] == "duration_seconds"
             assert await client.call("ping") == "pong"
+
     run(scenario())
 
 
@@ -136,6 +169,7 @@ def test_worker_killed_with_request_in_flight(service):
             os.kill(discovery, signal.SIGKILL)
             reply = await asyncio.wait_for(pending, 15)
             assert "result" in reply, reply
+
     run(scenario())
     wait_for(lambda: service.pids().get("recording-0") not in (None, victim), 10, message="recording restarted")
     rows = {p["name"]: p for p in service.status()["processes"]}
@@ -189,38 +223,60 @@ def test_two_gateways_share_the_port_and_both_deliver_hotplug_events():
             for client in clients:
                 await client.__aenter__()
             try:
-                served = [sum(1 for c in psutil.Process(pid).net_connections("tcp")
-                              if c.status == "ESTABLISHED" and c.laddr.port == svc.port) for pid in gateway_pids]
+                served = [
+                    sum(
+                        1
+                        for c in psutil.Process(pid).net_connections("tcp")
+                        if c.status == "ESTABLISHED" and c.laddr.port == svc.port
+                    )
+                    for pid in gateway_pids
+                ]
                 assert all(served), f"connections per gateway: {served}"
                 plugged = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
-                events = await asyncio.gather(*(c.notification(
-                    "camera_status_update", where=lambda p: p["device"] == plugged and p["status"] == "CONNECTED")
-                    for c in clients))
+                events = await asyncio.gather(
+                    *(
+                        c.notification(
+                            "camera_status_update",
+                            where=lambda p: p["device"] == plugged and p["status"] == "CONNECTED",
+                        )
+                        for c in clients
+                    )
+                )
                 camera_id = events[0]["id"]
                 assert all(e["id"] == camera_id and e["resolution"] == "160x120" for e in events)
                 for client in clients:  # every gateway's replica has it
                     listing = await client.call("get_camera_list")
                     assert listing["total"] == 2 and listing["connected"] == 2
                 svc.cli("camera", "unplug", plugged)
-                await asyncio.gather(*(c.notification(
-                    "camera_status_update", where=lambda p: p["id"] == camera_id and p["status"] == "DISCONNECTED")
-                    for c in clients))
+                await asyncio.gather(
+                    *(
+                        c.notification(
+                            "camera_status_update",
+                            where=lambda p: p["id"] == camera_id and p["status"] == "DISCONNECTED",
+                        )
+                        for c in clients
+                    )
+                )
                 for client in clients:
                     listing = await client.call("get_camera_list")
                     assert listing["total"] == 2 and listing["connected"] == 1
             finally:
                 for client in clients:
                     await client.__aexit__(None, None, None)
+
         run(scenario())
 
 
 def test_workers_over_tcp_transport():
     from .harness import free_port
+
     with Service(simulate=1, **{"runtime.transport": "tcp", "runtime.tcp_base_port": free_port()}) as svc:
+
         async def scenario():
             async with Client(svc.url, svc.token("viewer")) as client:
                 caps = await client.call("get_camera_capabilities", {"device": "camera0"})
                 assert caps["resolutions"]
+
         run(scenario())
 
 
@@ -246,18 +302,23 @@ def test_start_refuses_a_port_another_program_listens_on():
 def test_a_worker_kind_that_stays_down_fails_calls_fast():
     """With no files worker for a heartbeat-timeout, calls get -32011 at once, not after 10 s."""
     with Service(simulate=0, **{"runtime.give_up_after": 1}) as svc:
+
         async def scenario():
             async with Client(svc.url, svc.token("admin")) as client:
                 for _ in range(2):  # crash it twice: the supervisor gives up (give_up_after: 1)
                     pid = wait_for(lambda: svc.pids().get("files-0"), 10, message="files worker up")
                     os.kill(pid, signal.SIGKILL)
                     await asyncio.sleep(0.5)
-                wait_for(lambda: {p["name"]: p["state"] for p in svc.status()["processes"]}["files-0"] == "failed",
-                         10, message="files-0 failed")
+                wait_for(
+                    lambda: {p["name"]: p["state"] for p in svc.status()["processes"]}["files-0"] == "failed",
+                    10,
+                    message="files-0 failed",
+                )
                 await asyncio.sleep(3.5)  # past the heartbeat timeout
                 reply = await asyncio.wait_for(client.request("list_recordings"), 5)  # well under 10 s
                 assert reply["error"]["code"] == SERVICE_BUSY
                 assert "no files worker" in reply["error"]["data"]["reason"]
                 status = await client.call("get_status")
                 assert status["components"]["files"] == "down" and status["status"] == "degraded"
+
         run(scenario())

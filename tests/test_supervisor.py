@@ -30,6 +30,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
 
 def test_crash_loop_gives_up_visibly():
     """A role that cannot start is restarted with backoff, then left FAILED."""
+
     async def scenario():
         exits = []
         watcher = Watcher("no-such-role", 0, dict(os.environ), policy(), lambda w, pid: exits.append(pid))
@@ -48,14 +49,22 @@ def test_crash_loop_gives_up_visibly():
 
 def test_stop_sends_sigterm_then_sigkill(tmp_path):
     """A child that ignores SIGTERM is killed after the timeout; nothing is left."""
+
     async def scenario():
         watcher = Watcher("x", 0, dict(os.environ), policy())
         # Stand-in child: a Python process that ignores SIGTERM.
         import subprocess, sys
+
         watcher._loop = asyncio.get_running_loop()
-        watcher.popen = subprocess.Popen([sys.executable, "-c",
-                                          "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                          "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+        watcher.popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+        )
         watcher.popen.stdout.readline()
         watcher.started_at = time.monotonic()
         watcher.state = RUNNING

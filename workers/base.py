@@ -131,8 +131,7 @@ class Worker:
             self._pub.send_multipart(event.frames(), flags=zmq.NOBLOCK)
         return event
 
-    async def call(self, method: str, params: dict[str, Any], timeout: float = 5.0,
-                   request_id: str = "") -> Any:
+    async def call(self, method: str, params: dict[str, Any], timeout: float = 5.0, request_id: str = "") -> Any:
         """Call a method served by another worker kind, through a gateway."""
         link = next((link for link in self._links), None)
         if link is None:
@@ -164,8 +163,9 @@ class Worker:
 
     def _load_handlers(self) -> None:
         # Sync or async is decided once here, not per request.
-        self._handlers = {name: (handler, inspect.iscoroutinefunction(handler))
-                          for name, handler in self.handlers().items()}
+        self._handlers = {
+            name: (handler, inspect.iscoroutinefunction(handler)) for name, handler in self.handlers().items()
+        }
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -247,9 +247,17 @@ class Worker:
         except Exception:
             self.log.exception("stats_failed")
             return
-        self.publish("_worker_stats", {"name": self.name, "kind": self.kind, "index": self.index,
-                                       "pid": os.getpid(), "in_flight": self._requests_in_flight(),
-                                       "stats": stats})
+        self.publish(
+            "_worker_stats",
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "index": self.index,
+                "pid": os.getpid(),
+                "in_flight": self._requests_in_flight(),
+                "stats": stats,
+            },
+        )
 
     def _requests_in_flight(self) -> int:
         return sum(1 for t in self._tasks if getattr(t, "_camservice_request", False))
@@ -371,7 +379,8 @@ def run_worker(worker_class: type[Worker], index: int) -> None:
     config = config_module.load()
     name = f"{worker_class.kind}-{index}"
     process.set_title(f"camservice: {worker_class.kind} {index}")
-    log.setup(name, config.state_dir / "logs", config.logging.level,
-              console=os.environ.get("CAMSERVICE_FOREGROUND") == "1")
+    log.setup(
+        name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"
+    )
     worker = worker_class(config, index)
     asyncio.run(worker.run())

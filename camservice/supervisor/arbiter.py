@@ -108,8 +108,12 @@ class Arbiter:
         self.endpoints = comms.Endpoints.from_config(config)
         self.started = time.time()
         self.watchers: list[Watcher] = []
-        counts = {"gateway": config.gateway.processes, "discovery": config.workers.discovery,
-                  "recording": config.workers.recording, "files": config.workers.files}
+        counts = {
+            "gateway": config.gateway.processes,
+            "discovery": config.workers.discovery,
+            "recording": config.workers.recording,
+            "files": config.workers.files,
+        }
         # Workers first: a gateway that comes up finds them registering.
         for role in (*WORKER_KINDS, "gateway"):
             for index in range(counts[role]):
@@ -181,8 +185,9 @@ class Arbiter:
 
     def _on_exit(self, watcher: Watcher, pid: int) -> None:
         self._psutil.pop(pid, None)
-        self._publish("_process_exit", {"pid": pid, "name": watcher.name, "role": watcher.role,
-                                        "code": watcher.last_exit})
+        self._publish(
+            "_process_exit", {"pid": pid, "name": watcher.name, "role": watcher.role, "code": watcher.last_exit}
+        )
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -220,16 +225,24 @@ class Arbiter:
                         children_cpu += ct.user + ct.system
                     except psutil.Error:
                         pass
-                rows[watcher.name] = {"cpu_percent": round(cpu, 1), "rss_bytes": rss,
-                                      "cpu_seconds": times.user + times.system,
-                                      "children_rss_bytes": int(children_rss),
-                                      "children_cpu_seconds": children_cpu}
+                rows[watcher.name] = {
+                    "cpu_percent": round(cpu, 1),
+                    "rss_bytes": rss,
+                    "cpu_seconds": times.user + times.system,
+                    "children_rss_bytes": int(children_rss),
+                    "children_cpu_seconds": children_cpu,
+                }
             except psutil.Error:
                 continue
         memory = psutil.virtual_memory()
-        host = {"cpu_percent": psutil.cpu_percent(None), "per_cpu_percent": psutil.cpu_percent(None, percpu=True),
-                "memory_percent": memory.percent, "memory_total_bytes": memory.total,
-                "memory_used_bytes": memory.total - memory.available, "load": list(os.getloadavg())}
+        host = {
+            "cpu_percent": psutil.cpu_percent(None),
+            "per_cpu_percent": psutil.cpu_percent(None, percpu=True),
+            "memory_percent": memory.percent,
+            "memory_total_bytes": memory.total,
+            "memory_used_bytes": memory.total - memory.available,
+            "load": list(os.getloadavg()),
+        }
         net = psutil.net_io_counters()
         if net is not None:
             host["net_bytes_sent"], host["net_bytes_recv"] = net.bytes_sent, net.bytes_recv
@@ -263,9 +276,15 @@ class Arbiter:
             except (ValueError, AttributeError):
                 command = None
             if command == "status":
-                answer = {"ok": True, "pid": os.getpid(), "version": __version__,
-                          "uptime": round(time.time() - self.started, 1),
-                          "state_dir": str(self.state_dir), "processes": self.process_table(), "host": self.host}
+                answer = {
+                    "ok": True,
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "uptime": round(time.time() - self.started, 1),
+                    "state_dir": str(self.state_dir),
+                    "processes": self.process_table(),
+                    "host": self.host,
+                }
             elif command == "stop":
                 answer = {"ok": True, "stopping": True}
                 self._stop.set()

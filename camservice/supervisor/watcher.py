@@ -31,7 +31,13 @@ from camservice.process import die_with_parent
 log = structlog.get_logger("supervisor")
 
 STARTING, RUNNING, BACKOFF, STOPPING, STOPPED, FAILED = (
-    "starting", "running", "backoff", "stopping", "stopped", "failed")
+    "starting",
+    "running",
+    "backoff",
+    "stopping",
+    "stopped",
+    "failed",
+)
 
 
 def _child_setup() -> None:
@@ -40,8 +46,14 @@ def _child_setup() -> None:
 
 
 class Watcher:
-    def __init__(self, role: str, index: int, env: dict[str, str], policy,
-                 on_exit: Callable[["Watcher", int], None] | None = None):
+    def __init__(
+        self,
+        role: str,
+        index: int,
+        env: dict[str, str],
+        policy,
+        on_exit: Callable[["Watcher", int], None] | None = None,
+    ):
         self.role = role
         self.index = index
         self.name = f"{role}-{index}"
@@ -68,7 +80,11 @@ class Watcher:
         self._exited.clear()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "camservice.process", self.role, str(self.index)],
-            env=self.env, stdin=subprocess.DEVNULL, preexec_fn=_child_setup, close_fds=True)
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_child_setup,
+            close_fds=True,
+        )
         self.started_at = time.monotonic()
         self.state = RUNNING
         log.info("process_started", process=self.name, pid=self.popen.pid)
@@ -78,7 +94,8 @@ class Watcher:
         except (AttributeError, OSError):  # kernels before 5.3: wait in a thread
             self._pidfd = None
             self._loop.run_in_executor(None, self.popen.wait).add_done_callback(
-                lambda _: self._loop.call_soon_threadsafe(self._reap))
+                lambda _: self._loop.call_soon_threadsafe(self._reap)
+            )
 
     def _reap(self) -> None:
         if self.popen is None or self.popen.poll() is None:
@@ -107,8 +124,9 @@ class Watcher:
             return
         delay = self.backoff_delay(self.crashes_in_a_row, self.policy.restart_backoff_max)
         self.state = BACKOFF
-        log.warning("process_exited", process=self.name, pid=pid, code=code, ran_s=round(ran, 2),
-                    restart_in_s=round(delay, 3))
+        log.warning(
+            "process_exited", process=self.name, pid=pid, code=code, ran_s=round(ran, 2), restart_in_s=round(delay, 3)
+        )
         self._restart_handle = self._loop.call_later(delay, self._restart)
 
     @staticmethod
@@ -156,6 +174,13 @@ class Watcher:
 
     def describe(self) -> dict:
         up = time.monotonic() - self.started_at if self.pid else 0.0
-        return {"name": self.name, "role": self.role, "index": self.index, "pid": self.pid,
-                "state": self.state, "restarts": self.restarts, "uptime": round(up, 1),
-                "last_exit": self.last_exit}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "index": self.index,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "uptime": round(up, 1),
+            "last_exit": self.last_exit,
+        }

@@ -81,7 +81,8 @@ _Yaml12Loader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def load_spec(path: Path = SPEC_FILE) -> dict[str, Any]:
@@ -89,8 +90,18 @@ def load_spec(path: Path = SPEC_FILE) -> dict[str, Any]:
 
 
 # OpenAPI keywords JSON Schema does not know, or that mean something else there.
-_DROPPED = {"nullable", "deprecated", "format", "description", "example", "externalDocs",
-            "xml", "discriminator", "readOnly", "writeOnly"}
+_DROPPED = {
+    "nullable",
+    "deprecated",
+    "format",
+    "description",
+    "example",
+    "externalDocs",
+    "xml",
+    "discriminator",
+    "readOnly",
+    "writeOnly",
+}
 
 
 def _to_json_schema(node: Any, closed: bool) -> Any:
@@ -161,9 +172,16 @@ class Spec:
         for status, response in op.get("responses", {}).items():
             content = (response or {}).get("content", {}).get("application/json")
             responses[str(status)] = content["schema"] if content else None
-        return Operation(method, template, op["operationId"], pattern,
-                         {p["name"]: p for p in op.get("parameters", [])},
-                         body_schema, bool(body and body.get("required")), responses)
+        return Operation(
+            method,
+            template,
+            op["operationId"],
+            pattern,
+            {p["name"]: p for p in op.get("parameters", [])},
+            body_schema,
+            bool(body and body.get("required")),
+            responses,
+        )
 
     def find(self, method: str, path: str) -> tuple[Operation | None, dict[str, str], bool]:
         """The operation serving ``method path``, its path parameters, and whether the path is known."""
@@ -204,8 +222,11 @@ class Spec:
             return self.zero(schema["allOf"][0])
         kind = schema.get("type")
         if kind == "object" or "properties" in schema:
-            return {name: self.zero(prop) for name, prop in schema.get("properties", {}).items()
-                    if not prop.get("deprecated")}
+            return {
+                name: self.zero(prop)
+                for name, prop in schema.get("properties", {}).items()
+                if not prop.get("deprecated")
+            }
         if kind == "array":
             return [self.zero(schema["items"]) for _ in range(schema.get("minItems", 0))]
         return {"string": "", "boolean": False, "integer": 0, "number": 0.0}.get(kind)
@@ -213,8 +234,16 @@ class Spec:
 
 # --- MediaMTX's own value rules -------------------------------------------------------
 
-_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
-       "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DAY = 86_400_000_000_000
 
@@ -224,7 +253,7 @@ def parse_duration(text: str) -> int:
     days = 0
     match = re.match(r"^(-?\d+)d", text)
     if match:
-        days, text = int(match.group(1)), text[match.end():]
+        days, text = int(match.group(1)), text[match.end() :]
     if text in ("", "0"):
         rest = 0
     else:
@@ -272,43 +301,106 @@ def format_duration(nanos: int) -> str:
     return sign + (f"{days}d" if days else "") + (_go_string(rest) if rest else "")
 
 
-PATH_DURATIONS = ("sourceOnDemandStartTimeout", "sourceOnDemandCloseAfter", "recordPartDuration",
-                  "recordSegmentDuration", "recordDeleteAfter", "runOnDemandStartTimeout",
-                  "runOnDemandCloseAfter", "whepSTUNGatherTimeout", "whepHandshakeTimeout",
-                  "whepTrackGatherTimeout")
-GLOBAL_DURATIONS = ("readTimeout", "writeTimeout", "hlsSegmentDuration", "hlsPartDuration",
-                    "hlsMuxerCloseAfter", "webrtcSTUNGatherTimeout", "webrtcHandshakeTimeout",
-                    "webrtcTrackGatherTimeout")
+PATH_DURATIONS = (
+    "sourceOnDemandStartTimeout",
+    "sourceOnDemandCloseAfter",
+    "recordPartDuration",
+    "recordSegmentDuration",
+    "recordDeleteAfter",
+    "runOnDemandStartTimeout",
+    "runOnDemandCloseAfter",
+    "whepSTUNGatherTimeout",
+    "whepHandshakeTimeout",
+    "whepTrackGatherTimeout",
+)
+GLOBAL_DURATIONS = (
+    "readTimeout",
+    "writeTimeout",
+    "hlsSegmentDuration",
+    "hlsPartDuration",
+    "hlsMuxerCloseAfter",
+    "webrtcSTUNGatherTimeout",
+    "webrtcHandshakeTimeout",
+    "webrtcTrackGatherTimeout",
+)
 
 #: conf.Path.setDefaults() of MediaMTX 1.17 (what pathDefaults holds with an empty mediamtx.yml).
 PATH_DEFAULTS: dict[str, Any] = {
-    "source": "publisher", "sourceOnDemandStartTimeout": "10s", "sourceOnDemandCloseAfter": "10s",
-    "recordPath": "./recordings/%path/%Y-%m-%d_%H-%M-%S-%f", "recordFormat": "fmp4",
-    "recordPartDuration": "1s", "recordMaxPartSize": "50M", "recordSegmentDuration": "1h0m0s",
-    "recordDeleteAfter": "1d", "overridePublisher": True, "rtspTransport": "automatic",
-    "rpiCameraWidth": 1920, "rpiCameraHeight": 1080, "rpiCameraFPS": 30.0,
-    "runOnDemandStartTimeout": "10s", "runOnDemandCloseAfter": "10s",
+    "source": "publisher",
+    "sourceOnDemandStartTimeout": "10s",
+    "sourceOnDemandCloseAfter": "10s",
+    "recordPath": "./recordings/%path/%Y-%m-%d_%H-%M-%S-%f",
+    "recordFormat": "fmp4",
+    "recordPartDuration": "1s",
+    "recordMaxPartSize": "50M",
+    "recordSegmentDuration": "1h0m0s",
+    "recordDeleteAfter": "1d",
+    "overridePublisher": True,
+    "rtspTransport": "automatic",
+    "rpiCameraWidth": 1920,
+    "rpiCameraHeight": 1080,
+    "rpiCameraFPS": 30.0,
+    "runOnDemandStartTimeout": "10s",
+    "runOnDemandCloseAfter": "10s",
 }
 
 #: The global settings of MediaMTX's default mediamtx.yml that clients look at.
 GLOBAL_DEFAULTS: dict[str, Any] = {
-    "logLevel": "info", "logDestinations": ["stdout"], "readTimeout": "10s", "writeTimeout": "10s",
-    "writeQueueSize": 512, "udpMaxPayloadSize": 1472, "authMethod": "internal",
-    "api": True, "apiAddress": ":9997", "metricsAddress": ":9998", "pprofAddress": ":9999",
-    "playbackAddress": ":9996", "rtsp": True, "rtspTransports": ["udp", "multicast", "tcp"],
-    "rtspEncryption": "no", "rtspAddress": ":8554", "rtspsAddress": ":8322", "rtpAddress": ":8000",
-    "rtcpAddress": ":8001", "rtspAuthMethods": ["basic"], "rtmp": True, "rtmpAddress": ":1935",
-    "rtmpEncryption": "no", "hls": True, "hlsAddress": ":8888", "hlsVariant": "lowLatency",
-    "hlsSegmentCount": 7, "hlsSegmentDuration": "1s", "hlsPartDuration": "200ms",
-    "hlsSegmentMaxSize": "50M", "hlsMuxerCloseAfter": "1m0s", "webrtc": True,
-    "webrtcAddress": ":8889", "webrtcLocalUDPAddress": ":8189", "webrtcIPsFromInterfaces": True,
-    "webrtcSTUNGatherTimeout": "5s", "webrtcHandshakeTimeout": "10s",
-    "webrtcTrackGatherTimeout": "2s", "srt": True, "srtAddress": ":8890",
+    "logLevel": "info",
+    "logDestinations": ["stdout"],
+    "readTimeout": "10s",
+    "writeTimeout": "10s",
+    "writeQueueSize": 512,
+    "udpMaxPayloadSize": 1472,
+    "authMethod": "internal",
+    "api": True,
+    "apiAddress": ":9997",
+    "metricsAddress": ":9998",
+    "pprofAddress": ":9999",
+    "playbackAddress": ":9996",
+    "rtsp": True,
+    "rtspTransports": ["udp", "multicast", "tcp"],
+    "rtspEncryption": "no",
+    "rtspAddress": ":8554",
+    "rtspsAddress": ":8322",
+    "rtpAddress": ":8000",
+    "rtcpAddress": ":8001",
+    "rtspAuthMethods": ["basic"],
+    "rtmp": True,
+    "rtmpAddress": ":1935",
+    "rtmpEncryption": "no",
+    "hls": True,
+    "hlsAddress": ":8888",
+    "hlsVariant": "lowLatency",
+    "hlsSegmentCount": 7,
+    "hlsSegmentDuration": "1s",
+    "hlsPartDuration": "200ms",
+    "hlsSegmentMaxSize": "50M",
+    "hlsMuxerCloseAfter": "1m0s",
+    "webrtc": True,
+    "webrtcAddress": ":8889",
+    "webrtcLocalUDPAddress": ":8189",
+    "webrtcIPsFromInterfaces": True,
+    "webrtcSTUNGatherTimeout": "5s",
+    "webrtcHandshakeTimeout": "10s",
+    "webrtcTrackGatherTimeout": "2s",
+    "srt": True,
+    "srtAddress": ":8890",
 }
 
 _PATH_NAME = re.compile(r"^[0-9a-zA-Z_\-/.~:]+$")
-_STATIC_SOURCES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://",
-                   "srt://", "whep://", "wheps://")
+_STATIC_SOURCES = (
+    "rtsp://",
+    "rtsps://",
+    "rtmp://",
+    "rtmps://",
+    "http://",
+    "https://",
+    "udp://",
+    "srt://",
+    "whep://",
+    "wheps://",
+)
 
 
 def path_name_error(name: str) -> str | None:
@@ -352,8 +444,10 @@ def path_conf_error(name: str, conf: dict[str, Any], playback: bool = False) -> 
     if source not in ("publisher", "redirect", "rpiCamera") and not source.startswith(_STATIC_SOURCES):
         return f"invalid source: '{source}'"
     if source not in ("publisher", "redirect") and regexp is not None and not conf["sourceOnDemand"]:
-        return ("a path with a regular expression (or path 'all') and a static source"
-                " must have 'sourceOnDemand' set to true")
+        return (
+            "a path with a regular expression (or path 'all') and a static source"
+            " must have 'sourceOnDemand' set to true"
+        )
     if conf["sourceOnDemand"] and source == "publisher":
         return "'sourceOnDemand' is useless when source is 'publisher'"
     if source != "redirect" and conf["sourceRedirect"]:
@@ -454,8 +548,9 @@ class FakeMediaMTX:
         server.block_on_close = False  # a delayed answer must not hold up stop()
         self._server, self.port = server, server.server_address[1]
         self._released.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-mediamtx-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fake-mediamtx-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -501,8 +596,9 @@ class FakeMediaMTX:
         with self._lock:
             return {"name": name, **self.path_defaults, **self.paths[name]}
 
-    def set_path_state(self, name: str, ready: bool = True, inbound_bytes: int = 0,
-                       outbound_bytes: int = 0, readers: int = 0) -> None:
+    def set_path_state(
+        self, name: str, ready: bool = True, inbound_bytes: int = 0, outbound_bytes: int = 0, readers: int = 0
+    ) -> None:
         with self._lock:
             self.live[name] = LiveState(ready, inbound_bytes, outbound_bytes, readers)
 
@@ -545,8 +641,9 @@ class FakeMediaMTX:
             self._check_response(op, status, answer)
         return status, answer
 
-    def _check_request(self, method: str, target: str, headers: Any,
-                       raw: bytes) -> tuple[Operation, dict[str, str], dict[str, Any], Any]:
+    def _check_request(
+        self, method: str, target: str, headers: Any, raw: bytes
+    ) -> tuple[Operation, dict[str, str], dict[str, Any], Any]:
         parts = urlsplit(target)
         path = unquote(parts.path)
         op, params, known = self.spec.find(method, path)
@@ -563,8 +660,7 @@ class FakeMediaMTX:
         elif raw:
             content_type = (headers.get("Content-Type") or "").split(";")[0].strip()
             if content_type != "application/json":
-                raise ApiError(400, f"Content-Type must be application/json, got '{content_type}'",
-                               violation=True)
+                raise ApiError(400, f"Content-Type must be application/json, got '{content_type}'", violation=True)
             try:
                 body = json.loads(raw)
             except ValueError as exc:
@@ -608,8 +704,7 @@ class FakeMediaMTX:
             with self._lock:
                 self.response_errors.extend(f"{op.operation_id} {status}: {p}" for p in problems)
 
-    def _dispatch(self, op: Operation, params: dict[str, str], query: dict[str, Any],
-                  body: Any) -> tuple[int, Any]:
+    def _dispatch(self, op: Operation, params: dict[str, str], query: dict[str, Any], body: Any) -> tuple[int, Any]:
         handler = getattr(self, f"_op_{op.operation_id}", None)
         if handler is not None:
             return 200, handler(params=params, query=query, body=body)
@@ -755,20 +850,28 @@ class FakeMediaMTX:
         state = self.live.get(name, LiveState())
         since = state.since if state.ready else None
         return {
-            "name": name, "confName": self._conf_name(name),
+            "name": name,
+            "confName": self._conf_name(name),
             "source": {"type": "rtspSession", "id": state.source_id} if state.ready else None,
-            "ready": state.ready, "readyTime": since,
-            "available": state.ready, "availableTime": since,
-            "online": state.ready, "onlineTime": since,
+            "ready": state.ready,
+            "readyTime": since,
+            "available": state.ready,
+            "availableTime": since,
+            "online": state.ready,
+            "onlineTime": since,
             "tracks": ["H264"] if state.ready else [],
             # codecProps stays null: the spec's oneOf cannot tell H264 from H265 props apart,
             # so no non-null value would validate.
             "tracks2": [{"codec": "H264", "codecProps": None}] if state.ready else [],
-            "inboundBytes": state.inbound_bytes, "outboundBytes": state.outbound_bytes,
+            "inboundBytes": state.inbound_bytes,
+            "outboundBytes": state.outbound_bytes,
             "inboundFramesInError": 0,
-            "bytesReceived": state.inbound_bytes, "bytesSent": state.outbound_bytes,
-            "readers": [{"type": "rtspSession", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{i}"))}
-                        for i in range(state.readers)],
+            "bytesReceived": state.inbound_bytes,
+            "bytesSent": state.outbound_bytes,
+            "readers": [
+                {"type": "rtspSession", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{i}"))}
+                for i in range(state.readers)
+            ],
         }
 
     def _recording(self, name: str) -> dict[str, Any]:
@@ -784,8 +887,11 @@ def _paginate(items: list[Any], query: dict[str, Any]) -> dict[str, Any]:
     if per_page == 0:
         raise ApiError(400, "invalid items per page", violation=True)
     page_count = -(-len(items) // per_page)
-    return {"pageCount": page_count, "itemCount": len(items),
-            "items": copy.deepcopy(items[page * per_page:(page + 1) * per_page])}
+    return {
+        "pageCount": page_count,
+        "itemCount": len(items),
+        "items": copy.deepcopy(items[page * per_page : (page + 1) * per_page]),
+    }
 
 
 class _Server(ThreadingHTTPServer):

@@ -5,7 +5,7 @@ device rather than its momentary ``/dev/videoN``:
 
 * ``sim:N`` for the simulated camera ``sim:N``;
 * ``by-id:...`` (USB serial number) or ``by-path:...`` (USB port) for V4L2
-  cameras, see :func:`workers.discovery.v4l2.stable_keys`.
+  cameras, see :func:`camservice.workers.discovery.v4l2.stable_keys`.
 
 The first time a key is seen it gets the lowest ``cameraN`` that no key has
 ever held, and the mapping is written to ``state_dir/cameras.json``. Real

@@ -38,8 +38,15 @@ MEDIA_STATUS_TOPIC = "_media_status"
 
 
 class StreamSync:
-    def __init__(self, paths: Any, registry: CameraRegistry, on_change: Callable[[Camera], None],
-                 log=None, client: Any = None, on_status: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        paths: Any,
+        registry: CameraRegistry,
+        on_change: Callable[[Camera], None],
+        log=None,
+        client: Any = None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.paths = paths
         self.registry = registry
         self.on_change = on_change  # publishes a camera whose streams changed
@@ -51,8 +58,14 @@ class StreamSync:
         self._wake = asyncio.Event()
 
     @classmethod
-    def from_config(cls, config, registry: CameraRegistry, on_change: Callable[[Camera], None],
-                    log=None, on_status: Callable[[dict[str, Any]], None] | None = None) -> "StreamSync | None":
+    def from_config(
+        cls,
+        config,
+        registry: CameraRegistry,
+        on_change: Callable[[Camera], None],
+        log=None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> "StreamSync | None":
         """A StreamSync for the mediamtx backend; None for ffmpeg (or without the module)."""
         if config.media.backend != "mediamtx":
             return None

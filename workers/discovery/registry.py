@@ -8,7 +8,7 @@ back to) ``CONNECTED``, one that is missing from its scanner's next list
 turns ``DISCONNECTED`` and stays listed with its id, one carrying an error
 turns ``ERROR``. Simulated and V4L2 cameras take exactly the same path.
 
-No I/O happens here except through :class:`~workers.discovery.ids.IdStore`
+No I/O happens here except through :class:`~camservice.workers.discovery.ids.IdStore`
 when a new key needs an id; the worker calls :meth:`merge` on its event loop.
 """
 
@@ -53,8 +53,7 @@ def _natural(text: str) -> list:
 
 
 #: Camera fields a scan determines; a change in any of them is news.
-_SCANNED = ("device", "name", "resolution", "fps", "formats", "resolutions", "frame_rates",
-            "source", "error")
+_SCANNED = ("device", "name", "resolution", "fps", "formats", "resolutions", "frame_rates", "source", "error")
 
 
 class CameraRegistry:
@@ -133,9 +132,11 @@ class CameraRegistry:
         found = sorted(self._resolve_duplicates(list(found)), key=lambda f: _natural(f.device))
         present_ids = self.ids.assign(f.key for f in found) if found else {}
         present = set(present_ids.values())
-        changed = [self._disconnect(camera) for camera in list(self.table)
-                   if self._kind.get(camera.id) == kind and camera.id not in present
-                   and camera.status != DISCONNECTED]
+        changed = [
+            self._disconnect(camera)
+            for camera in list(self.table)
+            if self._kind.get(camera.id) == kind and camera.id not in present and camera.status != DISCONNECTED
+        ]
         for record in found:
             camera_id = present_ids[record.key]
             camera = self.table.find(camera_id)
@@ -193,8 +194,14 @@ class CameraRegistry:
             if len(records) < 2:
                 continue
             current = self.table.find(self.ids.get(key) or "")
-            keeper = next((r for r in records if current is not None and current.status != DISCONNECTED
-                           and r.device == current.device), records[0])
+            keeper = next(
+                (
+                    r
+                    for r in records
+                    if current is not None and current.status != DISCONNECTED and r.device == current.device
+                ),
+                records[0],
+            )
             for record in records:
                 if record is not keeper and record.alt_key:
                     record.key = record.alt_key
@@ -203,13 +210,15 @@ class CameraRegistry:
             unique.setdefault(record.key, record)  # no alt key either: first one wins
         return list(unique.values())
 
-    def _apply(self, camera_id: str, kind: str, record: Found, camera: Camera | None,
-               now: float) -> Camera | None:
+    def _apply(self, camera_id: str, kind: str, record: Found, camera: Camera | None, now: float) -> Camera | None:
         status = ERROR if record.error else CONNECTED
         # Copies: scanners cache their records and hand the same lists out again.
         values = {name: copy.deepcopy(getattr(record, name)) for name in _SCANNED}
-        if camera is not None and camera.status == status and all(
-                getattr(camera, name) == value for name, value in values.items()):
+        if (
+            camera is not None
+            and camera.status == status
+            and all(getattr(camera, name) == value for name, value in values.items())
+        ):
             return None
         if camera is None:
             camera = Camera(id=camera_id, device=record.device, status=DISCONNECTED, simulated=kind == SIM)

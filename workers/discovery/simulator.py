@@ -89,8 +89,13 @@ class SimNode:
 
     def source(self) -> dict[str, Any]:
         """``Camera.source`` of this camera: what a capture needs to know."""
-        return {"kind": "sim", "node": str(self.path), "size": self.resolution,
-                "fps": self.fps, "pattern": self.pattern}
+        return {
+            "kind": "sim",
+            "node": str(self.path),
+            "size": self.resolution,
+            "fps": self.fps,
+            "pattern": self.pattern,
+        }
 
 
 # --- paths and names ---------------------------------------------------------------
@@ -145,8 +150,13 @@ def parse_node(path: Path, text: str) -> SimNode:
         raise SimNodeError(f"{path.name}: expected a JSON object")
     if data.get("index", index) != index:
         raise SimNodeError(f"{path.name}: index {data.get('index')!r} does not match the file name")
-    return SimNode(index, path, check_resolution(data.get("resolution", DEFAULT_RESOLUTION)),
-                   check_fps(data.get("fps", DEFAULT_FPS)), check_pattern(data.get("pattern", DEFAULT_PATTERN)))
+    return SimNode(
+        index,
+        path,
+        check_resolution(data.get("resolution", DEFAULT_RESOLUTION)),
+        check_fps(data.get("fps", DEFAULT_FPS)),
+        check_pattern(data.get("pattern", DEFAULT_PATTERN)),
+    )
 
 
 def sim_capabilities(resolution: str, fps: int) -> tuple[list[str], list[str], dict[str, list[int]]]:
@@ -205,8 +215,13 @@ def _write_node(directory: Path, index: int, content: dict[str, Any]) -> bool:
         temporary.unlink(missing_ok=True)
 
 
-def plug(state_dir: str | os.PathLike, resolution: str | None = None, fps: int | None = None,
-         pattern: str | None = None, index: int | None = None) -> int:
+def plug(
+    state_dir: str | os.PathLike,
+    resolution: str | None = None,
+    fps: int | None = None,
+    pattern: str | None = None,
+    index: int | None = None,
+) -> int:
     """Plug in a simulated camera; returns its index (the lowest free one unless given).
 
     Raises :class:`SimNodeError` for bad parameters and ``FileExistsError``
@@ -278,8 +293,13 @@ def unplug(state_dir: str | os.PathLike, index_or_id: int | str) -> int:
     return index
 
 
-def reset(state_dir: str | os.PathLike, count: int, resolution: str | None = None,
-          fps: int | None = None, owner: str | None = None) -> list[int]:
+def reset(
+    state_dir: str | os.PathLike,
+    count: int,
+    resolution: str | None = None,
+    fps: int | None = None,
+    owner: str | None = None,
+) -> list[int]:
     """Remove every node (and leftover temporary files), then plug ``sim0`` ... ``sim{count-1}``.
 
     ``owner`` is recorded in ``dev/.owner`` so that :func:`prepare_run` can
@@ -298,8 +318,7 @@ def reset(state_dir: str | os.PathLike, count: int, resolution: str | None = Non
     return indexes
 
 
-def prepare_run(state_dir: str | os.PathLike, count: int, resolution: str | None, fps: int | None,
-                owner: str) -> bool:
+def prepare_run(state_dir: str | os.PathLike, count: int, resolution: str | None, fps: int | None, owner: str) -> bool:
     """Make the nodes a starting discovery worker should find; True if it reset them.
 
     A new service run (``owner`` differs from the recorded one) starts from

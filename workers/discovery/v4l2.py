@@ -56,8 +56,16 @@ CAP_DEVICE_CAPS = 0x80000000
 
 #: V4L2 fourcc -> ffmpeg ``-input_format`` for the v4l2 demuxer.
 FFMPEG_INPUT_FORMATS = {
-    "MJPG": "mjpeg", "JPEG": "mjpeg", "YUYV": "yuyv422", "UYVY": "uyvy422", "NV12": "nv12",
-    "YU12": "yuv420p", "H264": "h264", "GREY": "gray", "RGB3": "rgb24", "BGR3": "bgr24",
+    "MJPG": "mjpeg",
+    "JPEG": "mjpeg",
+    "YUYV": "yuyv422",
+    "UYVY": "uyvy422",
+    "NV12": "nv12",
+    "YU12": "yuv420p",
+    "H264": "h264",
+    "GREY": "gray",
+    "RGB3": "rgb24",
+    "BGR3": "bgr24",
 }
 #: V4L2 fourcc -> name in the API's ``formats`` (as the contract's example spells them).
 API_FORMAT_NAMES = {"MJPG": "MJPEG", "JPEG": "MJPEG"}
@@ -67,9 +75,22 @@ _FORMAT_PREFERENCE = {"MJPG": 3, "JPEG": 3, "H264": 2, "YUYV": 1}
 MAX_DEFAULT_AREA = 1920 * 1080
 #: Below this a mode is only chosen when the camera offers nothing faster.
 MIN_DEFAULT_FPS = 15
-_COMMON_SIZES = ((3840, 2160), (2560, 1440), (1920, 1080), (1600, 1200), (1280, 960), (1280, 720),
-                 (1024, 768), (800, 600), (640, 480), (640, 360), (352, 288), (320, 240),
-                 (176, 144), (160, 120))
+_COMMON_SIZES = (
+    (3840, 2160),
+    (2560, 1440),
+    (1920, 1080),
+    (1600, 1200),
+    (1280, 960),
+    (1280, 720),
+    (1024, 768),
+    (800, 600),
+    (640, 480),
+    (640, 360),
+    (352, 288),
+    (320, 240),
+    (176, 144),
+    (160, 120),
+)
 _COMMON_RATES = (120, 90, 60, 50, 30, 25, 24, 20, 15, 10, 5, 1)
 _ENUM_LIMIT = {"formats": 64, "sizes": 256, "intervals": 64}
 
@@ -145,9 +166,13 @@ def _unescape_udev(text: str) -> str:
 def product_name(node: RawNode, record: dict[str, Any] | None = None) -> str:
     """The camera's product name, from the best source available."""
     props = node.properties
-    candidates = [props.get("ID_V4L_PRODUCT"), (record or {}).get("card"), node.name,
-                  _unescape_udev(props["ID_MODEL_ENC"]) if props.get("ID_MODEL_ENC") else None,
-                  props.get("ID_MODEL", "").replace("_", " ")]
+    candidates = [
+        props.get("ID_V4L_PRODUCT"),
+        (record or {}).get("card"),
+        node.name,
+        _unescape_udev(props["ID_MODEL_ENC"]) if props.get("ID_MODEL_ENC") else None,
+        props.get("ID_MODEL", "").replace("_", " "),
+    ]
     return next((c.strip() for c in candidates if c and c.strip()), "Camera")
 
 
@@ -218,8 +243,10 @@ def _sizes(size: dict[str, Any]) -> list[tuple[int, int]]:
         return [(size["width"], size["height"])]
     found = {(stepwise["max_width"], stepwise["max_height"])}
     for width, height in _COMMON_SIZES:
-        if not (stepwise["min_width"] <= width <= stepwise["max_width"]
-                and stepwise["min_height"] <= height <= stepwise["max_height"]):
+        if not (
+            stepwise["min_width"] <= width <= stepwise["max_width"]
+            and stepwise["min_height"] <= height <= stepwise["max_height"]
+        ):
             continue
         step_w, step_h = max(1, stepwise.get("step_width", 1)), max(1, stepwise.get("step_height", 1))
         if (width - stepwise["min_width"]) % step_w == 0 and (height - stepwise["min_height"]) % step_h == 0:
@@ -263,8 +290,15 @@ def choose_mode(modes: list[Mode]) -> Mode | None:
     def score(mode: Mode) -> tuple:
         area, fps = mode.width * mode.height, max(mode.fps, default=0)
         within, fast = area <= MAX_DEFAULT_AREA, fps >= MIN_DEFAULT_FPS
-        return (mode.fourcc in FFMPEG_INPUT_FORMATS, fast, 0 if fast else fps, within,
-                area if within else -area, fps, _FORMAT_PREFERENCE.get(mode.fourcc, 0))
+        return (
+            mode.fourcc in FFMPEG_INPUT_FORMATS,
+            fast,
+            0 if fast else fps,
+            within,
+            area if within else -area,
+            fps,
+            _FORMAT_PREFERENCE.get(mode.fourcc, 0),
+        )
 
     return max(modes, key=score)
 
@@ -320,13 +354,15 @@ def enumerate_udev() -> list[RawNode]:
         if not device.device_node or not device.sys_name.startswith("video"):
             continue  # radio*, vbi*, v4l-subdev*, v4l-touch*: never cameras
         attributes = device.attributes
-        nodes.append(RawNode(
-            devname=device.device_node,
-            devpath=device.device_path,
-            index=_attribute(attributes, "index"),
-            name=_attribute(attributes, "name"),
-            properties={key: device.properties[key] for key in device.properties},
-        ))
+        nodes.append(
+            RawNode(
+                devname=device.device_node,
+                devpath=device.device_path,
+                index=_attribute(attributes, "index"),
+                name=_attribute(attributes, "name"),
+                properties={key: device.properties[key] for key in device.properties},
+            )
+        )
     return nodes
 
 
@@ -356,8 +392,14 @@ def enumerate_sysfs(sys_root: str | os.PathLike = "/sys", dev_root: str | os.Pat
             devpath = "/" + str(real.relative_to(sys_root.resolve()))
         except ValueError:
             devpath = ""
-        nodes.append(RawNode(devname=str(devname), devpath=devpath,
-                             index=_read_text(entry / "index"), name=_read_text(entry / "name")))
+        nodes.append(
+            RawNode(
+                devname=str(devname),
+                devpath=devpath,
+                index=_read_text(entry / "index"),
+                name=_read_text(entry / "name"),
+            )
+        )
     return nodes
 
 
@@ -387,19 +429,32 @@ def probe(path: str) -> dict[str, Any]:
         cap = raw.v4l2_capability()
         ioctl(fd, raw.IOC.QUERYCAP, cap)
         record: dict[str, Any] = {
-            "driver": _c_text(cap.driver), "card": _c_text(cap.card), "bus_info": _c_text(cap.bus_info),
-            "version": cap.version, "capabilities": cap.capabilities, "device_caps": cap.device_caps,
+            "driver": _c_text(cap.driver),
+            "card": _c_text(cap.card),
+            "bus_info": _c_text(cap.bus_info),
+            "version": cap.version,
+            "capabilities": cap.capabilities,
+            "device_caps": cap.device_caps,
             "formats": [],
         }
         if not is_capture(record):
             return record
-        descriptions = _ioctl_list(fd, ioctl, raw.IOC.ENUM_FMT, _ENUM_LIMIT["formats"],
-                                   lambda i: raw.v4l2_fmtdesc(index=i, type=raw.BufType.VIDEO_CAPTURE))
+        descriptions = _ioctl_list(
+            fd,
+            ioctl,
+            raw.IOC.ENUM_FMT,
+            _ENUM_LIMIT["formats"],
+            lambda i: raw.v4l2_fmtdesc(index=i, type=raw.BufType.VIDEO_CAPTURE),
+        )
         for desc in descriptions:
-            record["formats"].append({
-                "fourcc": fourcc_text(desc.pixelformat), "description": _c_text(desc.description),
-                "flags": desc.flags, "sizes": _probe_sizes(fd, ioctl, raw, desc.pixelformat),
-            })
+            record["formats"].append(
+                {
+                    "fourcc": fourcc_text(desc.pixelformat),
+                    "description": _c_text(desc.description),
+                    "flags": desc.flags,
+                    "sizes": _probe_sizes(fd, ioctl, raw, desc.pixelformat),
+                }
+            )
         return record
     finally:
         os.close(fd)
@@ -407,31 +462,54 @@ def probe(path: str) -> dict[str, Any]:
 
 def _probe_sizes(fd: int, ioctl, raw, pixelformat: int) -> list[dict[str, Any]]:
     sizes = []
-    entries = _ioctl_list(fd, ioctl, raw.IOC.ENUM_FRAMESIZES, _ENUM_LIMIT["sizes"],
-                          lambda i: raw.v4l2_frmsizeenum(index=i, pixel_format=pixelformat))
+    entries = _ioctl_list(
+        fd,
+        ioctl,
+        raw.IOC.ENUM_FRAMESIZES,
+        _ENUM_LIMIT["sizes"],
+        lambda i: raw.v4l2_frmsizeenum(index=i, pixel_format=pixelformat),
+    )
     for entry in entries:
         if entry.type == 1:  # V4L2_FRMSIZE_TYPE_DISCRETE
             width, height = entry.discrete.width, entry.discrete.height
-            sizes.append({"width": width, "height": height,
-                          "intervals": _probe_intervals(fd, ioctl, raw, pixelformat, width, height)})
+            sizes.append(
+                {
+                    "width": width,
+                    "height": height,
+                    "intervals": _probe_intervals(fd, ioctl, raw, pixelformat, width, height),
+                }
+            )
             continue
         step = entry.stepwise  # continuous or stepwise: the only entry there is
-        stepwise = {name: getattr(step, name) for name in
-                    ("min_width", "max_width", "step_width", "min_height", "max_height", "step_height")}
-        sizes.append({"stepwise": stepwise, "width": step.max_width, "height": step.max_height,
-                      "intervals": _probe_intervals(fd, ioctl, raw, pixelformat, step.max_width, step.max_height)})
+        stepwise = {
+            name: getattr(step, name)
+            for name in ("min_width", "max_width", "step_width", "min_height", "max_height", "step_height")
+        }
+        sizes.append(
+            {
+                "stepwise": stepwise,
+                "width": step.max_width,
+                "height": step.max_height,
+                "intervals": _probe_intervals(fd, ioctl, raw, pixelformat, step.max_width, step.max_height),
+            }
+        )
         break
     return sizes
 
 
 def _probe_intervals(fd: int, ioctl, raw, pixelformat: int, width: int, height: int) -> Any:
-    entries = _ioctl_list(fd, ioctl, raw.IOC.ENUM_FRAMEINTERVALS, _ENUM_LIMIT["intervals"],
-                          lambda i: raw.v4l2_frmivalenum(index=i, pixel_format=pixelformat,
-                                                         width=width, height=height))
+    entries = _ioctl_list(
+        fd,
+        ioctl,
+        raw.IOC.ENUM_FRAMEINTERVALS,
+        _ENUM_LIMIT["intervals"],
+        lambda i: raw.v4l2_frmivalenum(index=i, pixel_format=pixelformat, width=width, height=height),
+    )
     if entries and entries[0].type != 1:  # continuous or stepwise range
         step = entries[0].stepwise
-        return {name: [getattr(step, name).numerator, getattr(step, name).denominator]
-                for name in ("min", "max", "step")}
+        return {
+            name: [getattr(step, name).numerator, getattr(step, name).denominator] for name in ("min", "max", "step")
+        }
     return [[e.discrete.numerator, e.discrete.denominator] for e in entries]
 
 
@@ -465,8 +543,13 @@ class V4L2Scanner:
     last probe failed.
     """
 
-    def __init__(self, log=None, enumerate: Callable[[], list[RawNode]] | None = None,
-                 prober: Callable[[str], dict[str, Any]] = probe, max_parallel: int = 8):
+    def __init__(
+        self,
+        log=None,
+        enumerate: Callable[[], list[RawNode]] | None = None,
+        prober: Callable[[str], dict[str, Any]] = probe,
+        max_parallel: int = 8,
+    ):
         self._log = log
         self._enumerate = enumerate or self._default_enumerate
         self._probe = prober
@@ -487,8 +570,11 @@ class V4L2Scanner:
     def scan(self) -> list[Found]:
         nodes = self._enumerate()
         identities = {node.devname: _identity(node) for node in nodes}
-        wanted = [node for node in nodes if identities[node.devname] is not None
-                  and identities[node.devname] not in self._cache]
+        wanted = [
+            node
+            for node in nodes
+            if identities[node.devname] is not None and identities[node.devname] not in self._cache
+        ]
         results: dict[str, Any] = {}
         if wanted:
             workers = min(self._max_parallel, len(wanted))
@@ -550,5 +636,4 @@ def _identity(node: RawNode) -> tuple | None:
         stat = os.stat(node.devname)
     except OSError:
         return None
-    return (node.devname, stat.st_ino, stat.st_rdev, stat.st_ctime_ns,
-            node.properties.get("USEC_INITIALIZED"))
+    return (node.devname, stat.st_ino, stat.st_rdev, stat.st_ctime_ns, node.properties.get("USEC_INITIALIZED"))

@@ -43,20 +43,36 @@ Prepare = Callable[[list[Found]], None]
 
 def found_from_sim(node: simulator.SimNode) -> Found:
     formats, resolutions, frame_rates = simulator.sim_capabilities(node.resolution, node.fps)
-    return Found(key=node.device, device=node.device, kind=SIM, name=f"Simulated Camera {node.index}",
-                 resolution=node.resolution, fps=node.fps, formats=formats, resolutions=resolutions,
-                 frame_rates=frame_rates, source=node.source())
+    return Found(
+        key=node.device,
+        device=node.device,
+        kind=SIM,
+        name=f"Simulated Camera {node.index}",
+        resolution=node.resolution,
+        fps=node.fps,
+        formats=formats,
+        resolutions=resolutions,
+        frame_rates=frame_rates,
+        source=node.source(),
+    )
 
 
 def found_from_bad_node(path: Path, index: int, error: str) -> Found:
     device = f"sim:{index}"
-    return Found(key=device, device=device, kind=SIM, name=f"Simulated Camera {index}",
-                 source={"kind": "sim", "node": str(path)}, error=error)
+    return Found(
+        key=device,
+        device=device,
+        kind=SIM,
+        name=f"Simulated Camera {index}",
+        source={"kind": "sim", "node": str(path)},
+        error=error,
+    )
 
 
 class SimDirWatcher:
-    def __init__(self, state_dir: str | os.PathLike, interval: float, on_scan: OnScan, log=None,
-                 prepare: Prepare | None = None):
+    def __init__(
+        self, state_dir: str | os.PathLike, interval: float, on_scan: OnScan, log=None, prepare: Prepare | None = None
+    ):
         self.directory = simulator.dev_dir(state_dir)
         self.interval = interval
         self.on_scan = on_scan
@@ -122,9 +138,17 @@ class SimDirWatcher:
 
 
 class V4L2Watcher:
-    def __init__(self, scanner: V4L2Scanner, on_scan: OnScan, use_udev: bool, poll_interval: float,
-                 log=None, dev_root: str = "/dev", udev_control: str = UDEV_CONTROL,
-                 prepare: Prepare | None = None):
+    def __init__(
+        self,
+        scanner: V4L2Scanner,
+        on_scan: OnScan,
+        use_udev: bool,
+        poll_interval: float,
+        log=None,
+        dev_root: str = "/dev",
+        udev_control: str = UDEV_CONTROL,
+        prepare: Prepare | None = None,
+    ):
         self.scanner = scanner
         self.on_scan = on_scan
         self.prepare = prepare

@@ -78,8 +78,9 @@ class DiscoveryWorker(Worker):
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
-        self.registry = CameraRegistry(IdStore(config.state_dir / IDS_FILENAME, self.log),
-                                       config.cameras.max_cameras, self.log)
+        self.registry = CameraRegistry(
+            IdStore(config.state_dir / IDS_FILENAME, self.log), config.cameras.max_cameras, self.log
+        )
         self.last_seq = 0  # seq of the last camera_status_update this process published
         self.media: StreamSync | None = None
         self.sims: SimDirWatcher | None = None
@@ -100,23 +101,43 @@ class DiscoveryWorker(Worker):
     async def start(self) -> None:
         began = time.monotonic()
         cameras = self.config.cameras
-        reset = await asyncio.to_thread(simulator.prepare_run, self.config.state_dir, cameras.simulate,
-                                        cameras.sim_resolution, cameras.sim_fps, run_owner())
+        reset = await asyncio.to_thread(
+            simulator.prepare_run,
+            self.config.state_dir,
+            cameras.simulate,
+            cameras.sim_resolution,
+            cameras.sim_fps,
+            run_owner(),
+        )
         if reset:
             self.listing.unlink(missing_ok=True)
         else:
             restored = self.registry.restore(await asyncio.to_thread(load_listing, self.listing))
             self.log.info("discovery_restarted", restored_cameras=restored)
-        self.media = StreamSync.from_config(self.config, self.registry, self._publish, self.log,
-                                            on_status=lambda data: self.publish(MEDIA_STATUS_TOPIC, data))
+        self.media = StreamSync.from_config(
+            self.config,
+            self.registry,
+            self._publish,
+            self.log,
+            on_status=lambda data: self.publish(MEDIA_STATUS_TOPIC, data),
+        )
         # Ids of new cameras are handed out (and cameras.json written) in the
         # scanning threads, so merging on the loop never touches the disk.
-        self.sims = SimDirWatcher(self.config.state_dir, cameras.poll_interval,
-                                  lambda found: self.merge(SIM, found), self.log,
-                                  prepare=self.registry.assign_ids)
-        self.v4l2 = V4L2Watcher(V4L2Scanner(self.log), lambda found: self.merge(V4L2, found),
-                                cameras.udev, cameras.poll_interval, self.log,
-                                prepare=self.registry.assign_ids)
+        self.sims = SimDirWatcher(
+            self.config.state_dir,
+            cameras.poll_interval,
+            lambda found: self.merge(SIM, found),
+            self.log,
+            prepare=self.registry.assign_ids,
+        )
+        self.v4l2 = V4L2Watcher(
+            V4L2Scanner(self.log),
+            lambda found: self.merge(V4L2, found),
+            cameras.udev,
+            cameras.poll_interval,
+            self.log,
+            prepare=self.registry.assign_ids,
+        )
         # Simulated cameras first, so that on a fresh state folder sim:N gets cameraN.
         await self.sims.scan_once()
         await self.v4l2.scan_once(timeout=INITIAL_V4L2_TIMEOUT)
@@ -124,9 +145,13 @@ class DiscoveryWorker(Worker):
         self.spawn(self.v4l2.run())
         if self.media is not None:
             self.spawn(self.media.run())
-        self.log.info("discovery_started", simulated_reset=reset, cameras=len(self.registry.table),
-                      connected=len(self.registry.connected()),
-                      ms=round((time.monotonic() - began) * 1000, 1))
+        self.log.info(
+            "discovery_started",
+            simulated_reset=reset,
+            cameras=len(self.registry.table),
+            connected=len(self.registry.connected()),
+            ms=round((time.monotonic() - began) * 1000, 1),
+        )
 
     async def stop(self) -> None:
         if self.media is not None:
@@ -140,8 +165,16 @@ class DiscoveryWorker(Worker):
         """Apply one scan and publish what changed."""
         changed = self.registry.merge(kind, found)
         for camera in changed:
-            self.log.info("camera_status", id=camera.id, device=camera.device, status=camera.status,
-                          name=camera.name, resolution=camera.resolution, fps=camera.fps, error=camera.error)
+            self.log.info(
+                "camera_status",
+                id=camera.id,
+                device=camera.device,
+                status=camera.status,
+                name=camera.name,
+                resolution=camera.resolution,
+                fps=camera.fps,
+                error=camera.error,
+            )
             self._publish(camera)
             if self.media is not None:
                 self.media.changed(camera)
@@ -157,11 +190,13 @@ class DiscoveryWorker(Worker):
 
     def stats(self) -> dict[str, Any]:
         cameras = self.registry.cameras()
-        return {"cameras": len(cameras),
-                "cameras_connected": sum(1 for c in cameras if c.status == CONNECTED),
-                "hotplug_events": self.registry.hotplug_events,
-                "cameras_simulated": sum(1 for c in cameras if c.simulated),
-                "udev": 1 if self.v4l2 is not None and self.v4l2.mode == "udev" else 0}
+        return {
+            "cameras": len(cameras),
+            "cameras_connected": sum(1 for c in cameras if c.status == CONNECTED),
+            "hotplug_events": self.registry.hotplug_events,
+            "cameras_simulated": sum(1 for c in cameras if c.simulated),
+            "udev": 1 if self.v4l2 is not None and self.v4l2.mode == "udev" else 0,
+        }
 
     def _publish(self, camera: Camera) -> None:
         self.publish(CAMERA_TOPIC, camera.to_state())
@@ -209,9 +244,16 @@ class DiscoveryWorker(Worker):
     def get_streams(self, params: dict[str, Any], ctx: CallContext) -> list[dict[str, Any]]:
         # The ffmpeg backend serves no streams: a camera is "ready" while a
         # capture (recording) runs on it, and its readers are what recording reports.
-        return [{"name": camera.id, "source": camera.device, "ready": camera.recording or camera.readers > 0,
-                 "readers": camera.readers, "bytes_sent": camera.bytes_sent}
-                for camera in self.registry.connected()]
+        return [
+            {
+                "name": camera.id,
+                "source": camera.device,
+                "ready": camera.recording or camera.readers > 0,
+                "readers": camera.readers,
+                "bytes_sent": camera.bytes_sent,
+            }
+            for camera in self.registry.connected()
+        ]
 
 
 def main(index: int) -> None:

@@ -64,11 +64,20 @@ MAX_HEAD_BYTES = 16 * 1024
 #: ``stall_timeout`` (about 8.7 KB/s at the defaults) or it is dropped.
 CHUNK_BYTES = 512 * 1024
 
-REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
-           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 503: "Service Unavailable",
-           505: "HTTP Version Not Supported"}
+REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -205,11 +214,21 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
 class DownloadServer:
     """The HTTP server; :meth:`start` and :meth:`stop` are called from any thread."""
 
-    def __init__(self, folders: Mapping[str, Path], host: str, port: int, *,
-                 authorize: Authorizer = allow_all, reuse_port: bool = True,
-                 max_connections: int = 1024, head_timeout: float = 15.0,
-                 stall_timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None, log=None,
-                 rate_limit: int = 0):
+    def __init__(
+        self,
+        folders: Mapping[str, Path],
+        host: str,
+        port: int,
+        *,
+        authorize: Authorizer = allow_all,
+        reuse_port: bool = True,
+        max_connections: int = 1024,
+        head_timeout: float = 15.0,
+        stall_timeout: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        log=None,
+        rate_limit: int = 0,
+    ):
         self.folders = {url: Path(folders[kind]) for url, kind in ROUTES.items()}
         self.host = host
         self.port = port
@@ -257,10 +276,18 @@ class DownloadServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
-            server = loop.run_until_complete(asyncio.start_server(
-                self._connection, self.host, self.port, reuse_port=self.reuse_port,
-                limit=MAX_HEAD_BYTES, backlog=1024, ssl=self.ssl_context,
-                ssl_handshake_timeout=self.head_timeout if self.ssl_context else None))
+            server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._connection,
+                    self.host,
+                    self.port,
+                    reuse_port=self.reuse_port,
+                    limit=MAX_HEAD_BYTES,
+                    backlog=1024,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.head_timeout if self.ssl_context else None,
+                )
+            )
         except OSError as exc:
             self._error = exc
             ready.set()
@@ -284,8 +311,9 @@ class DownloadServer:
         self._connections.add(task)
         try:
             if len(self._connections) > self.max_connections:
-                await self._send_error(writer, HttpError(503, "too many connections"), head_only=False,
-                                       keep_alive=False)
+                await self._send_error(
+                    writer, HttpError(503, "too many connections"), head_only=False, keep_alive=False
+                )
                 return
             while await self._one_request(reader, writer):
                 pass
@@ -359,8 +387,9 @@ class DownloadServer:
             raise HttpError(404, "no such file")
         return fd, st
 
-    async def _send_file(self, writer: asyncio.StreamWriter, head: RequestHead, route: str, name: str,
-                         head_only: bool, keep_alive: bool) -> bool:
+    async def _send_file(
+        self, writer: asyncio.StreamWriter, head: RequestHead, route: str, name: str, head_only: bool, keep_alive: bool
+    ) -> bool:
         fd, st = self._open(route, name)
         with os.fdopen(fd, "rb", buffering=0) as file:
             size = st.st_size
@@ -391,8 +420,7 @@ class DownloadServer:
             if head_only or length == 0:
                 return keep_alive
             sent = await self._sendfile(writer, file, offset, length)
-            self.log.info("download", route=route, filename=name, status=status,
-                          bytes=sent, offset=offset, size=size)
+            self.log.info("download", route=route, filename=name, status=status, bytes=sent, offset=offset, size=size)
             # A file truncated under us: we promised more bytes than exist, so
             # the only honest end is to close the connection.
             return keep_alive and sent == length
@@ -403,8 +431,9 @@ class DownloadServer:
         began = loop.time()
         while sent < length:
             count = min(CHUNK_BYTES, length - sent)
-            done = await asyncio.wait_for(loop.sendfile(writer.transport, file, offset + sent, count),
-                                          self.stall_timeout)
+            done = await asyncio.wait_for(
+                loop.sendfile(writer.transport, file, offset + sent, count), self.stall_timeout
+            )
             if done == 0:
                 break
             sent += done
@@ -414,28 +443,43 @@ class DownloadServer:
                     await self._sleep(ahead)
         return sent
 
-    async def _write_head(self, writer: asyncio.StreamWriter, status: int, headers: dict[str, str],
-                          keep_alive: bool) -> None:
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-                 f"Date: {email.utils.formatdate(usegmt=True)}", "Server: camservice-files"]
+    async def _write_head(
+        self, writer: asyncio.StreamWriter, status: int, headers: dict[str, str], keep_alive: bool
+    ) -> None:
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            "Server: camservice-files",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Connection: {'keep-alive' if keep_alive else 'close'}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await asyncio.wait_for(writer.drain(), self.stall_timeout)
 
-    async def _send_json(self, writer: asyncio.StreamWriter, status: int, body: dict, head_only: bool,
-                         keep_alive: bool, extra: dict[str, str] | None = None) -> None:
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: dict,
+        head_only: bool,
+        keep_alive: bool,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         payload = json.dumps(body).encode()
-        headers = {**(extra or {}), "Content-Type": "application/json", "Content-Length": str(len(payload)),
-                   "Cache-Control": "no-store"}
+        headers = {
+            **(extra or {}),
+            "Content-Type": "application/json",
+            "Content-Length": str(len(payload)),
+            "Cache-Control": "no-store",
+        }
         await self._write_head(writer, status, headers, keep_alive)
         if not head_only:
             writer.write(payload)
             await asyncio.wait_for(writer.drain(), self.stall_timeout)
 
-    async def _send_error(self, writer: asyncio.StreamWriter, error: HttpError, head_only: bool,
-                          keep_alive: bool) -> None:
+    async def _send_error(
+        self, writer: asyncio.StreamWriter, error: HttpError, head_only: bool, keep_alive: bool
+    ) -> None:
         if error.status >= 500 or error.status in (400, 431):
             self.log.debug("http_refused", status=error.status, reason=error.reason)
-        await self._send_json(writer, error.status, {"error": error.reason}, head_only, keep_alive,
-                              error.headers)
+        await self._send_json(writer, error.status, {"error": error.reason}, head_only, keep_alive, error.headers)

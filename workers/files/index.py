@@ -86,8 +86,19 @@ CREATE TRIGGER IF NOT EXISTS files_update AFTER UPDATE OF size, camera_id ON fil
 END;
 """
 
-_COLUMNS = ("kind", "filename", "camera_id", "device", "started", "mtime_ns", "size",
-            "duration", "resolution", "probed_ns", "recording")
+_COLUMNS = (
+    "kind",
+    "filename",
+    "camera_id",
+    "device",
+    "started",
+    "mtime_ns",
+    "size",
+    "duration",
+    "resolution",
+    "probed_ns",
+    "recording",
+)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
 
 
@@ -201,8 +212,9 @@ class FileIndex:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                 isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # WAL: readers in every process go on while one writes. NORMAL sync
             # is durable enough for a cache and much cheaper per commit.
@@ -239,12 +251,10 @@ class FileIndex:
     # --- reads -----------------------------------------------------------------------
 
     def get(self, kind: str, filename: str) -> Row | None:
-        values = self._db().execute(f"{_SELECT} WHERE kind = ? AND filename = ?",
-                                    (kind, filename)).fetchone()
+        values = self._db().execute(f"{_SELECT} WHERE kind = ? AND filename = ?", (kind, filename)).fetchone()
         return _row(values) if values else None
 
-    def page(self, kind: str, limit: int, offset: int,
-             camera_ids: Iterable[str] | None = None) -> list[Row]:
+    def page(self, kind: str, limit: int, offset: int, camera_ids: Iterable[str] | None = None) -> list[Row]:
         """Newest first (mtime, then name, both descending), ``limit`` rows from ``offset``.
 
         The inner query walks only the secondary index (it holds the primary
@@ -265,11 +275,13 @@ class FileIndex:
             f"(SELECT filename FROM files WHERE {where} ORDER BY mtime_ns DESC, filename DESC "
             f"LIMIT ? OFFSET ?) AS p CROSS JOIN files AS f ON f.kind = ? AND f.filename = p.filename "
             f"ORDER BY f.mtime_ns DESC, f.filename DESC",
-            (*args, limit, offset, kind))
+            (*args, limit, offset, kind),
+        )
         return [_row(values) for values in cursor]
 
-    def listing(self, kind: str, limit: int, offset: int,
-                camera_ids: Iterable[str] | None = None) -> tuple[list[Row], int]:
+    def listing(
+        self, kind: str, limit: int, offset: int, camera_ids: Iterable[str] | None = None
+    ) -> tuple[list[Row], int]:
         """One page and the matching total, read from one consistent snapshot."""
         db = self._db()
         db.execute("BEGIN")  # a WAL read transaction: page and total agree
@@ -286,8 +298,11 @@ class FileIndex:
             if not ids:
                 return 0
             marks = ", ".join("?" * len(ids))
-            value = self._db().execute(
-                f"SELECT SUM(files) FROM totals WHERE kind = ? AND camera_id IN ({marks})", (kind, *ids)).fetchone()[0]
+            value = (
+                self._db()
+                .execute(f"SELECT SUM(files) FROM totals WHERE kind = ? AND camera_id IN ({marks})", (kind, *ids))
+                .fetchone()[0]
+            )
         return int(value or 0)
 
     def total_bytes(self, kind: str) -> int:
@@ -304,12 +319,12 @@ class FileIndex:
         after: tuple[int, str] | None = None
         while True:
             if after is None:
-                cursor = db.execute(f"{_SELECT} WHERE kind = ? ORDER BY mtime_ns, filename LIMIT ?",
-                                    (kind, batch))
+                cursor = db.execute(f"{_SELECT} WHERE kind = ? ORDER BY mtime_ns, filename LIMIT ?", (kind, batch))
             else:
                 cursor = db.execute(
-                    f"{_SELECT} WHERE kind = ? AND (mtime_ns, filename) > (?, ?) "
-                    "ORDER BY mtime_ns, filename LIMIT ?", (kind, *after, batch))
+                    f"{_SELECT} WHERE kind = ? AND (mtime_ns, filename) > (?, ?) ORDER BY mtime_ns, filename LIMIT ?",
+                    (kind, *after, batch),
+                )
             rows = [_row(values) for values in cursor]
             yield from rows
             if len(rows) < batch:
@@ -322,10 +337,19 @@ class FileIndex:
 
     # --- writes (blocking; may wait for another process's write) --------------------------
 
-    def upsert(self, kind: str, filename: str, *, size: int, mtime_ns: int,
-               camera_id: str | None = None, device: str | None = None,
-               duration: float | None = None, probed_ns: int | None = None,
-               recording: bool | None = None) -> None:
+    def upsert(
+        self,
+        kind: str,
+        filename: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        camera_id: str | None = None,
+        device: str | None = None,
+        duration: float | None = None,
+        probed_ns: int | None = None,
+        recording: bool | None = None,
+    ) -> None:
         """Insert or refresh one file; ``None`` keeps what the row already has."""
         parsed = parse_name(filename)
         camera_id = camera_id or parsed.camera_id
@@ -342,19 +366,33 @@ class FileIndex:
                        duration  = IFNULL(excluded.duration, duration),
                        probed_ns = IFNULL(excluded.probed_ns, probed_ns),
                        recording = IFNULL(?, recording)""",
-                (kind, filename, camera_id, device, parsed.started, mtime_ns, size, duration, probed_ns,
-                 int(bool(recording)), None if recording is None else int(recording)))
+                (
+                    kind,
+                    filename,
+                    camera_id,
+                    device,
+                    parsed.started,
+                    mtime_ns,
+                    size,
+                    duration,
+                    probed_ns,
+                    int(bool(recording)),
+                    None if recording is None else int(recording),
+                ),
+            )
 
-    def set_probe(self, kind: str, filename: str, probed_ns: int,
-                  duration: float | None, resolution: str | None) -> None:
+    def set_probe(
+        self, kind: str, filename: str, probed_ns: int, duration: float | None, resolution: str | None
+    ) -> None:
         with self._write(self._db()) as db:
-            db.execute("UPDATE files SET probed_ns = ?, duration = ?, resolution = ? "
-                       "WHERE kind = ? AND filename = ?", (probed_ns, duration, resolution, kind, filename))
+            db.execute(
+                "UPDATE files SET probed_ns = ?, duration = ?, resolution = ? WHERE kind = ? AND filename = ?",
+                (probed_ns, duration, resolution, kind, filename),
+            )
 
     def remove(self, kind: str, filename: str) -> bool:
         with self._write(self._db()) as db:
-            return db.execute("DELETE FROM files WHERE kind = ? AND filename = ?",
-                              (kind, filename)).rowcount > 0
+            return db.execute("DELETE FROM files WHERE kind = ? AND filename = ?", (kind, filename)).rowcount > 0
 
     def set_recording_flags(self, active: set[str]) -> int:
         """Make the ``recording`` flags match the recording worker's active list."""
@@ -363,10 +401,12 @@ class FileIndex:
             stale = flagged - active
             fresh = active - flagged
             # "kind IN (...)" lets each update use the primary key instead of a table scan.
-            db.executemany("UPDATE files SET recording = 0 WHERE kind IN (?, ?) AND filename = ?",
-                           [(*KINDS, n) for n in stale])
-            db.executemany("UPDATE files SET recording = 1 WHERE kind IN (?, ?) AND filename = ?",
-                           [(*KINDS, n) for n in fresh])
+            db.executemany(
+                "UPDATE files SET recording = 0 WHERE kind IN (?, ?) AND filename = ?", [(*KINDS, n) for n in stale]
+            )
+            db.executemany(
+                "UPDATE files SET recording = 1 WHERE kind IN (?, ?) AND filename = ?", [(*KINDS, n) for n in fresh]
+            )
             return len(stale) + len(fresh)
 
     def reconcile(self, kind: str, folder: Path, protect: set[str] = frozenset()) -> ScanResult:
@@ -378,8 +418,12 @@ class FileIndex:
         ``_file_update`` may have added it after the folder was listed.
         """
         disk = scan_folder(kind, folder)
-        indexed = {name: (size, mtime_ns) for name, size, mtime_ns in self._db().execute(
-            "SELECT filename, size, mtime_ns FROM files WHERE kind = ?", (kind,))}
+        indexed = {
+            name: (size, mtime_ns)
+            for name, size, mtime_ns in self._db().execute(
+                "SELECT filename, size, mtime_ns FROM files WHERE kind = ?", (kind,)
+            )
+        }
         result = ScanResult(kind, on_disk=len(disk))
         upserts = []
         for name, found in disk.items():
@@ -391,25 +435,31 @@ class FileIndex:
             else:
                 continue
             upserts.append(found)
-        gone = [name for name in indexed.keys() - disk.keys()
-                if name not in protect and not os.path.lexists(os.path.join(folder, name))]
+        gone = [
+            name
+            for name in indexed.keys() - disk.keys()
+            if name not in protect and not os.path.lexists(os.path.join(folder, name))
+        ]
         result.removed = len(gone)
         # Primary-key order: each batch appends to the B-tree instead of
         # touching pages all over it (scandir order is the directory's hash order).
         upserts.sort(key=lambda f: f.filename)
         for start in range(0, len(upserts), SCAN_BATCH):
-            chunk = upserts[start:start + SCAN_BATCH]
+            chunk = upserts[start : start + SCAN_BATCH]
             with self._write(self._db()) as db:
                 db.executemany(
                     """INSERT INTO files (kind, filename, camera_id, started, mtime_ns, size)
                        VALUES (?, ?, ?, ?, ?, ?)
                        ON CONFLICT (kind, filename) DO UPDATE SET
                            mtime_ns = excluded.mtime_ns, size = excluded.size""",
-                    [(kind, f.filename, *_parsed(f.filename), f.mtime_ns, f.size) for f in chunk])
+                    [(kind, f.filename, *_parsed(f.filename), f.mtime_ns, f.size) for f in chunk],
+                )
         for start in range(0, len(gone), SCAN_BATCH):
             with self._write(self._db()) as db:
-                db.executemany("DELETE FROM files WHERE kind = ? AND filename = ?",
-                               [(kind, name) for name in gone[start:start + SCAN_BATCH]])
+                db.executemany(
+                    "DELETE FROM files WHERE kind = ? AND filename = ?",
+                    [(kind, name) for name in gone[start : start + SCAN_BATCH]],
+                )
         return result
 
 

@@ -40,7 +40,8 @@ CONTENT_TYPES = {
 _DEFAULT_NAME = re.compile(
     r"(?P<camera>[A-Za-z0-9.-][A-Za-z0-9._-]*?)_"
     r"(?P<Y>[0-9]{4})-(?P<M>[0-9]{2})-(?P<D>[0-9]{2})_(?P<h>[0-9]{2})-(?P<m>[0-9]{2})-(?P<s>[0-9]{2})_"
-    r"[A-Z0-9]{6}(?P<part>_part[0-9]{3,})?\.[A-Za-z0-9]+")
+    r"[A-Z0-9]{6}(?P<part>_part[0-9]{3,})?\.[A-Za-z0-9]+"
+)
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,12 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Policy":
-        return cls(policy_type=str(data.get("policy_type", "manual")),
-                   enabled=bool(data.get("enabled", False)),
-                   max_age_days=data.get("max_age_days"),
-                   max_size_gb=data.get("max_size_gb"))
+        return cls(
+            policy_type=str(data.get("policy_type", "manual")),
+            enabled=bool(data.get("enabled", False)),
+            max_age_days=data.get("max_age_days"),
+            max_size_gb=data.get("max_size_gb"),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,15 @@ class Victim:
     reason: str  # "age" | "size" | "free_space"
 
 
-def plan(oldest_first: Iterable[Candidate], policy: Policy, *, now: float,
-         recordings_bytes: int = 0, free_bytes: int | None = None,
-         min_free_bytes: int = 0) -> list[Victim]:
+def plan(
+    oldest_first: Iterable[Candidate],
+    policy: Policy,
+    *,
+    now: float,
+    recordings_bytes: int = 0,
+    free_bytes: int | None = None,
+    min_free_bytes: int = 0,
+) -> list[Victim]:
     """The files to delete, in deletion order; consumes the input only as far as needed.
 
     ``oldest_first`` holds the files of one kind; the size limit and the

@@ -27,8 +27,9 @@ class Usage:
         return round(100.0 * self.used / room, 2) if room else 0.0
 
 
-def storage_info(usage: Usage, recordings_size: int, snapshots_size: int,
-                 warn_percent: float, min_free_bytes: int) -> dict:
+def storage_info(
+    usage: Usage, recordings_size: int, snapshots_size: int, warn_percent: float, min_free_bytes: int
+) -> dict:
     """The ``get_storage_info`` result."""
     return {
         "total_space": usage.total,
@@ -51,8 +52,7 @@ class ThresholdMonitor:
     not send an event every check.
     """
 
-    def __init__(self, warn_percent: float, critical_percent: float,
-                 min_free_bytes: int = 0, hysteresis: float = 1.0):
+    def __init__(self, warn_percent: float, critical_percent: float, min_free_bytes: int = 0, hysteresis: float = 1.0):
         self.warn = warn_percent
         self.critical = critical_percent
         self.min_free = min_free_bytes

@@ -41,7 +41,7 @@ from camservice import ffmpeg
 from camservice.envelope import Event
 from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
 from camservice.timestamps import utc_iso
-from workers.base import CallContext, Worker, run_worker
+from camservice.workers.base import CallContext, Worker, run_worker
 
 from .active import ActiveFiles
 from .auth import make_authorizer
@@ -82,11 +82,18 @@ class FilesWorker(Worker):
         self.policies = PolicyStore(state / "retention.json")
         self.retention_lock_path = state / "retention.lock"
         self.leader = FileLock(state / "leader.lock")
-        self.monitor = ThresholdMonitor(config.storage.warn_percent, config.storage.critical_percent,
-                                        config.storage.min_free_bytes)
-        self.http = DownloadServer(self.folders, config.server.host, config.files.http_port,
-                                   authorize=make_authorizer(config), ssl_context=tls_context(config),
-                                   log=self.log.bind(part="http"), rate_limit=config.files.download_rate_limit)
+        self.monitor = ThresholdMonitor(
+            config.storage.warn_percent, config.storage.critical_percent, config.storage.min_free_bytes
+        )
+        self.http = DownloadServer(
+            self.folders,
+            config.server.host,
+            config.files.http_port,
+            authorize=make_authorizer(config),
+            ssl_context=tls_context(config),
+            log=self.log.bind(part="http"),
+            rate_limit=config.files.download_rate_limit,
+        )
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
         self.disk_usage: Callable[[Path], Any] = shutil.disk_usage
         self._scheme = "https" if config.server.tls.cert_file else "http"
@@ -160,8 +167,7 @@ class FilesWorker(Worker):
         active = self.active.names()
         if not self._device_of_camera and not self._cameras_checked:
             self.spawn(self._refresh_cameras())  # so that later pages can name devices
-        return {"files": [self._entry(row, active) for row in rows],
-                "total": total, "limit": limit, "offset": offset}
+        return {"files": [self._entry(row, active) for row in rows], "total": total, "limit": limit, "offset": offset}
 
     def _entry(self, row: Row, active: set[str] | None) -> dict:
         entry: dict[str, Any] = {
@@ -193,8 +199,7 @@ class FilesWorker(Worker):
         redirect stays for URLs built by hand. ``self.http.port`` is
         ``files.http_port``, or the port really bound when that is 0 (tests).
         """
-        return (f"{self._scheme}://{self._url_host}:{self.http.port}"
-                f"/files/{URL_FOLDERS[kind]}/{quote(filename)}")
+        return f"{self._scheme}://{self._url_host}:{self.http.port}/files/{URL_FOLDERS[kind]}/{quote(filename)}"
 
     @staticmethod
     def _is_recording(filename: str, row: Row | None, active: set[str] | None) -> bool:
@@ -319,8 +324,13 @@ class FilesWorker(Worker):
 
     async def get_storage_info(self, params: dict, ctx: CallContext) -> dict:
         usage = await self._thread(ctx, self._usage)
-        return storage_info(usage, self.db.total_bytes(RECORDING), self.db.total_bytes(SNAPSHOT),
-                            self.config.storage.warn_percent, self.config.storage.min_free_bytes)
+        return storage_info(
+            usage,
+            self.db.total_bytes(RECORDING),
+            self.db.total_bytes(SNAPSHOT),
+            self.config.storage.warn_percent,
+            self.config.storage.min_free_bytes,
+        )
 
     def _usage(self) -> Usage:
         total, used, free = self.disk_usage(self.folders[RECORDING])[:3]
@@ -339,8 +349,12 @@ class FilesWorker(Worker):
     # --- retention ---------------------------------------------------------------------------
 
     async def set_retention_policy(self, params: dict, ctx: CallContext) -> dict:
-        policy = Policy(policy_type=params["policy_type"], enabled=bool(params["enabled"]),
-                        max_age_days=params.get("max_age_days"), max_size_gb=params.get("max_size_gb"))
+        policy = Policy(
+            policy_type=params["policy_type"],
+            enabled=bool(params["enabled"]),
+            max_age_days=params.get("max_age_days"),
+            max_size_gb=params.get("max_size_gb"),
+        )
         await self._thread(ctx, self.policies.save, policy)
         self.log.info("retention_policy_set", caller=ctx.caller.get("sub"), **policy.to_dict())
         self._wake.set()  # the leader (if it is us) applies it now rather than at the next tick
@@ -349,8 +363,12 @@ class FilesWorker(Worker):
     async def cleanup_old_files(self, params: dict, ctx: CallContext) -> dict:
         policy = await self._thread(ctx, self.policies.load)
         if not policy.enabled:
-            return {"cleanup_executed": False, "files_deleted": 0, "space_freed": 0,
-                    "message": "Retention policy is disabled; nothing was deleted"}
+            return {
+                "cleanup_executed": False,
+                "files_deleted": 0,
+                "space_freed": 0,
+                "message": "Retention policy is disabled; nothing was deleted",
+            }
         wait = max(0.0, min(THREAD_WAIT_CAP, ctx.remaining() - 2.0))
         # A big cleanup may use the whole deadline (the method allows 60 s); past
         # it the caller hears -32011 while the pass goes on and finishes.
@@ -358,8 +376,12 @@ class FilesWorker(Worker):
         if outcome is None:
             raise RpcError(SERVICE_BUSY, data={"reason": "another cleanup is running"})
         count, freed = outcome
-        return {"cleanup_executed": True, "files_deleted": count, "space_freed": freed,
-                "message": f"Deleted {count} file(s), freed {freed} bytes"}
+        return {
+            "cleanup_executed": True,
+            "files_deleted": count,
+            "space_freed": freed,
+            "message": f"Deleted {count} file(s), freed {freed} bytes",
+        }
 
     async def enforce_retention(self) -> tuple[int, int] | None:
         """The background pass: the policy's limits when automatic, else only the free-space floor."""
@@ -388,10 +410,18 @@ class FilesWorker(Worker):
         count = freed = 0
         for kind in KINDS:
             active = self.active.names()
-            candidates = (Candidate(r.kind, r.filename, r.size, r.mtime, self._is_recording(r.filename, r, active))
-                          for r in self.db.oldest_first(kind))
-            victims = plan(candidates, policy, now=now, recordings_bytes=self.db.total_bytes(RECORDING),
-                           free_bytes=free + freed, min_free_bytes=min_free)
+            candidates = (
+                Candidate(r.kind, r.filename, r.size, r.mtime, self._is_recording(r.filename, r, active))
+                for r in self.db.oldest_first(kind)
+            )
+            victims = plan(
+                candidates,
+                policy,
+                now=now,
+                recordings_bytes=self.db.total_bytes(RECORDING),
+                free_bytes=free + freed,
+                min_free_bytes=min_free,
+            )
             for victim in victims:
                 if self._closing.is_set():
                     return count, freed
@@ -405,14 +435,19 @@ class FilesWorker(Worker):
                     self.db.remove(kind, victim.filename)  # already gone: nothing freed
                     continue
                 except OSError as exc:
-                    self.log.warning("retention_delete_failed", kind=kind, filename=victim.filename,
-                                     error=exc.strerror)
+                    self.log.warning("retention_delete_failed", kind=kind, filename=victim.filename, error=exc.strerror)
                     continue
                 self.db.remove(kind, victim.filename)
                 count += 1
                 freed += victim.size
-                self.log.info("retention_deleted", kind=kind, filename=victim.filename, size=victim.size,
-                              reason=victim.reason, policy=policy.policy_type)
+                self.log.info(
+                    "retention_deleted",
+                    kind=kind,
+                    filename=victim.filename,
+                    size=victim.size,
+                    reason=victim.reason,
+                    policy=policy.policy_type,
+                )
         if count:
             self.log.info("retention_pass", files_deleted=count, space_freed=freed)
         return count, freed
@@ -452,9 +487,15 @@ class FilesWorker(Worker):
             results.append(self.db.reconcile(kind, folder, protect))
         for result in results:
             if result.added or result.changed or result.removed:
-                self.log.info("index_reconciled", kind=result.kind, files=result.on_disk, added=result.added,
-                              changed=result.changed, removed=result.removed,
-                              seconds=round(time.monotonic() - started, 3))
+                self.log.info(
+                    "index_reconciled",
+                    kind=result.kind,
+                    files=result.on_disk,
+                    added=result.added,
+                    changed=result.changed,
+                    removed=result.removed,
+                    seconds=round(time.monotonic() - started, 3),
+                )
         return results
 
     async def _background_jobs(self) -> None:
@@ -475,8 +516,11 @@ class FilesWorker(Worker):
                 now = time.monotonic()
                 due = now >= next_scan or woken
                 full = scans % FULL_SCAN_EVERY == 0  # the first scan as leader is a full one
-                jobs = [lambda: self.rescan(full), self.check_storage, self.enforce_retention] \
-                    if due else [self.check_storage]
+                jobs = (
+                    [lambda: self.rescan(full), self.check_storage, self.enforce_retention]
+                    if due
+                    else [self.check_storage]
+                )
                 if due:
                     next_scan = now + scan_every
                     scans += 1
@@ -496,8 +540,11 @@ class FilesWorker(Worker):
         """Totals for metrics: read from the trigger-maintained ``totals`` table
         (a handful of rows), so this costs microseconds on the loop."""
         try:
-            return {f"{kind}s_{what}": (self.db.total_bytes(kind) if what == "bytes" else self.db.count(kind))
-                    for kind in ("recording", "snapshot") for what in ("bytes", "files")}
+            return {
+                f"{kind}s_{what}": (self.db.total_bytes(kind) if what == "bytes" else self.db.count(kind))
+                for kind in ("recording", "snapshot")
+                for what in ("bytes", "files")
+            }
         except sqlite3.Error as exc:
             self.log.warning("stats_unavailable", error=str(exc))
             return {}
@@ -530,15 +577,30 @@ class FilesWorker(Worker):
             st = None
         if st is None:
             if recording:  # announced before ffmpeg created it: list it, size unknown yet
-                self.db.upsert(kind, filename, size=int(data.get("size") or 0), mtime_ns=time.time_ns(),
-                               camera_id=camera_id, device=device, recording=True)
+                self.db.upsert(
+                    kind,
+                    filename,
+                    size=int(data.get("size") or 0),
+                    mtime_ns=time.time_ns(),
+                    camera_id=camera_id,
+                    device=device,
+                    recording=True,
+                )
             else:
                 self.db.remove(kind, filename)
             return
         duration = data.get("duration") if state == "complete" else None
-        self.db.upsert(kind, filename, size=st.st_size, mtime_ns=st.st_mtime_ns, camera_id=camera_id,
-                       device=device, duration=duration,
-                       probed_ns=st.st_mtime_ns if duration is not None else None, recording=recording)
+        self.db.upsert(
+            kind,
+            filename,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            camera_id=camera_id,
+            device=device,
+            duration=duration,
+            probed_ns=st.st_mtime_ns if duration is not None else None,
+            recording=recording,
+        )
 
     # --- cameras -------------------------------------------------------------------------------
 

@@ -144,8 +144,9 @@ class MediaBackend(Protocol):
     async def snapshot_from_run(self, run: CaptureRun, target: Path, fmt: str, timeout: float) -> None:
         """Write one still of a recording camera without disturbing the run."""
 
-    async def start_run(self, camera: Camera, *, tag: str, fmt: str, first_index: int,
-                        path_of: Callable[[int], Path], timeout: float) -> CaptureRun:
+    async def start_run(
+        self, camera: Camera, *, tag: str, fmt: str, first_index: int, path_of: Callable[[int], Path], timeout: float
+    ) -> CaptureRun:
         """Start capturing; returns once the first segment has data, raises CaptureError."""
 
     def sanitize(self, text: str) -> str: ...
@@ -332,8 +333,9 @@ class FfmpegBackend:
         except CaptureError as exc:
             raise CaptureError(self.sanitize(exc.reason)) from None
 
-    async def start_run(self, camera: Camera, *, tag: str, fmt: str, first_index: int,
-                        path_of: Callable[[int], Path], timeout: float) -> FfmpegRun:
+    async def start_run(
+        self, camera: Camera, *, tag: str, fmt: str, first_index: int, path_of: Callable[[int], Path], timeout: float
+    ) -> FfmpegRun:
         staging = self.staging_root / tag
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -344,10 +346,16 @@ class FfmpegBackend:
             pass
         device = self.open_input(camera)
         argv = capture.recording_argv(
-            self.exe, device, staging=staging, fmt=fmt,
-            segment_seconds=self.config.recording.segment_seconds, first_index=first_index,
-            fps=int(capture.source_of(camera).get("fps") or 15), frame_path=frame,
-            video_args=self.video_args(camera))
+            self.exe,
+            device,
+            staging=staging,
+            fmt=fmt,
+            segment_seconds=self.config.recording.segment_seconds,
+            first_index=first_index,
+            fps=int(capture.source_of(camera).get("fps") or 15),
+            frame_path=frame,
+            video_args=self.video_args(camera),
+        )
         process = FfmpegProcess(argv, device.fds)
         run = FfmpegRun(process, staging, fmt, first_index, path_of, frame)
         try:
@@ -382,8 +390,9 @@ class FfmpegBackend:
             if time.monotonic() >= deadline:
                 await process.stop(2.0)
                 await asyncio.to_thread(_discard_failed_start, run, first)
-                raise CaptureError(self.sanitize(
-                    f"no video from the camera within {timeout:.0f}s: {process.tail() or 'no output'}"))
+                raise CaptureError(
+                    self.sanitize(f"no video from the camera within {timeout:.0f}s: {process.tail() or 'no output'}")
+                )
             await asyncio.sleep(0.05)
 
     def _failure(self, process: FfmpegProcess) -> CaptureError:
@@ -468,7 +477,7 @@ class MediaMTXBackend(FfmpegBackend):
             text = text.replace(secret, "***")
         pieces, last = [], 0
         for match in _URL.finditer(text):
-            pieces.append(super().sanitize(text[last:match.start()]))
+            pieces.append(super().sanitize(text[last : match.start()]))
             pieces.append(self._safe_url(match.group(0)))
             last = match.end()
         pieces.append(super().sanitize(text[last:]))
@@ -508,9 +517,14 @@ class MediaMTXBackend(FfmpegBackend):
                 if await self.api.get_path(camera.id) is not None:
                     return
         except MediaMTXError as exc:
-            self._log.warning("mediamtx_check_failed", camera=camera.id, reason=self.sanitize(exc.reason),
-                              status=exc.status, detail=exc.detail,  # logs only: no credentials in it
-                              breaker=self.api.breaker.state)
+            self._log.warning(
+                "mediamtx_check_failed",
+                camera=camera.id,
+                reason=self.sanitize(exc.reason),
+                status=exc.status,
+                detail=exc.detail,  # logs only: no credentials in it
+                breaker=self.api.breaker.state,
+            )
             raise MediaMTXUnavailable(self.sanitize(exc.reason), exc.status) from None
         except TimeoutError:
             # The calls' threads finish on their own (the client's timeout) and tell the breaker.
@@ -543,12 +557,19 @@ class MediaMTXBackend(FfmpegBackend):
         await self._check(camera, timeout)
         await super().snapshot(camera, target, fmt, max(0.5, timeout - (time.monotonic() - began)))
 
-    async def start_run(self, camera: Camera, *, tag: str, fmt: str, first_index: int,
-                        path_of: Callable[[int], Path], timeout: float) -> FfmpegRun:
+    async def start_run(
+        self, camera: Camera, *, tag: str, fmt: str, first_index: int, path_of: Callable[[int], Path], timeout: float
+    ) -> FfmpegRun:
         began = time.monotonic()
         await self._check(camera, timeout)
-        return await super().start_run(camera, tag=tag, fmt=fmt, first_index=first_index, path_of=path_of,
-                                       timeout=max(1.0, timeout - (time.monotonic() - began)))
+        return await super().start_run(
+            camera,
+            tag=tag,
+            fmt=fmt,
+            first_index=first_index,
+            path_of=path_of,
+            timeout=max(1.0, timeout - (time.monotonic() - began)),
+        )
 
     async def _check(self, camera: Camera, timeout: float) -> None:
         # An unplugged camera is -32004 (CameraGone), whatever MediaMTX says.

@@ -135,8 +135,9 @@ def open_input(camera: Camera) -> DeviceInput:
         if not os.path.exists(path):
             raise CameraGone("camera disconnected")
         try:
-            return DeviceInput(ffmpeg.v4l2_input(path, source.get("input_format"), source.get("size"),
-                                                 source.get("fps"), queue=64))
+            return DeviceInput(
+                ffmpeg.v4l2_input(path, source.get("input_format"), source.get("size"), source.get("fps"), queue=64)
+            )
         except ValueError as exc:
             raise CaptureError(f"bad camera source: {exc}") from None
     raise CaptureError("camera has no capture source")
@@ -163,14 +164,24 @@ def snapshot_argv(exe: str, device: DeviceInput, target: Path, fmt: str, warmup_
     if warmup_frames:
         # V4L2 cameras deliver their first frames before exposure settles.
         video_filter = ["-vf", f"select=gte(n\\,{warmup_frames})"]
-    return [exe, *_COMMON, *device.args, *video_filter, "-frames:v", "1",
-            *_image_output(fmt), "-update", "1", "-y", str(target)]
+    return [
+        exe,
+        *_COMMON,
+        *device.args,
+        *video_filter,
+        "-frames:v",
+        "1",
+        *_image_output(fmt),
+        "-update",
+        "1",
+        "-y",
+        str(target),
+    ]
 
 
 def convert_argv(exe: str, source: Path, target: Path, fmt: str) -> list[str]:
     """Re-encode a still image (the recording's latest frame) as ``fmt``."""
-    return [exe, *_COMMON, "-i", str(source), "-frames:v", "1",
-            *_image_output(fmt), "-update", "1", "-y", str(target)]
+    return [exe, *_COMMON, "-i", str(source), "-frames:v", "1", *_image_output(fmt), "-update", "1", "-y", str(target)]
 
 
 def _image_output(fmt: str) -> list[str]:
@@ -182,12 +193,32 @@ def _image_output(fmt: str) -> list[str]:
 def encode_args(fps: int) -> list[str]:
     """H.264 for a raw camera. A one-second GOP bounds both what a crash can
     lose (one fragment) and how late a time-based segment cut may come."""
-    return ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-            "-pix_fmt", "yuv420p", "-g", str(max(1, int(fps or 15)))]
+    return [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(max(1, int(fps or 15))),
+    ]
 
 
-def recording_argv(exe: str, device: DeviceInput, *, staging: Path, fmt: str, segment_seconds: int,
-                   first_index: int, fps: int, frame_path: Path, video_args: list[str] | None = None) -> list[str]:
+def recording_argv(
+    exe: str,
+    device: DeviceInput,
+    *,
+    staging: Path,
+    fmt: str,
+    segment_seconds: int,
+    first_index: int,
+    fps: int,
+    frame_path: Path,
+    video_args: list[str] | None = None,
+) -> list[str]:
     """One capture run: H.264 segments through the segment muxer, plus a latest-frame JPEG.
 
     Segments are written to ``staging/segNNN.ext``; those names are symlinks
@@ -198,17 +229,48 @@ def recording_argv(exe: str, device: DeviceInput, *, staging: Path, fmt: str, se
     return [
         # ffmpeg's main thread notices SIGINT only between waits of
         # -stats_period (0.5 s by default): shorter makes a stop 5x quicker.
-        exe, *_COMMON, "-stats_period", "0.02", *device.args,
-        "-map", "0:v", *(video_args if video_args is not None else encode_args(fps)),
-        "-f", "segment", "-segment_time", str(segment_seconds),
-        "-segment_format", container, "-segment_format_options", options,
-        "-segment_start_number", str(first_index), "-reset_timestamps", "1",
-        "-segment_list", str(staging / "segments.csv"), "-segment_list_type", "csv",
+        exe,
+        *_COMMON,
+        "-stats_period",
+        "0.02",
+        *device.args,
+        "-map",
+        "0:v",
+        *(video_args if video_args is not None else encode_args(fps)),
+        "-f",
+        "segment",
+        "-segment_time",
+        str(segment_seconds),
+        "-segment_format",
+        container,
+        "-segment_format_options",
+        options,
+        "-segment_start_number",
+        str(first_index),
+        "-reset_timestamps",
+        "1",
+        "-segment_list",
+        str(staging / "segments.csv"),
+        "-segment_list_type",
+        "csv",
         str(staging / f"seg%03d.{fmt}"),
         # The latest-frame JPEG that snapshots of a recording camera copy,
         # replaced atomically so a reader never sees half a picture.
-        "-map", "0:v", "-vf", f"fps={PREVIEW_FPS}", "-c:v", "mjpeg", "-q:v", "2",
-        "-f", "image2", "-update", "1", "-atomic_writing", "1", str(frame_path),
+        "-map",
+        "0:v",
+        "-vf",
+        f"fps={PREVIEW_FPS}",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "2",
+        "-f",
+        "image2",
+        "-update",
+        "1",
+        "-atomic_writing",
+        "1",
+        str(frame_path),
     ]
 
 
@@ -258,9 +320,14 @@ class FfmpegProcess:
     async def start(self) -> None:
         parent = os.getpid()
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, pass_fds=self.pass_fds,
-            preexec_fn=lambda: _child_setup(parent), process_group=0)
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=self.pass_fds,
+            preexec_fn=lambda: _child_setup(parent),
+            process_group=0,
+        )
         self._reader = asyncio.ensure_future(self._read_stderr())
 
     async def _read_stderr(self) -> None:
@@ -322,8 +389,7 @@ class FfmpegProcess:
         return " | ".join(list(self.lines)[-lines:])
 
 
-async def run_once(argv: list[str], timeout: float, pass_fds: tuple[int, ...] = (),
-                   on_started=None) -> FfmpegProcess:
+async def run_once(argv: list[str], timeout: float, pass_fds: tuple[int, ...] = (), on_started=None) -> FfmpegProcess:
     """Run a short ffmpeg job to completion; raises CaptureError on failure or timeout.
 
     ``on_started`` runs right after the spawn (used to drop this process's

@@ -138,8 +138,7 @@ class ActiveFiles:
         self._lock = asyncio.Lock()
 
     async def add(self, filename: str, camera_id: str, device: str, session_id: str, started: str) -> None:
-        self.files[filename] = {"camera_id": camera_id, "device": device,
-                                "session_id": session_id, "started": started}
+        self.files[filename] = {"camera_id": camera_id, "device": device, "session_id": session_id, "started": started}
         await self.flush()
 
     async def remove(self, *filenames: str) -> None:

@@ -6,7 +6,7 @@ driven by three callables, so tests run it in-process:
 
 * ``cameras(device_or_id) -> Camera | None`` (the worker passes its
   :class:`~camservice.cameras.CameraTable` replica's ``find``),
-* ``publish(topic, data)`` (the worker's :meth:`~workers.base.Worker.publish`),
+* ``publish(topic, data)`` (the worker's :meth:`~camservice.workers.base.Worker.publish`),
 * a :class:`~.backend.MediaBackend` doing the capturing.
 
 One supervisor task per session owns it from start to end: it polls the
@@ -103,8 +103,7 @@ class Slot:
 
 
 class RecordingManager:
-    def __init__(self, config, cameras: Resolver, publish: Publisher,
-                 backend: MediaBackend | None = None, logger=None):
+    def __init__(self, config, cameras: Resolver, publish: Publisher, backend: MediaBackend | None = None, logger=None):
         self.config = config
         self.cameras = cameras
         self._publish = publish
@@ -156,18 +155,30 @@ class RecordingManager:
             data["http_status"] = exc.http_status
         return RpcError(errors.MEDIA_BACKEND, data=data)
 
-    def _file_update(self, kind: str, filename: str, camera: Camera, state: str,
-                     size: int, duration: float | None = None) -> None:
-        data: dict[str, Any] = {"kind": kind, "filename": filename, "camera_id": camera.id,
-                                "device": camera.device, "state": state, "size": size}
+    def _file_update(
+        self, kind: str, filename: str, camera: Camera, state: str, size: int, duration: float | None = None
+    ) -> None:
+        data: dict[str, Any] = {
+            "kind": kind,
+            "filename": filename,
+            "camera_id": camera.id,
+            "device": camera.device,
+            "state": state,
+            "size": size,
+        }
         if duration is not None:
             data["duration"] = duration
         self.publish("_file_update", data)
 
     def _status_event(self, session: Session, status: str, duration: float, error: str | None = None) -> None:
         record = session.record
-        data: dict[str, Any] = {"device": record.device, "status": status, "filename": record.filename,
-                                "session_id": record.session_id, "duration": duration}
+        data: dict[str, Any] = {
+            "device": record.device,
+            "status": status,
+            "filename": record.filename,
+            "session_id": record.session_id,
+            "duration": duration,
+        }
         if error is not None:
             data["error"] = error
         self.publish("recording_status_update", data)
@@ -204,8 +215,14 @@ class RecordingManager:
             await asyncio.to_thread(_unlink_quietly, temp)
         self._file_update("snapshot", filename, camera, "complete", size)
         self.observe_snapshot(time.monotonic() - began)
-        return {"device": camera.device, "filename": filename, "status": "completed",
-                "timestamp": naming.utc_iso(), "file_size": size, "file_path": str(target)}
+        return {
+            "device": camera.device,
+            "filename": filename,
+            "status": "completed",
+            "timestamp": naming.utc_iso(),
+            "file_size": size,
+            "file_path": str(target),
+        }
 
     async def _snapshot_from_session(self, session: Session, temp: Path, fmt: str, deadline: float) -> None:
         # A restart may be replacing the run: wait for the next one rather than fail.
@@ -224,8 +241,9 @@ class RecordingManager:
         camera = self._camera(params["device"])
         slot = self._slot(camera.id)
         if slot.session is not None or slot.starting:
-            raise RpcError(errors.IN_PROGRESS, data={
-                "reason": f"{camera.id} is already recording", "device": camera.device})
+            raise RpcError(
+                errors.IN_PROGRESS, data={"reason": f"{camera.id} is already recording", "device": camera.device}
+            )
         slot.starting = True
         try:
             return await self._start(camera, slot, params)
@@ -234,8 +252,9 @@ class RecordingManager:
 
     async def _start(self, camera: Camera, slot: Slot, params: dict[str, Any]) -> dict[str, Any]:
         filename = params.get("filename") or naming.default_name(camera.id, params.get("format") or "mp4")
-        taken = RpcError(errors.IN_PROGRESS, data={
-            "reason": "a recording with this file name exists", "filename": filename})
+        taken = RpcError(
+            errors.IN_PROGRESS, data={"reason": "a recording with this file name exists", "filename": filename}
+        )
         if filename in self._names:
             raise taken
         self._names.add(filename)  # reserved before the first await: no second start can pass
@@ -247,17 +266,23 @@ class RecordingManager:
             if slot.session is None or slot.session.record.filename != filename:
                 self._names.discard(filename)
 
-    async def _start_named(self, camera: Camera, slot: Slot, params: dict[str, Any],
-                           filename: str) -> dict[str, Any]:
+    async def _start_named(self, camera: Camera, slot: Slot, params: dict[str, Any], filename: str) -> dict[str, Any]:
         fmt = params.get("format") or "mp4"
         duration = params.get("duration")
         folder = self.config.recordings_dir
         await storage.ensure_space(folder, self.config.storage.min_free_bytes)
         start = time.time()
         record = SessionRecord(
-            session_id=str(uuid.uuid4()), camera_id=camera.id, device=camera.device,
-            filename=filename, format=fmt, start_time=start, duration=duration,
-            deadline=start + duration if duration else None, worker_pid=os.getpid())
+            session_id=str(uuid.uuid4()),
+            camera_id=camera.id,
+            device=camera.device,
+            filename=filename,
+            format=fmt,
+            start_time=start,
+            duration=duration,
+            deadline=start + duration if duration else None,
+            worker_pid=os.getpid(),
+        )
         session = Session(record, camera)
         async with slot.lock:
             try:
@@ -268,11 +293,24 @@ class RecordingManager:
             # must find the recording, not try to open the device again.
             self._adopt(session, slot)
         await self._commit(session, slot)
-        self.log.info("recording_started", camera=camera.id, session_id=record.session_id,
-                      filename=filename, duration=duration, pid=session.run.pid if session.run else None)
+        self.log.info(
+            "recording_started",
+            camera=camera.id,
+            session_id=record.session_id,
+            filename=filename,
+            duration=duration,
+            pid=session.run.pid if session.run else None,
+        )
         self._status_event(session, STARTED, 0)
-        return {"device": camera.device, "session_id": record.session_id, "filename": filename,
-                "status": STARTED, "start_time": naming.utc_iso(start), "duration": duration, "format": fmt}
+        return {
+            "device": camera.device,
+            "session_id": record.session_id,
+            "filename": filename,
+            "status": STARTED,
+            "start_time": naming.utc_iso(start),
+            "duration": duration,
+            "format": fmt,
+        }
 
     async def _commit(self, session: Session, slot: Slot) -> None:
         """Register the first segment (active list, journal), then start the
@@ -316,8 +354,13 @@ class RecordingManager:
         session.runs += 1
         tag = f"{record.session_id}-r{session.runs}"
         run = await self.backend.start_run(
-            session.camera, tag=tag, fmt=record.format, first_index=len(record.segments),
-            path_of=lambda index: self._recording_path(record, index), timeout=self.backend.start_timeout)
+            session.camera,
+            tag=tag,
+            fmt=record.format,
+            first_index=len(record.segments),
+            path_of=lambda index: self._recording_path(record, index),
+            timeout=self.backend.start_timeout,
+        )
         session.run = run
         record.ffmpeg_pid, record.staging = run.pid, tag
         record.worker_pid = os.getpid()
@@ -339,7 +382,8 @@ class RecordingManager:
             raise RpcError(errors.MEDIA_BACKEND, data={"reason": "the recording did not stop in time"}) from None
         if result["status"] != STOPPED:
             raise errors.invalid_params(
-                f"the recording on {params['device']} had already ended ({result['status']})", "device")
+                f"the recording on {params['device']} had already ended ({result['status']})", "device"
+            )
         return result
 
     def camera_changed(self, camera: Camera) -> None:
@@ -405,7 +449,8 @@ class RecordingManager:
                 if not self.backend.camera_present(session.camera):
                     return FAILED, "camera disconnected"
                 return FAILED, self.backend.sanitize(
-                    f"capture failed: ffmpeg exited with code {run.returncode}: {run.tail() or 'no output'}")
+                    f"capture failed: ffmpeg exited with code {run.returncode}: {run.tail() or 'no output'}"
+                )
             if not self.backend.camera_present(session.camera):
                 return FAILED, "camera disconnected"
             now = time.monotonic()
@@ -427,8 +472,13 @@ class RecordingManager:
             if now - grew_at >= stall:
                 restarts += 1
                 tail = self.backend.sanitize(run.tail() or "no output")
-                self.log.warning("capture_stalled", session_id=record.session_id, restarts=restarts,
-                                 seconds=round(now - grew_at, 1), stderr=tail)
+                self.log.warning(
+                    "capture_stalled",
+                    session_id=record.session_id,
+                    restarts=restarts,
+                    seconds=round(now - grew_at, 1),
+                    stderr=tail,
+                )
                 if restarts > MAX_RESTARTS:
                     return FAILED, f"capture stalled: {tail}"
                 while not await self._restart(session, delay=backoff):
@@ -493,8 +543,7 @@ class RecordingManager:
                 if name not in record.segments:
                     record.segments.append(name)
                     journal_changed = True
-                await self.active.add(name, camera.id, camera.device, record.session_id,
-                                      naming.utc_iso())
+                await self.active.add(name, camera.id, camera.device, record.session_id, naming.utc_iso())
                 self._file_update("recording", name, camera, "recording", 0)
             else:
                 await self.active.remove(name)
@@ -514,7 +563,8 @@ class RecordingManager:
             await self._finish_run(session, "failed" if status == FAILED else "complete")
             end = time.time()
             sizes = await asyncio.to_thread(
-                lambda: sum(_size(self.config.recordings_dir / name) for name in record.segments))
+                lambda: sum(_size(self.config.recordings_dir / name) for name in record.segments)
+            )
             await self.journal.remove_async(record.session_id)
             await self.active.remove(*record.segments)
         except Exception:
@@ -527,13 +577,28 @@ class RecordingManager:
             self._names.discard(record.filename)
             duration = round(end - record.start_time, 3)
             log = self.log.warning if status == FAILED else self.log.info
-            log("recording_ended", camera=record.camera_id, session_id=record.session_id, status=status,
-                error=error, duration=duration, segments=len(record.segments), bytes=sizes)
+            log(
+                "recording_ended",
+                camera=record.camera_id,
+                session_id=record.session_id,
+                status=status,
+                error=error,
+                duration=duration,
+                segments=len(record.segments),
+                bytes=sizes,
+            )
             self._status_event(session, status, duration, error)
             self.observe_recording(status, duration)
-            result = {"device": record.device, "session_id": record.session_id, "filename": record.filename,
-                      "status": status, "start_time": naming.utc_iso(record.start_time),
-                      "end_time": naming.utc_iso(end), "duration": duration, "file_size": sizes}
+            result = {
+                "device": record.device,
+                "session_id": record.session_id,
+                "filename": record.filename,
+                "status": status,
+                "start_time": naming.utc_iso(record.start_time),
+                "end_time": naming.utc_iso(end),
+                "duration": duration,
+                "file_size": sizes,
+            }
             if not session.result.done():
                 session.result.set_result(result)
 
@@ -578,7 +643,7 @@ class RecordingManager:
             return found
 
         existing = await asyncio.to_thread(scan)
-        for name in existing[len(record.segments):]:
+        for name in existing[len(record.segments) :]:
             record.segments.append(name)
         camera = self.cameras(record.camera_id)
         placeholder = camera or Camera(id=record.camera_id, device=record.device)
@@ -586,15 +651,21 @@ class RecordingManager:
         for name in existing[-2:]:
             size = await asyncio.to_thread(_size, self.config.recordings_dir / name)
             self._file_update("recording", name, placeholder, "complete", size)
-        self.log.info("recording_recovering", session_id=record.session_id, camera=record.camera_id,
-                      segments=len(record.segments))
+        self.log.info(
+            "recording_recovering", session_id=record.session_id, camera=record.camera_id, segments=len(record.segments)
+        )
         now = time.time()
         if record.deadline is not None and now >= record.deadline:
             # The files end where the dead worker's capture ended, not at the deadline.
             last_write = await asyncio.to_thread(
-                lambda: max((_mtime(self.config.recordings_dir / n) for n in existing), default=0.0))
-            await self._end_unresumed(session, COMPLETED, "interrupted by a restart of the recording worker",
-                                      min(record.deadline, last_write or record.deadline))
+                lambda: max((_mtime(self.config.recordings_dir / n) for n in existing), default=0.0)
+            )
+            await self._end_unresumed(
+                session,
+                COMPLETED,
+                "interrupted by a restart of the recording worker",
+                min(record.deadline, last_write or record.deadline),
+            )
             return
         if camera is None or camera.status != CONNECTED or not self.backend.camera_present(camera):
             await self._end_unresumed(session, FAILED, "camera disconnected while the recording worker restarted")
@@ -616,13 +687,21 @@ class RecordingManager:
                     failure = exc
                     break
         if failure is not None:
-            reason = "camera disconnected" if isinstance(failure, CameraGone) else \
-                f"capture could not resume: {self.backend.sanitize(failure.reason)}"
+            reason = (
+                "camera disconnected"
+                if isinstance(failure, CameraGone)
+                else f"capture could not resume: {self.backend.sanitize(failure.reason)}"
+            )
             await self._end_unresumed(session, FAILED, reason)
             return
         await self._commit(session, slot)
-        self.log.info("recording_resumed", session_id=record.session_id, camera=camera.id,
-                      segment=len(record.segments) - 1, pid=session.run.pid if session.run else None)
+        self.log.info(
+            "recording_resumed",
+            session_id=record.session_id,
+            camera=camera.id,
+            segment=len(record.segments) - 1,
+            pid=session.run.pid if session.run else None,
+        )
 
     async def _end_unresumed(self, session: Session, status: str, error: str, end: float | None = None) -> None:
         record = session.record

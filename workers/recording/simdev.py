@@ -10,7 +10,7 @@ and closes its own copy, so the lock lives exactly as long as ffmpeg.
 from __future__ import annotations
 
 import errno
-from workers.discovery.simulator import open_sim_device, sim_input_args
+from camservice.workers.discovery.simulator import open_sim_device, sim_input_args
 
 __all__ = ["open_sim_device", "sim_input_args", "is_busy", "is_gone"]
 
@@ -23,4 +23,3 @@ def is_busy(exc: BaseException) -> bool:
 def is_gone(exc: BaseException) -> bool:
     """``open_sim_device`` failed because the camera is unplugged (or being unplugged)."""
     return isinstance(exc, FileNotFoundError) or (isinstance(exc, OSError) and exc.errno == errno.ENODEV)
-

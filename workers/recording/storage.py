@@ -26,6 +26,11 @@ async def ensure_space(folder: Path, min_free: int) -> None:
     """Raise -32007 when ``folder``'s file system is below the floor."""
     free = await free_bytes(folder)
     if free < min_free:
-        raise RpcError(STORAGE_FULL, data={
-            "reason": f"only {free} bytes free, {min_free} required",
-            "free_bytes": free, "min_free_bytes": min_free})
+        raise RpcError(
+            STORAGE_FULL,
+            data={
+                "reason": f"only {free} bytes free, {min_free} required",
+                "free_bytes": free,
+                "min_free_bytes": min_free,
+            },
+        )

@@ -20,8 +20,8 @@ from typing import Any
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
-from gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
-from workers.base import CallContext, Worker, run_worker
+from camservice.gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
+from camservice.workers.base import CallContext, Worker, run_worker
 
 from .sessions import FAILED, RecordingManager
 
@@ -55,13 +55,19 @@ class RecordingWorker(Worker):
 
     def stats(self) -> dict[str, Any]:
         """Figures for ``gateway.metrics`` (shape documented there)."""
-        return {"active_recordings": len(self.manager.sessions), "failed_recordings": self._failed,
-                "snapshot_seconds": self._snapshot_seconds.export(),
-                "recording_seconds": self._recording_seconds.export()}
+        return {
+            "active_recordings": len(self.manager.sessions),
+            "failed_recordings": self._failed,
+            "snapshot_seconds": self._snapshot_seconds.export(),
+            "recording_seconds": self._recording_seconds.export(),
+        }
 
     def handlers(self):
-        return {"take_snapshot": self.take_snapshot, "start_recording": self.start_recording,
-                "stop_recording": self.stop_recording}
+        return {
+            "take_snapshot": self.take_snapshot,
+            "start_recording": self.start_recording,
+            "stop_recording": self.stop_recording,
+        }
 
     async def start(self) -> None:
         self._ready = asyncio.Event()
