@@ -269,10 +269,7 @@ def main(index: int = 0) -> None:
         console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
     )
     server = GatewayServer(config, index)
-    try:
-        from .metrics import attach
+    from .metrics import attach
 
-        attach(server)
-    except ImportError:
-        pass
+    attach(server)
     asyncio.run(server.run())

@@ -7,13 +7,13 @@ import json
 import os
 
 import pytest
-
-from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 from camservice.workers.discovery import simulator
 from camservice.workers.discovery.ids import IdStore, lowest_free, read_ids
 from camservice.workers.discovery.media import StreamSync
 from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
 from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
+
+from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 
 
 def usb(key: str, device: str, **fields) -> Found:
@@ -385,7 +385,7 @@ def test_v4l2_watcher_survives_a_failing_scan(tmp_path):
 
 
 class FakePaths:
-    """Stands in for camservice.mediamtx.MediaMTXPaths."""
+    """Stands in for camservice.workers.discovery.mediamtx_paths.MediaMTXPaths."""
 
     def __init__(self, fail: bool = False):
         self.fail = fail
@@ -442,8 +442,8 @@ def test_ffmpeg_backend_has_no_stream_sync(tmp_path):
 
 
 def test_stream_sync_with_the_real_mediamtx_client(tmp_path):
-    fakes = pytest.importorskip("tests.fakes.mediamtx")
     from camservice import config
+    from tests.fakes import mediamtx as fakes
 
     reg = registry(tmp_path)
     published, statuses = [], []

@@ -21,7 +21,8 @@ import pytest
 
 from camservice import errors, ffmpeg
 from camservice.errors import RpcError
-from camservice.mediamtx import CLOSED, OPEN, UNREACHABLE, MediaMTXClient
+from camservice.breaker import CLOSED, OPEN
+from camservice.mediamtx import UNREACHABLE, MediaMTXClient
 from tests.fakes.mediamtx import FakeMediaMTX
 from tests.harness import Clock
 from tests.test_recording_ffmpeg import SIZE, Harness, holders, probe, snap_params, start_params, until
