@@ -26,9 +26,9 @@ is the authority (:mod:`.active`); while it does not exist, the flags set by
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import os
 import shutil
+import sqlite3
 import ssl
 import stat
 import threading
@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from camservice import ffmpeg
-from camservice.envelope import Event
-from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
-from camservice.timestamps import utc_iso
 from camservice.workers.base import CallContext, Worker, run_worker
 
-from .active import ActiveFiles
+from camservice import ffmpeg
+from camservice.active_files import ActiveFiles, active_files_path
+from camservice.envelope import Event
+from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcError, file_not_found, invalid_params
+from camservice.timestamps import utc_iso
+
 from .auth import make_authorizer
 from .downloads import DownloadServer
 from .index import FileIndex, Row, ScanResult
@@ -78,7 +79,7 @@ class FilesWorker(Worker):
         self.folders: dict[str, Path] = {RECORDING: config.recordings_dir, SNAPSHOT: config.snapshots_dir}
         state = config.state_dir / "files"
         self.db = FileIndex(state / "index.sqlite3")
-        self.active = ActiveFiles(config.state_dir / "run" / "recording-active.json", self.log)
+        self.active = ActiveFiles(active_files_path(config.state_dir), self.log)
         self.policies = PolicyStore(state / "retention.json")
         self.retention_lock_path = state / "retention.lock"
         self.leader = FileLock(state / "leader.lock")

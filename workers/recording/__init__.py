@@ -3,7 +3,7 @@
 Modules, from the bottom up:
 
 * :mod:`.naming` - file names (contract defaults, segment names) and timestamps;
-* :mod:`.journal` - the session journal and ``recording-active.json``;
+* :mod:`.journal` - the session journal;
 * :mod:`.storage` - the ``storage.min_free_bytes`` floor;
 * :mod:`.simdev` - opening simulated cameras through the discovery simulator;
 * :mod:`.capture` - ffmpeg command lines and child processes;

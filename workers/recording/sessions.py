@@ -48,13 +48,14 @@ from typing import Any, Callable
 import structlog
 
 from camservice import errors
+from camservice.active_files import ActiveFiles, active_files_path
 from camservice.cameras import CONNECTED, Camera
 from camservice.errors import RpcError
 
 from . import naming, storage
 from .backend import CaptureRun, MediaBackend, SegmentEvent, make_backend
 from .capture import CameraBusy, CameraGone, CaptureError
-from .journal import ActiveFiles, Journal, SessionRecord
+from .journal import Journal, SessionRecord
 
 #: Seconds between checks of a running session.
 TICK = 0.25
@@ -110,7 +111,7 @@ class RecordingManager:
         self.backend = backend or make_backend(config)
         self.log = logger or structlog.get_logger("recording")
         self.journal = Journal(config.state_dir / "journal")
-        self.active = ActiveFiles(config.state_dir / "run" / "recording-active.json")
+        self.active = ActiveFiles(active_files_path(config.state_dir))
         self.slots: dict[str, Slot] = {}
         self.sessions: dict[str, Session] = {}
         self._pending: list[SessionRecord] = []
