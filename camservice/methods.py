@@ -199,6 +199,10 @@ def take_snapshot(params: Any) -> Params:
     return {"device": device, "filename": filename, "format": fmt}
 
 
+#: Recording formats the original service's clients send, as the one they mean:
+#: "fmp4" was its name for the fragmented MP4 that "mp4" is here.
+RECORDING_FORMAT_ALIASES = {"fmp4": "mp4"}
+
 _DURATIONS = {
     "duration_seconds": (1, 86400, 1),
     "duration_minutes": (1, 1440, 60),
@@ -219,6 +223,8 @@ def start_recording(params: Any) -> Params:
         name = given[0]
         low, high, scale = _DURATIONS[name]
         duration = _integer(params, name, low, high) * scale
+    if params.get("format") in RECORDING_FORMAT_ALIASES:
+        params = {**params, "format": RECORDING_FORMAT_ALIASES[params["format"]]}
     fmt = _choice(params, "format", ("mp4", "mkv"), "mp4")
     filename = params.get("filename")
     if filename is not None:

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from camservice.workers.base import CallContext, Worker, run_worker
 
-from camservice import ffmpeg
+from camservice import ffmpeg, storage_errors
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.envelope import Event
 from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcError, file_not_found, invalid_params
@@ -108,6 +108,8 @@ class FilesWorker(Worker):
         self._probes: dict[tuple[str, str, int], asyncio.Future] = {}
         self._jobs: asyncio.Task | None = None
         self._folder_stamps: dict[str, tuple[int, int] | None] = {}
+        #: Each folder held open, to notice its deletion (see _catch_up).
+        self._folder_fds: dict[str, int] = {}
         #: Set by stop(): a retention pass still running in its thread stops deleting.
         self._closing = threading.Event()
 
@@ -147,6 +149,9 @@ class FilesWorker(Worker):
         await asyncio.wait_for(asyncio.to_thread(self.http.stop), 10.0)
         self.leader.release()
         self.db.close()
+        for fd in self._folder_fds.values():
+            os.close(fd)
+        self._folder_fds.clear()
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -161,6 +166,7 @@ class FilesWorker(Worker):
         offset = params.get("offset") or 0
         device = params.get("device")
         camera_ids = await self._camera_ids(device) if device is not None else None
+        await self._catch_up(kind)
         if offset + limit <= INLINE_ROWS:
             rows, total = self.db.listing(kind, limit, offset, camera_ids)
         else:  # a deep OFFSET walks that many index entries: keep it off the loop
@@ -169,6 +175,30 @@ class FilesWorker(Worker):
         if not self._device_of_camera and not self._cameras_checked:
             self.spawn(self._refresh_cameras())  # so that later pages can name devices
         return {"files": [self._entry(row, active) for row in rows], "total": total, "limit": limit, "offset": offset}
+
+    async def _catch_up(self, kind: str) -> None:
+        """A folder deleted behind our back (``rm -r``, even if made again since):
+        unlist its files now, not at the next periodic rescan.
+
+        The worker holds the folder open; a deleted folder's link count drops
+        to 0, which one ``fstat`` per listing sees (an inode number could be
+        reused by the folder made again; the open folder cannot). A single
+        file deleted by hand still waits for the rescan, or an info or
+        download call noticing it.
+        """
+        fd = self._folder_fds.get(kind)
+        if fd is not None and os.fstat(fd).st_nlink > 0:
+            return
+        stale = fd is not None
+        if fd is not None:
+            os.close(self._folder_fds.pop(kind))
+            self.log.warning("folder_deleted", kind=kind)
+        try:
+            self._folder_fds[kind] = os.open(self.folders[kind], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            stale = True  # missing: whatever the index holds is gone
+        if stale:
+            await self.rescan(full=False)
 
     def _entry(self, row: Row, active: set[str] | None) -> dict:
         entry: dict[str, Any] = {
@@ -300,8 +330,11 @@ class FilesWorker(Worker):
         except FileNotFoundError:
             await self._thread(ctx, self.db.remove, kind, filename)
             raise file_not_found(filename) from None
-        except PermissionError as exc:
+        except OSError as exc:
             self.log.warning("delete_failed", kind=kind, filename=filename, error=exc.strerror)
+            if exc.errno in storage_errors.STORAGE_ERRNOS:  # read-only, not writable: -32012 naming it
+                error = storage_errors.from_os_error(exc, URL_FOLDERS[kind])
+                raise RpcError(error.code, data={**error.data, "filename": filename}) from None
             raise RpcError(INTERNAL_ERROR, data={"reason": f"could not delete: {exc.strerror}"}) from None
         await self._thread(ctx, self.db.remove, kind, filename)
         self.log.info("file_deleted", kind=kind, filename=filename, caller=ctx.caller.get("sub"))

@@ -8,20 +8,29 @@ the manager when a camera goes away so its recording fails promptly.
 
 Requests wait (within their deadline) until the first snapshot arrived and
 interrupted sessions were resumed: answering ``-32004`` because the table is
-still empty would be a lie. See :mod:`.sessions` for shutdown and crash
-semantics.
+still empty would be a lie.
+
+Stopping: a SIGTERM from the supervisor (its ordered stop) stops every
+recording. The same SIGTERM also arrives when the supervisor *died*
+(``PR_SET_PDEATHSIG``), or the parent-pid watchdog notices it gone; then this
+process has been re-parented, so :func:`camservice.process.parent_alive` is
+false, and that is a crash, not a stop: the sessions are suspended with their
+journal entries kept, and the next start resumes them (:mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+from camservice.gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
+from camservice.workers.base import CallContext, Worker, run_worker
+
+from camservice import process
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
-from camservice.gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
-from camservice.workers.base import CallContext, Worker, run_worker
 
 from .sessions import FAILED, RecordingManager
 
@@ -35,6 +44,8 @@ class RecordingWorker(Worker):
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
+        #: The supervisor that started us: still our parent at stop time means an ordered stop.
+        self._parent = os.getppid()
         self.table = CameraTable()
         self.manager = RecordingManager(config, self.table.find, self.publish, logger=self.log)
         # Finalising must fit in the supervisor's SIGTERM grace period, after
@@ -77,7 +88,12 @@ class RecordingWorker(Worker):
         self.spawn(self._first_sync())
 
     async def stop(self) -> None:
-        await self.manager.close()
+        if process.parent_alive(self._parent):
+            await self.manager.close()
+            return
+        # Our supervisor died (SIGKILL, crash): not an ordered stop.
+        self.log.warning("supervisor_lost", parent=self._parent, sessions=len(self.manager.sessions))
+        await self.manager.close("supervisor lost", suspend=True)
 
     async def _first_sync(self) -> None:
         await self._snapshot(retry=True)
