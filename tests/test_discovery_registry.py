@@ -7,13 +7,13 @@ import json
 import os
 
 import pytest
+
+from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 from camservice.workers.discovery import simulator
 from camservice.workers.discovery.ids import IdStore, lowest_free, read_ids
 from camservice.workers.discovery.media import StreamSync
 from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
 from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
-
-from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 
 
 def usb(key: str, device: str, **fields) -> Found:

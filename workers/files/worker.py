@@ -19,7 +19,7 @@ Each process also serves HTTP downloads (:mod:`.downloads`) on
 ``files.http_port``, on its own thread.
 
 Being recorded: the recording worker's ``state_dir/run/recording-active.json``
-is the authority (:mod:`.active`); while it does not exist, the flags set by
+is the authority (:mod:`camservice.active_files`); while it does not exist, the flags set by
 ``_file_update`` events decide.
 """
 
@@ -37,13 +37,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from camservice.workers.base import CallContext, Worker, run_worker
-
 from camservice import ffmpeg, storage_errors
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.envelope import Event
 from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcError, file_not_found, invalid_params
 from camservice.timestamps import utc_iso
+from camservice.workers.base import CallContext, Worker, run_worker
 
 from .auth import make_authorizer
 from .downloads import DownloadServer

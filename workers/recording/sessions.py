@@ -37,12 +37,13 @@ from camservice.cameras import CONNECTED, Camera
 from camservice.errors import RpcError
 
 from . import naming, recovery, snapshots, storage
-from .backend import MediaBackend, MediaMTXUnavailable, make_backend
+from .backend import FfmpegBackend, MediaBackend
 from .capture import CameraGone, CaptureError
 from .journal import Journal, SessionRecord
+from .mediamtx_backend import MediaMTXBackend, MediaMTXUnavailable
 from .session import COMPLETED, FAILED, STARTED, STOPPED, SUSPENDED, Session
 
-__all__ = ["COMPLETED", "FAILED", "STARTED", "STOPPED", "RecordingManager", "Session"]
+__all__ = ["COMPLETED", "FAILED", "STARTED", "STOPPED", "RecordingManager", "Session", "make_backend"]
 
 #: Seconds ffmpeg gets to finalise after SIGINT before SIGKILL.
 STOP_TIMEOUT = 5.0
@@ -51,6 +52,13 @@ PROBE_TIMEOUT = 10.0
 
 Resolver = Callable[[str], "Camera | None"]
 Publisher = Callable[[str, dict[str, Any]], Any]
+
+
+def make_backend(config) -> MediaBackend:
+    """The backend ``media.backend`` names (``ffmpeg`` or ``mediamtx``)."""
+    if config.media.backend == "mediamtx":
+        return MediaMTXBackend(config)
+    return FfmpegBackend(config)
 
 
 @dataclass
