@@ -187,7 +187,8 @@ function App() {
   }
 
   if (!session) {
-    if (state === "connecting" || state === "reconnecting")
+    // Resuming a kept session (not a login in progress, whose form must stay up to show errors).
+    if ((state === "connecting" || state === "reconnecting") && sessionStorage.getItem(TOKEN_KEY))
       return html`<${Banner} rpc=${rpc} state=${state} /><main class="page"><p>Connecting to the service…</p></main>`;
     return html`<${Login} rpc=${rpc} notice=${notice} />`;
   }

@@ -172,12 +172,14 @@ export function FilesPage({ rpc, role, cameras, generation, query }) {
             }}>${label}</button>`,
         )}
       </div>
-      <label class="inline">Camera
-        <select value=${device} onChange=${(e) => go({ device: e.currentTarget.value, offset: undefined })}>
+      <span class="inline-field">
+        <label for="camera-filter">Camera</label>
+        <select id="camera-filter" value=${device}
+          onChange=${(e) => go({ device: e.currentTarget.value, offset: undefined })}>
           <option value="">All cameras</option>
           ${Object.values(cameras).map((c) => html`<option value=${c.id}>${c.name ? `${c.name} (${c.id})` : c.id}</option>`)}
         </select>
-      </label>
+      </span>
       ${operator &&
       html`<button class="danger" disabled=${selected.size === 0} onClick=${() => setDeleting([...selected])}>
         Delete selected (${selected.size})</button>`}

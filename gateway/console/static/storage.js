@@ -13,8 +13,10 @@ function Usage({ info, level }) {
       aria-valuenow=${percent} aria-valuetext=${`${percent}% used`}>
       <div class="fill" style=${`width:${Math.min(100, percent)}%`}></div>
     </div>
-    <p><strong>${percent}%</strong> used: ${formatBytes(info.used_space)} of ${formatBytes(info.total_space)},
-      ${formatBytes(info.available_space)} free.</p>
+    <p>
+      <strong>${percent}%</strong> used: ${formatBytes(info.used_space)} of ${formatBytes(info.total_space)}${", "}
+      ${formatBytes(info.available_space)} free.
+    </p>
     <p class=${`level level-${state}`} role="status">
       ${state === "ok"
         ? "Below the warning threshold."
@@ -69,11 +71,11 @@ function RetentionForm({ rpc }) {
       Enabled</label>
     ${policy.policy_type === "age" &&
     html`<label>Maximum age (days)
-      <input type="number" name="max_age_days" min="1" step="1" required value=${policy.max_age_days ?? ""}
+      <input type="number" name="max_age_days" min="0.001" max="36500" step="any" required value=${policy.max_age_days ?? ""}
         onInput=${set("max_age_days")} /></label>`}
     ${policy.policy_type === "size" &&
     html`<label>Maximum size (GB)
-      <input type="number" name="max_size_gb" min="0.001" step="any" required value=${policy.max_size_gb ?? ""}
+      <input type="number" name="max_size_gb" min="0.001" max="1000000" step="any" required value=${policy.max_size_gb ?? ""}
         onInput=${set("max_size_gb")} /></label>`}
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <p class="message" role="status">${message}</p>
@@ -89,7 +91,7 @@ function Cleanup({ rpc, onDone }) {
     setResult("Cleaning up…");
     try {
       const r = await rpc.call("cleanup_old_files", undefined, 120000);
-      setResult(`${r.message} (${r.files_deleted} file(s), ${formatBytes(r.space_freed)} freed)`);
+      setResult(r.message || `${r.files_deleted} file(s) deleted, ${formatBytes(r.space_freed)} freed`);
       onDone();
     } catch (err) {
       setResult(`Clean-up failed: ${errorText(err)}`);
