@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 from camservice import process
+from camservice.backoff import Backoff
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
@@ -101,7 +102,7 @@ class RecordingWorker(Worker):
         self.log.info("recording_ready", cameras=len(self.table))
 
     async def _snapshot(self, retry: bool) -> None:
-        delay = 0.2
+        backoff = Backoff(initial=0.2, ceiling=5.0)  # until the discovery worker answers
         async with self._resync:
             while True:
                 try:
@@ -114,8 +115,7 @@ class RecordingWorker(Worker):
                     if not retry:
                         raise
                     self.log.debug("camera_snapshot_retry", error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await asyncio.sleep(backoff.failed() or 0.0)
 
     async def on_event(self, event: Event) -> None:
         if event.topic != "camera_status_update" or self._ready is None:
