@@ -95,6 +95,10 @@ class CaptureRun(Protocol):
 
     def current_size(self) -> int: ...
 
+    @property
+    def current_missing(self) -> bool:
+        """The segment being written vanished (deleted, with its folder or alone) at the last poll."""
+
     async def stop(self, timeout: float) -> int | None: ...
 
     def finish(self) -> list[SegmentEvent]:
@@ -138,6 +142,7 @@ class FfmpegRun:
     closed: dict[int, float | None] = field(default_factory=dict)
     _sizes: dict[int, int] = field(default_factory=dict)
     _list_size: int = -1
+    current_missing: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -172,11 +177,12 @@ class FfmpegRun:
             if index not in self.closed and index in self.opened:
                 self.closed[index] = duration
                 events.append(SegmentEvent("closed", index, duration))
+        self.current_missing = False
         for index in self.opened[-2:]:
             try:
                 self._sizes[index] = self.path_of(index).stat().st_size
-            except FileNotFoundError:
-                pass  # deleted behind our back; the file worker will notice
+            except FileNotFoundError:  # deleted behind our back: the session decides
+                self.current_missing |= index == self.opened[-1]
         return events
 
     def _read_list(self) -> list[tuple[int, float | None]]:

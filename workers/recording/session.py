@@ -242,9 +242,7 @@ class Session:
     async def _broken(self, run: CaptureRun, stalled: bool, seconds: float) -> str | None:
         """Why the run must be replaced, or None while it is healthy."""
         record = self.record
-        if run.current_index() is not None and not await asyncio.to_thread(
-            lambda: self.path(run.current_index()).exists()
-        ):
+        if run.current_missing:  # seen by the poll just before
             await self._files_lost()
             return "the file being recorded was deleted"
         if not run.running():
