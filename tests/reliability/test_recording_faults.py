@@ -272,3 +272,17 @@ def test_fmp4_is_accepted_as_mp4(tmp_path: Path):
     started = asyncio.run(scenario())
     assert started["format"] == "mp4" and started["filename"].endswith(".mp4")
     assert probe(h.recording(started["filename"])).codec == "h264"
+
+
+def test_a_disk_filling_up_mid_recording_fails_it_naming_the_cause(tmp_path: Path, mount_point: Path):
+    h = Harness(tmp_path, **{"storage.recordings_dir": str(mount_point / "rec"), "storage.min_free_bytes": 0})
+
+    async def scenario():
+        await h.manager.open()
+        started = await h.manager.start_recording(start_params())
+        return started, await h.wait_status(started["session_id"], "FAILED", timeout=90)
+
+    started, failed = asyncio.run(scenario())
+    assert failed["error"] == "storage: no space left on device"
+    assert not list((h.state / "journal").iterdir())
+    assert probe(h.recording(started["filename"])).codec == "h264"  # what fitted is playable
