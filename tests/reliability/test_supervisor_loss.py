@@ -45,7 +45,7 @@ def test_recordings_survive_a_sigkilled_supervisor():
         wait_for(lambda: not alive(everything), timeout=30, message="every process to follow the supervisor")
 
         entry = journal / f"{started['session_id']}.json"
-        assert entry.exists(), "the journal entry was removed: the next start cannot resume"
+        assert entry.exists(), f"the journal entry was removed: the next start cannot resume\n{service.logs(60)}"
         kept = json.loads(entry.read_text())
         assert kept["filename"] == started["filename"] and kept["deadline"] is not None
         assert ffmpeg.probe(first).codec == "h264"  # finalised when the capture was stopped

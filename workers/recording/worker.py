@@ -13,9 +13,10 @@ still empty would be a lie.
 Stopping: a SIGTERM from the supervisor (its ordered stop) stops every
 recording. The same SIGTERM also arrives when the supervisor *died*
 (``PR_SET_PDEATHSIG``), or the parent-pid watchdog notices it gone; then this
-process has been re-parented, so :func:`camservice.process.parent_alive` is
-false, and that is a crash, not a stop: the sessions are suspended with their
-journal entries kept, and the next start resumes them (:mod:`.recovery`).
+process has been re-parented (or its parent is a zombie: see
+:func:`_supervisor_alive`), and that is a crash, not a stop: the sessions are
+suspended with their journal entries kept, and the next start resumes them
+(:mod:`.recovery`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class RecordingWorker(Worker):
         self.spawn(self._first_sync())
 
     async def stop(self) -> None:
-        if process.parent_alive(self._parent):
+        if _supervisor_alive(self._parent):
             await self.manager.close()
             return
         # Our supervisor died (SIGKILL, crash): not an ordered stop.
@@ -149,6 +150,25 @@ class RecordingWorker(Worker):
     async def stop_recording(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         await self._await_ready(ctx)
         return await self.manager.stop_recording(params, timeout=self._budget(ctx))
+
+
+def _supervisor_alive(parent: int) -> bool:
+    """Whether the supervisor that started us is alive, so that a SIGTERM is its ordered stop.
+
+    ``getppid()`` alone is not enough: PDEATHSIG fires when the *thread* that
+    forked us exits, and while the rest of a SIGKILLed supervisor is still
+    being torn down we are re-parented to one of its other threads, so
+    ``getppid()`` still names it. Its main thread gone makes it a zombie
+    ("Z") in ``/proc`` until the last thread exits: that is a dead supervisor.
+    """
+    if not process.parent_alive(parent):
+        return False
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as stream:
+            state = stream.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def main(index: int) -> None:
