@@ -40,6 +40,10 @@ SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
 #: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
 LISTEN_BACKLOG = 1024
+#: Seconds a starting gateway waits, beyond one heartbeat timeout, for its replica before it listens anyway.
+READY_GRACE = 2.0
+#: Seconds between checks of that; the replica and the workers arrive through socket readers meanwhile.
+READY_POLL = 0.01
 
 
 class GatewayServer:
@@ -169,6 +173,17 @@ class GatewayServer:
             loop.add_signal_handler(sig, self._stop.set)
         self.pool.start(loop)
         self.events.start(loop)
+        background = [
+            asyncio.ensure_future(c)
+            for c in (
+                self._sweep(),
+                self._publish_stats(),
+                self.events.resync_forever(),
+                self._close_idle_unauthenticated(),
+                self._keepalive(),
+            )
+        ]
+        await self._until_ready()
         tls = None
         if self.config.server.tls.cert_file:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -188,16 +203,6 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        background = [
-            asyncio.ensure_future(c)
-            for c in (
-                self._sweep(),
-                self._publish_stats(),
-                self.events.resync_forever(),
-                self._close_idle_unauthenticated(),
-                self._keepalive(),
-            )
-        ]
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -208,9 +213,27 @@ class GatewayServer:
                     break
         await self.shutdown(background)
 
+    async def _until_ready(self) -> None:
+        """Listen only once the camera replica is loaded and every worker kind has been heard.
+
+        A restarted gateway that listened at once answered from an empty
+        replica for up to 0.74 s: no cameras, -32004 for existing ones,
+        "unhealthy" (issue 11 §4). Until it listens, clients are refused and
+        retry, or land on another gateway process sharing the port. Bounded:
+        with a worker kind down for good the gateway still serves what it can.
+        """
+        runtime = self.config.runtime
+        deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
+        while not self.gateway.ready() and not self._stop.is_set():
+            if time.monotonic() >= deadline:
+                logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
+                return
+            await asyncio.sleep(READY_POLL)
+
     async def shutdown(self, background: list[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending))
-        self._server.close()  # stop accepting
+        if self._server is not None:
+            self._server.close()  # stop accepting
         deadline = time.monotonic() + self.config.runtime.stop_timeout * 0.5
         while self.pool.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
