@@ -25,10 +25,13 @@ import zmq
 
 from camservice import comms, jsonrpc
 from camservice.cameras import Camera
+from camservice.drain import Drain
 from camservice.envelope import Event, EnvelopeError
+from camservice.errors import RpcError
 
+from .calls import Call
 from .connection import broadcast
-from .core import Gateway
+from .core import RequestPipeline
 from .pool import WorkerPool
 
 log = structlog.get_logger("gateway.events")
@@ -39,11 +42,12 @@ RESYNC_INTERVAL = 10.0
 
 
 class EventRelay:
-    def __init__(self, gateway: Gateway, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
+    def __init__(self, gateway: RequestPipeline, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
         self.gateway = gateway
         self.pool = pool
         self.sub = comms.subscriber(ctx, endpoints)
         self.pub = comms.publisher(ctx, endpoints)
+        self._reader = Drain(self.sub, self._on_frames, multipart=True, name="events")
         self._snapshot_pending = False
         self._held: list[Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,14 +57,10 @@ class EventRelay:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
-        self.drain()
+        self._reader.start(loop)
 
     def close(self) -> None:
-        try:
-            self._loop.remove_reader(self.sub.getsockopt(zmq.FD))
-        except (ValueError, zmq.ZMQError, AttributeError):
-            pass
+        self._reader.stop()
         self.sub.close(linger=0)
         self.pub.close(linger=0)
 
@@ -74,18 +74,19 @@ class EventRelay:
     # --- incoming ---------------------------------------------------------------
 
     def drain(self) -> None:
-        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = Event.from_frames(self.sub.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                log.warning("bad_event", error=str(exc))
-                continue
-            try:
-                self.dispatch(event)
-            except Exception:
-                log.exception("event_failed", topic=event.topic)
+        """Handle every event waiting (the socket reader does this; the gateway's sweep too, as a safety net)."""
+        self._reader.drain()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            event = Event.from_frames(frames)
+        except EnvelopeError as exc:
+            log.warning("bad_event", error=str(exc))
+            return
+        try:
+            self.dispatch(event)
+        except Exception:
+            log.exception("event_failed", topic=event.topic)
 
     def dispatch(self, event: Event) -> None:
         topic = event.topic
@@ -133,10 +134,10 @@ class EventRelay:
             return
         self._snapshot_pending = True
         self.pool.call(
-            "discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot", {}, True, self._on_snapshot
+            Call("discovery", "discovery.snapshot", {}, 5.0, self._on_snapshot, f"g{self.gateway.index}-snapshot")
         )
 
-    def _on_snapshot(self, error: dict | None, result: Any) -> None:
+    def _on_snapshot(self, error: RpcError | None, result: Any) -> None:
         self._snapshot_pending = False
         held, self._held = self._held, []
         if error is not None:

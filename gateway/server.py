@@ -1,6 +1,6 @@
 """The gateway process: WebSocket JSON-RPC server in front of the workers.
 
-Wires together the pieces: :class:`~camservice.gateway.core.Gateway` (checks and
+Wires together the pieces: :class:`~camservice.gateway.core.RequestPipeline` (checks and
 gateway-local methods), :class:`~camservice.gateway.pool.WorkerPool` (ZeroMQ ROUTER to
 the workers), :class:`~camservice.gateway.events.EventRelay` (replica and notifications)
 and the WebSocket connections (:mod:`camservice.gateway.connection`), which hand every
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import ssl
 import time
 from http import HTTPStatus
@@ -25,11 +24,12 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, config as config_module, jsonrpc, log, process
+from camservice import comms, jsonrpc
+from camservice.runtime import Lifetime, boot
 
 from . import http
 from .connection import Connection, Limits
-from .core import PENDING, Gateway
+from .core import PENDING, RequestPipeline
 from .events import EventRelay
 from .pool import WorkerPool
 
@@ -58,7 +58,7 @@ class GatewayServer:
             config.runtime.heartbeat_interval,
             config.runtime.heartbeat_liveness,
         )
-        self.gateway = Gateway(config, self.pool.call, index)
+        self.gateway = RequestPipeline(config, self.pool.call, index)
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
@@ -169,8 +169,8 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        lifetime = Lifetime(self._stop)
+        lifetime.install()
         self.pool.start(loop)
         self.events.start(loop)
         background = [
@@ -203,14 +203,7 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        parent = os.getppid()
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if not process.parent_alive(parent):
-                    logger.warning("parent_gone")
-                    break
+        await lifetime.wait(logger)
         await self.shutdown(background)
 
     async def _until_ready(self) -> None:
@@ -253,7 +246,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(0.1)
             self.pool.sweep()
-            self.pool._drain()  # belt and braces for the edge-triggered FD
+            self.pool.drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
 
     async def _keepalive(self) -> None:
@@ -283,14 +276,7 @@ class GatewayServer:
 
 
 def main(index: int = 0) -> None:
-    config = config_module.load()
-    process.set_title(f"camservice: gateway {index}")
-    log.setup(
-        f"gateway-{index}",
-        config.state_dir / "logs",
-        config.logging.level,
-        console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
-    )
+    config = boot(f"gateway-{index}", f"camservice: gateway {index}")
     server = GatewayServer(config, index)
     try:
         from .metrics import attach
