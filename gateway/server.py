@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import ssl
 import time
 from http import HTTPStatus
@@ -24,8 +25,8 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, jsonrpc
-from camservice.runtime import Lifetime, boot
+from camservice import comms, jsonrpc, process
+from camservice.runtime import boot
 
 from . import http
 from .connection import Connection, Limits
@@ -169,8 +170,8 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        lifetime = Lifetime(self._stop)
-        lifetime.install()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
         self.pool.start(loop)
         self.events.start(loop)
         background = [
@@ -203,7 +204,14 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        await lifetime.wait(logger)
+        parent = os.getppid()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if not process.parent_alive(parent):
+                    logger.warning("parent_gone")
+                    break
         await self.shutdown(background)
 
     async def _until_ready(self) -> None:

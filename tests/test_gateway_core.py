@@ -14,8 +14,9 @@ from camservice.errors import (
     METHOD_NOT_FOUND,
     PERMISSION_DENIED,
     RATE_LIMITED,
+    RpcError,
 )
-from camservice.methods import METHODS, ROLES, role_allows
+from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
 from camservice.gateway.core import PENDING, RequestPipeline
 
 
@@ -117,8 +118,20 @@ def test_role_matrix(setup, name, role):
     response, _ = call(gw, session, name, {})
     required = METHODS[name].role
     if role_allows(role, required):
-        # Allowed: whatever comes next is not an authentication or role error.
-        assert response is PENDING or code_of(response) not in (AUTH_REQUIRED, PERMISSION_DENIED)
+        # Allowed: the call reached its validator and then its handler.
+        method = METHODS[name]
+        try:
+            method.validate({})
+        except RpcError as refused:  # the validator's own -32602 ("'device' is required"...)
+            assert response["error"] == json.loads(jsonrpc.encode(refused.to_dict())), response
+            assert forward.calls == []
+            return
+        if method.target == GATEWAY:
+            assert "result" in response, response  # answered by the gateway's handler
+        else:
+            assert response is PENDING
+            (sent,) = forward.calls
+            assert (sent.kind, sent.method) == (method.target, name)
     elif role is None:
         assert code_of(response) == AUTH_REQUIRED
     else:

@@ -37,7 +37,6 @@ from zmq.devices import ThreadProxy
 
 from camservice import __version__, comms, config as config_module, log, process
 from camservice.envelope import Event
-from camservice.drain import Drain
 from camservice.methods import WORKER_KINDS
 
 from .watcher import FAILED, RUNNING, Watcher
@@ -145,8 +144,7 @@ class Arbiter:
         self.pub = comms.publisher(self.ctx, self.endpoints)
         self.control = comms.router(self.ctx)
         self.control.bind(self.endpoints.control)
-        self._control_reader = Drain(self.control, self._on_control, multipart=True, name="control")
-        self._control_reader.start(loop)
+        loop.add_reader(self.control.getsockopt(zmq.FD), self._on_control)
         for watcher in self.watchers:
             watcher.start()
         logger.info("supervisor_started", pid=os.getpid(), processes=len(self.watchers), version=__version__)
@@ -155,7 +153,7 @@ class Arbiter:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
-                self._control_reader.drain()  # a safety net for the edge-triggered FD
+                self._on_control()  # the ZeroMQ FD is edge-triggered
         sampler.cancel()
         await self.shutdown()
 
@@ -167,7 +165,8 @@ class Arbiter:
         workers = [w for w in self.watchers if w.role != "gateway"]
         await asyncio.gather(*(w.stop(timeout) for w in gateways))
         await asyncio.gather(*(w.stop(timeout) for w in workers))
-        self._control_reader.stop()
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.control.getsockopt(zmq.FD))
         self.control.close(linger=0)
         self.pub.close(linger=0)
         self.ctx.term()
@@ -264,35 +263,37 @@ class Arbiter:
 
     # --- control socket ----------------------------------------------------------------------
 
-    def _on_control(self, frames: list[bytes]) -> None:
-        """One command from the CLI's REQ socket (identity, empty delimiter, JSON)."""
-        try:
-            identity, _empty, payload = frames
-        except ValueError:
-            return
-        try:
-            command = json.loads(payload).get("command")
-        except (ValueError, AttributeError):
-            command = None
-        if command == "status":
-            answer = {
-                "ok": True,
-                "pid": os.getpid(),
-                "version": __version__,
-                "uptime": round(time.time() - self.started, 1),
-                "state_dir": str(self.state_dir),
-                "processes": self.process_table(),
-                "host": self.host,
-            }
-        elif command == "stop":
-            answer = {"ok": True, "stopping": True}
-            self._stop.set()
-        else:
-            answer = {"ok": False, "error": f"unknown command {command!r}"}
-        try:
-            self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+    def _on_control(self) -> None:
+        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                identity, empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                command = json.loads(payload).get("command")
+            except (ValueError, AttributeError):
+                command = None
+            if command == "status":
+                answer = {
+                    "ok": True,
+                    "pid": os.getpid(),
+                    "version": __version__,
+                    "uptime": round(time.time() - self.started, 1),
+                    "state_dir": str(self.state_dir),
+                    "processes": self.process_table(),
+                    "host": self.host,
+                }
+            elif command == "stop":
+                answer = {"ok": True, "stopping": True}
+                self._stop.set()
+            else:
+                answer = {"ok": False, "error": f"unknown command {command!r}"}
+            try:
+                self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
     def all_running(self) -> bool:
         return all(w.state == RUNNING for w in self.watchers)
