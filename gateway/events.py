@@ -23,7 +23,7 @@ from typing import Any, Callable
 import structlog
 import zmq
 
-from camservice import comms, jsonrpc
+from camservice import comms, jsonrpc, topics
 from camservice.cameras import Camera
 from camservice.drain import Drain
 from camservice.envelope import Event, EnvelopeError
@@ -36,7 +36,6 @@ from .pool import WorkerPool
 
 log = structlog.get_logger("gateway.events")
 
-CLIENT_TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
 #: Seconds between background snapshots that catch anything PUB/SUB lost silently.
 RESYNC_INTERVAL = 10.0
 
@@ -90,25 +89,25 @@ class EventRelay:
 
     def dispatch(self, event: Event) -> None:
         topic = event.topic
-        if topic == "camera_status_update":
+        if topic == topics.CAMERA_STATUS:
             self._on_camera(event)
-        elif topic == "recording_status_update":
+        elif topic == topics.RECORDING_STATUS:
             device = event.data.get("device")
             if device:
                 self.gateway.cameras.set_recording(device, event.data.get("status") == "STARTED")
             self.notify(topic, event.data, event.time)
-        elif topic == "storage_status_update":
+        elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
-        elif topic == "_process_exit":
+        elif topic == topics.PROCESS_EXIT:
             self.pool.forget_pid(event.data["pid"])
-        elif topic == "_process_stats":
+        elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})
-        elif topic == "_gateway_stats":
+        elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
             if index is not None and index != self.gateway.index:
                 self.gateway.gateway_stats[index] = event.data
-        elif topic == "_media_status":
+        elif topic == topics.MEDIA_STATUS:
             self.gateway.media_status = event.data
 
     def _on_camera(self, event: Event) -> None:
@@ -117,7 +116,7 @@ class EventRelay:
             return
         camera = self._apply(event)
         if camera is not None:
-            self.notify("camera_status_update", camera.to_notification(), event.time)
+            self.notify(topics.CAMERA_STATUS, camera.to_notification(), event.time)
 
     def _apply(self, event: Event) -> Camera | None:
         table = self.gateway.cameras
@@ -143,7 +142,7 @@ class EventRelay:
         if error is not None:
             log.warning("snapshot_failed", error=error)
             for event in held:
-                self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+                self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
             return
         if isinstance(result, jsonrpc.Raw):
             result = json.loads(result)
@@ -153,7 +152,7 @@ class EventRelay:
             if event.source == table.source and event.seq > table.seq:
                 table.apply(event.data, event.seq, event.source)
             # Every held event is a change clients have not heard about yet.
-            self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+            self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
 
     async def resync_forever(self) -> None:
         while True:

@@ -42,7 +42,7 @@ from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, Rp
 from camservice.jsonrpc import Raw
 from camservice.methods import WORKER_KINDS
 
-from .calls import Call
+from .calls import Call, ReplyCallback
 
 log = structlog.get_logger("gateway.pool")
 
@@ -67,16 +67,11 @@ class PendingCall:
     seq: int
     call: Call
     deadline: float  # wall clock, travels to the worker
+    kind: str  # call.kind and call.callback, copied: read on every hop
+    answer: ReplyCallback  # answer(error, result), exactly once
     worker: bytes | None = None
     attempts: int = 0
     sent_at: float = 0.0
-
-    @property
-    def kind(self) -> str:
-        return self.call.kind
-
-    def answer(self, error: RpcError | None, result: Any = None) -> None:
-        self.call.callback(error, result)
 
 
 class WorkerPool:
@@ -136,7 +131,7 @@ class WorkerPool:
             return
         seq = next(self._seq)
         deadline = time.time() + call.timeout
-        pending = PendingCall(seq, call, deadline)
+        pending = PendingCall(seq, call, deadline, kind, call.callback)
         self.pending[seq] = pending
         heapq.heappush(self._deadlines, (deadline, seq))
         if not self._send(pending):
@@ -221,7 +216,7 @@ class WorkerPool:
             if worker is not None:
                 worker.in_flight.discard(wire[1])
             if call is not None:
-                call.answer(invalid_params("a parameter cannot be carried to the worker (out of range?)"))
+                call.answer(invalid_params("a parameter cannot be carried to the worker (out of range?)"), None)
         elif wire[0] == Kind.REPLY:
             # The answer to a worker's own call: it still gets one, an error.
             self._queue(identity, Reply(wire[1], RpcError(INTERNAL_ERROR).to_dict(), None).wire())
@@ -280,7 +275,7 @@ class WorkerPool:
         if call is None:
             return worker.kind if worker else None  # answered already (deadline), drop
         if reply.error is not None:
-            call.answer(RpcError.from_dict(reply.error))
+            call.answer(RpcError.from_dict(reply.error), None)
         else:
             call.answer(None, Raw(reply.result) if reply.encoded else reply.result)
         return call.kind
@@ -331,7 +326,7 @@ class WorkerPool:
             if worker is not None:
                 worker.in_flight.discard(seq)
             reason = "no worker answered in time" if call.worker else f"no {call.kind} worker available"
-            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}))
+            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
         mono = time.monotonic()
         for worker in list(self.workers.values()):
             if mono - worker.last_seen > self.heartbeat_timeout:
@@ -375,12 +370,13 @@ class WorkerPool:
                         "reason": f"the {call.kind} worker exited while handling the request; "
                         "it may or may not have taken effect"
                     },
-                )
+                ),
+                None,
             )
 
     def _fail(self, call: PendingCall, reason: str) -> None:
         if self.pending.pop(call.seq, None) is not None:
-            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}))
+            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
 
     # --- introspection -----------------------------------------------------------------
 

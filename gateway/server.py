@@ -25,7 +25,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, jsonrpc, process
+from camservice import comms, jsonrpc, process, topics
 from camservice.runtime import boot
 
 from . import http
@@ -271,7 +271,7 @@ class GatewayServer:
             await asyncio.sleep(STATS_INTERVAL)
             counters = self.gateway.own_counters()
             counters["index"] = self.index
-            self.events.publish("_gateway_stats", counters)
+            self.events.publish(topics.GATEWAY_STATS, counters)
 
     async def _close_idle_unauthenticated(self) -> None:
         timeout = self.config.security.unauthenticated_timeout

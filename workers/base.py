@@ -42,7 +42,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 import zmq
 
-from camservice import comms, log
+from camservice import comms, log, topics
 from camservice import config as config_module
 from camservice.drain import Drain
 from camservice.runtime import Lifetime, boot
@@ -266,7 +266,7 @@ class Worker:
             self.log.exception("stats_failed")
             return
         self.publish(
-            "_worker_stats",
+            topics.WORKER_STATS,
             {
                 "name": self.name,
                 "kind": self.kind,
