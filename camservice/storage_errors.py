@@ -31,11 +31,11 @@ _WHY = {
 }
 #: Causes worth a storage error; anything else stays the caller's business.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, *_WHY})
-#: ffmpeg's wording of the same causes (strerror texts).
+#: ffmpeg's wording of the same causes (strerror texts). Only causes that can
+#: only be about what ffmpeg writes: "Permission denied" could be the camera.
 _FFMPEG = {
     "no space left on device": errno.ENOSPC,
     "read-only file system": errno.EROFS,
-    "permission denied": errno.EACCES,
     "disk quota exceeded": errno.EDQUOT,
 }
 
