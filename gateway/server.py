@@ -12,10 +12,11 @@ connections over them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
-import ssl
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,13 +26,18 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, config as config_module, jsonrpc, log, process
+from camservice import comms, jsonrpc, log, process
+from camservice import config as config_module
+from camservice import tls as tls_module
+from camservice.auth import load_or_create_secret
+from camservice.httpauth import HttpGuard, LinkSigner
 
-from . import http
+from . import http, metrics
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .events import EventRelay
 from .pool import WorkerPool
+from .routes import HttpRequest, HttpResponse, RouteTable
 
 logger = structlog.get_logger("gateway")
 
@@ -58,7 +64,13 @@ class GatewayServer:
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
-        self.metrics_renderer = None  # set by gateway.metrics when enabled
+        #: Plain HTTP on the API port: every endpoint registers here (health, /metrics, downloads, console).
+        self.routes = RouteTable()
+        http.register(self.routes, self.gateway)
+        #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
+        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, LinkSigner(load_or_create_secret(config)))
+        #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
+        self.stats_sources: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.max_batch = config.server.max_in_flight
         self.limits = Limits(
             max_size=config.server.max_frame_bytes,
@@ -77,22 +89,38 @@ class GatewayServer:
     # --- HTTP -----------------------------------------------------------------------
 
     def process_request(self, connection: Connection, request: Request) -> Response | None:
+        """The opening request: None goes on with the WebSocket handshake, else the HTTP answer."""
         if self._stop.is_set():
-            return self._response(503, "text/plain", b"server shutting down\n", {})
-        if request.path.split("?", 1)[0] == "/ws" and len(self.gateway.sessions) >= self.config.server.max_connections:
-            return self._response(503, "text/plain", b"too many connections\n", {"Retry-After": "5"})
-        scheme = "https" if self.config.server.tls.cert_file else "http"
-        routed = http.route(self.gateway, request.path, request.headers.get("Host"), scheme, self.metrics_renderer)
-        if routed is None:
+            return ws_response(HttpResponse.text(503, "server shutting down\n"))
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            if len(self.gateway.sessions) >= self.config.server.max_connections:
+                return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
             return None
-        return self._response(*routed)
+        headers: dict[str, str] = {}
+        for name, value in request.headers.raw_items():
+            name = name.lower()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        peer = connection.remote_address[0] if getattr(connection, "remote_address", None) else "?"
+        scheme = "https" if self.config.server.tls.cert_file else "http"
+        answer = self.answer_http(HttpRequest("GET", request.path, headers, peer, scheme, connection=connection))
+        if inspect.isawaitable(answer):
 
-    @staticmethod
-    def _response(status: int, content_type: str, body: bytes, extra: dict[str, str]) -> Response:
-        headers = Headers(
-            {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close", **extra}
-        )
-        return Response(status, HTTPStatus(status).phrase, headers, body)
+            async def later() -> Response:
+                return ws_response(await answer)
+
+            return later()
+        return ws_response(answer)
+
+    def answer_http(self, request: HttpRequest) -> Any:
+        """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
+        handler, params, allowed = self.routes.match(request.method, request.path)
+        if handler is None:
+            if allowed:
+                return HttpResponse.text(405, "method not allowed\n", {"Allow": ", ".join(sorted(allowed))})
+            return http.not_found(self.routes)
+        request.params = params
+        return handler(request)
 
     # --- WebSocket (gateway.connection.Handler) ------------------------------------------
 
@@ -169,10 +197,7 @@ class GatewayServer:
             loop.add_signal_handler(sig, self._stop.set)
         self.pool.start(loop)
         self.events.start(loop)
-        tls = None
-        if self.config.server.tls.cert_file:
-            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.load_cert_chain(self.config.server.tls.cert_file, self.config.server.tls.key_file)
+        tls = tls_module.server_context(self.config)
         self._server = await loop.create_server(
             lambda: Connection(self, self.limits),
             self.config.server.host,
@@ -245,9 +270,15 @@ class GatewayServer:
     async def _publish_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            counters = self.gateway.own_counters()
-            counters["index"] = self.index
-            self.events.publish("_gateway_stats", counters)
+            self.publish_stats()
+
+    def publish_stats(self) -> None:
+        """Publish this gateway's counters (``_gateway_stats``), extended by every ``stats_sources`` entry."""
+        counters = self.gateway.own_counters()
+        counters["index"] = self.index
+        for source in self.stats_sources:
+            counters.update(source(counters))
+        self.events.publish("_gateway_stats", counters)
 
     async def _close_idle_unauthenticated(self) -> None:
         timeout = self.config.security.unauthenticated_timeout
@@ -269,10 +300,12 @@ def main(index: int = 0) -> None:
         console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
     )
     server = GatewayServer(config, index)
-    try:
-        from .metrics import attach
-
-        attach(server)
-    except ImportError:
-        pass
+    metrics.attach(server)
     asyncio.run(server.run())
+
+
+def ws_response(response: HttpResponse) -> Response:
+    """An answer to the opening request, for websockets' protocol (whole body, then close)."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    headers = Headers({**response.headers, "Content-Length": str(len(body)), "Connection": "close"})
+    return Response(response.status, HTTPStatus(response.status).phrase, headers, body)
