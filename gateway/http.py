@@ -1,4 +1,4 @@
-"""The gateway's own plain-HTTP endpoints on the API port: health checks (and, for now, download redirects).
+"""The gateway's own plain-HTTP endpoints on the API port: health checks.
 
 :func:`register` puts them on the server's :class:`~camservice.gateway.routes.RouteTable`;
 :func:`health` returns ``(status, content_type, body, extra_headers)`` and
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from camservice.cors import CorsPolicy
 from camservice.timestamps import utc_iso
 
 from .core import Gateway
@@ -77,32 +78,27 @@ def health(gateway: Gateway, which: str) -> Answer:
     return _json(404, {"error": "unknown health check"})
 
 
-def _without_port(host: str) -> str:
-    """``example:8002`` -> ``example``; ``[::1]:8002`` and ``[::1]`` -> ``[::1]``."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1] or host
-    return host.rsplit(":", 1)[0]
-
-
 def to_response(answer: Answer) -> HttpResponse:
     status, content_type, body, extra = answer
     return HttpResponse(status, {"Content-Type": content_type, **extra}, body)
 
 
-def register(routes: RouteTable, gateway: Gateway) -> None:
-    """The gateway's own endpoints: ``/health/*`` and the download redirect."""
+def register(routes: RouteTable, gateway: Gateway, cors: CorsPolicy) -> None:
+    """The gateway's own endpoints: ``/health/*`` (public; CORS headers for allowed origins)."""
 
     def health_route(request: HttpRequest) -> HttpResponse:
-        return to_response(health(gateway, request.params["which"]))
+        response = to_response(health(gateway, request.params["which"]))
+        response.headers.update(cors.headers(request.headers))
+        return response
 
-    def redirect(request: HttpRequest) -> HttpResponse:
-        host_header = request.headers.get("host")
-        host = _without_port(host_header) if host_header else gateway.config.public_host
-        location = f"{request.scheme}://{host}:{gateway.config.files.http_port}{request.target}"
-        return HttpResponse(307, {"Content-Type": "text/plain", "Location": location})
+    def preflight(request: HttpRequest) -> HttpResponse:
+        if cors.is_preflight(request.method, request.headers):
+            status, headers = cors.preflight(request.headers)
+            return HttpResponse(status, headers)
+        return HttpResponse(204, {"Allow": "GET, HEAD, OPTIONS"})
 
     routes.add(("GET", "HEAD"), "/health/{which}", health_route)
-    routes.add(("GET", "HEAD"), "/files/{folder}/{name}", redirect)
+    routes.add("OPTIONS", "/health/{which}", preflight)
 
 
 def not_found(routes: RouteTable) -> HttpResponse:

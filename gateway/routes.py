@@ -3,7 +3,8 @@
 Anyone serving plain HTTP on the API port registers here
 (:meth:`RouteTable.add`): health checks, ``/metrics``, downloads, the web
 console. Patterns are literal paths with ``{name}`` placeholders, each
-matching one non-empty path segment (``/files/{folder}/{name}``); the
+matching one non-empty path segment (``/files/{folder}/{name}``), or, as
+``{name*}`` at the end, the rest of the path (``/files/{path*}``); the
 matched values arrive, still percent-encoded, in :attr:`HttpRequest.params`.
 
 A handler takes an :class:`HttpRequest` and returns an :class:`HttpResponse`,
@@ -62,7 +63,7 @@ class HttpResponse:
 
 Handler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse] | object]
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -70,7 +71,10 @@ def _compile(pattern: str) -> re.Pattern:
         raise ValueError(f"route pattern must start with '/': {pattern!r}")
     regex, position = "", 0
     for match in _PLACEHOLDER.finditer(pattern):
-        regex += re.escape(pattern[position : match.start()]) + f"(?P<{match.group(1)}>[^/]+)"
+        if match.group(2) and match.end() != len(pattern):
+            raise ValueError(f"{{{match.group(1)}*}} must end the pattern: {pattern!r}")
+        matches = ".*" if match.group(2) else "[^/]+"
+        regex += re.escape(pattern[position : match.start()]) + f"(?P<{match.group(1)}>{matches})"
         position = match.end()
     return re.compile(regex + re.escape(pattern[position:]))
 
@@ -114,4 +118,4 @@ class RouteTable:
         return None, {}, frozenset(allowed)
 
     def paths(self) -> list[str]:
-        return [route.pattern for route in self.routes]
+        return list(dict.fromkeys(route.pattern for route in self.routes))

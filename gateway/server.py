@@ -12,7 +12,6 @@ connections over them.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import time
@@ -26,16 +25,20 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, jsonrpc, log, process
+from camservice import comms, handoff, jsonrpc, log, process
 from camservice import config as config_module
 from camservice import tls as tls_module
 from camservice.auth import load_or_create_secret
+from camservice.connlimits import PendingLimiter
+from camservice.cors import CorsPolicy
 from camservice.httpauth import HttpGuard, LinkSigner
 
 from . import http, metrics
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
+from .downloads import Downloads
 from .events import EventRelay
+from .exchange import HttpExchange
 from .pool import WorkerPool
 from .routes import HttpRequest, HttpResponse, RouteTable
 
@@ -46,6 +49,10 @@ SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
 #: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
 LISTEN_BACKLOG = 1024
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
 
 
 class GatewayServer:
@@ -65,8 +72,14 @@ class GatewayServer:
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
         #: Plain HTTP on the API port: every endpoint registers here (health, /metrics, downloads, console).
+        self.scheme = "https" if config.server.tls.cert_file else "http"
         self.routes = RouteTable()
-        http.register(self.routes, self.gateway)
+        self.cors = CorsPolicy(config.server.cors_origins)
+        http.register(self.routes, self.gateway, self.cors)
+        self.downloads = Downloads(handoff.Sender(config.state_dir / "run"), self.cors)
+        self.downloads.register(self.routes)
+        #: Connections still sending their opening request head (slowloris defence).
+        self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
         #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
         self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, LinkSigner(load_or_create_secret(config)))
         #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
@@ -74,6 +87,7 @@ class GatewayServer:
         self.max_batch = config.server.max_in_flight
         self.limits = Limits(
             max_size=config.server.max_frame_bytes,
+            open_timeout=config.server.header_timeout,
             write_limit=WRITE_BUFFER_LIMIT,
             slow_client_timeout=SLOW_CLIENT_TIMEOUT,
         )
@@ -88,32 +102,41 @@ class GatewayServer:
 
     # --- HTTP -----------------------------------------------------------------------
 
+    def http_request(self, connection: Connection, head: bytes, rest: bytes) -> bool:
+        """Every complete opening request: plain HTTP goes to an :class:`HttpExchange`; False for ``GET /ws``."""
+        if connection.admission is not None:
+            connection.admission.done()  # the head is here: no longer a slowloris suspect
+            connection.admission = None
+        method, _, remainder = head.partition(b" ")
+        target = remainder.split(b" ", 1)[0]
+        if method == b"GET" and target.split(b"?", 1)[0] == b"/ws":
+            return False
+        self.connections.discard(connection)
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        exchange = HttpExchange(
+            self.answer_http,
+            connection.transport,
+            peer,
+            self.scheme,
+            header_timeout=self.config.server.header_timeout,
+        )
+        exchange.start(head + rest)
+        return True
+
     def process_request(self, connection: Connection, request: Request) -> Response | None:
-        """The opening request: None goes on with the WebSocket handshake, else the HTTP answer."""
+        """A ``GET /ws`` handshake: None accepts it; 503 while stopping or at ``server.max_connections``."""
         if self._stop.is_set():
             return ws_response(HttpResponse.text(503, "server shutting down\n"))
-        path = request.path.split("?", 1)[0]
-        if path == "/ws":
-            if len(self.gateway.sessions) >= self.config.server.max_connections:
-                return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
-            return None
-        headers: dict[str, str] = {}
-        for name, value in request.headers.raw_items():
-            name = name.lower()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        peer = connection.remote_address[0] if getattr(connection, "remote_address", None) else "?"
-        scheme = "https" if self.config.server.tls.cert_file else "http"
-        answer = self.answer_http(HttpRequest("GET", request.path, headers, peer, scheme, connection=connection))
-        if inspect.isawaitable(answer):
-
-            async def later() -> Response:
-                return ws_response(await answer)
-
-            return later()
-        return ws_response(answer)
+        if len(self.gateway.sessions) >= self.config.server.max_connections:
+            return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
+        return None
 
     def answer_http(self, request: HttpRequest) -> Any:
         """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
+        if self._stop.is_set():
+            return HttpResponse.text(503, "server shutting down\n", {"Retry-After": "1"})
+        if not request.target.startswith("/") and not request.target.startswith(("http://", "https://")):
+            return HttpResponse.text(400, "request target must be an absolute path\n")  # "*", authority-form
         handler, params, allowed = self.routes.match(request.method, request.path)
         if handler is None:
             if allowed:
@@ -125,6 +148,13 @@ class GatewayServer:
     # --- WebSocket (gateway.connection.Handler) ------------------------------------------
 
     def connection_made(self, connection: Connection) -> None:
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        connection.admission = self.pending.admit(peer, connection.transport.abort)
+        if connection.admission is None:
+            # Too many connections from this address still sending their head: say so at once.
+            connection.transport.write(BUSY)
+            connection.transport.close()
+            return
         self.connections.add(connection)
 
     def connection_open(self, connection: Connection) -> None:
@@ -132,6 +162,9 @@ class GatewayServer:
         connection.session = self.gateway.open_session(peer, connection)
 
     def connection_lost(self, connection: Connection) -> None:
+        if connection.admission is not None:
+            connection.admission.done()
+            connection.admission = None
         self.connections.discard(connection)
         if connection.session is not None:
             self.gateway.close_session(connection.session)
@@ -248,6 +281,7 @@ class GatewayServer:
             await asyncio.sleep(0.05)
         self.events.close()
         self.pool.close()
+        self.downloads.sender.close()
         self.ctx.term()
         logger.info("gateway_stopped")
 

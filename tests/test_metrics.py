@@ -1,10 +1,10 @@
-"""The Prometheus exporter (gateway/metrics.py) on real GatewayServer objects.
+"""The Prometheus exporter (gateway/metrics/) on real GatewayServer objects.
 
 No service runs here: each test builds a real :class:`GatewayServer` (its
 ZeroMQ sockets exist but nothing is bound), attaches the exporter, feeds it
 requests through the real pipeline and events in the shapes the supervisor,
 workers and gateways publish (round-tripped through the real envelope), and
-reads ``/metrics`` through the server's real ``process_request``. The whole
+reads ``/metrics`` through the server's real route table (``answer_http``). The whole
 service, scraped by a real Prometheus, is in ``test_ops.py``.
 """
 
@@ -30,12 +30,11 @@ from camservice.gateway.metrics import (
     StorageProbe,
     attach,
 )
+from camservice.gateway.routes import HttpRequest
 from camservice.gateway.server import GatewayServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Histogram as ReferenceHistogram
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.datastructures import Headers
-from websockets.http11 import Request
 
 from camservice import config as config_module
 from camservice import jsonrpc
@@ -82,11 +81,12 @@ def deliver(server: GatewayServer, topic: str, data: dict, source: str = "test")
 
 
 def http_get(server: GatewayServer, path: str = "/metrics", headers: dict | None = None, peer: str = "10.0.0.9"):
-    connection = SimpleNamespace(remote_address=(peer, 40000))
-    answer = server.process_request(connection, Request(path, Headers(headers or {})))
+    """A GET through the server's real route table, as its HTTP exchange makes it."""
+    request = HttpRequest("GET", path, {k.lower(): v for k, v in (headers or {}).items()}, peer)
+    answer = server.answer_http(request)
     if asyncio.iscoroutine(answer):
         answer = asyncio.run(answer)
-    return answer
+    return SimpleNamespace(status_code=answer.status, headers=answer.headers, body=answer.body)
 
 
 def scrape(server: GatewayServer, **kwargs) -> dict[tuple[str, frozenset], float]:
@@ -568,7 +568,7 @@ def test_disabled_metrics_install_nothing(make_server):
     assert server.events.on_delivery is None
     assert "/metrics" not in server.routes.paths()
     response = http_get(server)
-    assert not asyncio.iscoroutine(response) and response.status_code == 404
+    assert response.status_code == 404
 
 
 def test_exposition_passes_promtool_lint(make_server, tmp_path):
