@@ -33,7 +33,7 @@ from camservice.connlimits import PendingLimiter
 from camservice.cors import CorsPolicy
 from camservice.httpauth import HttpGuard, LinkSigner
 
-from . import http, metrics
+from . import console, http, metrics
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .downloads import Downloads
@@ -78,6 +78,8 @@ class GatewayServer:
         http.register(self.routes, self.gateway, self.cors)
         self.downloads = Downloads(handoff.Sender(config.state_dir / "run"), self.cors)
         self.downloads.register(self.routes)
+        self.routes.add(("GET", "HEAD"), "/", self._console)  # the web console (issue 14)
+        self.routes.add(("GET", "HEAD"), "/console/{path*}", self._console)
         #: Connections still sending their opening request head (slowloris defence).
         self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
         #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
@@ -130,6 +132,10 @@ class GatewayServer:
         if len(self.gateway.sessions) >= self.config.server.max_connections:
             return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
         return None
+
+    def _console(self, request: HttpRequest) -> HttpResponse:
+        # Headers() for the console's case-insensitive lookups (If-None-Match, Accept-Encoding).
+        return http.to_response(console.serve(request.target, Headers(request.headers)))
 
     def answer_http(self, request: HttpRequest) -> Any:
         """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
