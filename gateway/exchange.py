@@ -90,7 +90,9 @@ class HttpExchange(asyncio.Protocol):
         self.conn.receive_data(b"")
         if not self._busy:
             self._next()
-        return True  # keep the transport to finish an answer in progress; _close ends it
+        # Keep a half-closed TCP connection open to finish an answer in progress
+        # (_close ends it); TLS cannot stay half-open, and asyncio says so if asked.
+        return self.scheme != "https"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

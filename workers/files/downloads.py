@@ -32,7 +32,6 @@ also closes the window in which it could be swapped for a symlink.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import inspect
 import json
 import os
@@ -41,7 +40,6 @@ import ssl
 import stat
 import threading
 from collections.abc import Mapping
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,7 @@ from camservice.cors import CorsPolicy
 
 from .auth import Authorizer, allow_all
 from .names import Escape, admitted, content_type, resolve_inside
-from .rules import ROUTES, HttpError, parse_target, plan
+from .rules import ROUTES, HttpError, busy_response, parse_target, plan, response_event
 
 MAX_HEAD_BYTES = 16 * 1024
 #: Bytes per ``loop.sendfile`` call; a client must take this much within
@@ -225,7 +223,7 @@ class DownloadServer:
             if ticket is None or len(self._connections) > self.max_connections:
                 if ticket is not None:
                     ticket.done()
-                writer.write(_busy_response())
+                writer.write(busy_response())
                 writer.close()
                 return
             await self._serve(reader, writer, b"", peer, ticket)
@@ -361,7 +359,7 @@ class DownloadServer:
                     "Content-Length": str(answer.length),
                 }
             )
-            await self._write(writer, conn.send(_response(answer.status, extra, close)))
+            await self._write(writer, conn.send(response_event(answer.status, extra, close)))
             if method == "HEAD" or answer.length == 0:
                 await self._write(writer, conn.send(h11.EndOfMessage()))
                 return not close
@@ -405,7 +403,7 @@ class DownloadServer:
         headers = dict(headers)
         if status not in (204, 304):
             headers["Content-Length"] = "0"
-        await self._write(writer, conn.send(_response(status, headers, close)) + conn.send(h11.EndOfMessage()))
+        await self._write(writer, conn.send(response_event(status, headers, close)) + conn.send(h11.EndOfMessage()))
         return not close
 
     async def _send_json(
@@ -420,35 +418,8 @@ class DownloadServer:
         }
         if status >= 400:
             self.log.debug("http_refused", status=status, reason=body)
-        data = conn.send(_response(status, headers, close))
+        data = conn.send(response_event(status, headers, close))
         if method != "HEAD":
             data += conn.send(h11.Data(data=payload))
         await self._write(writer, data + conn.send(h11.EndOfMessage()))
         return not close
-
-
-def _response(status: int, headers: dict[str, str], close: bool) -> h11.Response:
-    items = [
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Server", "camservice-files"),
-        *headers.items(),
-    ]
-    if close:
-        items.append(("Connection", "close"))
-    return h11.Response(status_code=status, headers=items, reason=_reason(status))
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def _busy_response() -> bytes:
-    """503 for a connection refused at the door (too many from its address, or in all)."""
-    body = b'{"error": "too many connections"}'
-    return (
-        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )

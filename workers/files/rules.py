@@ -1,4 +1,4 @@
-"""What a download request means, as pure functions: its target, its conditions and its range.
+"""What a download request means, as pure functions: its target, its conditions, its range, its answer's head.
 
 No I/O: the server (:mod:`.downloads`) parses the HTTP/1.1 framing with
 ``h11``, stats the file, and asks :func:`plan` what to answer (RFC 9110:
@@ -16,7 +16,10 @@ import email.utils
 import os
 import re
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
+
+import h11
 
 from camservice.methods import check_filename
 
@@ -187,3 +190,34 @@ def plan(method: str, headers: dict[str, str], st: os.stat_result) -> Plan:
         return Plan(200, 0, size, validators)
     first, last = wanted
     return Plan(206, first, last - first + 1, {**validators, "Content-Range": f"bytes {first}-{last}/{size}"})
+
+
+# --- response heads ----------------------------------------------------------------------
+
+
+def response_event(status: int, headers: dict[str, str], close: bool) -> h11.Response:
+    """The status line and headers of an answer, for ``h11.Connection.send``."""
+    items = [
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Server", "camservice-files"),
+        *headers.items(),
+    ]
+    if close:
+        items.append(("Connection", "close"))
+    return h11.Response(status_code=status, headers=items, reason=_reason(status))
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def busy_response() -> bytes:
+    """503 for a connection refused at the door (too many from its address, or in all)."""
+    body = b'{"error": "too many connections"}'
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
