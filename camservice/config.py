@@ -122,7 +122,7 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "server.header_timeout",
-        5.0,
+        10.0,
         NUMBER,
         "Seconds a client has to send a whole HTTP request head (or WebSocket handshake), downloads included.",
         _positive,

@@ -93,7 +93,7 @@ class DownloadServer:
         max_connections: int = 1024,
         max_pending: int = 2048,
         max_pending_per_address: int = 16,
-        head_timeout: float = 5.0,
+        head_timeout: float = 10.0,
         stall_timeout: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
         log=None,
