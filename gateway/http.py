@@ -13,7 +13,7 @@ from typing import Any
 from camservice.cors import CorsPolicy
 from camservice.timestamps import utc_iso
 
-from .core import Gateway
+from .core import RequestPipeline
 from .routes import HttpRequest, HttpResponse, RouteTable
 
 #: ``(status, content_type, body, extra_headers)``.
@@ -26,7 +26,7 @@ def _json(status: int, body: dict[str, Any]) -> Answer:
     return status, JSON, json.dumps(body).encode(), {}
 
 
-def health(gateway: Gateway, which: str) -> Answer:
+def health(gateway: RequestPipeline, which: str) -> Answer:
     """``/health/{live,ready,system,cameras,mediamtx}``: 200 healthy/degraded, 503 otherwise."""
     now = utc_iso()
     if which == "live":
@@ -83,7 +83,7 @@ def to_response(answer: Answer) -> HttpResponse:
     return HttpResponse(status, {"Content-Type": content_type, **extra}, body)
 
 
-def register(routes: RouteTable, gateway: Gateway, cors: CorsPolicy) -> None:
+def register(routes: RouteTable, gateway: RequestPipeline, cors: CorsPolicy) -> None:
     """The gateway's own endpoints: ``/health/*`` (public; CORS headers for allowed origins)."""
 
     def health_route(request: HttpRequest) -> HttpResponse:

@@ -67,6 +67,7 @@ Every worker's ``in_flight`` (sent by the worker runtime) is exported too.
 
 from __future__ import annotations
 
+from camservice import topics
 from camservice.histogram import LATENCY_BUCKETS, RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 
 from .exporter import SERVER_ERROR_CODES, STALE_AFTER, MetricsExporter
@@ -103,5 +104,5 @@ def attach(server) -> MetricsExporter | None:
     server.events.on_delivery = exporter.local.observe_delivery
     server.routes.add(("GET", "HEAD"), "/metrics", exporter.handle)
     server.stats_sources.append(exporter.extend_stats)
-    server.events.subscribe("_worker_stats", lambda event: exporter.on_worker_stats(event.data))
+    server.events.subscribe(topics.WORKER_STATS, lambda event: exporter.on_worker_stats(event.data))
     return exporter
