@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright.sync_api import sync_playwright
 
-from bench.common import cpu_delta, cpu_snapshot, print_json  # noqa: E402
-from bench.files import generate  # noqa: E402
-from tests.harness import Service  # noqa: E402
-from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from bench.common import cpu_delta, cpu_snapshot, print_json
+from bench.files import generate
+from tests.harness import Service
+from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS
 
 
 def login(page, svc: Service, token: str, where: str = "") -> None:
