@@ -19,6 +19,7 @@ Prints one JSON object per line:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -68,17 +69,25 @@ def first_load(browser, svc: Service, token: str) -> dict:
         "requests": requests,
         "usable_ms": round(usable * 1000, 1),
         "sign_in_to_grid_ms": round(to_grid * 1000, 1),
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
-def files_page(browser, svc: Service, token: str, rounds: int) -> dict:
+def files_page(browser, svc: Service, token: str, rounds: int, files: int) -> dict:
     context = browser.new_context()
     page = context.new_page()
     login(page, svc, token, "#/files")
     status = page.locator("nav.pager [role=status]")
-    status.filter(has_text="of ").wait_for(timeout=60_000)
-    total = int(status.inner_text().rsplit(" ", 1)[1])
-    samples = {"next": [], "last": []}
+    # The file worker indexes the folder after its start: reload until every file is listed.
+    deadline = time.monotonic() + 300
+    while not status.inner_text().endswith(f"of {files}"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the index never listed {files} files: {status.inner_text()!r}")
+        time.sleep(2)
+        page.reload()
+        page.locator("table.files").wait_for()
+    total = files
+    samples = {k: [] for k in ("next", "last", "next_call", "last_call", "next_render", "last_render")}
     for _ in range(rounds):
         for which, button in (("next", "Next"), ("last", "Last")):
             first = page.get_by_role("button", name="First")
@@ -97,6 +106,14 @@ def files_page(browser, svc: Service, token: str, rounds: int) -> dict:
                 arg=f"{start}–",
             )
             samples[which].append((time.perf_counter() - began) * 1000)
+            page.wait_for_function(
+                "o => document.querySelector('table.files').dataset.offset === o", arg=str(start - 1)
+            )
+            timing = page.locator("table.files").evaluate(
+                "t => [Number(t.dataset.fetchMs), Number(t.dataset.renderMs)]"
+            )
+            samples[f"{which}_call"].append(timing[0])
+            samples[f"{which}_render"].append(timing[1])
     context.close()
     return {
         "bench": "files_page",
@@ -104,6 +121,7 @@ def files_page(browser, svc: Service, token: str, rounds: int) -> dict:
         **{f"{k}_median_ms": round(statistics.median(v), 1) for k, v in samples.items()},
         **{f"{k}_max_ms": round(max(v), 1) for k, v in samples.items()},
         "rounds": rounds,
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
@@ -135,6 +153,7 @@ def idle_consoles(browser, svc: Service, token: str, consoles: int, seconds: flo
         "cpu_percent_of_one_core_without": baseline,
         "cpu_percent_of_one_core_with": with_consoles,
         "cost_percent_of_one_core": round(with_consoles - baseline, 2),
+        "load_average_1m": os.getloadavg()[0],
     }
 
 
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print_json(first_load(browser, svc, token))
-            print_json(files_page(browser, svc, token, args.rounds))
+            print_json(files_page(browser, svc, token, args.rounds, args.files))
             print_json(idle_consoles(browser, svc, token, args.consoles, args.idle_seconds))
             browser.close()
     finally:
