@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         "runtime": {"state_dir": str(state)},
         "files": {"http_port": files_port, "download_rate_limit": args.rate_limit},
         "cameras": {"simulate": 1, "sim_resolution": "160x120", "sim_fps": 5},
-        "security": {"jwt_secret": "bench-secret-" + "x" * 32},
+        "security": {"jwt_secret": "bench-secret-" + "x" * 32, "rate_limit": 10000.0, "rate_burst": 10000},
     }
     ca = None
     if args.tls:
