@@ -65,8 +65,8 @@ import common  # noqa: E402
 import load  # noqa: E402  (FastConnection, die_with_parent, raise_nofile_limit, split)
 from websockets.asyncio.client import connect  # noqa: E402
 
+from camservice import simnodes as simulator  # noqa: E402
 from tests.harness import Service  # noqa: E402
-from camservice.workers.discovery import simulator  # noqa: E402
 
 NS = 1_000_000_000
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from camservice import config as config_module  # noqa: E402
 from camservice import log, methods  # noqa: E402
 from camservice.cameras import Camera  # noqa: E402
-from camservice.workers.discovery import simulator  # noqa: E402
+from camservice import simnodes as simulator  # noqa: E402
 from camservice.workers.recording.sessions import RecordingManager  # noqa: E402
 
 

@@ -8,9 +8,10 @@ import os
 
 import pytest
 
+from camservice import simnodes
+from camservice.camera_ids import lowest_free, read_ids
 from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
-from camservice.workers.discovery import simulator
-from camservice.workers.discovery.ids import IdStore, lowest_free, read_ids
+from camservice.workers.discovery.ids import IdStore
 from camservice.workers.discovery.media import StreamSync
 from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
 from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
@@ -217,15 +218,15 @@ def test_sim_folder_watcher_reports_plug_and_unplug(tmp_path):
     watcher = SimDirWatcher(tmp_path, 0.01, lambda found: events.extend(states(reg.merge(SIM, found))))
 
     async def scenario():
-        simulator.reset(tmp_path, 2)
+        simnodes.reset(tmp_path, 2)
         await watcher.scan_once()
         assert events == [("camera0", "sim:0", CONNECTED), ("camera1", "sim:1", CONNECTED)]
         task = asyncio.ensure_future(watcher.run())
         try:
-            simulator.unplug(tmp_path, 0)
+            simnodes.unplug(tmp_path, 0)
             await until(lambda: len(events) == 3)
             assert events[2] == ("camera0", "sim:0", DISCONNECTED)
-            assert simulator.plug(tmp_path) == 0
+            assert simnodes.plug(tmp_path) == 0
             await until(lambda: len(events) == 4)
             assert events[3] == ("camera0", "sim:0", CONNECTED)
             (tmp_path / "dev" / "sim5").write_text("garbage")
@@ -240,7 +241,7 @@ def test_sim_folder_watcher_reports_plug_and_unplug(tmp_path):
 
 def test_sixteen_simulated_cameras_in_one_scan(tmp_path):
     reg = registry(tmp_path)
-    simulator.reset(tmp_path, 16)
+    simnodes.reset(tmp_path, 16)
     changes, merged_with_ids_known = [], []
 
     def merge(found):

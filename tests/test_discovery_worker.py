@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from camservice import comms, config
+from camservice import comms, config, simnodes
 from camservice.envelope import Event, Ready, Reply, Request, unpack
-from camservice.workers.discovery import simulator
 
 WAIT = 20.0  # seconds any single expected message may take on a slow CI machine
 
@@ -174,7 +173,7 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
         assert snap["cameras"][0]["source"]["node"] == str(Path(state_dir).resolve() / "dev" / "sim0")
         assert snap["seq"] >= 3  # one event per camera, published before any gateway listened
 
-        simulator.plug(state_dir, "1280x720", 30)
+        simnodes.plug(state_dir, "1280x720", 30)
         plugged = gateway.next_camera_event(lambda d: d["device"] == "sim:3")
         assert (plugged.data["id"], plugged.data["status"], plugged.data["resolution"]) == (
             "camera3",
@@ -182,7 +181,7 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
             "1280x720",
         )
 
-        simulator.unplug(state_dir, "sim:1")
+        simnodes.unplug(state_dir, "sim:1")
         gone = gateway.next_camera_event(lambda d: d["device"] == "sim:1")
         assert (gone.data["id"], gone.data["status"]) == ("camera1", "DISCONNECTED")
 
@@ -234,9 +233,9 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
 def test_restarted_worker_keeps_the_run_and_a_new_run_starts_fresh(state_dir, gateway):
     process = run(state_dir, gateway, simulate=2)
     try:
-        simulator.unplug(state_dir, 1)
+        simnodes.unplug(state_dir, 1)
         gateway.next_camera_event(lambda d: d["device"] == "sim:1" and d["status"] == "DISCONNECTED")
-        simulator.plug(state_dir, index=5)
+        simnodes.plug(state_dir, index=5)
         gateway.next_camera_event(lambda d: d["device"] == "sim:5")
     finally:
         stop_worker(process)
@@ -258,7 +257,7 @@ def test_restarted_worker_keeps_the_run_and_a_new_run_starts_fresh(state_dir, ga
     try:
         cameras = {c["device"]: (c["id"], c["status"]) for c in snapshot(gateway)["cameras"]}
         assert cameras == {"sim:0": ("camera0", "CONNECTED"), "sim:1": ("camera1", "CONNECTED")}
-        simulator.plug(state_dir, index=5)
+        simnodes.plug(state_dir, index=5)
         assert gateway.next_camera_event(lambda d: d["device"] == "sim:5").data["id"] == "camera2"
     finally:
         stop_worker(process)
@@ -289,7 +288,7 @@ def test_mediamtx_backend_fills_stream_urls(state_dir, gateway):
             assert cameras["camera1"]["streams"]["rtsp"].endswith(":8554/camera1")
             assert {"camera0", "camera1"} <= set(fake.paths)
 
-            simulator.unplug(state_dir, 1)
+            simnodes.unplug(state_dir, 1)
             gateway.next_camera_event(lambda d: d["id"] == "camera1" and d["status"] == "DISCONNECTED")
             deadline = time.monotonic() + WAIT
             while "camera1" in fake.paths and time.monotonic() < deadline:
