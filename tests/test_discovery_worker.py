@@ -31,6 +31,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class FakeGateway:
     def __init__(self, state_dir: str):
         cfg = config.load(overrides={"runtime.state_dir": state_dir}, environ={})
@@ -54,12 +62,13 @@ class FakeGateway:
         self.ctx.term()
 
     def wait_ready(self) -> Ready:
+        """READY from a live worker (heartbeats of a previous, stopped one may still be queued)."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             if self.router.poll(100):
                 identity, frame = self.router.recv_multipart()
                 for message in unpack(frame):
-                    if isinstance(message, Ready):
+                    if isinstance(message, Ready) and alive(message.pid):
                         self.worker = identity
                         return message
         raise AssertionError("the worker never sent READY")
@@ -151,6 +160,9 @@ def run(state_dir: str, gateway: FakeGateway, simulate: int, via_shell: bool = F
         stop_worker(process)
         raise AssertionError(process.stderr.read().decode()[-3000:]) from None
     assert ready.kind == "discovery"
+    # The worker's PUB connects to our SUB on its own time (ZeroMQ's slow joiner): READY
+    # can arrive first. Its stats (every 2 s) show that what it publishes now reaches us.
+    gateway.next_event("_worker_stats", lambda d: True)
     return process
 
 
@@ -290,10 +302,8 @@ def test_mediamtx_backend_fills_stream_urls(state_dir, gateway):
 
             simnodes.unplug(state_dir, 1)
             gateway.next_camera_event(lambda d: d["id"] == "camera1" and d["status"] == "DISCONNECTED")
-            deadline = time.monotonic() + WAIT
-            while "camera1" in fake.paths and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert "camera1" not in fake.paths and "camera0" in fake.paths
+            assert fake.wait_until(lambda: "camera1" not in fake.paths, WAIT)
+            assert "camera0" in fake.paths
         finally:
             stop_worker(process)
         assert fake.violations == []
