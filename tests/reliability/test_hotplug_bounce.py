@@ -99,7 +99,7 @@ def test_discovery_worker_publishes_both_events_of_a_bounce(state_dir, gateway):
         stop_worker(process)
 
 
-def test_cli_plug_prints_the_id_and_clients_hear_every_change_they_can_see():
+def test_cli_plug_prints_the_id_and_clients_hear_both_halves_of_a_bounce():
     with Service(simulate=1) as svc:
 
         async def scenario():
@@ -115,23 +115,5 @@ def test_cli_plug_prints_the_id_and_clients_hear_every_change_they_can_see():
                 gone = await client.notification("camera_status_update", where=lambda p: p["id"] == camera_id)
                 back = await client.notification("camera_status_update", where=lambda p: p["id"] == camera_id)
                 assert (gone["status"], back["status"]) == (DISCONNECTED, CONNECTED)
-
-                # A recording changes nothing a camera_status_update carries: the client hears the
-                # recording's own notifications and nothing else, and get_camera_status shows the
-                # recording as soon as its STARTED is heard.
-                async def next_notification() -> dict:
-                    return await asyncio.wait_for(client.notifications.get(), WAIT)
-
-                await client.call("start_recording", {"device": camera_id})
-                started = await next_notification()
-                assert (started["method"], started["params"]["status"]) == ("recording_status_update", "STARTED")
-                assert (await client.call("get_camera_status", {"device": camera_id}))["recording"] is True
-                await client.call("stop_recording", {"device": camera_id})
-                stopped = await next_notification()
-                assert (stopped["method"], stopped["params"]["status"]) == ("recording_status_update", "STOPPED")
-                assert (await client.call("get_camera_status", {"device": camera_id}))["recording"] is False
-                # What discovery published about the recording reached the gateway before STOPPED
-                # was sent, so a notification sent for it would have arrived by now.
-                assert client.notifications.empty()
 
         run(scenario())
