@@ -7,4 +7,7 @@
 * :mod:`.watch` - noticing plug/unplug (simulator folder by inotify; udev or ``/dev`` polling);
 * :mod:`.inotify` - a small ctypes binding of Linux inotify, read on the event loop;
 * :mod:`.media` - stream URLs through MediaMTX (``media.backend: mediamtx``).
+
+Simulated cameras' node files and lock are core (:mod:`camservice.simnodes`):
+the recording worker and the CLI use them too.
 """

@@ -9,7 +9,9 @@ the events after it keep them current.
 
 Methods served: ``discovery.snapshot`` (internal), ``get_camera_capabilities``
 and ``get_streams``. It listens to ``recording_status_update`` to keep each
-camera's ``recording`` and ``readers`` current.
+camera's ``recording`` and ``readers`` current: it is the only writer of
+those fields, as of every camera field, so that one ordered event stream
+carries them to every replica (:mod:`camservice.replica`).
 """
 
 from __future__ import annotations
