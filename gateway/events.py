@@ -28,18 +28,19 @@ from typing import Any, Callable
 import structlog
 import zmq
 
-from camservice import comms, jsonrpc
+from camservice import comms, jsonrpc, topics
+from camservice.drain import Drain
 from camservice.envelope import Event, EnvelopeError
 from camservice.errors import RpcError
 from camservice.replica import CameraReplica, Change
 
+from .calls import Call
 from .connection import broadcast
-from .core import Gateway
+from .core import RequestPipeline
 from .pool import WorkerPool
 
 log = structlog.get_logger("gateway.events")
 
-CLIENT_TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
 #: Seconds between background snapshots that catch anything PUB/SUB lost silently.
 RESYNC_INTERVAL = 10.0
 #: Longest a recording_status_update waits for the replica to show its recording.
@@ -47,11 +48,12 @@ RECORDING_HOLD = 1.0
 
 
 class EventRelay:
-    def __init__(self, gateway: Gateway, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
+    def __init__(self, gateway: RequestPipeline, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
         self.gateway = gateway
         self.pool = pool
         self.sub = comms.subscriber(ctx, endpoints)
         self.pub = comms.publisher(ctx, endpoints)
+        self._reader = Drain(self.sub, self._on_frames, multipart=True, name="events")
         self.replica = CameraReplica(self._fetch_snapshot, self._camera_changed, log, table=gateway.cameras)
         #: Recording notifications waiting for the replica, per camera id, with their timer.
         self._waiting: dict[str, tuple[list[Event], asyncio.TimerHandle | None]] = {}
@@ -62,15 +64,11 @@ class EventRelay:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
-        self.drain()
+        self._reader.start(loop)
 
     def close(self) -> None:
         self.replica.close()
-        try:
-            self._loop.remove_reader(self.sub.getsockopt(zmq.FD))
-        except (ValueError, zmq.ZMQError, AttributeError):
-            pass
+        self._reader.stop()
         self.sub.close(linger=0)
         self.pub.close(linger=0)
 
@@ -84,44 +82,45 @@ class EventRelay:
     # --- incoming ---------------------------------------------------------------
 
     def drain(self) -> None:
-        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = Event.from_frames(self.sub.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                log.warning("bad_event", error=str(exc))
-                continue
-            try:
-                self.dispatch(event)
-            except Exception:
-                log.exception("event_failed", topic=event.topic)
+        """Handle every event waiting (the socket reader does this; the gateway's sweep too, as a safety net)."""
+        self._reader.drain()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            event = Event.from_frames(frames)
+        except EnvelopeError as exc:
+            log.warning("bad_event", error=str(exc))
+            return
+        try:
+            self.dispatch(event)
+        except Exception:
+            log.exception("event_failed", topic=event.topic)
 
     def dispatch(self, event: Event) -> None:
         topic = event.topic
-        if topic == "camera_status_update":
+        if topic == topics.CAMERA_STATUS:
             self.replica.on_event(event)
-        elif topic == "recording_status_update":
+        elif topic == topics.RECORDING_STATUS:
             self._on_recording(event)
-        elif topic == "storage_status_update":
+        elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
-        elif topic == "_process_exit":
+        elif topic == topics.PROCESS_EXIT:
             self.pool.forget_pid(event.data["pid"])
-        elif topic == "_process_stats":
+        elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})
-        elif topic == "_gateway_stats":
+        elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
             if index is not None and index != self.gateway.index:
                 self.gateway.gateway_stats[index] = event.data
-        elif topic == "_media_status":
+        elif topic == topics.MEDIA_STATUS:
             self.gateway.media_status = event.data
 
     # --- cameras -------------------------------------------------------------------------
 
     def _camera_changed(self, change: Change) -> None:
         if change.visible:
-            self.notify("camera_status_update", change.camera.to_notification(), change.time)
+            self.notify(topics.CAMERA_STATUS, change.camera.to_notification(), change.time)
         if change.camera.id in self._waiting:
             self._release_recordings(change.camera.id)
 
@@ -131,16 +130,14 @@ class EventRelay:
     async def _fetch_snapshot(self) -> Any:
         future = asyncio.get_running_loop().create_future()
 
-        def answered(error: dict | None, result: Any) -> None:
+        def answered(error: RpcError | None, result: Any) -> None:
             if not future.done():
                 future.set_result((error, result))
 
-        self.pool.call(
-            "discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot", {}, True, answered
-        )
+        self.pool.call(Call("discovery", "discovery.snapshot", {}, 5.0, answered, f"g{self.gateway.index}-snapshot"))
         error, result = await future  # the pool answers every call by its deadline
         if error is not None:
-            raise RpcError.from_dict(error)
+            raise error
         return json.loads(result) if isinstance(result, jsonrpc.Raw) else result
 
     # --- recordings ----------------------------------------------------------------------
@@ -149,7 +146,7 @@ class EventRelay:
         device = event.data.get("device")
         camera = self.replica.find(device) if isinstance(device, str) else None
         if camera is None or self._loop is None:
-            self.notify("recording_status_update", event.data, event.time)
+            self.notify(topics.RECORDING_STATUS, event.data, event.time)
             return
         events, timer = self._waiting.get(camera.id, ([], None))
         events.append(event)
@@ -165,7 +162,7 @@ class EventRelay:
         camera = self.replica.find(camera_id)
         while events and (expired or camera is None or camera.recording == _announces_recording(events[0])):
             event = events.pop(0)
-            self.notify("recording_status_update", event.data, event.time)
+            self.notify(topics.RECORDING_STATUS, event.data, event.time)
         if events:
             self._waiting[camera_id] = (events, timer)
         elif timer is not None:
