@@ -18,7 +18,7 @@ from typing import Any
 
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
-from camservice.gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
+from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 from camservice.replica import CameraReplica, Change
 from camservice.workers.base import CallContext, Worker, run_worker
 
