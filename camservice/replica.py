@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from .backoff import Backoff
 from .cameras import Camera, CameraTable
 from .envelope import Event
 from .errors import RpcError
@@ -184,7 +185,7 @@ class CameraReplica:
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Fetch and apply a snapshot, retrying with backoff until one is applied."""
-        delay = RETRY_FIRST
+        backoff = Backoff(initial=RETRY_FIRST, ceiling=RETRY_MAX)
         while True:
             self.begin_snapshot()
             try:
@@ -192,10 +193,10 @@ class CameraReplica:
                 changes = self.apply_snapshot(result)
             except (RpcError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
                 self._emit(self.release_held())
+                delay = backoff.failed() or RETRY_FIRST
                 if self._log is not None:
                     self._log.info("camera_snapshot_retry", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
                 continue
             self._emit(changes)
             self.loaded.set()
