@@ -81,9 +81,10 @@ def test_state_availability_and_health_are_retained(box, broker, viewer):
         "recording": False,
     }
     assert viewer.wait(f"{A}/availability").payload == b"online"
-    health = viewer.wait(f"{A}/health", lambda m: state_of(m)["status"] != "unreachable")
+    # Every mqtt.health_interval (1 s here); the first ones may predate the workers' registration.
+    health = viewer.wait(f"{A}/health", lambda m: state_of(m)["status"] == "healthy", timeout=30)
     body = state_of(health)
-    assert body["status"] == "healthy" and set(body["components"]) >= {"gateway", "discovery", "recording", "files"}
+    assert set(body["components"]) >= {"gateway", "discovery", "recording", "files"}
     assert 0 <= body["storage"]["usage_percentage"] <= 100 and body["active_recordings"] == 0
 
 
