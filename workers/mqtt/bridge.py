@@ -6,10 +6,10 @@
   (:mod:`.state`). ``get_camera_list`` fills the picture at start, after a
   sequence gap and every :data:`RESYNC_INTERVAL` seconds.
 * **Out** through a bounded :class:`~.outbox.Outbox`: nothing upstream ever
-  waits for the broker. Up to :data:`WINDOW` publishes are in flight; one the
-  connection lost is put back and sent again after the reconnection (QoS 1:
-  at least once), and every retained message is sent again on each
-  (re)connection, so a restarted broker gets the whole state back.
+  waits for the broker (:mod:`.publisher` moves it to the broker; a publish
+  the connection lost is sent again after the reconnection, QoS 1: at least
+  once), and every retained message is sent again on each (re)connection, so
+  a restarted broker gets the whole state back.
 * **Commands** (``.../cameras/<id>/<action>/set``) become one call each of the
   WebSocket API (:mod:`.api`); the answer or the error goes to
   ``<prefix>/result``. A failed call is reported, never retried.
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import signal
 import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +45,10 @@ from camservice.timestamps import utc_iso
 
 from . import commands
 from .api import SUBJECT, TOKEN_TTL, ServiceApi, api_url
+from .connection import client_options
 from .homeassistant import Discovery, encode
 from .outbox import Message, Outbox
+from .publisher import publish_forever
 from .state import Model
 from .topics import Topics, default_prefix
 
@@ -58,8 +58,6 @@ BUS_TOPICS = ("camera_status_update", "recording_status_update", "storage_status
 RESYNC_INTERVAL = 10.0
 STATS_INTERVAL = 2.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-#: Publishes awaiting the broker's acknowledgement at once.
-WINDOW = 64
 #: Commands handled at once; beyond, a command is answered "busy" at once.
 MAX_COMMANDS = 16
 #: A snapshot bigger than this is not published as a payload (the result still names the file).
@@ -68,22 +66,6 @@ MAX_SNAPSHOT_BYTES = 16 * 1024 * 1024
 
 def _json(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def read_password(config) -> str | None:
-    if config.mqtt.password_file:
-        lines = Path(config.mqtt.password_file).read_text().splitlines()
-        return lines[0] if lines else ""
-    return config.mqtt.password
-
-
-def tls_context(mqtt) -> ssl.SSLContext | None:
-    if not (mqtt.tls or mqtt.tls_ca_file or mqtt.tls_cert_file):
-        return None
-    context = ssl.create_default_context(cafile=mqtt.tls_ca_file)
-    if mqtt.tls_cert_file:
-        context.load_cert_chain(mqtt.tls_cert_file, mqtt.tls_key_file)
-    return context
 
 
 class Bridge:
@@ -110,17 +92,7 @@ class Bridge:
             context,
             timeout=config.gateway.request_timeout + 5.0,
         )
-        self.client_args = {
-            "hostname": mqtt.host,
-            "port": mqtt.port,
-            "username": mqtt.username,
-            "password": read_password(config),
-            "identifier": mqtt.client_id or f"camservice-{self.hostname}-{os.getpid()}",
-            "keepalive": mqtt.keepalive,
-            "tls_context": tls_context(mqtt),
-            "will": aiomqtt.Will(self.topics.availability, b"offline", mqtt.qos, retain=True),
-            "timeout": 10.0,
-        }
+        self.client_args = client_options(config, self.topics, self.hostname)
         self.connected = False
         self.reconnects = 0
         self.command_results = {"ok": 0, "error": 0}
@@ -252,7 +224,10 @@ class Bridge:
         await client.subscribe(self.topics.commands, qos=self.qos)
         # Retained states of cameras of an earlier run: cleared once the list shows them gone.
         await client.subscribe(self.topics.states, qos=self.qos)
-        tasks = [asyncio.ensure_future(self._publisher(client)), asyncio.ensure_future(self._receiver(client))]
+        tasks = [
+            asyncio.ensure_future(publish_forever(client, self.outbox, self._wake, self.qos)),
+            asyncio.ensure_future(self._receiver(client)),
+        ]
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -266,56 +241,6 @@ class Bridge:
         if self._stop.is_set():
             # A clean stop sends no last will: say it ourselves.
             await client.publish(self.topics.availability, b"offline", self.qos, retain=True, timeout=2.0)
-
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        window = asyncio.Semaphore(WINDOW)
-        pending: dict[asyncio.Task, tuple[int, Message]] = {}
-        failure: asyncio.Future = asyncio.get_running_loop().create_future()
-        counter = 0
-
-        async def publish(message: Message) -> bool:
-            try:
-                # No timeout: the connection's keepalive decides when the broker is gone.
-                await client.publish(message.topic, message.payload, self.qos, message.retain, timeout=math.inf)
-            except aiomqtt.MqttError as exc:
-                if not failure.done():
-                    failure.set_exception(exc)
-                return False
-            finally:
-                window.release()
-            self.outbox.sent(message)
-            return True
-
-        def finished(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is None and task.result():
-                pending.pop(task, None)
-
-        try:
-            while True:
-                await window.acquire()
-                message = self.outbox.next()
-                while message is None:
-                    self._wake.clear()
-                    waiter = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait([waiter, failure], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    if failure.done():
-                        failure.result()  # raises
-                    message = self.outbox.next()
-                if failure.done():
-                    self.outbox.failed(message)
-                    failure.result()
-                counter += 1
-                task = asyncio.ensure_future(publish(message))
-                pending[task] = (counter, message)
-                task.add_done_callback(finished)
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            # Unacknowledged messages go back, in their order, to be sent again first.
-            for _, message in sorted(pending.values(), key=lambda item: item[0], reverse=True):
-                self.outbox.failed(message)
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
