@@ -39,6 +39,7 @@ import zmq
 
 from camservice import auth, comms, log, process
 from camservice import config as config_module
+from camservice import topics as bus
 from camservice.envelope import EnvelopeError, Event
 from camservice.errors import SERVICE_BUSY, RpcError
 from camservice.timestamps import utc_iso
@@ -54,7 +55,6 @@ from .topics import Topics, default_prefix
 
 logger = structlog.get_logger("mqtt_bridge")
 
-BUS_TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
 RESYNC_INTERVAL = 10.0
 STATS_INTERVAL = 2.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
@@ -114,7 +114,7 @@ class Bridge:
             loop.add_signal_handler(sig, self._stop.set)
         endpoints = comms.Endpoints.from_config(self.config)
         self.ctx = zmq.Context()
-        self.sub = comms.subscriber(self.ctx, endpoints, BUS_TOPICS)
+        self.sub = comms.subscriber(self.ctx, endpoints, bus.CLIENT)
         self.pub = comms.publisher(self.ctx, endpoints)
         loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
         self._put(Message(self.topics.availability, b"online", True, "availability"))
@@ -179,18 +179,18 @@ class Bridge:
 
     def on_event(self, event: Event) -> None:
         now = time.monotonic()
-        if event.topic == "camera_status_update":
+        if event.topic == bus.CAMERA_STATUS:
             last = self._seq.get(event.source)
             if last is not None and event.seq != last + 1:
                 self._resync.set()  # PUB/SUB lost something: ask for the whole list
             self._seq[event.source] = event.seq
             self._put_all(self.model.camera_event(event.data, now))
-        elif event.topic == "recording_status_update":
+        elif event.topic == bus.RECORDING_STATUS:
             messages, unknown = self.model.recording_event(event.data, now)
             if unknown:
                 self._resync.set()
             self._put_all(messages)
-        elif event.topic == "storage_status_update":
+        elif event.topic == bus.STORAGE_STATUS:
             self._put_all([self.model.event(event.topic, event.data)])
             if self.health:
                 self.health["storage"] = {**(self.health.get("storage") or {}), **event.data}
@@ -372,7 +372,7 @@ class Bridge:
                 "stats": self.stats(),
             }
             try:
-                self.pub.send_multipart(Event("_worker_stats", self.name, 0, data, time.time()).frames(), zmq.NOBLOCK)
+                self.pub.send_multipart(Event(bus.WORKER_STATS, self.name, 0, data, time.time()).frames(), zmq.NOBLOCK)
             except zmq.Again:
                 pass
             await asyncio.sleep(STATS_INTERVAL)
