@@ -113,9 +113,11 @@ class Arbiter:
             "discovery": config.workers.discovery,
             "recording": config.workers.recording,
             "files": config.workers.files,
+            # The MQTT bridge is optional: one process, only with a broker configured.
+            "mqtt": 1 if config.mqtt.host else 0,
         }
         # Workers first: a gateway that comes up finds them registering.
-        for role in (*WORKER_KINDS, "gateway"):
+        for role in (*WORKER_KINDS, "gateway", "mqtt"):
             for index in range(counts[role]):
                 self.watchers.append(Watcher(role, index, self.env, config.runtime, self._on_exit))
         self._stop = asyncio.Event()
