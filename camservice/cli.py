@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import click
-import zmq
 
-from . import __version__, comms, config as config_module
+from . import __version__, comms
+from . import config as config_module
+from . import control as control_client
 from .supervisor import arbiter
 
 
@@ -180,24 +181,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-def control(config, command: str, timeout: float = 2.0) -> dict | None:
+def control(config, command: str, timeout: float = 2.0, **fields) -> dict | None:
     """Ask the running supervisor; None when nothing answers."""
     if not arbiter.lock_is_held(config.state_dir):
         return None
-    endpoint = comms.Endpoints.from_config(config).control
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-    try:
-        sock.connect(endpoint)
-        sock.send(json.dumps({"command": command}).encode())
-        return json.loads(sock.recv())
-    except zmq.ZMQError:
-        return None
-    finally:
-        sock.close(linger=0)
+    return control_client.request(comms.Endpoints.from_config(config, 0).control, command, timeout, **fields)
 
 
 # --- cameras ----------------------------------------------------------------------------------

@@ -159,6 +159,20 @@ SCHEMA: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("runtime.stable_after", 30.0, NUMBER, "Seconds of running that reset a process's crash count.", _positive),
+    Setting(
+        "runtime.failed_retry_after",
+        300.0,
+        NUMBER,
+        "Seconds a process left failed after a crash loop waits before a new round of restarts.",
+        _positive,
+    ),
+    Setting(
+        "runtime.hang_timeout",
+        8.0,
+        NUMBER,
+        "Seconds without a heartbeat (stats every 2 s) after which the supervisor replaces a process as hung.",
+        _positive,
+    ),
     Setting("runtime.sample_interval", 2.0, NUMBER, "Seconds between psutil samples of every process.", _positive),
     Setting(
         "runtime.start_timeout",

@@ -99,7 +99,7 @@ class EventRelay:
         elif topic == "storage_status_update":
             self.notify(topic, event.data, event.time)
         elif topic == "_process_exit":
-            self.pool.forget_pid(event.data["pid"])
+            self.pool.forget_pid(event.data["pid"], event.data.get("hung"))
         elif topic == "_process_stats":
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import ssl
 import time
 from http import HTTPStatus
@@ -25,9 +24,10 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, config as config_module, jsonrpc, log, process
+from camservice import comms, control, jsonrpc, log, process
+from camservice import config as config_module
 
-from . import http
+from . import drain, http
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .events import EventRelay
@@ -69,6 +69,8 @@ class GatewayServer:
         self.connections: set[Connection] = set()
         self._stop = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
+        #: How this gateway leaves (gateway.drain): set by the signal that stops it.
+        self._exit = drain.STOP
 
     def _worker_ready(self, worker) -> None:
         if worker.kind == "discovery":
@@ -165,8 +167,8 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        for sig, how in drain.SIGNALS.items():
+            loop.add_signal_handler(sig, self._leave, how)
         self.pool.start(loop)
         self.events.start(loop)
         tls = None
@@ -191,6 +193,7 @@ class GatewayServer:
         background = [
             asyncio.ensure_future(c)
             for c in (
+                self._fetch_process_table(),
                 self._sweep(),
                 self._publish_stats(),
                 self.events.resync_forever(),
@@ -206,21 +209,23 @@ class GatewayServer:
                 if not process.parent_alive(parent):
                     logger.warning("parent_gone")
                     break
+        if not process.parent_alive(parent):
+            # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
+            # service is being restarted, not stopped, so clients hear 1012.
+            self._exit = drain.SUPERVISOR_LOST
         await self.shutdown(background)
 
+    def _leave(self, how: drain.Exit) -> None:
+        if not self._stop.is_set():
+            self._exit = how
+            self._stop.set()
+
     async def shutdown(self, background: list[asyncio.Future]) -> None:
-        logger.info("gateway_draining", in_flight=len(self.pool.pending))
-        self._server.close()  # stop accepting
-        deadline = time.monotonic() + self.config.runtime.stop_timeout * 0.5
-        while self.pool.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        logger.info("gateway_draining", in_flight=len(self.pool.pending), reason=self._exit.reason)
+        # The sweep keeps running while draining: it completes in-flight calls.
+        await drain.drain(self, self._exit, self.config.runtime.stop_timeout * 0.5)
         for task in background:
             task.cancel()
-        for connection in list(self.connections):
-            connection.close(CloseCode.GOING_AWAY, "server shutting down")
-        deadline = time.monotonic() + 3.0
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         self.events.close()
         self.pool.close()
         self.ctx.term()
@@ -232,6 +237,13 @@ class GatewayServer:
             self.pool.sweep()
             self.pool._drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
+
+    async def _fetch_process_table(self) -> None:
+        """Know every process from the start (get_metrics), not only after the first ``_process_stats``."""
+        answer = await asyncio.to_thread(control.request, self.endpoints.control, "status", 2.0)
+        if answer and not self.gateway.processes:
+            self.gateway.processes = answer.get("processes", [])
+            self.gateway.host_stats = answer.get("host") or self.gateway.host_stats
 
     async def _keepalive(self) -> None:
         interval = self.config.server.ping_interval

@@ -8,24 +8,28 @@ from types import SimpleNamespace
 
 import pytest
 
+from camservice.backoff import Backoff
 from camservice.supervisor import arbiter
 from camservice.supervisor.watcher import FAILED, RUNNING, STOPPED, Watcher
 
 
 def policy(**overrides):
-    values = dict(stable_after=30.0, give_up_after=3, restart_backoff_max=0.2)
+    values = dict(stable_after=30.0, give_up_after=3, restart_backoff_max=0.2, failed_retry_after=3600.0)
     values.update(overrides)
     return SimpleNamespace(**values)
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
-    rng = random.Random(1)
-    delays = [Watcher.backoff_delay(n, 30.0, rng) for n in range(1, 10)]
-    assert delays[0] == 0.0  # the first restart is immediate
-    for n, delay in enumerate(delays[1:], start=2):
-        base = min(30.0, 0.25 * 2 ** (n - 2))
+    backoff = Backoff(initial=0.25, maximum=30.0, factor=2.0, jitter=0.5, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(12)]
+    for n, delay in enumerate(delays):
+        base = min(30.0, 0.25 * 2**n)
         assert base * 0.5 <= delay <= base
-    assert Watcher.backoff_delay(50, 30.0, rng) <= 30.0
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert 0.125 <= backoff.next_delay() <= 0.25
+    with pytest.raises(ValueError):
+        Backoff(initial=1.0, maximum=0.5)
 
 
 def test_crash_loop_gives_up_visibly():
