@@ -9,7 +9,7 @@ cause              signal        reason       close code
 reload             SIGUSR1       ``reload``   1012 (service restart): a new gateway already
                                               listens on the port (``SO_REUSEPORT``)
 rollback           SIGUSR2       ``rollback`` 1012: the previous generation serves again
-supervisor lost    SIGTERM from  ``stop``     1012: the supervisor died (PDEATHSIG), systemd
+supervisor lost    SIGHUP from   ``stop``     1012: the supervisor died (PDEATHSIG), systemd
                    the kernel                 (or the operator) starts the service again
 =================  ============  ===========  ================================================
 
@@ -53,7 +53,13 @@ ROLLBACK = Exit("rollback", CloseCode.SERVICE_RESTART, "server rolling back: rec
 SUPERVISOR_LOST = Exit("stop", CloseCode.SERVICE_RESTART, "service restarting: reconnect")
 
 #: The signals a gateway drains on, and what each means.
-SIGNALS = {signal.SIGTERM: STOP, signal.SIGINT: STOP, signal.SIGUSR1: RELOAD, signal.SIGUSR2: ROLLBACK}
+SIGNALS = {
+    signal.SIGTERM: STOP,
+    signal.SIGINT: STOP,
+    signal.SIGUSR1: RELOAD,
+    signal.SIGUSR2: ROLLBACK,
+    signal.SIGHUP: SUPERVISOR_LOST,  # the gateway's PDEATHSIG (camservice.supervisor.watcher)
+}
 
 
 def notification(reason: str, reconnect_after_ms: int) -> str:

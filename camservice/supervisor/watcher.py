@@ -51,6 +51,14 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
+def _gateway_setup() -> None:
+    # A gateway must tell a planned stop (SIGTERM from the supervisor) from the
+    # supervisor's death, to close with 1012 rather than 1001. getppid() cannot:
+    # the kernel sends PDEATHSIG when the *thread* that forked dies, and while
+    # the supervisor's other threads live it still reports the same parent.
+    die_with_parent(signal.SIGHUP)
+
+
 class Watcher:
     def __init__(
         self,
@@ -101,7 +109,7 @@ class Watcher:
             [self.executable, "-m", "camservice.process", self.role, str(self.index)],
             env=self.env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup,
+            preexec_fn=_gateway_setup if self.role == "gateway" else _child_setup,
             close_fds=True,
         )
         self.started_at = time.monotonic()
