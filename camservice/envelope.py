@@ -124,6 +124,36 @@ def pack_wires(wires: list[tuple]) -> bytes:
     return _pack(wires)
 
 
+#: What msgpack raises for a value it cannot encode (an int beyond 64 bits, an unknown type).
+UNENCODABLE = (OverflowError, TypeError, ValueError)
+
+
+def pack_wires_apart(wires: list[tuple]) -> tuple[bytes | None, list[tuple]]:
+    """Pack ``wires`` into one frame, leaving out any message that cannot be encoded.
+
+    Returns ``(frame, refused)``: ``frame`` carries every encodable message in
+    order (None when none is), ``refused`` lists the others, so that one bad
+    message fails alone and its neighbours of the tick still travel. The
+    common case, every message fine, costs one pack as before.
+    """
+    try:
+        return _pack(wires), []
+    except UNENCODABLE:
+        pass
+    good: list[bytes] = []
+    refused: list[tuple] = []
+    for wire in wires:
+        try:
+            good.append(_pack(wire))
+        except UNENCODABLE:
+            refused.append(wire)
+    if not good:
+        return None, refused
+    # A msgpack array is its header followed by its items, each packed on its own.
+    header = msgpack.Packer().pack_array_header(len(good))
+    return header + b"".join(good), refused
+
+
 def unpack(frame: bytes) -> list[Message]:
     """Decode one request-channel frame into its messages."""
     try:

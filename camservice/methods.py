@@ -38,6 +38,8 @@ class Method:
     validate: Validator
     idempotent: bool = True  # safe to send again to another worker after a crash
     timeout: float | None = None  # seconds; None: gateway.request_timeout
+    #: The params ``validate`` accepts besides ``auth_token`` (tests fuzz each of them).
+    params: tuple[str, ...] = ()
 
 
 # --- parameter helpers --------------------------------------------------------
@@ -73,31 +75,49 @@ def _string(params: Params, name: str, required: bool = True, max_len: int = 409
     return value
 
 
-def _integer(params: Params, name: str, low: int, high: int | None, default: int | None = None) -> int | None:
+#: Bounds of every integer param (the contract, Transport: "every numeric param has bounds").
+INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
+    "limit": (1, 1000),
+    "offset": (0, 2**31 - 1),
+    "duration_seconds": (1, 86400),
+    "duration_minutes": (1, 1440),
+    "duration_hours": (1, 24),
+    "duration": (1, 86400),
+    "expires_in": (1, 86400),
+}
+#: Bounds of every param that may be fractional.
+NUMBER_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_age_days": (0.001, 36500),
+    "max_size_gb": (0.001, 1_000_000),
+}
+
+
+def _integer(params: Params, name: str, default: int | None = None) -> int | None:
+    """An integer within :data:`INTEGER_BOUNDS`; a float (even ``10.0``) is refused.
+
+    Unbounded integers used to reach msgpack (which cannot carry one beyond
+    64 bits) and SQLite (63 bits): the bound keeps every value well inside both.
+    """
     value = params.get(name)
     if value is None:
         return default
-    # Not finite: 1e400 parses as infinity, which int() cannot convert.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not math.isfinite(value))
-        or value != int(value)
-    ):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise invalid_params(f"'{name}' must be an integer", name)
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        bound = f"{low}-{high}" if high is not None else f">= {low}"
-        raise invalid_params(f"'{name}' must be in {bound}", name)
+    low, high = INTEGER_BOUNDS[name]
+    if not low <= value <= high:
+        raise invalid_params(f"'{name}' must be in {low}-{high}", name)
     return value
 
 
-def _number(params: Params, name: str, low: float, high: float) -> float | None:
+def _number(params: Params, name: str) -> float | None:
+    """A finite number within :data:`NUMBER_BOUNDS`."""
     value = params.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise invalid_params(f"'{name}' must be a number", name)
+    # NaN and infinities fail the range check too; said apart for a clearer reason.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise invalid_params(f"'{name}' must be a finite number", name)
+    low, high = NUMBER_BOUNDS[name]
     if not low <= value <= high:
         raise invalid_params(f"'{name}' must be in {low}-{high}", name)
     return value
@@ -199,12 +219,8 @@ def take_snapshot(params: Any) -> Params:
     return {"device": device, "filename": filename, "format": fmt}
 
 
-_DURATIONS = {
-    "duration_seconds": (1, 86400, 1),
-    "duration_minutes": (1, 1440, 60),
-    "duration_hours": (1, 24, 3600),
-    "duration": (1, 86400, 1),
-}
+#: Duration params and their unit in seconds (bounds in INTEGER_BOUNDS).
+_DURATIONS = {"duration_seconds": 1, "duration_minutes": 60, "duration_hours": 3600, "duration": 1}
 
 
 def start_recording(params: Any) -> Params:
@@ -217,8 +233,7 @@ def start_recording(params: Any) -> Params:
     duration = None
     if given:
         name = given[0]
-        low, high, scale = _DURATIONS[name]
-        duration = _integer(params, name, low, high) * scale
+        duration = _integer(params, name) * _DURATIONS[name]
     fmt = _choice(params, "format", ("mp4", "mkv"), "mp4")
     filename = params.get("filename")
     if filename is not None:
@@ -230,8 +245,8 @@ def list_files(params: Any) -> Params:
     params = _params_dict(params)
     _only(params, {"limit", "offset", "device"})
     return {
-        "limit": _integer(params, "limit", 1, 1000, default=100),
-        "offset": _integer(params, "offset", 0, None, default=0),
+        "limit": _integer(params, "limit", default=100),
+        "offset": _integer(params, "offset", default=0),
         "device": _string(params, "device", required=False, max_len=256),
     }
 
@@ -253,8 +268,8 @@ def retention_policy(params: Any) -> Params:
     enabled = params.get("enabled")
     if not isinstance(enabled, bool):
         raise invalid_params("'enabled' is required and must be true or false", "enabled")
-    max_age_days = _number(params, "max_age_days", 0.001, 36500)
-    max_size_gb = _number(params, "max_size_gb", 0.001, 1_000_000)
+    max_age_days = _number(params, "max_age_days")
+    max_size_gb = _number(params, "max_size_gb")
     if policy_type == "age" and enabled and max_age_days is None:
         raise invalid_params("'max_age_days' is required for an age policy", "max_age_days")
     if policy_type == "size" and enabled and max_size_gb is None:
@@ -268,29 +283,52 @@ _M = Method
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        _M("ping", None, GATEWAY, no_params),
-        _M("authenticate", None, GATEWAY, authenticate),
-        _M("get_camera_list", "viewer", GATEWAY, no_params),
-        _M("get_camera_status", "viewer", GATEWAY, device_only),
-        _M("get_camera_capabilities", "viewer", DISCOVERY, device_only),
-        _M("get_streams", "viewer", DISCOVERY, no_params),
-        _M("list_recordings", "viewer", FILES, list_files),
-        _M("list_snapshots", "viewer", FILES, list_files),
-        _M("get_recording_info", "viewer", FILES, filename_only),
-        _M("get_snapshot_info", "viewer", FILES, filename_only),
-        _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True)),
-        _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False)),
-        _M("get_server_info", "viewer", GATEWAY, no_params),
-        _M("take_snapshot", "operator", RECORDING, take_snapshot, idempotent=False, timeout=15.0),
-        _M("start_recording", "operator", RECORDING, start_recording, idempotent=False, timeout=15.0),
-        _M("stop_recording", "operator", RECORDING, device_only, idempotent=False, timeout=15.0),
-        _M("delete_recording", "operator", FILES, filename_only, idempotent=False),
-        _M("delete_snapshot", "operator", FILES, filename_only, idempotent=False),
-        _M("get_metrics", "admin", GATEWAY, no_params),
-        _M("get_status", "admin", GATEWAY, no_params),
-        _M("get_storage_info", "admin", FILES, no_params),
-        _M("set_retention_policy", "admin", FILES, retention_policy, idempotent=False),
-        _M("cleanup_old_files", "admin", FILES, no_params, idempotent=False, timeout=60.0),
+        _M("ping", None, GATEWAY, no_params, params=()),
+        _M("authenticate", None, GATEWAY, authenticate, params=("auth_token", "token", "auth_type")),
+        _M("get_camera_list", "viewer", GATEWAY, no_params, params=()),
+        _M("get_camera_status", "viewer", GATEWAY, device_only, params=("device",)),
+        _M("get_camera_capabilities", "viewer", DISCOVERY, device_only, params=("device",)),
+        _M("get_streams", "viewer", DISCOVERY, no_params, params=()),
+        _M("list_recordings", "viewer", FILES, list_files, params=("limit", "offset", "device")),
+        _M("list_snapshots", "viewer", FILES, list_files, params=("limit", "offset", "device")),
+        _M("get_recording_info", "viewer", FILES, filename_only, params=("filename",)),
+        _M("get_snapshot_info", "viewer", FILES, filename_only, params=("filename",)),
+        _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True), params=("topics",)),
+        _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False), params=("topics",)),
+        _M("get_server_info", "viewer", GATEWAY, no_params, params=()),
+        _M(
+            "take_snapshot",
+            "operator",
+            RECORDING,
+            take_snapshot,
+            idempotent=False,
+            timeout=15.0,
+            params=("device", "filename", "format"),
+        ),
+        _M(
+            "start_recording",
+            "operator",
+            RECORDING,
+            start_recording,
+            idempotent=False,
+            timeout=15.0,
+            params=("device", "format", "filename", *_DURATIONS),
+        ),
+        _M("stop_recording", "operator", RECORDING, device_only, idempotent=False, timeout=15.0, params=("device",)),
+        _M("delete_recording", "operator", FILES, filename_only, idempotent=False, params=("filename",)),
+        _M("delete_snapshot", "operator", FILES, filename_only, idempotent=False, params=("filename",)),
+        _M("get_metrics", "admin", GATEWAY, no_params, params=()),
+        _M("get_status", "admin", GATEWAY, no_params, params=()),
+        _M("get_storage_info", "admin", FILES, no_params, params=()),
+        _M(
+            "set_retention_policy",
+            "admin",
+            FILES,
+            retention_policy,
+            idempotent=False,
+            params=("policy_type", "enabled", "max_age_days", "max_size_gb"),
+        ),
+        _M("cleanup_old_files", "admin", FILES, no_params, idempotent=False, timeout=60.0, params=()),
     )
 }
 

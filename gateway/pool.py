@@ -35,8 +35,8 @@ import structlog
 import zmq
 
 from camservice import comms
-from camservice.envelope import EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack_wires, unpack
-from camservice.errors import METHOD_NOT_FOUND, SERVICE_BUSY, RpcError
+from camservice.envelope import EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack_wires_apart, unpack
+from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, RpcError, invalid_params
 from camservice.jsonrpc import Raw
 from camservice.methods import WORKER_KINDS
 
@@ -207,14 +207,35 @@ class WorkerPool:
         self._flush_scheduled = False
         boxes, self._outbox = self._outbox, {}
         for identity, wires in boxes.items():
+            frame, refused = pack_wires_apart(wires)
+            for wire in refused:
+                self._unencodable(identity, wire)
+            if frame is None:
+                continue
             try:
-                self.socket.send_multipart((identity, pack_wires(wires)), flags=zmq.NOBLOCK)
+                self.socket.send_multipart((identity, frame), flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 # EHOSTUNREACH (ROUTER_MANDATORY): the worker vanished; its calls fail over.
                 worker = self.workers.get(identity)
                 if worker is not None:
                     self._worker_lost(worker, "unreachable")
         self._after_send()
+
+    def _unencodable(self, identity: bytes, wire: tuple) -> None:
+        """A message msgpack refused fails alone, at once: its neighbours in the frame still went."""
+        log.error("message_unencodable", kind=int(wire[0]), seq=wire[1])
+        if wire[0] == Kind.REQUEST:
+            call = self.pending.pop(wire[1], None)
+            worker = self.workers.get(identity)
+            if worker is not None:
+                worker.in_flight.discard(wire[1])
+            if call is not None:
+                call.callback(
+                    invalid_params("a parameter cannot be carried to the worker (out of range?)").to_dict(), None
+                )
+        elif wire[0] == Kind.REPLY:
+            # The answer to a worker's own call: it still gets one, an error.
+            self._queue(identity, Reply(wire[1], RpcError(INTERNAL_ERROR).to_dict(), None).wire())
 
     def _after_send(self) -> None:
         # ZeroMQ's FD is edge-triggered and a send can consume the edge of

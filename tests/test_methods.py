@@ -86,6 +86,44 @@ def test_list_defaults_and_bounds():
     bad(methods.list_files, {"offset": -1}, "offset")
     bad(methods.list_files, {"limit": float("inf")}, "limit")  # JSON 1e400; int() of it used to raise
     bad(methods.start_recording, {"device": "c", "duration": float("-inf")}, "duration")
+    # Issue 11 §1: offsets beyond 64 bits broke msgpack, beyond 63 bits SQLite.
+    assert methods.list_files({"offset": 2**31 - 1})["offset"] == 2**31 - 1
+    for offset in (2**31, 2**63, 2**64, 10**300, 1e300, 10.0, 0.5):
+        bad(methods.list_files, {"offset": offset}, "offset")
+
+
+def test_every_numeric_param_is_bounded():
+    """Each bound refuses one past either end, a float and a non-finite number, for every method naming it."""
+    numeric = {**methods.INTEGER_BOUNDS, **methods.NUMBER_BOUNDS}
+    seen = set()
+    for method in methods.METHODS.values():
+        for param in set(method.params) & set(numeric):
+            seen.add(param)
+            low, high = numeric[param]
+            base = {"device": "c"} if "device" in method.params else {}
+            if method.name == "set_retention_policy":
+                base = {"policy_type": "manual", "enabled": False}
+            method.validate({**base, param: low})  # both ends are inside
+            method.validate({**base, param: high})
+            step = 1 if param in methods.INTEGER_BOUNDS else 0.0001
+            for value in (low - step, high + step, float("nan"), float("inf"), 2**64, -(2**64)):
+                bad(method.validate, {**base, param: value}, param)
+            if param in methods.INTEGER_BOUNDS:
+                bad(method.validate, {**base, param: float(low)}, param)
+    # Every bound belongs to a method (expires_in arrives with get_download_link).
+    assert seen | {"expires_in"} == set(numeric) | {"expires_in"}
+
+
+def test_the_table_lists_the_params_each_validator_accepts():
+    for method in methods.METHODS.values():
+        with pytest.raises(RpcError) as info:
+            method.validate({"not_a_param": 1})
+        assert info.value.data["param"] == "not_a_param", method.name
+        for param in method.params:
+            try:
+                method.validate({param: None})
+            except RpcError as exc:
+                assert "unknown parameter" not in exc.data["reason"], (method.name, param)
 
 
 def test_unknown_and_positional_params_refused():

@@ -43,8 +43,21 @@ from typing import Any, Awaitable, Callable
 import structlog
 import zmq
 
-from camservice import comms, config as config_module, log, process
-from camservice.envelope import Event, EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack, pack_wires, unpack
+from camservice import comms, log, process
+from camservice import config as config_module
+from camservice.envelope import (
+    UNENCODABLE,
+    EnvelopeError,
+    Event,
+    Goodbye,
+    Kind,
+    Ready,
+    Reply,
+    Request,
+    pack,
+    pack_wires_apart,
+    unpack,
+)
 from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, RpcError
 
 Handler = Callable[[dict[str, Any], "CallContext"], Any]
@@ -141,7 +154,11 @@ class Worker:
         link.pending[seq] = future
         request = Request(seq, method, params, time.time() + timeout, request_id or f"{self.name}-{seq}", {})
         try:
-            link.socket.send(pack(request), flags=zmq.NOBLOCK)
+            try:
+                frame = pack(request)
+            except UNENCODABLE:
+                raise RpcError(INTERNAL_ERROR, data={"reason": f"{method}: a parameter cannot be encoded"}) from None
+            link.socket.send(frame, flags=zmq.NOBLOCK)
             error, result = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise RpcError(SERVICE_BUSY, data={"reason": f"{method} did not answer in time"}) from None
@@ -350,6 +367,9 @@ class Worker:
                 self.log.error("reply_unserialisable", seq=seq)
                 error, result = RpcError(INTERNAL_ERROR).to_dict(), None
         link.outbox.append((Kind.REPLY, seq, error, result, error is None))
+        self._schedule_flush(link)
+
+    def _schedule_flush(self, link: _Link) -> None:
         if not link.flush_scheduled:
             link.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, link)
@@ -359,7 +379,15 @@ class Worker:
         if not link.outbox:
             return
         wires, link.outbox = link.outbox, []
-        frame = pack_wires(wires)
+        frame, refused = pack_wires_apart(wires)
+        for wire in refused:
+            # An error whose data msgpack cannot encode: that reply alone becomes -32603.
+            self.log.error("reply_unencodable", seq=wire[1])
+            link.outbox.append((Kind.REPLY, wire[1], RpcError(INTERNAL_ERROR).to_dict(), None, False))
+        if refused:
+            self._schedule_flush(link)
+        if frame is None:
+            return
         try:
             link.socket.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
