@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from camservice import comms, control, jsonrpc, log, process
 from camservice import config as config_module
 
-from . import drain, http
+from . import console, drain, http
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .events import EventRelay
@@ -83,6 +83,9 @@ class GatewayServer:
             return self._response(503, "text/plain", b"server shutting down\n", {})
         if request.path.split("?", 1)[0] == "/ws" and len(self.gateway.sessions) >= self.config.server.max_connections:
             return self._response(503, "text/plain", b"too many connections\n", {"Retry-After": "5"})
+        served = console.serve(request.path, request.headers)  # GET / and /console/... (issue 14)
+        if served is not None:
+            return self._response(*served)
         scheme = "https" if self.config.server.tls.cert_file else "http"
         routed = http.route(self.gateway, request.path, request.headers.get("Host"), scheme, self.metrics_renderer)
         if routed is None:
