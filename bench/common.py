@@ -5,28 +5,35 @@ Percentiles, one-line JSON output, CPU and RSS accounting of server processes
 workers), waiting for a port, and starting the baseline server in a
 subprocess.
 
-The bench scripts are run as plain files (``python bench/load.py``), so this
-module is imported as ``common`` with ``bench/`` on ``sys.path``.
+The one copy of each: ``percentile``, ``die_with_parent``, the raised rate
+limits every bench run uses (``FAST_LIMITS``), the way to run another bench
+module in a subprocess (``module_cmd``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import math
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
 BASELINE_SCRIPT = BENCH_DIR / "baseline_server.py"
+NS = 1_000_000_000
+#: Raised limits: every client of a bench run shares one identity (the token's subject).
+FAST_LIMITS = {"security.rate_limit": 1000000, "security.rate_burst": 1000000}
 
 
 # ---------------------------------------------------------------- statistics
@@ -49,6 +56,24 @@ def percentiles(values: Iterable[float], ps: Sequence[float] = (50, 95, 99, 100)
     """{p: value} for each p in ps (values need not be sorted)."""
     ordered = sorted(values)
     return {p: percentile(ordered, p) for p in ps}
+
+
+def ms(ns: float | None) -> float | None:
+    """Nanoseconds to milliseconds, 3 decimals (None stays None)."""
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def latency_summary(values_ns: Iterable[int]) -> dict:
+    """{"n", "p50_ms", "p95_ms", "p99_ms", "max_ms"} of latencies in nanoseconds."""
+    values = list(values_ns)
+    pct = percentiles(values, (50, 95, 99, 100))
+    return {
+        "n": len(values),
+        "p50_ms": ms(pct[50]),
+        "p95_ms": ms(pct[95]),
+        "p99_ms": ms(pct[99]),
+        "max_ms": ms(pct[100]),
+    }
 
 
 def print_json(obj) -> None:
@@ -109,6 +134,36 @@ def cpu_seconds(pids: Iterable[int], tree: bool = False) -> float:
     return sum(cpu_snapshot(pids, tree).values())
 
 
+def absolute_url(base: str, url: str) -> str:
+    """A listing's ``download_url`` (absolute, or a path on the API's host) as an absolute URL."""
+    return url if url.startswith(("http://", "https://")) else base + url
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of every thread of ``pid`` in nanoseconds (``/proc/PID/task/*/schedstat``).
+
+    psutil's cpu_times tick at 10 ms; the scheduler's own account is exact,
+    which a per-call figure over a few hundred calls needs.
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    except OSError:
+        return None
+    return total
+
+
+def host_busy() -> float:
+    """CPU seconds the whole host spent not idle so far (all cores)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def rss_bytes(pids: Iterable[int], tree: bool = False) -> int:
     """Sum of resident set sizes of pids (or their trees).
 
@@ -167,6 +222,33 @@ def start_baseline(port: int, host: str = "127.0.0.1", timeout: float = 10.0) ->
     raise RuntimeError(f"baseline server did not listen on {host}:{port} within {timeout}s")
 
 
+def module_cmd(module: str, *args: str) -> list[str]:
+    """argv to run ``python -m bench.MODULE ARGS`` (run it with ``cwd=REPO``)."""
+    return [sys.executable, "-m", f"bench.{module}", *args]
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft fd limit to the hard one (10k connections); returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphan load)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: pipe EOF still ends the child when it next waits
+
+
+def on_sigterm(signum, frame):
+    """SIGTERM handler of the bench commands: the same clean-up path as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def run_child(pipe, body: Callable[[], object]) -> None:
     """The life of a load-generating child process.
 
@@ -174,11 +256,9 @@ def run_child(pipe, body: Callable[[], object]) -> None:
     orphaned load) and reports a crash on ``pipe`` instead of leaving the
     parent waiting. ``body`` may return a coroutine, which is run.
     """
-    import load  # bench/load.py: its die_with_parent keeps it usable on its own
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    load.die_with_parent()
+    die_with_parent()
     if os.getppid() == 1:  # the parent died before prctl
         return
     try:
@@ -192,7 +272,7 @@ def run_child(pipe, body: Callable[[], object]) -> None:
 
 
 def load_result(out: str, err: str, returncode: int | None) -> dict:
-    """The JSON line ``bench/load.py`` printed last."""
+    """The JSON line ``python -m bench.load`` printed last."""
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"load.py printed no result (exit {returncode}): {err[-2000:]}")

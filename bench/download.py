@@ -34,8 +34,8 @@ status P50/P95/P99 during the download vs unloaded, with per-process CPU in
 the download phase.
 
 Examples:
-    python bench/download.py
-    python bench/download.py --size-mb 256 --duration 5 --fill fallocate
+    python -m bench.download
+    python -m bench.download --size-mb 256 --duration 5 --fill fallocate
 """
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ from array import array
 from pathlib import Path
 from urllib.parse import urlsplit
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
-
-import common  # noqa: E402
-import isolation  # noqa: E402  (StatusProbe, summaries)
-import scaling  # noqa: E402  (service start, CPU sampler, folders)
+from . import (
+    common,
+    isolation,  # StatusProbe, phase rows
+    scaling,  # service start, CPU sampler, index wait
+)
 
 NAME = "camera0_2026-01-01_00-00-00_BENCH1.mp4"
 BLOCK = 8 << 20
@@ -215,13 +214,13 @@ def run(args) -> dict:
         def quiet(label):
             cpu0, h0, c0 = (
                 common.cpu_snapshot([supervisor], tree=True),
-                isolation.host_busy(),
+                common.host_busy(),
                 common.cpu_snapshot([probe.proc.pid]),
             )
             res = probe.run(label, args.duration)
             srv = common.cpu_delta(cpu0, common.cpu_snapshot([supervisor], tree=True))
             cli = common.cpu_delta(c0, common.cpu_snapshot([probe.proc.pid]))
-            return res, round(isolation.host_busy() - h0 - srv - cli, 2)
+            return res, round(common.host_busy() - h0 - srv - cli, 2)
 
         before, other_before = quiet("unloaded")
         common.print_json(isolation.phase_row("download", before, args.duration, other_before))
@@ -344,7 +343,7 @@ def main(argv=None) -> int:
         "--no-warm", dest="warm", action="store_false", help="skip the untimed first download that warms the page cache"
     )
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, scaling.on_sigterm)
+    signal.signal(signal.SIGTERM, common.on_sigterm)
     try:
         result = run(args)
     except KeyboardInterrupt:

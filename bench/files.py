@@ -9,12 +9,12 @@ quick scan that only stats the folders), then measures
 handler latency in-process: ``list_recordings`` (first page, a device
 filter, a deep offset), ``get_storage_info`` and ``delete_recording``::
 
-    python bench/files.py --counts 1000 10000 100000 --queries 300
+    python -m bench.files --counts 1000 10000 100000 --queries 300
 
 ``ws`` asks a running service over WebSocket JSON-RPC (one request in
 flight at a time, so the figures are latencies, not throughput)::
 
-    python bench/files.py ws --url ws://127.0.0.1:8002/ws --queries 300 [--token JWT]
+    python -m bench.files ws --url ws://127.0.0.1:8002/ws --queries 300 [--token JWT]
 
 The handler is called directly in ``index`` mode: the figures are the file
 worker's own cost, without the gateway hop and ZeroMQ.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import shutil
@@ -34,16 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from .common import percentile
 
 CAMERAS = 4
 SPACING = 30  # seconds between consecutive files' mtimes
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest-rank percentile (an observed value) of a sorted list."""
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def summary(samples_ms: list[float]) -> dict:
@@ -90,9 +83,11 @@ async def measure(call, params_for, queries: int) -> dict:
 
 
 async def bench_index(count: int, queries: int, base: Path) -> None:
-    from camservice import config as config_module, methods
     from camservice.workers.base import CallContext
     from camservice.workers.files.worker import FilesWorker
+
+    from camservice import config as config_module
+    from camservice import methods
 
     root = Path(tempfile.mkdtemp(prefix="cs-bench-", dir=base))
     try:

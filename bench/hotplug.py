@@ -25,7 +25,7 @@ and slowest client: their difference is the fan-out cost. Times are
 CLOCK_MONOTONIC, which all processes of the host share.
 
 Clients are cheap: websockets opens and authenticates each connection, then
-a plain asyncio.Protocol (bench/load.py's FastConnection) reads frames,
+a plain asyncio.Protocol (bench.load's FastConnection) reads frames,
 stamps a message with the clock and checks it with two substring searches;
 the matched messages are JSON-decoded and verified after each event.
 
@@ -37,9 +37,9 @@ and the discovery worker's own start-up time from its ``discovery_started``
 log line (``ms``). One JSON line per start, then a summary line.
 
 Examples:
-    python bench/hotplug.py                       # 500 clients, 20 plug/unplug cycles
-    python bench/hotplug.py --clients 100 --cycles 5
-    python bench/hotplug.py --startup 16 --repeat 3
+    python -m bench.hotplug                       # 500 clients, 20 plug/unplug cycles
+    python -m bench.hotplug --clients 100 --cycles 5
+    python -m bench.hotplug --startup 16 --repeat 3
 """
 
 from __future__ import annotations
@@ -58,39 +58,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+from camservice.workers.discovery import simulator
+from websockets.asyncio.client import connect
 
-import common  # noqa: E402
-import load  # noqa: E402  (FastConnection, die_with_parent, raise_nofile_limit, split)
-from websockets.asyncio.client import connect  # noqa: E402
+from tests.harness import Service
 
-from tests.harness import Service  # noqa: E402
-from camservice.workers.discovery import simulator  # noqa: E402
+from . import common, load  # load: FastConnection, split
+from .common import FAST_LIMITS, on_sigterm
+from .common import latency_summary as summary
 
-NS = 1_000_000_000
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]
-#: Raised limits: every client shares one identity (the token's subject).
-FAST_LIMITS = {"security.rate_limit": 1000000, "security.rate_burst": 1000000}
-
-
-def on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # same clean-up path as Ctrl-C
-
-
-def ms(ns: float | None) -> float | None:
-    return None if ns is None else round(ns / 1e6, 3)
-
-
-def summary(values_ns: list[int]) -> dict:
-    pct = common.percentiles(values_ns, (50, 95, 99, 100))
-    return {
-        "n": len(values_ns),
-        "p50_ms": ms(pct[50]),
-        "p95_ms": ms(pct[95]),
-        "p99_ms": ms(pct[99]),
-        "max_ms": ms(pct[100]),
-    }
 
 
 # ------------------------------------------------------------------ client side
@@ -277,13 +254,8 @@ class Clients:
                 proc.join(5)
 
 
-def host_busy() -> float:
-    t = common.psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def run_hotplug(args) -> dict:
-    load.raise_nofile_limit()  # inherited by the client processes
+    common.raise_nofile_limit()  # inherited by the client processes
     service = Service(simulate=args.simulate, **FAST_LIMITS)
     clients = None
     try:
@@ -312,7 +284,7 @@ def run_hotplug(args) -> dict:
         cpu0, cli0, host0 = (
             common.cpu_snapshot([supervisor], tree=True),
             common.cpu_snapshot(client_pids),
-            host_busy(),
+            common.host_busy(),
         )
         t_phase = time.monotonic()
         key = 0
@@ -342,7 +314,7 @@ def run_hotplug(args) -> dict:
         cpu1, cli1, host1 = (
             common.cpu_snapshot([supervisor], tree=True),
             common.cpu_snapshot(client_pids),
-            host_busy(),
+            common.host_busy(),
         )
         errors: Counter = Counter()
         for msg in answers:
@@ -424,7 +396,7 @@ def discovery_started_ms(state_dir: Path) -> float | None:
     return None
 
 
-def run_startup(args) -> list[dict]:
+def run_startup(args, emit: bool = True) -> list[dict]:
     rows = []
     for attempt in range(args.repeat):
         service = Service(simulate=args.startup, **FAST_LIMITS)
@@ -433,7 +405,7 @@ def run_startup(args) -> list[dict]:
             cmd = [sys.executable, "-m", "camservice.cli", "start"]
             t0 = time.monotonic()
             proc = subprocess.Popen(
-                cmd, env=service.env, cwd=str(BENCH.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                cmd, env=service.env, cwd=str(common.REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             t_list = asyncio.run(poll_list(service.url, token, args.startup, t0 + 60))
             proc.wait(60)
@@ -449,11 +421,14 @@ def run_startup(args) -> list[dict]:
                     "discovery_started_ms": discovery_started_ms(service.state_dir),
                 }
             )
-            common.print_json(rows[-1])
+            if emit:
+                common.print_json(rows[-1])
         finally:
             service.cleanup()
     lists = sorted(r["start_to_list_s"] for r in rows if r["start_to_list_s"] is not None)
     disc = sorted(r["discovery_started_ms"] for r in rows if r["discovery_started_ms"] is not None)
+    if not emit:
+        return rows
     common.print_json(
         {
             "bench": "hotplug.startup.summary",

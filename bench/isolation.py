@@ -12,7 +12,7 @@ same connections:
 1. ``unloaded``: the status clients alone;
 2. ``loaded``: meanwhile --list-clients connections (default 2) call
    ``list_recordings`` ``{"limit": 100}`` as fast as they can, one request
-   in flight each (bench/load.py, 1 client process);
+   in flight each (``bench.load``, 1 client process);
 3. ``unloaded_after``: alone again, to show the machine did not drift.
 
 Prints one JSON line per phase and a summary line:
@@ -27,8 +27,8 @@ measured from when it was sent (the figures are per-request service latency,
 not a coordinated-omission-corrected schedule).
 
 Examples:
-    python bench/isolation.py --files-dir /tmp/rec100k
-    python bench/isolation.py --status-interval 0          # status clients flat out too
+    python -m bench.isolation --files-dir /tmp/rec100k
+    python -m bench.isolation --status-interval 0          # status clients flat out too
 """
 
 from __future__ import annotations
@@ -45,27 +45,16 @@ import sys
 import time
 from array import array
 from collections import Counter
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+from websockets.asyncio.client import connect
 
-import common  # noqa: E402
-import load  # noqa: E402
-import scaling  # noqa: E402  (recordings folder, service start, index wait, CPU sampler)
-from websockets.asyncio.client import connect  # noqa: E402
-
-NS = 1_000_000_000
-
-
-def ms(ns):
-    return None if ns is None else round(ns / 1e6, 3)
-
-
-def summary(lat: array) -> dict:
-    pct = common.percentiles(lat, (50, 95, 99, 100))
-    return {"n": len(lat), "p50_ms": ms(pct[50]), "p95_ms": ms(pct[95]), "p99_ms": ms(pct[99]), "max_ms": ms(pct[100])}
-
+from . import (
+    common,
+    load,
+    scaling,  # recordings folder, service start, index wait, CPU sampler
+)
+from .common import host_busy
+from .common import latency_summary as summary
 
 # ------------------------------------------------------------------ paced status probe
 
@@ -198,11 +187,6 @@ class StatusProbe:
             self.proc.join(5)
 
 
-def host_busy() -> float:
-    t = common.psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def phase_row(bench: str, res: dict, duration: float, other_cpu_s: float | None = None, **extra) -> dict:
     row = {
         "bench": bench,
@@ -250,9 +234,8 @@ def run(args) -> dict:
 
         # Loaded: load.py (list_recordings) starts, and once its connections are
         # open and warm the status clients run for --duration.
-        cmd = [
-            sys.executable,
-            str(BENCH / "load.py"),
+        cmd = common.module_cmd(
+            "load",
             "--url",
             service.url,
             "--token",
@@ -273,8 +256,8 @@ def run(args) -> dict:
             str(args.duration + 1.0),
             "--pid-tree",
             str(supervisor),
-        ]
-        lister = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+        lister = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=common.REPO)
         sampler = scaling.CpuSampler(named, lister.pid).start()
         try:
             time.sleep(2.0)  # connect + 1.5 s warm-up: the timed phase has begun
@@ -365,7 +348,7 @@ def main(argv=None) -> int:
     ap.add_argument("--file-workers", type=int, default=1, help="workers.files (default 1, the default config)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase (default 10)")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, scaling.on_sigterm)
+    signal.signal(signal.SIGTERM, common.on_sigterm)
     try:
         result = run(args)
     except KeyboardInterrupt:

@@ -27,25 +27,23 @@ framing code in a plain asyncio.Protocol replace its per-message
 coroutines, which cost about as much CPU as the baseline server itself.
 
 Examples:
-    python bench/load.py --url ws://127.0.0.1:8012/ws --method get_camera_status \\
+    python -m bench.load --url ws://127.0.0.1:8012/ws --method get_camera_status \\
         --params '{"device":"camera0"}' --connections 100 --requests 20000 --pid PID
-    python bench/load.py --url ws://127.0.0.1:8002/ws --token "$TOKEN" \\
+    python -m bench.load --url ws://127.0.0.1:8002/ws --token "$TOKEN" \\
         --method get_camera_status --params '{"device":"camera0"}' \\
         --connections 100 --duration 10 --pid-tree SUPERVISOR_PID
-    python bench/load.py --url ws://127.0.0.1:8012/ws --idle 2000 --hold 10 --pid-tree PID
+    python -m bench.load --url ws://127.0.0.1:8012/ws --idle 2000 --hold 10 --pid-tree PID
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import ipaddress
 import json
 import multiprocessing
 import os
 import resource
-import signal
 import sys
 import time
 from array import array
@@ -56,23 +54,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import apply_mask  # the C speedup when available
 
-import common
+from . import common
+from .common import NS, die_with_parent, raise_nofile_limit
 
-NS = 1_000_000_000
 UNLIMITED = 1 << 62
 
 
 def split(total: int, parts: int) -> list[int]:
     """Split total into `parts` near-equal integers (first ones get the rest)."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft fd limit to the hard one; returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def cpu_now() -> float:
@@ -414,15 +404,6 @@ async def idle_worker(pipe, cfg: dict) -> None:
     await close_all(conns)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no orphan load)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: pipe EOF still ends the child when it next waits
-
-
 def child_main(pipe, cfg: dict, inherited: list) -> None:
     # Forked children inherit the parent's ends of the pipes: close them, or
     # a child would never see EOF on its own pipe when the parent dies.
@@ -498,12 +479,6 @@ def server_rss(args) -> int:
     return common.rss_bytes({p.pid for p in pids})
 
 
-def host_busy() -> float:
-    """CPU seconds the whole host spent not idle so far."""
-    t = common.psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def connect_timeout(n: int) -> float:
     return 60 + n / 50  # generous: 10k handshakes on 2 shared cores take a while
 
@@ -524,10 +499,10 @@ def run_load(args, cfg: dict, per_proc: list[int]) -> dict:
         t_end = t_start + int(args.duration * NS) if args.duration else UNLIMITED
         pool.send_all(("go", t_start, t_end))
         time.sleep(max(0.0, (t_start - time.perf_counter_ns()) / NS))
-        cpu_before, host_before = server_cpu(args), host_busy()
+        cpu_before, host_before = server_cpu(args), common.host_busy()
         limit = (args.duration + 30 if args.duration else args.timeout + 30) + args.warmup
         ends = pool.recv_all(limit)
-        cpu_after, host_after = server_cpu(args), host_busy()
+        cpu_after, host_after = server_cpu(args), common.host_busy()
         pool.send_all(("close",))
     except BaseException:
         pool.stop(wait=0)
@@ -544,7 +519,7 @@ def run_load(args, cfg: dict, per_proc: list[int]) -> dict:
     n = len(latencies)
     duration = (last_ns - t_start) / NS
     pct = common.percentiles(latencies, (50, 95, 99, 100))
-    ms = lambda v: None if v is None else round(v / 1e6, 3)  # noqa: E731
+    ms = lambda v: None if v is None else round(v / 1e6, 3)
     has_pids = bool(args.pid or args.pid_tree)
     srv_cpu = common.cpu_delta(cpu_before, cpu_after) if has_pids else None
     return {
@@ -593,7 +568,7 @@ def run_idle(args, cfg: dict, per_proc: list[int]) -> dict:
     pool.stop()
     if opened > alive:
         errors["dead"] += opened - alive
-    mb = lambda b: round(b / 2**20, 1)  # noqa: E731
+    mb = lambda b: round(b / 2**20, 1)
     return {
         "mode": "idle",
         "connections": args.idle,

@@ -14,7 +14,7 @@ one JSON line per figure:
   ``--cameras`` cameras record at once, sampled with psutil over
   ``--sample-seconds``.
 
-Usage: ``python bench/media.py [--iterations 20] [--cameras 1] [--size 640x480] [--fps 15]``
+Usage: ``python -m bench.media [--iterations 20] [--cameras 1] [--size 640x480] [--fps 15]``
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -30,20 +29,14 @@ import time
 from pathlib import Path
 
 import psutil
+from camservice.workers.discovery import simulator
+from camservice.workers.recording.sessions import RecordingManager
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from camservice import config as config_module
+from camservice import log, methods
+from camservice.cameras import Camera
 
-from camservice import config as config_module  # noqa: E402
-from camservice import log, methods  # noqa: E402
-from camservice.cameras import Camera  # noqa: E402
-from camservice.workers.discovery import simulator  # noqa: E402
-from camservice.workers.recording.sessions import RecordingManager  # noqa: E402
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+from .common import percentiles
 
 
 def emit(**fields) -> None:
@@ -53,14 +46,8 @@ def emit(**fields) -> None:
 
 def latency_line(bench: str, samples_s: list[float], **extra) -> None:
     ms = [s * 1000 for s in samples_s]
-    emit(
-        bench=bench,
-        **extra,
-        n=len(ms),
-        p50_ms=round(percentile(ms, 50), 2),
-        p95_ms=round(percentile(ms, 95), 2),
-        max_ms=round(max(ms), 2),
-    )
+    pct = percentiles(ms, (50, 95))
+    emit(bench=bench, **extra, n=len(ms), p50_ms=round(pct[50], 2), p95_ms=round(pct[95], 2), max_ms=round(max(ms), 2))
 
 
 async def timed(coro) -> tuple[float, dict]:
@@ -87,7 +74,7 @@ async def bench(args: argparse.Namespace, state: Path) -> None:
         )
     manager = RecordingManager(config, cameras.get, lambda topic, data: None)
     await manager.open()
-    snap = lambda fmt: methods.take_snapshot({"device": "sim:0", "format": fmt})  # noqa: E731
+    snap = lambda fmt: methods.take_snapshot({"device": "sim:0", "format": fmt})
     start = methods.start_recording({"device": "sim:0"})
 
     for fmt in ("jpg", "png"):

@@ -2,9 +2,9 @@
 
 For N in --workers (default 1 2 4) it starts the service with N processes
 of --kind (``workers.<kind>: N``) on a recordings folder of --files files
-(default 100,000; generated once with bench/files.py's generator and reused
+(default 100,000; generated once with bench.files' generator and reused
 for every N), waits until the index is complete (``list_recordings`` total
-== F), then runs bench/load.py against --method/--params (default
+== F), then runs ``bench.load`` against --method/--params (default
 ``list_recordings`` ``{"limit": 100}``) at a load meant to keep the workers
 busy (default 32 connections, pipeline 4, 10 s, 2 client processes) and
 prints one JSON line per N:
@@ -28,9 +28,9 @@ The periodic rescan is pushed out of the run (storage.scan_interval 3600 s)
 so that a full walk of F files does not land in one N's timed phase only.
 
 Examples:
-    python bench/scaling.py                                # files, N = 1 2 4, 100k files
-    python bench/scaling.py --files 10000 --duration 5
-    python bench/scaling.py --files-dir /tmp/rec100k       # keep the generated folder for next time
+    python -m bench.scaling                                # files, N = 1 2 4, 100k files
+    python -m bench.scaling --files 10000 --duration 5
+    python -m bench.scaling --files-dir /tmp/rec100k       # keep the generated folder for next time
 """
 
 from __future__ import annotations
@@ -48,22 +48,13 @@ import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+from websockets.asyncio.client import connect
 
-import common  # noqa: E402
-import files as files_bench  # noqa: E402  (bench/files.py: the recordings generator)
-from websockets.asyncio.client import connect  # noqa: E402
+from tests.harness import Service
 
-from tests.harness import Service  # noqa: E402
-
-FAST_LIMITS = {"security.rate_limit": 1000000, "security.rate_burst": 1000000}
-LOAD = BENCH / "load.py"
-
-
-def on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # same clean-up path as Ctrl-C
-
+from . import common
+from . import files as files_bench  # the recordings generator
+from .common import FAST_LIMITS, on_sigterm
 
 # ------------------------------------------------------------------ recordings folder
 
@@ -159,15 +150,14 @@ class CpuSampler:
         for name, pid in self.named.items():
             out[name] = common.cpu_seconds([pid])
         out["client"] = common.cpu_seconds([self.client_pid], tree=True)
-        t = common.psutil.cpu_times()
-        return time.monotonic(), out, sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        return time.monotonic(), out, common.host_busy()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.samples.append(self.sample())
             self._stop.wait(self.interval)
 
-    def start(self) -> "CpuSampler":
+    def start(self) -> CpuSampler:
         self._thread.start()
         return self
 
@@ -199,10 +189,9 @@ def run_load(
     connections: int,
     pipeline: int,
 ) -> tuple[dict, dict]:
-    """bench/load.py in a subprocess, with per-process CPU sampled meanwhile."""
-    cmd = [
-        sys.executable,
-        str(LOAD),
+    """``bench.load`` in a subprocess, with per-process CPU sampled meanwhile."""
+    cmd = common.module_cmd(
+        "load",
         "--url",
         service.url,
         "--token",
@@ -223,8 +212,8 @@ def run_load(
         str(args.warmup),
         "--pid-tree",
         str(supervisor),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=common.REPO)
     sampler = CpuSampler(named, proc.pid).start()
     launched = time.monotonic()
     try:

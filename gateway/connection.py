@@ -174,8 +174,9 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # No isinstance check: uvloop's transports do everything asyncio.Transport
+        # does without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
         self.remote_address = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=self.limits.write_limit, low=self.limits.write_limit // 2)
         self._timer = self._loop.call_later(self.limits.open_timeout, self._give_up)

@@ -7,14 +7,11 @@ figures, not how fast this machine is.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from tests.harness import wait_for
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH))
-import common  # noqa: E402
+from bench import common
+from tests.harness import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +24,9 @@ def baseline():
 
 
 def run_load(*args) -> dict:
-    out = subprocess.run([sys.executable, str(BENCH / "load.py"), *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        common.module_cmd("load", *args), capture_output=True, text=True, timeout=60, cwd=common.REPO, check=False
+    )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, (out.stdout, out.stderr)
     return json.loads(lines[0])
@@ -162,8 +161,9 @@ def test_client_processes_die_with_the_parent(baseline):
 
     _, url = baseline
     load = subprocess.Popen(
-        [sys.executable, str(BENCH / "load.py"), "--url", url, "--connections", "2", "--duration", "30"],
+        common.module_cmd("load", "--url", url, "--connections", "2", "--duration", "30"),
         stdout=subprocess.DEVNULL,
+        cwd=common.REPO,
     )
     try:
         children = wait_for(
@@ -219,9 +219,8 @@ def test_percentile_helper():
 
 def test_compare_runs_both_servers_in_alternating_rounds():
     out = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "compare.py"),
+        common.module_cmd(
+            "vsbaseline",
             "--case",
             "get_camera_status:4",
             "--rounds",
@@ -234,10 +233,12 @@ def test_compare_runs_both_servers_in_alternating_rounds():
             "1",
             "--simulate",
             "1",
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=common.REPO,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -253,3 +254,83 @@ def test_compare_runs_both_servers_in_alternating_rounds():
     assert summary["ratios"] == [
         round(s["throughput_rps"] / b["throughput_rps"], 3) for b, s in zip(runs[::2], runs[1::2])
     ]
+
+
+def suite(*args) -> list[str]:
+    """argv of the suite's command line, ``python -m bench ARGS``."""
+    return [sys.executable, "-m", "bench", *args]
+
+
+def test_suite_cli_writes_results_and_a_self_contained_report(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        suite("load", "--quick", "--quiet", "--duration", "2", "--clients", "5", "--cameras", "1", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=common.REPO,
+        check=False,
+    )
+    assert done.returncode in (0, 2), done.stderr[-3000:]  # 2: a requirement failed (a loaded machine)
+    results = json.loads((out / "results.json").read_text())
+    assert results["category"] == "load" and not results["failures"]
+    ids = {r["id"] for r in results["requirements"]}
+    assert ids == {f"REQ-PERF-00{i}" for i in range(1, 7)}
+    for row in results["requirements"]:
+        assert set(row) >= {"id", "measured", "threshold", "target", "pass"}
+    status = next(r for r in results["requirements"] if r["what"].startswith("status query"))
+    assert status["measured"] == results["categories"]["load"]["endpoints"]["get_camera_status"]["p95_ms"]
+    assert status["pass"] == (status["measured"] < 200)
+    page = (out / "report.html").read_text()
+    assert page.index("REQ-PERF-001") < page.index("Load:")  # the requirements table comes first
+    assert "http://" not in page.split("<body>", 1)[1].replace("http://127.0.0.1", "")  # nothing fetched from outside
+    try:
+        import matplotlib  # noqa: F401
+
+        assert "data:image/png;base64," in page
+    except ImportError:
+        assert "matplotlib is not installed" in page
+
+
+def test_compare_flags_a_regression_beyond_its_tolerance(tmp_path):
+    from bench import regress
+
+    base = {
+        "categories": {
+            "load": {
+                "endpoints": {"get_camera_status": {"n": 100, "p50_ms": 1.0, "p95_ms": 4.0}},
+                "steady": {"p95_ms": 4.0, "error_rate": 0.0},
+                "capacity": {"rps": 1000.0, "p95_ms": 10.0, "cpu_us_per_request": 50.0},
+            }
+        }
+    }
+    same = json.loads(json.dumps(base))
+    rows, regressed = regress.compare(base, same, {})
+    assert not regressed and {r["verdict"] for r in rows} == {"ok"}
+    slower = json.loads(json.dumps(base))
+    slower["categories"]["load"]["endpoints"]["get_camera_status"]["p95_ms"] = 4.0 * 2.5  # tolerance 1.0: limit 8
+    rows, regressed = regress.compare(base, slower, {})
+    assert regressed
+    assert [r["figure"] for r in rows if r["verdict"] == "REGRESSED"] == ["load.get_camera_status.p95_ms"]
+    fewer = json.loads(json.dumps(base))
+    fewer["categories"]["load"]["capacity"]["rps"] = 500.0
+    rows, regressed = regress.compare(base, fewer, {"load.capacity.rps": 0.2})
+    assert regressed and next(r for r in rows if r["figure"] == "load.capacity.rps")["ratio"] == 0.5
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(base))
+    (tmp_path / "b" / "results.json").write_text(json.dumps(slower))
+
+    def cli(a, b):
+        return subprocess.run(
+            suite("compare", str(tmp_path / a), str(tmp_path / b)),
+            capture_output=True,
+            text=True,
+            cwd=common.REPO,
+            check=False,
+            timeout=60,
+        )
+
+    assert cli("a", "a").returncode == 0
+    flagged = cli("a", "b")
+    assert flagged.returncode == 1 and "REGRESSED" in flagged.stdout

@@ -3,7 +3,7 @@
 Starts bench/baseline_server.py and the service (``camservice start`` with
 --simulate cameras and the rate limits raised, through tests/harness.Service),
 then for every --case (``METHOD:CONNECTIONS``, default the issue's targets)
-warms both up and runs bench/load.py --rounds times against each, baseline
+warms both up and runs ``bench.load`` --rounds times against each, baseline
 first, alternating, so drift of the machine hits both alike. Prints one JSON
 line per run and one summary line per case:
 
@@ -18,9 +18,9 @@ On a 2-core machine the load generator shares the cores: compare rounds
 whose ``other_cpu_s`` is small.
 
 Examples:
-    python bench/compare.py                                   # the issue's cases, 3 rounds, ~2.5 min
-    python bench/compare.py --case get_camera_status:10 --rounds 5
-    python bench/compare.py --case get_camera_capabilities:100 --processes 1
+    python -m bench.vsbaseline                                   # the issue's cases, 3 rounds, ~2.5 min
+    python -m bench.vsbaseline --case get_camera_status:10 --rounds 5
+    python -m bench.vsbaseline --case get_camera_capabilities:100 --processes 1
 """
 
 from __future__ import annotations
@@ -29,15 +29,10 @@ import argparse
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+from tests.harness import Service
 
-import common  # noqa: E402
-import scaling  # noqa: E402  (FAST_LIMITS, on_sigterm)
-
-from tests.harness import Service  # noqa: E402
+from . import common
 
 DEFAULT_CASES = [
     "get_camera_status:10",
@@ -50,9 +45,8 @@ PARAMS = {"get_camera_status": '{"device":"camera0"}', "get_camera_capabilities"
 
 
 def load(url: str, token: str, method: str, connections: int, args, pid_args: list[str], duration: float) -> dict:
-    cmd = [
-        sys.executable,
-        str(BENCH / "load.py"),
+    cmd = common.module_cmd(
+        "load",
         "--url",
         url,
         "--token",
@@ -68,8 +62,8 @@ def load(url: str, token: str, method: str, connections: int, args, pid_args: li
         "--processes",
         str(args.processes),
         *pid_args,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 180)
+    )
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 180, cwd=common.REPO)
     return common.load_result(done.stdout, done.stderr, done.returncode)
 
 
@@ -129,13 +123,13 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=2, help="load.py client processes (default 2)")
     ap.add_argument("--simulate", type=int, default=4, help="simulated cameras (default 4)")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, scaling.on_sigterm)
+    signal.signal(signal.SIGTERM, common.on_sigterm)
     baseline = service = None
     failed = False
     try:
         port = common.free_port()
         baseline = common.start_baseline(port)
-        service = Service(simulate=args.simulate, **scaling.FAST_LIMITS).start()
+        service = Service(simulate=args.simulate, **common.FAST_LIMITS).start()
         token = service.token("admin")
         for case in args.case or DEFAULT_CASES:
             summary = run_case(case, service, baseline.pid, f"ws://127.0.0.1:{port}/ws", token, args)

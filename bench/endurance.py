@@ -1,0 +1,214 @@
+"""Category ``endurance``: the steady mix for ``duration`` seconds, optionally with faults.
+
+The load's mix (viewers paced at 10 req/s each, an operator per camera
+recording and snapshotting, downloads, hot-plugs, get_metrics polling) runs
+for the whole duration while every process's RSS and open fds are sampled
+every 2 s. Reported:
+
+* growth: a linear fit of RSS (MB/hour) and fds (per hour) per process after
+  the first 20% (warm-up), with a verdict (growing above 5 MB/hour);
+* latency drift: P50/P95 of the first tenth against the last tenth;
+* hung calls (unanswered after 30 s) and errors;
+* every recording file in the recordings folder checked with ffmpeg
+  (demuxed end to end; the first 20 also decoded).
+
+``faults=True`` injects one fault every ``fault_every`` seconds, in turn: a
+worker SIGKILLed, a worker SIGSTOPped for 20 s (then SIGCONT if the
+supervisor has not replaced it), a capture ffmpeg killed, the gateway
+SIGKILLed. Each fault's "healed after" is the time until the role runs a
+new process (or ffmpeg captures are back to their count).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .actors import Actors
+from .mix import MixClients, per_second, summarize
+from .monitor import Monitor, growth
+from .phases import Progress, read_mix, run_phase
+from .target import Target
+
+FAULTS = [
+    ("SIGKILL", "files-0"),
+    ("SIGSTOP 20 s", "recording-0"),
+    ("kill ffmpeg", "ffmpeg"),
+    ("SIGKILL", "gateway-0"),
+    ("SIGKILL", "discovery-0"),
+    ("SIGSTOP 20 s", "files-0"),
+    ("SIGKILL", "recording-0"),
+]
+
+
+class Injector(threading.Thread):
+    def __init__(self, target: Target, every: float, progress: Progress):
+        super().__init__(daemon=True)
+        self.target, self.every, self.progress = target, every, progress
+        self.stop = threading.Event()
+        self.log: list[dict] = []
+        self.t0 = time.time()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.wait(self.every if i else self.every / 2):
+            fault, role = FAULTS[i % len(FAULTS)]
+            i += 1
+            try:
+                self.log.append(self.inject(fault, role))
+            except Exception as exc:  # noqa: BLE001  (a fault that could not be injected is reported, not fatal)
+                self.log.append(
+                    {"at_s": round(time.time() - self.t0), "fault": fault, "target": role, "error": repr(exc)}
+                )
+
+    def _wait_new(self, role: str, old: int, limit: float = 30.0) -> float | None:
+        t0 = time.time()
+        while time.time() - t0 < limit and not self.stop.is_set():
+            pid = self.target.role_pids().get(role)
+            if pid and pid != old:
+                return round(time.time() - t0, 2)
+            time.sleep(0.05)
+        return None
+
+    def inject(self, fault: str, role: str) -> dict:
+        at = round(time.time() - self.t0, 1)
+        self.progress.note(f"fault: {fault} {role}")
+        if role == "ffmpeg":
+            procs = {n: p for n, p in self.target.processes().items() if n.startswith("ffmpeg")}
+            if not procs:
+                return {"at_s": at, "fault": fault, "target": "ffmpeg (none running)", "healed_s": None}
+            victim = next(iter(procs.values()))
+            count = len(procs)
+            victim.kill()
+            t0 = time.time()
+            healed = None
+            while time.time() - t0 < 30:
+                now = [p.pid for n, p in self.target.processes().items() if n.startswith("ffmpeg")]
+                if len(now) >= count and victim.pid not in now:
+                    healed = round(time.time() - t0, 2)
+                    break
+                time.sleep(0.05)
+            return {"at_s": at, "fault": fault, "target": f"ffmpeg pid {victim.pid}", "healed_s": healed}
+        pid = self.target.role_pids().get(role)
+        if pid is None:
+            return {"at_s": at, "fault": fault, "target": f"{role} (not running)", "healed_s": None}
+        if fault == "SIGKILL":
+            os.kill(pid, signal.SIGKILL)
+            return {"at_s": at, "fault": fault, "target": f"{role} pid {pid}", "healed_s": self._wait_new(role, pid)}
+        os.kill(pid, signal.SIGSTOP)
+        healed = self._wait_new(role, pid, 20.0)  # the supervisor may replace a frozen worker
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        return {
+            "at_s": at,
+            "fault": fault,
+            "target": f"{role} pid {pid}",
+            "healed_s": healed,
+            "replaced": healed is not None,
+        }
+
+
+def check_recordings(folder: Path | None) -> dict:
+    """Every recording file: demuxed end to end by ffmpeg (the first 20 also decoded)."""
+    if folder is None or not folder.exists():
+        return {"checked": 0, "playable": 0, "bad": [], "note": "recordings folder not reachable (--url)"}
+    import imageio_ffmpeg
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".mp4", ".mkv") and p.is_file())
+    bad, ok = [], 0
+    for i, path in enumerate(files):
+        mode = [] if i < 20 else ["-c", "copy"]
+        done = subprocess.run(
+            [ffmpeg, "-v", "error", "-nostdin", "-i", str(path), *mode, "-f", "null", "-"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode == 0 and "Invalid" not in done.stderr and "moov atom not found" not in done.stderr:
+            ok += 1
+        else:
+            bad.append(f"{path.name}: {done.stderr.strip()[:160]}")
+    return {"checked": len(files), "playable": ok, "bad": bad}
+
+
+def drift(windows, names) -> dict:
+    if not windows:
+        return {}
+    t0, t1 = windows[0].t, windows[-1].t
+    tenth = (t1 - t0) / 10
+    first = summarize([w for w in windows if w.t <= t0 + tenth], names)
+    last = summarize([w for w in windows if w.t >= t1 - tenth], names)
+    return {
+        "first_p50_ms": first["p50_ms"],
+        "first_p95_ms": first["p95_ms"],
+        "last_p50_ms": last["p50_ms"],
+        "last_p95_ms": last["p95_ms"],
+        "p95_ratio": round(last["p95_ms"] / first["p95_ms"], 2) if first["p95_ms"] and last["p95_ms"] else None,
+    }
+
+
+def run(
+    target: Target,
+    duration: float,
+    cameras: int,
+    clients: int = 50,
+    progress: Progress | None = None,
+    faults: bool = False,
+    fault_every: float = 60.0,
+) -> dict:
+    progress = progress or Progress("endurance")
+    monitor = Monitor(target, interval=2.0).start()
+    actors = Actors(target, operators=cameras)
+    mix = MixClients(target.url, target.token, read_mix(cameras), hang_s=30)
+    injector = Injector(target, fault_every, progress) if faults and target.local else None
+    try:
+        if injector:
+            injector.start()
+        steady = run_phase(
+            mix, monitor, progress, "steady mix", "paced", clients, duration, rate=clients * 10.0, settle=0
+        )
+        windows = mix.since(steady["window"][0], "steady mix")
+    finally:
+        if injector:
+            injector.stop.set()
+            injector.join(40)
+        mix.stop()
+        ops = actors.finish(120)
+        monitor.stop()
+    progress.note(f"checking {len(ops['recordings'])} recordings with ffmpeg")
+    folder = target.state_dir / "recordings" if target.state_dir else None
+    playable = check_recordings(folder)
+    playable["made"] = len(ops["recordings"])
+    t_first = monitor.samples[0]["t"] if monitor.samples else 0
+    rss_series: dict[str, list] = {}
+    for s in monitor.samples[::5]:
+        for name, p in s["procs"].items():
+            if not name.startswith("ffmpeg"):
+                rss_series.setdefault(name, []).append((round(s["t"] - t_first, 1), round(p["rss"] / 2**20, 1)))
+    steady.pop("resources", None)
+    return {
+        "duration_s": duration,
+        "clients": clients,
+        "cameras": cameras,
+        "steady": {k: v for k, v in steady.items() if k != "methods"},
+        "methods": steady["methods"],
+        "endpoints": {**steady["methods"], **{op: row for op, row in ops["lat_summary"].items()}},
+        "growth": growth(monitor.between(*steady["window"])),
+        "rss_series": rss_series,
+        "drift": drift(windows, mix.names),
+        "series": per_second(windows, mix.names),
+        "playable": playable,
+        "actor_errors": ops["errors"],
+        "faults": injector.log if injector else None,
+        "hung": steady["hung"] + sum(v for k, v in ops["errors"].items() if k.endswith(":hung")),
+        "samples": len(monitor.samples),
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
