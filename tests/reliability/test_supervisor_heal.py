@@ -37,7 +37,11 @@ def test_a_frozen_worker_is_replaced_and_its_callers_hear_it_stopped_answering()
                 assert "exited" not in reply["error"]["data"]["reason"]
                 wait_for(lambda: svc.pids().get("files-0") not in (None, frozen), 15, message="files-0 replaced")
                 assert not alive([frozen])
-                # The replacement serves.
+                # The replacement serves, once it registered with the gateway.
+                for _ in range(200):
+                    if (await client.call("get_status"))["components"]["files"] == "running":
+                        break
+                    await asyncio.sleep(0.05)
                 listing = await client.call("list_recordings")
                 assert listing["files"] == []
 
