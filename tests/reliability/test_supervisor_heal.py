@@ -54,7 +54,7 @@ def test_a_frozen_worker_is_replaced_and_its_callers_hear_it_stopped_answering()
 
 
 def test_a_crash_loop_is_retried_after_the_cool_down_and_status_says_unhealthy_meanwhile():
-    settings = {"runtime.give_up_after": 1, "runtime.failed_retry_after": 3.0, "runtime.stable_after": 60.0}
+    settings = {"runtime.give_up_after": 1, "runtime.failed_retry_after": 10.0, "runtime.stable_after": 60.0}
     with Service(simulate=0, **settings) as svc:
 
         async def scenario():
@@ -76,7 +76,7 @@ def test_a_crash_loop_is_retried_after_the_cool_down_and_status_says_unhealthy_m
                 down = await status_is("unhealthy")
                 assert down["components"]["files"] == "down"
                 # After the cool-down the supervisor tries again, and the service heals.
-                wait_for(lambda: states(svc)["files-0"] == "running", 15, message="files-0 retried")
+                wait_for(lambda: states(svc)["files-0"] == "running", 25, message="files-0 retried")
                 healed = await status_is("healthy")
                 assert healed["components"]["files"] == "running"
                 assert (await client.call("list_recordings"))["files"] == []
