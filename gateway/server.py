@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from camservice import comms, control, jsonrpc, log, process
 from camservice import config as config_module
 
-from . import console, drain, http
+from . import canary, console, drain, http
 from .connection import Connection, Limits
 from .core import PENDING, Gateway
 from .events import EventRelay
@@ -59,6 +59,7 @@ class GatewayServer:
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
         self.metrics_renderer = None  # set by gateway.metrics when enabled
+        self.canary = None  # gateway.canary: the figures a reload's canary compares
         self.max_batch = config.server.max_in_flight
         self.limits = Limits(
             max_size=config.server.max_frame_bytes,
@@ -196,7 +197,7 @@ class GatewayServer:
         background = [
             asyncio.ensure_future(c)
             for c in (
-                self._fetch_process_table(),
+                self._hello(),
                 self._sweep(),
                 self._publish_stats(),
                 self.events.resync_forever(),
@@ -241,9 +242,17 @@ class GatewayServer:
             self.pool._drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
 
-    async def _fetch_process_table(self) -> None:
-        """Know every process from the start (get_metrics), not only after the first ``_process_stats``."""
-        answer = await asyncio.to_thread(control.request, self.endpoints.control, "status", 2.0)
+    async def _hello(self) -> None:
+        """Tell the supervisor this gateway serves (a reload waits for it), and learn the process table.
+
+        Said once the camera replica is loaded, so that a client the reload
+        moves here sees the same cameras; the answer fills ``get_metrics``'s
+        process list from the start, not only after the first ``_process_stats``.
+        """
+        deadline = time.monotonic() + self.config.runtime.start_timeout
+        while self.gateway.cameras.source is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        answer = await asyncio.to_thread(control.request, self.endpoints.control, "hello", 2.0, pid=os.getpid())
         if answer and not self.gateway.processes:
             self.gateway.processes = answer.get("processes", [])
             self.gateway.host_stats = answer.get("host") or self.gateway.host_stats
@@ -262,6 +271,8 @@ class GatewayServer:
             await asyncio.sleep(STATS_INTERVAL)
             counters = self.gateway.own_counters()
             counters["index"] = self.index
+            if self.canary is not None:
+                counters["canary"] = self.canary.snapshot()
             self.events.publish("_gateway_stats", counters)
 
     async def _close_idle_unauthenticated(self) -> None:
@@ -290,4 +301,5 @@ def main(index: int = 0) -> None:
         attach(server)
     except ImportError:
         pass
+    server.canary = canary.attach(server)
     asyncio.run(server.run())

@@ -35,7 +35,6 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import psutil
 import structlog
@@ -45,9 +44,10 @@ from camservice import __version__, comms, log, process
 from camservice import config as config_module
 from camservice.envelope import Event
 
-from . import liveness, sampling
+from . import canary, liveness, sampling
 from .generation import SERVING, STARTING, STOPPED, Generation
 from .liveness import Liveness
+from .reload import Reloader
 from .watcher import FAILED, RUNNING, Watcher
 
 logger = structlog.get_logger("supervisor")
@@ -135,6 +135,12 @@ class Arbiter:
         self._pubs: dict[int, zmq.Socket] = {}
         #: Set by camservice.supervisor.reload: the last reload and rollback, for status.
         self.upgrade_state: dict = {"canary": None, "last_reload": None, "last_rollback": None}
+        self.rollbacks = 0
+        #: Every gateway's canary figures, per generation (camservice.supervisor.canary).
+        self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
+        self.reloader = Reloader(self)
+        #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
+        self.commands: dict = {"reload": self.reloader.command}
         self.new_generation(config, self.env, sys.executable)
 
     @property
@@ -143,10 +149,11 @@ class Arbiter:
 
     @property
     def serving(self) -> Generation:
-        """The newest generation that serves (or starts to)."""
-        for generation in reversed(self.generations):
-            if generation.state in (STARTING, SERVING):
-                return generation
+        """The newest generation that serves (during a reload: the old one, until the switch)."""
+        for state in (SERVING, STARTING):
+            for generation in reversed(self.generations):
+                if generation.state == state:
+                    return generation
         return self.generations[-1]
 
     def new_generation(self, config, env: dict[str, str], executable: str) -> Generation:
@@ -254,11 +261,33 @@ class Arbiter:
             except zmq.Again:
                 return
             try:
-                pid = Event.from_frames(frames).data.get("pid")
+                event = Event.from_frames(frames)
+                pid = event.data.get("pid")
             except Exception:  # noqa: BLE001, S112 - a malformed event is not a heartbeat
                 continue
             if isinstance(pid, int):
                 self.liveness.beat(pid, now)
+                figures = event.data.get("canary")
+                if isinstance(figures, dict):
+                    self._canary_figures(pid, figures, now)
+
+    def _canary_figures(self, pid: int, figures: dict, now: float) -> None:
+        for watcher in self.watchers:
+            if watcher.pid == pid:
+                try:
+                    self.windows.add(watcher.generation, pid, figures, now)
+                except (KeyError, TypeError):
+                    logger.warning("bad_canary_figures", pid=pid)
+                return
+
+    def generation_rss(self, generation: Generation) -> int:
+        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample."""
+        total = 0
+        for watcher in generation.watchers:
+            row = self.samples.get(watcher.key)
+            if row and row.get("pid") == watcher.pid:
+                total += row["rss_bytes"] + row["children_rss_bytes"]
+        return total
 
     async def _watch_liveness(self) -> None:
         while True:
@@ -324,13 +353,15 @@ class Arbiter:
         if command == "stop":
             self._stop.set()
             return {"ok": True, "stopping": True}
+        if command == "hello":  # a gateway is listening with its replica loaded
+            for watcher in self.watchers:
+                if watcher.pid is not None and watcher.pid == request.get("pid"):
+                    watcher.ready = True
+            return self.status()
         handler = self.commands.get(command)
         if handler is not None:
             return handler(self, request, reply)
         return {"ok": False, "error": f"unknown command {command!r}"}
-
-    #: Further commands (``reload``, ``upgrade``): name -> handler(arbiter, request, reply).
-    commands: ClassVar[dict] = {}
 
     def status(self) -> dict:
         return {
@@ -345,6 +376,12 @@ class Arbiter:
             "generations": [g.describe() for g in self.generations if g.state != STOPPED],
             **self.upgrade_state,
         }
+
+    def count_rollback(self, reason: str) -> None:
+        """A rollback happened: counted, logged, published (gateways export it in /metrics)."""
+        self.rollbacks += 1
+        logger.error("rollback", reason=reason, rollbacks=self.rollbacks)
+        self.publish("_upgrade", {"rollbacks": self.rollbacks, "reason": reason, **self.upgrade_state})
 
     def all_running(self) -> bool:
         return all(w.state == RUNNING for w in self.serving.watchers)

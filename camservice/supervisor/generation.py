@@ -17,9 +17,11 @@ import asyncio
 import time
 from pathlib import Path
 
+import yaml
 import zmq
 
 from camservice import comms
+from camservice import config as config_module
 from camservice.methods import WORKER_KINDS
 
 from .bus import Bus
@@ -35,6 +37,10 @@ class Generation:
         self.executable = executable
         self.env = dict(env)
         self.env[comms.GENERATION_ENV] = str(number)
+        # The children read exactly the configuration the supervisor checked (a
+        # rollback must not pick up the file that was edited for the reload).
+        self.config_file = Path(config.runtime.state_dir) / "run" / f"config-g{number}.yaml"
+        self.env[config_module.CONFIG_ENV] = str(self.config_file)
         self.endpoints = comms.Endpoints.from_config(config, number)
         self.state = STARTING
         self.created = time.time()
@@ -58,6 +64,10 @@ class Generation:
 
     def open_bus(self, ctx: zmq.Context) -> None:
         comms.prepare_ipc_dir(self.config)
+        self.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tree = config_module._unflatten(dict(self.config.flat))
+        self.config_file.touch(mode=0o600)  # it may hold security.jwt_secret
+        self.config_file.write_text(yaml.safe_dump(tree, sort_keys=True))
         for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *self.endpoints.gateways):
             if endpoint.startswith("ipc://"):
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)

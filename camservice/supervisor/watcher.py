@@ -84,6 +84,8 @@ class Watcher:
         self.executable = executable or sys.executable
         #: Why the supervisor killed the current process (a hang), or None.
         self.hung: str | None = None
+        #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
+        self.ready = False
         self.backoff = Backoff(
             initial=min(0.25, policy.restart_backoff_max), maximum=policy.restart_backoff_max, factor=2.0, jitter=0.5
         )
@@ -115,6 +117,7 @@ class Watcher:
         self.started_at = time.monotonic()
         self.state = RUNNING
         self.hung = None
+        self.ready = False
         log.info("process_started", process=self.name, pid=self.popen.pid, generation=self.generation)
         if self.on_start is not None:
             self.on_start(self, self.popen.pid)
@@ -208,8 +211,8 @@ class Watcher:
             except ProcessLookupError:
                 pass
 
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, give it ``timeout`` to drain, then SIGKILL."""
+    async def stop(self, timeout: float, sig: int | None = None) -> None:
+        """``sig`` (SIGTERM; a gateway drains for a reload on SIGUSR1), ``timeout`` to drain, then SIGKILL."""
         if self._restart_handle is not None:
             self._restart_handle.cancel()
             self._restart_handle = None
@@ -217,7 +220,7 @@ class Watcher:
             self.state = STOPPED if self.state != FAILED else FAILED
             return
         self.state = STOPPING
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM if sig is None else sig)
         try:
             await asyncio.wait_for(self._exited.wait(), timeout)
         except asyncio.TimeoutError:
