@@ -1,6 +1,6 @@
 """The gateway process: WebSocket JSON-RPC server in front of the workers.
 
-Wires together the pieces: :class:`~camservice.gateway.core.Gateway` (checks and
+Wires together the pieces: :class:`~camservice.gateway.core.RequestPipeline` (checks and
 gateway-local methods), :class:`~camservice.gateway.pool.WorkerPool` (ZeroMQ ROUTER to
 the workers), :class:`~camservice.gateway.events.EventRelay` (replica and notifications)
 and the WebSocket connections (:mod:`camservice.gateway.connection`), which hand every
@@ -24,12 +24,12 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, control, jsonrpc, log, process
-from camservice import config as config_module
+from camservice import comms, control, jsonrpc, process, topics
+from camservice.runtime import boot
 
-from . import canary, console, drain, http
+from . import canary, console, http, restarting
 from .connection import Connection, Limits
-from .core import PENDING, Gateway
+from .core import PENDING, RequestPipeline
 from .events import EventRelay
 from .pool import WorkerPool
 
@@ -40,6 +40,10 @@ SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
 #: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
 LISTEN_BACKLOG = 1024
+#: Seconds a starting gateway waits, beyond one heartbeat timeout, for its replica before it listens anyway.
+READY_GRACE = 2.0
+#: Seconds between checks of that; the replica and the workers arrive through socket readers meanwhile.
+READY_POLL = 0.01
 
 
 class GatewayServer:
@@ -54,7 +58,7 @@ class GatewayServer:
             config.runtime.heartbeat_interval,
             config.runtime.heartbeat_liveness,
         )
-        self.gateway = Gateway(config, self.pool.call, index)
+        self.gateway = RequestPipeline(config, self.pool.call, index)
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
@@ -70,8 +74,8 @@ class GatewayServer:
         self.connections: set[Connection] = set()
         self._stop = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
-        #: How this gateway leaves (gateway.drain): set by the signal that stops it.
-        self._exit = drain.STOP
+        #: How this gateway leaves (gateway.restarting): set by the signal that stops it.
+        self._exit = restarting.STOP
 
     def _worker_ready(self, worker) -> None:
         if worker.kind == "discovery":
@@ -171,10 +175,21 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig, how in drain.SIGNALS.items():
+        for sig, how in restarting.SIGNALS.items():
             loop.add_signal_handler(sig, self._leave, how)
         self.pool.start(loop)
         self.events.start(loop)
+        background = [
+            asyncio.ensure_future(c)
+            for c in (
+                self._sweep(),
+                self._publish_stats(),
+                self.events.resync_forever(),
+                self._close_idle_unauthenticated(),
+                self._keepalive(),
+            )
+        ]
+        await self._until_ready()
         tls = None
         if self.config.server.tls.cert_file:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -194,17 +209,7 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        background = [
-            asyncio.ensure_future(c)
-            for c in (
-                self._hello(),
-                self._sweep(),
-                self._publish_stats(),
-                self.events.resync_forever(),
-                self._close_idle_unauthenticated(),
-                self._keepalive(),
-            )
-        ]
+        background.append(asyncio.ensure_future(self._hello()))
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -216,18 +221,35 @@ class GatewayServer:
         if not process.parent_alive(parent):
             # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
             # service is being restarted, not stopped, so clients hear 1012.
-            self._exit = drain.SUPERVISOR_LOST
+            self._exit = restarting.SUPERVISOR_LOST
         await self.shutdown(background)
 
-    def _leave(self, how: drain.Exit) -> None:
+    def _leave(self, how: restarting.Exit) -> None:
         if not self._stop.is_set():
             self._exit = how
             self._stop.set()
 
+    async def _until_ready(self) -> None:
+        """Listen only once the camera replica is loaded and every worker kind has been heard.
+
+        A restarted gateway that listened at once answered from an empty
+        replica for up to 0.74 s: no cameras, -32004 for existing ones,
+        "unhealthy" (issue 11 §4). Until it listens, clients are refused and
+        retry, or land on another gateway process sharing the port. Bounded:
+        with a worker kind down for good the gateway still serves what it can.
+        """
+        runtime = self.config.runtime
+        deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
+        while not self.gateway.ready() and not self._stop.is_set():
+            if time.monotonic() >= deadline:
+                logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
+                return
+            await asyncio.sleep(READY_POLL)
+
     async def shutdown(self, background: list[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending), reason=self._exit.reason)
         # The sweep keeps running while draining: it completes in-flight calls.
-        await drain.drain(self, self._exit, self.config.runtime.stop_timeout * 0.5)
+        await restarting.drain(self, self._exit, self.config.runtime.stop_timeout * 0.5)
         for task in background:
             task.cancel()
         self.events.close()
@@ -239,7 +261,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(0.1)
             self.pool.sweep()
-            self.pool._drain()  # belt and braces for the edge-triggered FD
+            self.pool.drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
 
     async def _hello(self) -> None:
@@ -273,7 +295,7 @@ class GatewayServer:
             counters["index"] = self.index
             if self.canary is not None:
                 counters["canary"] = self.canary.snapshot()
-            self.events.publish("_gateway_stats", counters)
+            self.events.publish(topics.GATEWAY_STATS, counters)
 
     async def _close_idle_unauthenticated(self) -> None:
         timeout = self.config.security.unauthenticated_timeout
@@ -286,14 +308,7 @@ class GatewayServer:
 
 
 def main(index: int = 0) -> None:
-    config = config_module.load()
-    process.set_title(f"camservice: gateway {index}")
-    log.setup(
-        f"gateway-{index}",
-        config.state_dir / "logs",
-        config.logging.level,
-        console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
-    )
+    config = boot(f"gateway-{index}", f"camservice: gateway {index}")
     server = GatewayServer(config, index)
     try:
         from .metrics import attach

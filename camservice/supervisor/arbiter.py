@@ -40,7 +40,7 @@ import psutil
 import structlog
 import zmq
 
-from camservice import __version__, comms, log, process
+from camservice import __version__, comms, log, process, topics
 from camservice import config as config_module
 from camservice.envelope import Event
 
@@ -53,7 +53,7 @@ from .watcher import FAILED, RUNNING, Watcher
 logger = structlog.get_logger("supervisor")
 
 #: Topics every gateway and worker publishes every two seconds from its event loop: heartbeats.
-HEARTBEAT_TOPICS = ("_worker_stats", "_gateway_stats")
+HEARTBEAT_TOPICS = (topics.WORKER_STATS, topics.GATEWAY_STATS)
 #: Seconds between liveness checks.
 LIVENESS_TICK = 0.5
 
@@ -249,7 +249,7 @@ class Arbiter:
         self.liveness.forget(pid)
         data = {"pid": pid, "name": watcher.name, "role": watcher.role, "code": watcher.last_exit}
         data["hung"] = watcher.hung
-        self.publish("_process_exit", data, watcher.generation)
+        self.publish(topics.PROCESS_EXIT, data, watcher.generation)
 
     # --- liveness (issue 11 §5: a frozen process is replaced) --------------------------------
 
@@ -311,7 +311,7 @@ class Arbiter:
             try:
                 rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
                 self.samples, self.host = rows, host
-                self.publish("_process_stats", {"processes": self.process_table(), "host": host})
+                self.publish(topics.PROCESS_STATS, {"processes": self.process_table(), "host": host})
             except Exception:
                 logger.exception("sample_failed")
             await asyncio.sleep(self.config.runtime.sample_interval)

@@ -14,7 +14,7 @@ generation serving, untouched):
 3. Wait until every new gateway said hello (listening, camera replica
    loaded). A new process that crashes meanwhile aborts the reload: the new
    generation is stopped and the old one keeps serving (``rolled_back``).
-4. Drain the old gateways (SIGUSR1, :mod:`camservice.gateway.drain`): they
+4. Drain the old gateways (SIGUSR1, :mod:`camservice.gateway.restarting`): they
    stop accepting, send ``server_restarting`` {"reason": "reload"} to every
    connection, answer the calls in flight, close with 1012. Clients
    reconnect to the new gateways.

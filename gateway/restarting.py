@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import structlog
 from websockets.frames import CloseCode
 
-log = structlog.get_logger("gateway.drain")
+log = structlog.get_logger("gateway.restarting")
 
 #: ``reconnect_after_ms`` is drawn from [base, 2 * base) per connection.
 RECONNECT_BASE_MS = {"reload": 50, "rollback": 50, "stop": 1000}
