@@ -103,6 +103,7 @@ class EventRelay:
         elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})
+            self.gateway.upgrade = event.data.get("upgrade", {})
         elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
             if index is not None and index != self.gateway.index:

@@ -136,6 +136,7 @@ class Arbiter:
         #: Set by camservice.supervisor.reload: the last reload and rollback, for status.
         self.upgrade_state: dict = {"canary": None, "last_reload": None, "last_rollback": None}
         self.rollbacks = 0
+        self.reloads = 0
         #: Every gateway's canary figures, per generation (camservice.supervisor.canary).
         self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
         self.reloader = Reloader(self)
@@ -311,10 +312,16 @@ class Arbiter:
             try:
                 rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
                 self.samples, self.host = rows, host
-                self.publish(topics.PROCESS_STATS, {"processes": self.process_table(), "host": host})
+                self.publish_stats()
             except Exception:
                 logger.exception("sample_failed")
             await asyncio.sleep(self.config.runtime.sample_interval)
+
+    def publish_stats(self) -> None:
+        """The serving generation's process table (names repeat across generations) and the upgrade figures."""
+        table = sampling.process_table(self.serving.watchers, self.samples)
+        upgrade = {"generation": self.serving.number, "reloads": self.reloads, "rollbacks": self.rollbacks}
+        self.publish(topics.PROCESS_STATS, {"processes": table, "host": self.host, "upgrade": upgrade})
 
     def process_table(self) -> list[dict]:
         return sampling.process_table(
@@ -354,10 +361,13 @@ class Arbiter:
             self._stop.set()
             return {"ok": True, "stopping": True}
         if command == "hello":  # a gateway is listening with its replica loaded
-            for watcher in self.watchers:
-                if watcher.pid is not None and watcher.pid == request.get("pid"):
-                    watcher.ready = True
-            return self.status()
+            answer = self.status()
+            for generation in self.generations:
+                for watcher in generation.watchers:
+                    if watcher.pid is not None and watcher.pid == request.get("pid"):
+                        watcher.ready = True
+                        answer["processes"] = sampling.process_table(generation.watchers, self.samples)
+            return answer
         handler = self.commands.get(command)
         if handler is not None:
             return handler(self, request, reply)
@@ -381,7 +391,7 @@ class Arbiter:
         """A rollback happened: counted, logged, published (gateways export it in /metrics)."""
         self.rollbacks += 1
         logger.error("rollback", reason=reason, rollbacks=self.rollbacks)
-        self.publish("_upgrade", {"rollbacks": self.rollbacks, "reason": reason, **self.upgrade_state})
+        self.publish_stats()
 
     def all_running(self) -> bool:
         return all(w.state == RUNNING for w in self.serving.watchers)

@@ -176,6 +176,8 @@ class Reloader:
             "total_s": round(time.monotonic() - began, 3),
         }
         arbiter.upgrade_state["last_reload"] = {"time": time.time(), **result}
+        arbiter.reloads += 1
+        arbiter.publish_stats()
         log.info("reload_done", **result)
         if window > 0 and reason == "reload":
             self._canary = asyncio.ensure_future(self.watch(new, baseline, old_rss, config, time.monotonic()))
