@@ -72,6 +72,8 @@ def attach(server) -> Figures:
             figures.observe(method, code, seconds)
 
         server.gateway.stats.observer = observe
+    # Rides along in this gateway's _gateway_stats every two seconds.
+    server.stats_sources.append(lambda counters: {"canary": figures.snapshot()})
     delay = server.config.upgrade.test_status_delay
     if delay:
         _slow_status(server, figures, delay)
