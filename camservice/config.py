@@ -206,9 +206,10 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "runtime.hang_timeout",
-        8.0,
+        20.0,
         NUMBER,
-        "Seconds without a heartbeat (stats every 2 s) after which the supervisor replaces a process as hung.",
+        "Seconds without a heartbeat (stats every 2 s) after which the supervisor replaces a process as hung "
+        "(a SIGSTOPped one goes after heartbeat_interval x heartbeat_liveness).",
         _positive,
     ),
     Setting("runtime.sample_interval", 2.0, NUMBER, "Seconds between psutil samples of every process.", _positive),
