@@ -20,9 +20,10 @@ generation serving, untouched):
    reconnect to the new gateways.
 5. Hand recordings over: the old recording worker is killed (SIGKILL), which
    the recording worker treats as a crash: its ffmpeg finalises the current
-   segment (PDEATHSIG) and the journal stays; the new recording worker,
-   started right after, resumes every session (same session id and deadline)
-   in a new segment. We chose *continue* over *finish on the old
+   segment (PDEATHSIG) and the journal stays; the new recording worker
+   (started with its generation, imports done, waiting for the old pid to be
+   gone: ``camservice.process.TAKE_OVER_ENV``) resumes every session (same
+   session id and deadline) in a new segment. We chose *continue* over *finish on the old
    generation*: a finishing old worker would keep the camera device (one
    reader at a time) and its sessions would be unknown to the new
    generation's workers, so stop_recording would fail for the rest of the
@@ -42,6 +43,7 @@ import time
 import structlog
 
 from camservice import config as config_module
+from camservice import process
 
 from . import canary
 from .generation import DRAINING, SERVING
@@ -126,7 +128,13 @@ class Reloader:
         log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
         new = arbiter.new_generation(config, arbiter.env, executable)
         arbiter.open(new)
-        new.start(roles=("discovery", "files", "gateway"))
+        # The new recording workers start now too, but wait (imports done) for the old ones to be
+        # gone before they open a camera: the handover then costs no interpreter start-up.
+        old_recorders = [w.pid for w in old.role("recording") if w.pid]
+        for position, watcher in enumerate(new.role("recording")):
+            if position < len(old_recorders):
+                watcher.env = {**new.env, process.TAKE_OVER_ENV: str(old_recorders[position])}
+        new.start()
         stop_timeout = config.runtime.stop_timeout / 2
         try:
             await self._wait_ready(new, config.runtime.start_timeout)
@@ -158,7 +166,8 @@ class Reloader:
         # Recording handover (see the module docstring): a kill keeps the journal.
         handover_began = time.monotonic()
         await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in old.role("recording")))
-        new.start(roles=("recording",))
+        for watcher in new.role("recording"):
+            watcher.env = new.env  # a later restart takes nothing over
         await old.stop(stop_timeout, roles=("discovery", "files"))
         arbiter.close(old)
         new.state = SERVING
