@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
 import time
@@ -60,6 +61,22 @@ SIGNALS = {
     signal.SIGUSR2: ROLLBACK,
     signal.SIGHUP: SUPERVISOR_LOST,  # the gateway's PDEATHSIG (camservice.supervisor.watcher)
 }
+
+
+#: Set by a reload on the new generation's gateways: worker kinds (comma-separated) that take
+#: over from the old generation only once the old gateways drained (the recording worker, which
+#: must wait for the old one to release the cameras). A new gateway does not wait to hear them
+#: before it listens: it queues their calls until they register.
+TAKES_OVER_ENV = "CAMSERVICE_TAKES_OVER"
+
+
+def ready(pipeline, pool, environ=os.environ) -> bool:
+    """The gateway's readiness to listen, less the kinds this generation takes over later."""
+    later = {kind for kind in environ.get(TAKES_OVER_ENV, "").split(",") if kind}
+    if not later:
+        return pipeline.ready()
+    alive = pool.alive()
+    return pipeline.cameras.source is not None and all(n for kind, n in alive.items() if kind not in later)
 
 
 def notification(reason: str, reconnect_after_ms: int) -> str:

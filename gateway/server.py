@@ -299,7 +299,7 @@ class GatewayServer:
         """
         runtime = self.config.runtime
         deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
-        while not self.gateway.ready() and not self._stop.is_set():
+        while not restarting.ready(self.gateway, self.pool) and not self._stop.is_set():
             if time.monotonic() >= deadline:
                 logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
                 return

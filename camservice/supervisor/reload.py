@@ -44,6 +44,7 @@ import structlog
 
 from camservice import config as config_module
 from camservice import process
+from camservice.gateway.restarting import TAKES_OVER_ENV
 
 from . import canary
 from .generation import DRAINING, SERVING
@@ -128,6 +129,8 @@ class Reloader:
         log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
         new = arbiter.new_generation(config, arbiter.env, executable)
         arbiter.open(new)
+        for watcher in new.role("gateway"):  # they listen before the recording workers took over
+            watcher.env = {**new.env, TAKES_OVER_ENV: "recording"}
         # The new recording workers start now too, but wait (imports done) for the old ones to be
         # gone before they open a camera: the handover then costs no interpreter start-up.
         old_recorders = [w.pid for w in old.role("recording") if w.pid]
@@ -166,7 +169,7 @@ class Reloader:
         # Recording handover (see the module docstring): a kill keeps the journal.
         handover_began = time.monotonic()
         await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in old.role("recording")))
-        for watcher in new.role("recording"):
+        for watcher in new.role("recording", "gateway"):
             watcher.env = new.env  # a later restart takes nothing over
         await old.stop(stop_timeout, roles=("discovery", "files"))
         arbiter.close(old)
