@@ -1,43 +1,95 @@
-"""Exponential backoff with jitter, free of clocks and I/O.
+"""One restart policy for everything that retries after a failure.
 
-One object per thing that retries (a process restart, a reconnect)::
+A :class:`Backoff` counts failures in a row and answers how long to wait
+before the next attempt, or that it is time to give up:
 
-    backoff = Backoff(initial=0.25, maximum=30.0, factor=2.0, jitter=0.5)
-    delay = backoff.next_delay()   # 0.125..0.25, then 0.25..0.5, ... up to 15..30
-    backoff.reset()                # after a success (a stable run)
+* the first ``immediate`` failures are retried at once (a process that ran
+  fine and crashed once is back without delay);
+* every further failure multiplies the delay by ``factor``, from ``initial``
+  up to ``ceiling`` seconds;
+* ``jitter`` (0-1) takes up to that fraction off each delay at random, so
+  things that failed together do not retry in lockstep;
+* an attempt that ran ``stable_after`` seconds before failing starts the
+  count afresh: a crash an hour after the last one is not a crash loop;
+* after ``limit`` failures in a row :meth:`failed` answers ``None``: give up.
 
-The caller owns time: it sleeps or schedules the delay itself, so tests drive
-a backoff without waiting. ``jitter`` is the fraction of each delay that is
-random (0: exact, 0.5: between half and all of it), so that things that failed
-together do not retry in lockstep.
+Users: the process supervisor (a crashed child) and the recording sessions
+(a stalled or killed capture). No I/O and no sleeping here: the caller waits
+the answer on its own loop, so the policy is testable with a fake clock.
+
+    backoff = Backoff(initial=0.5, ceiling=30, limit=5, stable_after=60)
+    backoff.started()              # an attempt begins
+    delay = backoff.failed()       # it failed: wait ``delay``, or give up on None
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 
 
 class Backoff:
+    """Exponential, capped, optionally jittered delays between attempts; see the module docstring."""
+
     def __init__(
         self,
-        initial: float = 0.25,
-        maximum: float = 30.0,
+        *,
+        initial: float = 0.5,
         factor: float = 2.0,
-        jitter: float = 0.5,
+        ceiling: float = 30.0,
+        immediate: int = 0,
+        limit: int | None = None,
+        stable_after: float | None = None,
+        jitter: float = 0.0,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        if initial <= 0 or maximum < initial or factor < 1 or not 0 <= jitter <= 1:
-            raise ValueError("Backoff needs 0 < initial <= maximum, factor >= 1 and 0 <= jitter <= 1")
-        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
+        if initial < 0 or ceiling < 0 or factor < 1:
+            raise ValueError("initial and ceiling must be >= 0, factor >= 1")
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError("jitter must be within [0, 1]")
+        if immediate < 0 or (limit is not None and limit < 0):
+            raise ValueError("immediate and limit must be >= 0")
+        self.initial, self.factor, self.ceiling = initial, factor, ceiling
+        self.immediate, self.limit, self.stable_after, self.jitter = immediate, limit, stable_after, jitter
         self._rng = rng or random.Random()
-        #: Delays handed out since the last reset.
-        self.attempts = 0
+        self._clock = clock
+        self._failures = 0
+        self._started_at: float | None = None
 
-    def next_delay(self) -> float:
-        """The delay before the next attempt; grows by ``factor`` up to ``maximum``."""
-        base = min(self.maximum, self.initial * self.factor**self.attempts)
-        self.attempts += 1
-        return base * (1.0 - self.jitter * self._rng.random())
+    @property
+    def failures(self) -> int:
+        """Failures in a row so far (0 after :meth:`reset` or a stable run)."""
+        return self._failures
+
+    def started(self) -> None:
+        """An attempt begins now: the clock for ``stable_after`` starts."""
+        self._started_at = self._clock()
 
     def reset(self) -> None:
-        self.attempts = 0
+        """Forget past failures (the thing is known to be healthy again)."""
+        self._failures = 0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row, without jitter."""
+        if failures <= self.immediate:
+            return 0.0
+        return min(self.ceiling, self.initial * self.factor ** (failures - self.immediate - 1))
+
+    def failed(self) -> float | None:
+        """Count a failure; the seconds to wait before the next attempt, or None to give up."""
+        if (
+            self.stable_after is not None
+            and self._started_at is not None
+            and self._clock() - self._started_at >= self.stable_after
+        ):
+            self._failures = 0
+        self._started_at = None
+        self._failures += 1
+        if self.limit is not None and self._failures > self.limit:
+            return None
+        delay = self.delay(self._failures)
+        if self.jitter and delay:
+            delay *= 1.0 - self.jitter * self._rng.random()
+        return delay

@@ -26,6 +26,7 @@ import click
 from . import __version__, comms
 from . import config as config_module
 from . import control as control_client
+from .cli_security import register as _register_security
 from .supervisor import arbiter
 
 
@@ -340,12 +341,7 @@ def config_check(ctx: click.Context) -> None:
     click.echo(json.dumps(config.flat, indent=2, sort_keys=True))
 
 
-try:  # token / keys commands (security)
-    from .cli_security import register as _register_security
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
-else:
-    _register_security(main)
+_register_security(main)
 
 
 if __name__ == "__main__":

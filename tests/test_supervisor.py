@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from camservice.backoff import Backoff
 from camservice.supervisor import arbiter
 from camservice.supervisor.watcher import FAILED, RUNNING, STOPPED, Watcher
 
@@ -19,17 +18,16 @@ def policy(**overrides):
     return SimpleNamespace(**values)
 
 
-def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
-    backoff = Backoff(initial=0.25, maximum=30.0, factor=2.0, jitter=0.5, rng=random.Random(1))
-    delays = [backoff.next_delay() for _ in range(12)]
-    for n, delay in enumerate(delays):
+def test_restart_delays_start_immediate_then_grow_with_jitter_to_the_ceiling():
+    watcher = Watcher("x", 0, dict(os.environ), policy(restart_backoff_max=30.0))
+    watcher.backoff._rng = random.Random(1)
+    delays = [watcher.backoff.failed() for _ in range(12)]
+    assert delays[0] == 0.0  # a process that ran fine and crashed once is back at once
+    for n, delay in enumerate(delays[1:]):
         base = min(30.0, 0.25 * 2**n)
         assert base * 0.5 <= delay <= base
-    assert len(set(delays)) == len(delays)  # jittered
-    backoff.reset()
-    assert 0.125 <= backoff.next_delay() <= 0.25
-    with pytest.raises(ValueError):
-        Backoff(initial=1.0, maximum=0.5)
+    watcher.backoff.reset()
+    assert watcher.backoff.failed() == 0.0
 
 
 def test_crash_loop_gives_up_visibly():

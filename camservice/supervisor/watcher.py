@@ -86,8 +86,13 @@ class Watcher:
         self.hung: str | None = None
         #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
         self.ready = False
+        # The first restart after a stable run is immediate (``immediate=1``); a loop backs off.
         self.backoff = Backoff(
-            initial=min(0.25, policy.restart_backoff_max), maximum=policy.restart_backoff_max, factor=2.0, jitter=0.5
+            initial=min(0.25, policy.restart_backoff_max),
+            ceiling=policy.restart_backoff_max,
+            factor=2.0,
+            immediate=1,
+            jitter=0.5,
         )
         self.state = STOPPED
         self.popen: subprocess.Popen | None = None
@@ -115,6 +120,7 @@ class Watcher:
             close_fds=True,
         )
         self.started_at = time.monotonic()
+        self.backoff.started()
         self.state = RUNNING
         self.hung = None
         self.ready = False
@@ -166,7 +172,7 @@ class Watcher:
             self._restart_handle = self._loop.call_later(retry, self._retry_after_cool_down)
             return
         # The first restart after a stable run is immediate; a loop backs off.
-        delay = 0.0 if self.crashes_in_a_row == 1 else self.backoff.next_delay()
+        delay = self.backoff.failed()
         self.state = BACKOFF
         log.warning(
             "process_exited",
