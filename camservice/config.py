@@ -71,6 +71,10 @@ def _percent(value: Any) -> str | None:
     return None if 0 < value <= 100 else "must be a percentage in (0, 100]"
 
 
+def _qos(value: Any) -> str | None:
+    return None if value in (0, 1, 2) else "must be 0, 1 or 2"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -385,6 +389,56 @@ SCHEMA: tuple[Setting, ...] = (
         "Tests only: seconds added to every get_status reply (a deliberately slowed generation).",
         _non_negative,
     ),
+    # mqtt (the bridge process runs only when mqtt.host is set)
+    Setting("mqtt.host", None, str, "MQTT broker host; the MQTT bridge runs only when this is set.", nullable=True),
+    Setting("mqtt.port", 1883, int, "MQTT broker port (8883 is usual with TLS).", _port),
+    Setting("mqtt.username", None, str, "User name presented to the broker.", nullable=True),
+    Setting("mqtt.password", None, str, "Password for mqtt.username (or use mqtt.password_file).", nullable=True),
+    Setting(
+        "mqtt.password_file",
+        None,
+        str,
+        "File holding the password (first line), instead of mqtt.password.",
+        nullable=True,
+    ),
+    Setting("mqtt.tls", False, bool, "Connect with TLS, verifying the broker against the system CAs."),
+    Setting(
+        "mqtt.tls_ca_file",
+        None,
+        str,
+        "PEM CA bundle that signed the broker's certificate (implies TLS).",
+        nullable=True,
+    ),
+    Setting(
+        "mqtt.tls_cert_file",
+        None,
+        str,
+        "PEM client certificate for brokers that require one (implies TLS).",
+        nullable=True,
+    ),
+    Setting("mqtt.tls_key_file", None, str, "PEM private key for mqtt.tls_cert_file.", nullable=True),
+    Setting("mqtt.client_id", None, str, "MQTT client id (default: camservice-<hostname>).", nullable=True),
+    Setting(
+        "mqtt.topic_prefix",
+        None,
+        str,
+        "Root of every topic of this service (default: camservice/<hostname>); one per box on a shared broker.",
+        nullable=True,
+    ),
+    Setting("mqtt.qos", 1, int, "QoS of published messages and command subscriptions (0, 1 or 2).", _qos),
+    Setting("mqtt.keepalive", 60, int, "Seconds between MQTT keepalive pings.", _positive),
+    Setting(
+        "mqtt.health_interval", 30.0, NUMBER, "Seconds between service health messages (from get_status).", _positive
+    ),
+    Setting(
+        "mqtt.queue_size",
+        1000,
+        int,
+        "Events waiting for the broker beyond which the oldest are dropped (counted in /metrics).",
+        _positive,
+    ),
+    Setting("mqtt.homeassistant.discovery", True, bool, "Publish Home Assistant MQTT discovery configs."),
+    Setting("mqtt.homeassistant.prefix", "homeassistant", str, "Home Assistant's discovery prefix."),
 )
 
 _BY_KEY = {s.key: s for s in SCHEMA}
@@ -548,7 +602,15 @@ def _resolve_paths(values: dict[str, Any], source: Path | None) -> None:
     state = Path(values["runtime.state_dir"])
     values["storage.recordings_dir"] = absolute(values["storage.recordings_dir"] or str(state / "recordings"))
     values["storage.snapshots_dir"] = absolute(values["storage.snapshots_dir"] or str(state / "snapshots"))
-    for key in ("server.tls.cert_file", "server.tls.key_file", "media.ffmpeg_path"):
+    for key in (
+        "server.tls.cert_file",
+        "server.tls.key_file",
+        "media.ffmpeg_path",
+        "mqtt.password_file",
+        "mqtt.tls_ca_file",
+        "mqtt.tls_cert_file",
+        "mqtt.tls_key_file",
+    ):
         if values[key]:
             values[key] = absolute(values[key])
 
@@ -556,6 +618,10 @@ def _resolve_paths(values: dict[str, Any], source: Path | None) -> None:
 def _check_consistency(values: dict[str, Any]) -> None:
     if bool(values["server.tls.cert_file"]) != bool(values["server.tls.key_file"]):
         raise ConfigError("server.tls.key_file: cert_file and key_file must be set together")
+    if values["mqtt.password"] and values["mqtt.password_file"]:
+        raise ConfigError("mqtt.password_file: set mqtt.password or mqtt.password_file, not both")
+    if values["mqtt.tls_key_file"] and not values["mqtt.tls_cert_file"]:
+        raise ConfigError("mqtt.tls_key_file: needs mqtt.tls_cert_file")
     if values["storage.warn_percent"] > values["storage.critical_percent"]:
         raise ConfigError("storage.warn_percent: must not exceed storage.critical_percent")
     if values["runtime.transport"] == "ipc" and len(values["runtime.state_dir"]) > 80:

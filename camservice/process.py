@@ -26,6 +26,7 @@ ROLES = {
     "discovery": "camservice.workers.discovery.worker:main",
     "recording": "camservice.workers.recording.worker:main",
     "files": "camservice.workers.files.worker:main",
+    "mqtt": "camservice.workers.mqtt.bridge:main",
 }
 
 

@@ -50,10 +50,12 @@ class Generation:
             "discovery": config.workers.discovery,
             "recording": config.workers.recording,
             "files": config.workers.files,
+            # The MQTT bridge is optional: one process, only with a broker configured.
+            "mqtt": 1 if config.mqtt.host else 0,
         }
         self.watchers: list[Watcher] = []
         # Workers first: a gateway that comes up finds them registering.
-        for role in (*WORKER_KINDS, "gateway"):
+        for role in (*WORKER_KINDS, "gateway", "mqtt"):
             for index in range(counts[role]):
                 self.watchers.append(
                     Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, executable)
