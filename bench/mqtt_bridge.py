@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as paho
 import zmq
-from camservice.workers.discovery import simulator
 
 from camservice import comms
 from camservice import config as config_module
+from camservice import simnodes as simulator
 from camservice.envelope import Event
 from tests.harness import Client, Service
 from tests.mqtt_broker import USERS, Broker

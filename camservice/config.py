@@ -201,6 +201,21 @@ SCHEMA: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("runtime.stable_after", 30.0, NUMBER, "Seconds of running that reset a process's crash count.", _positive),
+    Setting(
+        "runtime.failed_retry_after",
+        300.0,
+        NUMBER,
+        "Seconds a process left failed after a crash loop waits before a new round of restarts.",
+        _positive,
+    ),
+    Setting(
+        "runtime.hang_timeout",
+        20.0,
+        NUMBER,
+        "Seconds without a heartbeat (stats every 2 s) after which the supervisor replaces a process as hung "
+        "(a SIGSTOPped one goes after heartbeat_interval x heartbeat_liveness).",
+        _positive,
+    ),
     Setting("runtime.sample_interval", 2.0, NUMBER, "Seconds between psutil samples of every process.", _positive),
     Setting(
         "runtime.start_timeout",
@@ -330,6 +345,50 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     # metrics
     Setting("metrics.enabled", True, bool, "Collect and export Prometheus metrics."),
+    # upgrade (camservice reload / upgrade: canary and automatic rollback)
+    Setting(
+        "upgrade.canary_seconds",
+        30.0,
+        NUMBER,
+        "Seconds after a reload during which the new generation is compared with the old one (0: no canary).",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.status_p95_ratio", 3.0, NUMBER, "Rollback when status-call P95 grows beyond this factor...", _positive
+    ),
+    Setting("upgrade.status_p95_floor", 0.05, NUMBER, "...and by more than this many seconds.", _non_negative),
+    Setting(
+        "upgrade.worker_p95_ratio", 3.0, NUMBER, "Rollback when worker-call P95 grows beyond this factor...", _positive
+    ),
+    Setting("upgrade.worker_p95_floor", 0.25, NUMBER, "...and by more than this many seconds.", _non_negative),
+    Setting(
+        "upgrade.error_rate_increase",
+        0.02,
+        NUMBER,
+        "Rollback when the server-error rate (-32603, -32011) rises by more than this (0-1).",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.max_restarts",
+        0,
+        int,
+        "Rollback when the new generation's processes restart more often.",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.rss_ratio",
+        2.0,
+        NUMBER,
+        "Rollback when the new generation's total RSS exceeds the old one's by this factor.",
+        _positive,
+    ),
+    Setting(
+        "upgrade.test_status_delay",
+        0.0,
+        NUMBER,
+        "Tests only: seconds added to every get_status reply (a deliberately slowed generation).",
+        _non_negative,
+    ),
     # mqtt (the bridge process runs only when mqtt.host is set)
     Setting("mqtt.host", None, str, "MQTT broker host; the MQTT bridge runs only when this is set.", nullable=True),
     Setting("mqtt.port", 1883, int, "MQTT broker port (8883 is usual with TLS).", _port),

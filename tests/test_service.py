@@ -328,6 +328,6 @@ def test_a_worker_kind_that_stays_down_fails_calls_fast():
                 assert reply["error"]["code"] == SERVICE_BUSY
                 assert "no files worker" in reply["error"]["data"]["reason"]
                 status = await client.call("get_status")
-                assert status["components"]["files"] == "down" and status["status"] == "degraded"
+                assert status["components"]["files"] == "down" and status["status"] == "unhealthy"
 
         run(scenario())

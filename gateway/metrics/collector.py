@@ -77,6 +77,20 @@ class ServiceCollector(Collector):
         yield from self._discovery(exporter.worker_stats("discovery", now))
         yield from self._mqtt(exporter.worker_stats("mqtt", now))
         yield from self._media(exporter.config.media.backend, exporter.gateway.media_status)
+        yield from self._upgrade(getattr(exporter.gateway, "upgrade", {}))
+
+    @staticmethod
+    def _upgrade(figures: dict[str, Any]) -> Iterator:
+        """Reloads and automatic rollbacks (camservice.supervisor.reload), from ``_process_stats``."""
+        generation = _gauge("camservice_generation", "Generation of processes serving (0 at start, +1 per reload).")
+        generation.add_metric([], figures.get("generation", 0))
+        yield generation
+        reloads = _counter("camservice_reloads", "Reloads completed since the supervisor started.")
+        reloads.add_metric([], figures.get("reloads", 0))
+        yield reloads
+        rollbacks = _counter("camservice_rollbacks", "Automatic rollbacks (canary or failed start) since start.")
+        rollbacks.add_metric([], figures.get("rollbacks", 0))
+        yield rollbacks
 
     # --- gateways ------------------------------------------------------------------------
 
