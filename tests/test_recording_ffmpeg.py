@@ -26,7 +26,7 @@ from camservice import config as config_module
 from camservice import errors, ffmpeg, methods
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import RpcError
-from camservice.workers.discovery import simulator
+from camservice import simnodes as simulator
 from camservice.workers.recording import sessions as sessions_module
 from camservice.workers.recording.sessions import RecordingManager
 

@@ -232,18 +232,18 @@ def test_two_gateways_share_the_port_and_both_deliver_hotplug_events():
                     for pid in gateway_pids
                 ]
                 assert all(served), f"connections per gateway: {served}"
-                plugged = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
+                camera_id = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
                 events = await asyncio.gather(
                     *(
                         c.notification(
                             "camera_status_update",
-                            where=lambda p: p["device"] == plugged and p["status"] == "CONNECTED",
+                            where=lambda p: p["id"] == camera_id and p["status"] == "CONNECTED",
                         )
                         for c in clients
                     )
                 )
-                camera_id = events[0]["id"]
-                assert all(e["id"] == camera_id and e["resolution"] == "160x120" for e in events)
+                plugged = events[0]["device"]
+                assert all(e["device"] == plugged and e["resolution"] == "160x120" for e in events)
                 for client in clients:  # every gateway's replica has it
                     listing = await client.call("get_camera_list")
                     assert listing["total"] == 2 and listing["connected"] == 2
