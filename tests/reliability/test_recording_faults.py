@@ -243,8 +243,12 @@ def test_snapshot_racing_the_end_of_a_timed_recording_comes_from_the_device(tmp_
         started = await h.manager.start_recording(start_params(duration=30))
         session = h.manager.sessions[started["session_id"]]
         await until(lambda: h.recording(started["filename"]).stat().st_size > 20_000)
+        # Hold the end open: a frozen ffmpeg takes the whole stop timeout to go.
+        os.kill(session.run.pid, signal.SIGSTOP)
         session.record.deadline = time.time()  # the deadline is now: the session is ending
         session.wake.set()
+        await until(lambda: session.ending and session.run is None)
+        assert h.manager.slots["camera0"].session is session  # still the camera's, not over yet
         snap = await h.manager.take_snapshot(snap_params("sim:0", "jpg"))
         return started, snap
 

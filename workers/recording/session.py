@@ -94,10 +94,12 @@ class Session:
 
     # --- runs ----------------------------------------------------------------------------
 
-    async def start_run(self) -> None:
-        """Start the next run at the next unused segment index (the folder made again if it went)."""
+    async def start_run(self, check_folder: bool = True) -> None:
+        """Start the next run at the next unused segment index (the folder made again if it went,
+        unless the caller has just checked it)."""
         record = self.record
-        await storage.ensure_writable(self.owner.config.recordings_dir, "recordings")
+        if check_folder:
+            await storage.ensure_writable(self.owner.config.recordings_dir, "recordings")
         self.runs += 1
         tag = f"{record.session_id}-r{self.runs}"
         backend = self.owner.backend

@@ -238,9 +238,13 @@ class RecordingManager:
         self._names.add(filename)  # reserved before the first await: no second start can pass
         try:
             folder = self.config.recordings_dir
-            # -32012 naming the cause beats ffmpeg's words about a file it could not open.
-            await storage.ensure_writable(folder, "recordings")
-            if await asyncio.to_thread(storage.name_taken, folder, filename):
+
+            def check() -> bool:
+                # -32012 naming the cause beats ffmpeg's words about a file it could not open.
+                storage.check_writable(folder, "recordings")
+                return storage.name_taken(folder, filename)
+
+            if await asyncio.to_thread(check):  # one thread hop: starting is latency-sensitive
                 raise taken
             return await self._start_named(camera, slot, params, filename)
         finally:
@@ -266,7 +270,7 @@ class RecordingManager:
         session = Session(self, record, camera)
         async with slot.lock:
             try:
-                await session.start_run()
+                await session.start_run(check_folder=False)  # checked just before
             except CaptureError as exc:
                 raise self.media_error(exc, params["device"], "recordings") from None
             # Before the device lock is released: a snapshot waiting for it
