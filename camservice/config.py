@@ -113,6 +113,13 @@ SCHEMA: tuple[Setting, ...] = (
     # gateway
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
     Setting(
+        "gateway.event_loop",
+        "auto",
+        str,
+        "Gateway event loop: auto (uvloop where installed), asyncio or uvloop.",
+        _one_of("auto", "asyncio", "uvloop"),
+    ),
+    Setting(
         "gateway.request_timeout",
         10.0,
         NUMBER,

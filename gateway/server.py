@@ -25,7 +25,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, config as config_module, jsonrpc, log, process
+from camservice import comms, config as config_module, eventloop, jsonrpc, log, process
 
 from . import console, http
 from .connection import Connection, Limits
@@ -278,4 +278,4 @@ def main(index: int = 0) -> None:
         attach(server)
     except ImportError:
         pass
-    asyncio.run(server.run())
+    eventloop.run(server.run(), config.gateway.event_loop)
