@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import topics as bus_topics
 from .errors import invalid_params
 
 ROLES = ("viewer", "operator", "admin")
@@ -24,7 +25,6 @@ ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 GATEWAY, DISCOVERY, RECORDING, FILES = "gateway", "discovery", "recording", "files"
 WORKER_KINDS = (DISCOVERY, RECORDING, FILES)
 
-TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
 
 Params = dict[str, Any]
 Validator = Callable[[Params], Params]
@@ -203,8 +203,8 @@ def topics(params: Any, required: bool) -> Params:
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise invalid_params("'topics' must be a list of strings", "topics")
     for topic in value:
-        if topic not in TOPICS:
-            raise invalid_params(f"unknown topic '{topic}'; known: {', '.join(TOPICS)}", "topics")
+        if topic not in bus_topics.CLIENT:
+            raise invalid_params(f"unknown topic '{topic}'; known: {', '.join(bus_topics.CLIENT)}", "topics")
     return {"topics": list(dict.fromkeys(value))}
 
 

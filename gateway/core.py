@@ -1,11 +1,12 @@
 """The gateway's request pipeline and the methods it answers itself.
 
-:meth:`Gateway.handle` runs the checks of ``shared/API.md`` in its order —
+:meth:`RequestPipeline.handle` runs the checks of ``shared/API.md`` in its order —
 method exists (-32601), authentication (-32001), role (-32003), rate limit
 (-32002), parameters (-32602) — then either answers from the gateway's own
 state (``ping``, ``authenticate``, camera list and status from the replica,
 subscriptions, server info, metrics, status) or forwards the call to a
-worker through ``forward``. It performs no I/O itself: the WebSocket layer
+worker as a :class:`~camservice.gateway.calls.Call` through ``send_call``
+(the worker pool's ``call``). It performs no I/O itself: the WebSocket layer
 hands it calls and sends what it returns, so the whole pipeline is
 unit-tested and benchmarked without a socket.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -34,18 +36,17 @@ from camservice.errors import (
 from camservice.methods import GATEWAY, METHODS, WORKER_KINDS, Method, role_allows
 from camservice.ratelimit import AuthFailureThrottle, RateLimiter, TokenBucket
 
+from .calls import Call, SendCall
 from .session import Session
 from .stats import RequestStats
 
 log = structlog.get_logger("gateway")
 
-#: forward(kind, method, params, timeout, request_id, caller, idempotent, callback)
-Forward = Callable[..., None]
 #: reply(response) for calls answered later: called exactly once per PENDING call,
 #: with None when the call was a notification.
 Reply = Callable[[dict | None], None]
 
-#: Returned by :meth:`Gateway.handle` when the answer will come through ``reply``.
+#: Returned by :meth:`RequestPipeline.handle` when the answer will come through ``reply``.
 PENDING = object()
 
 CAPABILITIES = [
@@ -62,13 +63,14 @@ CAPABILITIES = [
 ]
 
 
-class Gateway:
-    """State shared by every connection of one gateway process."""
+class RequestPipeline:
+    """The checks every call goes through, and the state shared by every connection of one gateway process."""
 
-    def __init__(self, config, forward: Forward, index: int = 0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config, send_call: SendCall, index: int = 0, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.index = index
-        self.forward = forward
+        #: Hands a :class:`Call` to the worker pool.
+        self.send_call = send_call
         self.clock = clock
         self.started = time.time()
         self.cameras = CameraTable()
@@ -191,18 +193,18 @@ class Gateway:
         notification = call.is_notification
         session.in_flight += 1
 
-        def done(error: dict | None, result: Any) -> None:
+        def done(error: RpcError | None, result: Any) -> None:
             session.in_flight -= 1
-            self.stats.record(method.name, error["code"] if error else 0, self.clock() - started)
+            self.stats.record(method.name, error.code if error else 0, self.clock() - started)
             if notification:
                 reply(None)
             elif error is not None:
-                reply({"jsonrpc": "2.0", "error": error, "id": call_id})
+                reply(jsonrpc.error_response(call_id, error))
             else:
                 reply({"jsonrpc": "2.0", "result": result, "id": call_id})
 
         timeout = method.timeout or self.config.gateway.request_timeout
-        self.forward(method.target, method.name, params, timeout, request_id, caller, method.idempotent, done)
+        self.send_call(Call(method.target, method.name, params, timeout, done, request_id, caller, method.idempotent))
 
     # --- methods answered by the gateway ------------------------------------------------
 

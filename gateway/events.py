@@ -23,27 +23,30 @@ from typing import Any, Callable
 import structlog
 import zmq
 
-from camservice import comms, jsonrpc
+from camservice import comms, jsonrpc, topics
 from camservice.cameras import Camera
+from camservice.drain import Drain
 from camservice.envelope import Event, EnvelopeError
+from camservice.errors import RpcError
 
+from .calls import Call
 from .connection import broadcast
-from .core import Gateway
+from .core import RequestPipeline
 from .pool import WorkerPool
 
 log = structlog.get_logger("gateway.events")
 
-CLIENT_TOPICS = ("camera_status_update", "recording_status_update", "storage_status_update")
 #: Seconds between background snapshots that catch anything PUB/SUB lost silently.
 RESYNC_INTERVAL = 10.0
 
 
 class EventRelay:
-    def __init__(self, gateway: Gateway, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
+    def __init__(self, gateway: RequestPipeline, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
         self.gateway = gateway
         self.pool = pool
         self.sub = comms.subscriber(ctx, endpoints)
         self.pub = comms.publisher(ctx, endpoints)
+        self._reader = Drain(self.sub, self._on_frames, multipart=True, name="events")
         self._snapshot_pending = False
         self._held: list[Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -53,14 +56,10 @@ class EventRelay:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
-        self.drain()
+        self._reader.start(loop)
 
     def close(self) -> None:
-        try:
-            self._loop.remove_reader(self.sub.getsockopt(zmq.FD))
-        except (ValueError, zmq.ZMQError, AttributeError):
-            pass
+        self._reader.stop()
         self.sub.close(linger=0)
         self.pub.close(linger=0)
 
@@ -74,40 +73,41 @@ class EventRelay:
     # --- incoming ---------------------------------------------------------------
 
     def drain(self) -> None:
-        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = Event.from_frames(self.sub.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                log.warning("bad_event", error=str(exc))
-                continue
-            try:
-                self.dispatch(event)
-            except Exception:
-                log.exception("event_failed", topic=event.topic)
+        """Handle every event waiting (the socket reader does this; the gateway's sweep too, as a safety net)."""
+        self._reader.drain()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            event = Event.from_frames(frames)
+        except EnvelopeError as exc:
+            log.warning("bad_event", error=str(exc))
+            return
+        try:
+            self.dispatch(event)
+        except Exception:
+            log.exception("event_failed", topic=event.topic)
 
     def dispatch(self, event: Event) -> None:
         topic = event.topic
-        if topic == "camera_status_update":
+        if topic == topics.CAMERA_STATUS:
             self._on_camera(event)
-        elif topic == "recording_status_update":
+        elif topic == topics.RECORDING_STATUS:
             device = event.data.get("device")
             if device:
                 self.gateway.cameras.set_recording(device, event.data.get("status") == "STARTED")
             self.notify(topic, event.data, event.time)
-        elif topic == "storage_status_update":
+        elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
-        elif topic == "_process_exit":
+        elif topic == topics.PROCESS_EXIT:
             self.pool.forget_pid(event.data["pid"])
-        elif topic == "_process_stats":
+        elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})
-        elif topic == "_gateway_stats":
+        elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
             if index is not None and index != self.gateway.index:
                 self.gateway.gateway_stats[index] = event.data
-        elif topic == "_media_status":
+        elif topic == topics.MEDIA_STATUS:
             self.gateway.media_status = event.data
 
     def _on_camera(self, event: Event) -> None:
@@ -116,7 +116,7 @@ class EventRelay:
             return
         camera = self._apply(event)
         if camera is not None:
-            self.notify("camera_status_update", camera.to_notification(), event.time)
+            self.notify(topics.CAMERA_STATUS, camera.to_notification(), event.time)
 
     def _apply(self, event: Event) -> Camera | None:
         table = self.gateway.cameras
@@ -133,16 +133,16 @@ class EventRelay:
             return
         self._snapshot_pending = True
         self.pool.call(
-            "discovery", "discovery.snapshot", {}, 5.0, f"g{self.gateway.index}-snapshot", {}, True, self._on_snapshot
+            Call("discovery", "discovery.snapshot", {}, 5.0, self._on_snapshot, f"g{self.gateway.index}-snapshot")
         )
 
-    def _on_snapshot(self, error: dict | None, result: Any) -> None:
+    def _on_snapshot(self, error: RpcError | None, result: Any) -> None:
         self._snapshot_pending = False
         held, self._held = self._held, []
         if error is not None:
             log.warning("snapshot_failed", error=error)
             for event in held:
-                self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+                self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
             return
         if isinstance(result, jsonrpc.Raw):
             result = json.loads(result)
@@ -152,7 +152,7 @@ class EventRelay:
             if event.source == table.source and event.seq > table.seq:
                 table.apply(event.data, event.seq, event.source)
             # Every held event is a change clients have not heard about yet.
-            self.notify("camera_status_update", Camera.from_state(event.data).to_notification(), event.time)
+            self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
 
     async def resync_forever(self) -> None:
         while True:

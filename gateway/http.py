@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from camservice.timestamps import utc_iso
 
-from .core import Gateway
+from .core import RequestPipeline
 
 HttpResponse = tuple[int, str, bytes, dict[str, str]]
 
@@ -26,7 +26,7 @@ def _json(status: int, body: dict[str, Any]) -> HttpResponse:
     return status, JSON, json.dumps(body).encode(), {}
 
 
-def health(gateway: Gateway, which: str) -> HttpResponse:
+def health(gateway: RequestPipeline, which: str) -> HttpResponse:
     """``/health/{live,ready,system,cameras,mediamtx}``: 200 healthy/degraded, 503 otherwise."""
     now = utc_iso()
     if which == "live":
@@ -86,7 +86,11 @@ def _without_port(host: str) -> str:
 
 
 def route(
-    gateway: Gateway, path: str, host_header: str | None, scheme: str, metrics: Callable[[], tuple[bytes, str]] | None
+    gateway: RequestPipeline,
+    path: str,
+    host_header: str | None,
+    scheme: str,
+    metrics: Callable[[], tuple[bytes, str]] | None,
 ) -> HttpResponse | None:
     """The response for a plain HTTP request, or None to go on with the WebSocket handshake."""
     target = urlsplit(path)

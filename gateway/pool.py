@@ -28,21 +28,21 @@ import heapq
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 import zmq
 
 from camservice import comms
+from camservice.drain import Drain
 from camservice.envelope import EnvelopeError, Goodbye, Kind, Ready, Reply, Request, pack_wires_apart, unpack
 from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, RpcError, invalid_params
 from camservice.jsonrpc import Raw
 from camservice.methods import WORKER_KINDS
 
-#: callback(error, result): exactly one is not None (result may legitimately be None);
-#: a result a worker sent as JSON text arrives as :class:`~camservice.jsonrpc.Raw`.
-ReplyCallback = Callable[[dict | None, Any], None]
+from .calls import Call, ReplyCallback
 
 log = structlog.get_logger("gateway.pool")
 
@@ -62,15 +62,13 @@ class WorkerHandle:
 
 @dataclass(slots=True)
 class PendingCall:
+    """A :class:`Call` in flight, with what the pool tracks about it."""
+
     seq: int
-    kind: str
-    method: str
-    params: dict
+    call: Call
     deadline: float  # wall clock, travels to the worker
-    request_id: str
-    caller: dict
-    idempotent: bool
-    callback: ReplyCallback
+    kind: str  # call.kind and call.callback, copied: read on every hop
+    answer: ReplyCallback  # answer(error, result), exactly once
     worker: bytes | None = None
     attempts: int = 0
     sent_at: float = 0.0
@@ -91,7 +89,8 @@ class WorkerPool:
         self._deadlines: list[tuple[float, int]] = []
         self._seq = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain_scheduled = False
+        self._reader = Drain(self.socket, self._on_frame, multipart=True, after=self._pump_touched, name="pool")
+        self._touched: set[str] = set()  # worker kinds that freed capacity during this drain
         self._outbox: dict[bytes, list[tuple]] = {}  # identity -> messages for this tick
         self._flush_scheduled = False
         #: Called with a WorkerHandle when a worker of a kind registers for the first time.
@@ -109,48 +108,39 @@ class WorkerPool:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.socket.bind(self.endpoint)
-        loop.add_reader(self.socket.getsockopt(zmq.FD), self._drain)
+        self._reader.start(loop)
+
+    def drain(self) -> None:
+        """Read whatever the workers sent; the socket reader does this, the sweep too as a safety net."""
+        self._reader.drain()
 
     def close(self) -> None:
         self._flush()
-        if self._loop is not None:
-            try:
-                self._loop.remove_reader(self.socket.getsockopt(zmq.FD))
-            except (ValueError, zmq.ZMQError):
-                pass
+        self._reader.stop()
         for call in list(self.pending.values()):
             self._fail(call, "gateway shutting down")
         self.socket.close(linger=0)
 
     # --- calls ---------------------------------------------------------------------
 
-    def call(
-        self,
-        kind: str,
-        method: str,
-        params: dict,
-        timeout: float,
-        request_id: str,
-        caller: dict,
-        idempotent: bool,
-        callback: ReplyCallback,
-    ) -> None:
-        """Send ``method`` to a worker of ``kind``; ``callback`` gets the answer."""
+    def call(self, call: Call) -> None:
+        """Send ``call`` to a worker of its kind; its callback gets the answer, exactly once."""
+        kind = call.kind
         if self._kind_down(kind):
-            callback(RpcError(SERVICE_BUSY, data={"reason": f"no {kind} worker is running"}).to_dict(), None)
+            call.callback(RpcError(SERVICE_BUSY, data={"reason": f"no {kind} worker is running"}), None)
             return
         seq = next(self._seq)
-        deadline = time.time() + timeout
-        call = PendingCall(seq, kind, method, params, deadline, request_id, caller, idempotent, callback)
-        self.pending[seq] = call
+        deadline = time.time() + call.timeout
+        pending = PendingCall(seq, call, deadline, kind, call.callback)
+        self.pending[seq] = pending
         heapq.heappush(self._deadlines, (deadline, seq))
-        if not self._send(call):
+        if not self._send(pending):
             queue = self.queues[kind]
             if len(queue) >= self.max_queue:
                 del self.pending[seq]
-                callback(RpcError(SERVICE_BUSY, data={"reason": f"{kind} queue full"}).to_dict(), None)
+                call.callback(RpcError(SERVICE_BUSY, data={"reason": f"{kind} queue full"}), None)
                 return
-            queue.append(call)
+            queue.append(pending)
 
     def _kind_down(self, kind: str) -> bool:
         if kind not in self._kind_seen:
@@ -177,9 +167,9 @@ class WorkerPool:
         if worker is None:
             return False
         # Request(...).wire() without building the NamedTuple: this is the hot path.
+        c = call.call
         self._queue(
-            worker.identity,
-            (Kind.REQUEST, call.seq, call.method, call.params, call.deadline, call.request_id, call.caller),
+            worker.identity, (Kind.REQUEST, call.seq, c.method, c.params, call.deadline, c.request_id, c.caller)
         )
         now = time.monotonic()
         worker.in_flight.add(call.seq)
@@ -215,7 +205,7 @@ class WorkerPool:
                 worker = self.workers.get(identity)
                 if worker is not None:
                     self._worker_lost(worker, "unreachable")
-        self._after_send()
+        self._reader.after_send()
 
     def _unencodable(self, identity: bytes, wire: tuple) -> None:
         """A message msgpack refused fails alone, at once: its neighbours in the frame still went."""
@@ -226,19 +216,10 @@ class WorkerPool:
             if worker is not None:
                 worker.in_flight.discard(wire[1])
             if call is not None:
-                call.callback(
-                    invalid_params("a parameter cannot be carried to the worker (out of range?)").to_dict(), None
-                )
+                call.answer(invalid_params("a parameter cannot be carried to the worker (out of range?)"), None)
         elif wire[0] == Kind.REPLY:
             # The answer to a worker's own call: it still gets one, an error.
             self._queue(identity, Reply(wire[1], RpcError(INTERNAL_ERROR).to_dict(), None).wire())
-
-    def _after_send(self) -> None:
-        # ZeroMQ's FD is edge-triggered and a send can consume the edge of
-        # pending input: look again soon so no reply sits unread.
-        if not self._drain_scheduled and self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain)
 
     def _pump(self, kind: str) -> None:
         queue = self.queues[kind]
@@ -253,33 +234,34 @@ class WorkerPool:
 
     # --- incoming ---------------------------------------------------------------------
 
-    def _drain(self) -> None:
-        self._drain_scheduled = False
-        sock = self.socket
-        touched: set[str] = set()
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                identity, frame = sock.recv_multipart(flags=zmq.NOBLOCK)
-                messages = unpack(frame)
-            except zmq.Again:
-                break
-            except (EnvelopeError, ValueError) as exc:
-                log.warning("bad_frame", error=str(exc))
-                continue
-            for message in messages:
-                if isinstance(message, Reply):
-                    kind = self._on_reply(identity, message)
-                    if kind:
-                        touched.add(kind)
-                elif isinstance(message, Ready):
-                    self._on_ready(identity, message)
-                    touched.add(message.kind)
-                elif isinstance(message, Request):
-                    self._on_worker_request(identity, message)
-                elif isinstance(message, Goodbye):
-                    worker = self.workers.get(identity)
-                    if worker is not None:
-                        worker.draining = True
+    def _on_frame(self, frames: list[bytes]) -> None:
+        try:
+            identity, frame = frames
+            messages = unpack(frame)
+        except (EnvelopeError, ValueError) as exc:
+            log.warning("bad_frame", error=str(exc))
+            return
+        touched = self._touched
+        for message in messages:
+            if isinstance(message, Reply):
+                kind = self._on_reply(identity, message)
+                if kind:
+                    touched.add(kind)
+            elif isinstance(message, Ready):
+                self._on_ready(identity, message)
+                touched.add(message.kind)
+            elif isinstance(message, Request):
+                self._on_worker_request(identity, message)
+            elif isinstance(message, Goodbye):
+                worker = self.workers.get(identity)
+                if worker is not None:
+                    worker.draining = True
+
+    def _pump_touched(self) -> None:
+        """After a drain: hand queued calls to the workers that freed capacity."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, set()
         for kind in touched:
             if kind in self.queues:
                 self._pump(kind)
@@ -292,7 +274,10 @@ class WorkerPool:
         call = self.pending.pop(reply.seq, None)
         if call is None:
             return worker.kind if worker else None  # answered already (deadline), drop
-        call.callback(reply.error, Raw(reply.result) if reply.encoded else reply.result)
+        if reply.error is not None:
+            call.answer(RpcError.from_dict(reply.error), None)
+        else:
+            call.answer(None, Raw(reply.result) if reply.encoded else reply.result)
         return call.kind
 
     def _on_ready(self, identity: bytes, ready: Ready) -> None:
@@ -316,14 +301,15 @@ class WorkerPool:
         """A worker calls another worker kind (``discovery.snapshot``...)."""
         kind = request.method.partition(".")[0]
 
-        def answer(error: dict | None, result: Any) -> None:
-            self._queue(identity, Reply(request.seq, error, result, isinstance(result, Raw)).wire())
+        def answer(error: RpcError | None, result: Any) -> None:
+            wire_error = error.to_dict() if error is not None else None
+            self._queue(identity, Reply(request.seq, wire_error, result, isinstance(result, Raw)).wire())
 
         if kind not in self.queues:
-            answer(RpcError(METHOD_NOT_FOUND, data={"method": request.method}).to_dict(), None)
+            answer(RpcError(METHOD_NOT_FOUND, data={"method": request.method}), None)
             return
         timeout = max(0.05, request.deadline - time.time())
-        self.call(kind, request.method, request.params, timeout, request.request_id, {}, True, answer)
+        self.call(Call(kind, request.method, request.params, timeout, answer, request.request_id))
 
     # --- failure handling --------------------------------------------------------------
 
@@ -340,7 +326,7 @@ class WorkerPool:
             if worker is not None:
                 worker.in_flight.discard(seq)
             reason = "no worker answered in time" if call.worker else f"no {call.kind} worker available"
-            call.callback(RpcError(SERVICE_BUSY, data={"reason": reason}).to_dict(), None)
+            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
         mono = time.monotonic()
         for worker in list(self.workers.values()):
             if mono - worker.last_seen > self.heartbeat_timeout:
@@ -369,27 +355,28 @@ class WorkerPool:
             call = self.pending.get(seq)
             if call is None:
                 continue
-            if call.idempotent and call.attempts < 2 and self._send(call, exclude=worker.identity):
+            retry = call.call.idempotent and call.attempts < 2
+            if retry and self._send(call, exclude=worker.identity):
                 continue
-            if call.idempotent and call.attempts < 2:
+            if retry:
                 call.worker = None
                 self.queues[call.kind].appendleft(call)  # waits for the restarted worker
                 continue
             self.pending.pop(seq, None)
-            call.callback(
+            call.answer(
                 RpcError(
                     SERVICE_BUSY,
                     data={
                         "reason": f"the {call.kind} worker exited while handling the request; "
                         "it may or may not have taken effect"
                     },
-                ).to_dict(),
+                ),
                 None,
             )
 
     def _fail(self, call: PendingCall, reason: str) -> None:
         if self.pending.pop(call.seq, None) is not None:
-            call.callback(RpcError(SERVICE_BUSY, data={"reason": reason}).to_dict(), None)
+            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
 
     # --- introspection -----------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The gateway process: WebSocket JSON-RPC server in front of the workers.
 
-Wires together the pieces: :class:`~camservice.gateway.core.Gateway` (checks and
+Wires together the pieces: :class:`~camservice.gateway.core.RequestPipeline` (checks and
 gateway-local methods), :class:`~camservice.gateway.pool.WorkerPool` (ZeroMQ ROUTER to
 the workers), :class:`~camservice.gateway.events.EventRelay` (replica and notifications)
 and the WebSocket connections (:mod:`camservice.gateway.connection`), which hand every
@@ -25,11 +25,12 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, config as config_module, eventloop, jsonrpc, log, process
+from camservice import comms, eventloop, jsonrpc, process, topics
+from camservice.runtime import boot
 
 from . import console, http
 from .connection import Connection, Limits
-from .core import PENDING, Gateway
+from .core import PENDING, RequestPipeline
 from .events import EventRelay
 from .pool import WorkerPool
 
@@ -40,6 +41,10 @@ SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
 #: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
 LISTEN_BACKLOG = 1024
+#: Seconds a starting gateway waits, beyond one heartbeat timeout, for its replica before it listens anyway.
+READY_GRACE = 2.0
+#: Seconds between checks of that; the replica and the workers arrive through socket readers meanwhile.
+READY_POLL = 0.01
 
 
 class GatewayServer:
@@ -54,7 +59,7 @@ class GatewayServer:
             config.runtime.heartbeat_interval,
             config.runtime.heartbeat_liveness,
         )
-        self.gateway = Gateway(config, self.pool.call, index)
+        self.gateway = RequestPipeline(config, self.pool.call, index)
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
@@ -172,6 +177,17 @@ class GatewayServer:
             loop.add_signal_handler(sig, self._stop.set)
         self.pool.start(loop)
         self.events.start(loop)
+        background = [
+            asyncio.ensure_future(c)
+            for c in (
+                self._sweep(),
+                self._publish_stats(),
+                self.events.resync_forever(),
+                self._close_idle_unauthenticated(),
+                self._keepalive(),
+            )
+        ]
+        await self._until_ready()
         tls = None
         if self.config.server.tls.cert_file:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -191,16 +207,6 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        background = [
-            asyncio.ensure_future(c)
-            for c in (
-                self._sweep(),
-                self._publish_stats(),
-                self.events.resync_forever(),
-                self._close_idle_unauthenticated(),
-                self._keepalive(),
-            )
-        ]
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -211,9 +217,27 @@ class GatewayServer:
                     break
         await self.shutdown(background)
 
+    async def _until_ready(self) -> None:
+        """Listen only once the camera replica is loaded and every worker kind has been heard.
+
+        A restarted gateway that listened at once answered from an empty
+        replica for up to 0.74 s: no cameras, -32004 for existing ones,
+        "unhealthy" (issue 11 §4). Until it listens, clients are refused and
+        retry, or land on another gateway process sharing the port. Bounded:
+        with a worker kind down for good the gateway still serves what it can.
+        """
+        runtime = self.config.runtime
+        deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
+        while not self.gateway.ready() and not self._stop.is_set():
+            if time.monotonic() >= deadline:
+                logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
+                return
+            await asyncio.sleep(READY_POLL)
+
     async def shutdown(self, background: list[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending))
-        self._server.close()  # stop accepting
+        if self._server is not None:
+            self._server.close()  # stop accepting
         deadline = time.monotonic() + self.config.runtime.stop_timeout * 0.5
         while self.pool.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -233,7 +257,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(0.1)
             self.pool.sweep()
-            self.pool._drain()  # belt and braces for the edge-triggered FD
+            self.pool.drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
 
     async def _keepalive(self) -> None:
@@ -250,7 +274,7 @@ class GatewayServer:
             await asyncio.sleep(STATS_INTERVAL)
             counters = self.gateway.own_counters()
             counters["index"] = self.index
-            self.events.publish("_gateway_stats", counters)
+            self.events.publish(topics.GATEWAY_STATS, counters)
 
     async def _close_idle_unauthenticated(self) -> None:
         timeout = self.config.security.unauthenticated_timeout
@@ -263,14 +287,7 @@ class GatewayServer:
 
 
 def main(index: int = 0) -> None:
-    config = config_module.load()
-    process.set_title(f"camservice: gateway {index}")
-    log.setup(
-        f"gateway-{index}",
-        config.state_dir / "logs",
-        config.logging.level,
-        console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
-    )
+    config = boot(f"gateway-{index}", f"camservice: gateway {index}")
     server = GatewayServer(config, index)
     try:
         from .metrics import attach

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from camservice.methods import TOPICS
+from camservice import topics as bus_topics
 
 
 @dataclass(eq=False)
@@ -41,7 +41,7 @@ class Session:
 
     def unsubscribe(self, topics: list[str] | None) -> list[str]:
         """Drop the given topics, or all of them (then nothing arrives until subscribe)."""
-        current = set(TOPICS) if self.topics is None else set(self.topics)
+        current = set(bus_topics.CLIENT) if self.topics is None else set(self.topics)
         removed = current if topics is None else current & set(topics)
         self.topics = current - removed
         return sorted(removed)

@@ -14,9 +14,10 @@ from camservice.errors import (
     METHOD_NOT_FOUND,
     PERMISSION_DENIED,
     RATE_LIMITED,
+    RpcError,
 )
-from camservice.methods import METHODS, ROLES, role_allows
-from camservice.gateway.core import PENDING, Gateway
+from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
+from camservice.gateway.core import PENDING, RequestPipeline
 
 
 class Recorder:
@@ -25,8 +26,8 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, kind, method, params, timeout, request_id, caller, idempotent, callback):
-        self.calls.append((kind, method, params, caller, idempotent, callback))
+    def __call__(self, call):
+        self.calls.append(call)
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def setup(tmp_path):
         environ={},
     )
     forward = Recorder()
-    gw = Gateway(cfg, forward)
+    gw = RequestPipeline(cfg, forward)
     gw.cameras.load_snapshot([Camera("camera0", "sim:0", resolution="640x480", fps=15).to_state()], 1, "discovery-0")
     secret = load_or_create_secret(cfg)
     tokens = {role: issue_token(secret, role, f"user-{role}", 3600) for role in ROLES}
@@ -117,8 +118,20 @@ def test_role_matrix(setup, name, role):
     response, _ = call(gw, session, name, {})
     required = METHODS[name].role
     if role_allows(role, required):
-        # Allowed: whatever comes next is not an authentication or role error.
-        assert response is PENDING or code_of(response) not in (AUTH_REQUIRED, PERMISSION_DENIED)
+        # Allowed: the call reached its validator and then its handler.
+        method = METHODS[name]
+        try:
+            method.validate({})
+        except RpcError as refused:  # the validator's own -32602 ("'device' is required"...)
+            assert response["error"] == json.loads(jsonrpc.encode(refused.to_dict())), response
+            assert forward.calls == []
+            return
+        if method.target == GATEWAY:
+            assert "result" in response, response  # answered by the gateway's handler
+        else:
+            assert response is PENDING
+            (sent,) = forward.calls
+            assert (sent.kind, sent.method) == (method.target, name)
     elif role is None:
         assert code_of(response) == AUTH_REQUIRED
     else:
@@ -144,10 +157,15 @@ def test_forwarded_call_carries_validated_params_and_caller(setup):
     call(gw, session, "authenticate", {"auth_token": tokens["operator"]})
     response, replies = call(gw, session, "start_recording", {"device": "camera0", "duration_minutes": 1}, "abc")
     assert response is PENDING and session.in_flight == 1
-    kind, method, params, caller, idempotent, callback = forward.calls[0]
-    assert (kind, method, params["duration"], idempotent) == ("recording", "start_recording", 60, False)
-    assert caller["sub"] == "user-operator" and caller["role"] == "operator"
-    callback(None, {"status": "STARTED"})
+    (sent,) = forward.calls
+    assert (sent.kind, sent.method, sent.params["duration"], sent.idempotent) == (
+        "recording",
+        "start_recording",
+        60,
+        False,
+    )
+    assert sent.caller["sub"] == "user-operator" and sent.caller["role"] == "operator"
+    sent.callback(None, {"status": "STARTED"})
     assert replies == [{"jsonrpc": "2.0", "result": {"status": "STARTED"}, "id": "abc"}]
     assert session.in_flight == 0
 
@@ -170,7 +188,7 @@ def test_rate_limit_and_in_flight_cap(tmp_path):
         },
         environ={},
     )
-    gw = Gateway(cfg, Recorder())
+    gw = RequestPipeline(cfg, Recorder())
     session = gw.open_session("p")
     codes = [code_of(call(gw, session, "ping")[0]) for _ in range(7)]
     assert codes[:5] == [0] * 5 and codes[5:] == [RATE_LIMITED] * 2
@@ -227,7 +245,7 @@ def test_repeated_auth_failures_from_one_address_are_throttled(tmp_path):
     cfg = config_module.load(
         overrides={"runtime.state_dir": str(tmp_path / "s"), "security.auth_failures_per_minute": 3}, environ={}
     )
-    gw = Gateway(cfg, Recorder())
+    gw = RequestPipeline(cfg, Recorder())
     good = issue_token(load_or_create_secret(cfg), "viewer", "v", 60)
     attacker, bystander = gw.open_session("10.0.0.9"), gw.open_session("10.0.0.7")
     codes = [code_of(call(gw, attacker, "authenticate", {"auth_token": "x" * 40})[0]) for _ in range(5)]

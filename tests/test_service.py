@@ -34,9 +34,9 @@ def test_start_status_and_camera_list(service):
     assert roles == ["discovery", "files", "gateway", "recording"]
     assert all(p["state"] == "running" and p["pid"] for p in status["processes"])
     for pid in service.pids().values():
-        assert psutil.Process(pid).cmdline()[0].startswith("camservice: ") or "camservice" in " ".join(
-            psutil.Process(pid).cmdline()
-        )
+        # setproctitle replaces the command line: "camservice: gateway 0", "camservice: files 0"...
+        title = " ".join(psutil.Process(pid).cmdline())
+        assert title.startswith("camservice: "), title
 
     async def scenario():
         async with Client(service.url, service.token("viewer")) as client:
@@ -301,21 +301,28 @@ def test_start_refuses_a_port_another_program_listens_on():
 
 def test_a_worker_kind_that_stays_down_fails_calls_fast():
     """With no files worker for a heartbeat-timeout, calls get -32011 at once, not after 10 s."""
-    with Service(simulate=0, **{"runtime.give_up_after": 1}) as svc:
+    # A short heartbeat (timeout 0.75 s) instead of sleeping past the default 3 s one.
+    with Service(simulate=0, **{"runtime.give_up_after": 1, "runtime.heartbeat_interval": 0.25}) as svc:
 
         async def scenario():
             async with Client(svc.url, svc.token("admin")) as client:
+                killed = None
                 for _ in range(2):  # crash it twice: the supervisor gives up (give_up_after: 1)
-                    pid = wait_for(lambda: svc.pids().get("files-0"), 10, message="files worker up")
+                    pid = wait_for(
+                        lambda: svc.pids().get("files-0") not in (None, killed) and svc.pids()["files-0"],
+                        10,
+                        message="a new files worker up",
+                    )
                     os.kill(pid, signal.SIGKILL)
-                    await asyncio.sleep(0.5)
+                    killed = pid
                 wait_for(
                     lambda: {p["name"]: p["state"] for p in svc.status()["processes"]}["files-0"] == "failed",
                     10,
                     message="files-0 failed",
                 )
-                await asyncio.sleep(3.5)  # past the heartbeat timeout
-                reply = await asyncio.wait_for(client.request("list_recordings"), 5)  # well under 10 s
+                # Queued until the kind has been silent for a heartbeat timeout, then failed
+                # by the gateway's sweep: well before the 10 s request deadline.
+                reply = await asyncio.wait_for(client.request("list_recordings"), 5)
                 assert reply["error"]["code"] == SERVICE_BUSY
                 assert "no files worker" in reply["error"]["data"]["reason"]
                 status = await client.call("get_status")

@@ -35,7 +35,6 @@ import inspect
 import itertools
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -43,8 +42,10 @@ from typing import Any, Awaitable, Callable
 import structlog
 import zmq
 
-from camservice import comms, log, process
+from camservice import comms, log, topics
 from camservice import config as config_module
+from camservice.drain import Drain
+from camservice.runtime import Lifetime, boot
 from camservice.envelope import (
     UNENCODABLE,
     EnvelopeError,
@@ -89,6 +90,7 @@ class _Link:
     endpoint: str
     socket: zmq.Socket
     pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    reader: Drain | None = None
     #: Replies of this event-loop tick, sent together as one frame.
     outbox: list[tuple] = field(default_factory=list)
     flush_scheduled: bool = False
@@ -110,6 +112,9 @@ class Worker:
         self._seq = itertools.count(1)
         self._event_seq: dict[str, itertools.count] = {}  # per topic, so gaps are per topic
         self._tasks: set[asyncio.Task] = set()
+        #: Tasks running an async handler: shutdown lets these finish first.
+        self._requests: set[asyncio.Task] = set()
+        self._event_reader: Drain | None = None
         self._stopping: asyncio.Event | None = None  # created in run(), inside the loop
         self._handlers: dict[str, tuple[Handler, bool]] = {}  # name -> (handler, is async)
         self._ctx: zmq.Context | None = None
@@ -165,7 +170,7 @@ class Worker:
         finally:
             link.pending.pop(seq, None)
         if error is not None:
-            raise RpcError.from_dict(error)
+            raise error
         return result
 
     def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task:
@@ -185,35 +190,34 @@ class Worker:
         }
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
+        lifetime = Lifetime(self._stopping)
+        lifetime.install()
         self._load_handlers()
         endpoints = comms.Endpoints.from_config(self.config)
         self._ctx = zmq.Context()
         self._pub = comms.publisher(self._ctx, endpoints)
         if self.subscriptions:
             self._sub = comms.subscriber(self._ctx, endpoints, self.subscriptions)
-            self._watch(self._sub, self._drain_events)
+            self._event_reader = Drain(self._sub, self._on_event_frames, multipart=True, name="events")
+            self._event_reader.start()
         await self.start()
         identity = f"{self.name}:{os.getpid()}".encode()
         for endpoint in endpoints.gateways:
             sock = comms.dealer(self._ctx, identity)
             sock.connect(endpoint)
             link = _Link(endpoint, sock)
+            link.reader = Drain(
+                sock,
+                lambda frame, link=link: self._on_frame(link, frame),
+                after=lambda link=link: self._flush(link),  # the replies of every sync handler, in one frame
+                name=endpoint,
+            )
             self._links.append(link)
-            self._watch(sock, lambda link=link: self._drain_link(link))
+            link.reader.start()
         self.log.info("worker_started", pid=os.getpid(), gateways=len(self._links))
         heartbeat = self.spawn(self._heartbeat())
-        parent = os.getppid()
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if not process.parent_alive(parent):
-                    self.log.warning("parent_gone")
-                    break
+        await lifetime.wait(self.log)
         await self._shutdown(heartbeat)
 
     async def _shutdown(self, heartbeat: asyncio.Task) -> None:
@@ -222,21 +226,18 @@ class Worker:
         for link in self._links:
             self._flush(link)
             link.socket.send(pack(Goodbye(os.getpid())), flags=zmq.NOBLOCK)
-        requests = [t for t in self._tasks if getattr(t, "_camservice_request", False)]
-        if requests:
-            await asyncio.wait(requests, timeout=self.config.runtime.stop_timeout * 0.5)
+        if self._requests:
+            await asyncio.wait(list(self._requests), timeout=self.config.runtime.stop_timeout * 0.5)
         await self.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        loop = asyncio.get_running_loop()
+        for reader in [link.reader for link in self._links] + [self._event_reader]:
+            if reader is not None:
+                reader.stop()
         for sock in [link.socket for link in self._links] + [self._pub, self._sub]:
             if sock is not None:
-                try:
-                    loop.remove_reader(sock.getsockopt(zmq.FD))
-                except (ValueError, zmq.ZMQError):
-                    pass
                 sock.close(linger=0)
         self._ctx.term()
         self.log.info("worker_stopped")
@@ -253,9 +254,9 @@ class Worker:
                     link.socket.send(ready, flags=zmq.NOBLOCK)
                 except zmq.Again:
                     pass
-                self._drain_link(link)  # ZeroMQ's FD is edge-triggered: never leave input behind
-            if self._sub is not None:
-                self._drain_events()
+                link.reader.after_send()
+            if self._event_reader is not None:
+                self._event_reader.drain()  # a safety net for the edge-triggered FD
             await asyncio.sleep(self.config.runtime.heartbeat_interval)
 
     def _publish_stats(self) -> None:
@@ -265,7 +266,7 @@ class Worker:
             self.log.exception("stats_failed")
             return
         self.publish(
-            "_worker_stats",
+            topics.WORKER_STATS,
             {
                 "name": self.name,
                 "kind": self.kind,
@@ -277,58 +278,47 @@ class Worker:
         )
 
     def _requests_in_flight(self) -> int:
-        return sum(1 for t in self._tasks if getattr(t, "_camservice_request", False))
+        return len(self._requests)
 
-    def _watch(self, sock: zmq.Socket, drain: Callable[[], None]) -> None:
-        asyncio.get_running_loop().add_reader(sock.getsockopt(zmq.FD), drain)
-        drain()
+    def _on_frame(self, link: _Link, frame: bytes) -> None:
+        try:
+            messages = unpack(frame)
+        except EnvelopeError as exc:
+            self.log.warning("bad_frame", error=str(exc))
+            return
+        for message in messages:
+            if isinstance(message, Request):
+                self._on_request(link, message)
+            elif isinstance(message, Reply):
+                future = link.pending.get(message.seq)
+                if future is not None and not future.done():
+                    if message.error is not None:
+                        future.set_result((RpcError.from_dict(message.error), None))
+                    else:
+                        future.set_result((None, json.loads(message.result) if message.encoded else message.result))
 
-    def _drain_link(self, link: _Link) -> None:
-        sock = link.socket
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frame = sock.recv(flags=zmq.NOBLOCK)
-                messages = unpack(frame)
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                self.log.warning("bad_frame", error=str(exc))
-                continue
-            for message in messages:
-                if isinstance(message, Request):
-                    self._on_request(link, message)
-                elif isinstance(message, Reply):
-                    future = link.pending.get(message.seq)
-                    if future is not None and not future.done():
-                        result = json.loads(message.result) if message.encoded else message.result
-                        future.set_result((message.error, result))
-        self._flush(link)  # the replies of every sync handler above, in one frame
-
-    def _drain_events(self) -> None:
-        sock = self._sub
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = Event.from_frames(sock.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                self.log.warning("bad_event", error=str(exc))
-                continue
-            if event.source != self.name:
-                self.spawn(self.on_event(event))
+    def _on_event_frames(self, frames: list[bytes]) -> None:
+        try:
+            event = Event.from_frames(frames)
+        except EnvelopeError as exc:
+            self.log.warning("bad_event", error=str(exc))
+            return
+        if event.source != self.name:
+            self.spawn(self.on_event(event))
 
     def _on_request(self, link: _Link, request: Request) -> None:
         if request.expired():
             return  # the gateway has answered -32011 already
         entry = self._handlers.get(request.method)
         if entry is None:
-            self._reply(link, request.seq, RpcError(METHOD_NOT_FOUND, data={"method": request.method}).to_dict())
+            self._reply(link, request.seq, RpcError(METHOD_NOT_FOUND, data={"method": request.method}))
             return
         handler, is_async = entry
         context = CallContext(request.request_id, request.caller or {}, request.deadline)
         if is_async:
             task = self.spawn(self._run_async(link, request, handler, context))
-            task._camservice_request = True  # type: ignore[attr-defined]
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
             return
         # Reset afterwards: the socket reader's context is shared by every message.
         token = log.REQUEST_ID.set(request.request_id)
@@ -353,20 +343,21 @@ class Worker:
     def _reply_failure(self, link: _Link, request: Request, exc: Exception) -> None:
         """A handler raised: an RpcError goes to the client as is, anything else is a logged -32603."""
         if isinstance(exc, RpcError):
-            self._reply(link, request.seq, exc.to_dict())
+            self._reply(link, request.seq, exc)
             return
         self.log.error("handler_failed", method=request.method, exc_info=exc)
-        self._reply(link, request.seq, RpcError(INTERNAL_ERROR).to_dict())
+        self._reply(link, request.seq, RpcError(INTERNAL_ERROR))
 
-    def _reply(self, link: _Link, seq: int, error: dict | None, result: Any = None) -> None:
+    def _reply(self, link: _Link, seq: int, error: RpcError | None, result: Any = None) -> None:
         """Queue an answer for this tick's frame; results travel as JSON text."""
         if error is None:
             try:
                 result = _encode_json(result)
             except (TypeError, ValueError):
                 self.log.error("reply_unserialisable", seq=seq)
-                error, result = RpcError(INTERNAL_ERROR).to_dict(), None
-        link.outbox.append((Kind.REPLY, seq, error, result, error is None))
+                error, result = RpcError(INTERNAL_ERROR), None
+        wire_error = error.to_dict() if error is not None else None
+        link.outbox.append((Kind.REPLY, seq, wire_error, result, error is None))
         self._schedule_flush(link)
 
     def _schedule_flush(self, link: _Link) -> None:
@@ -392,10 +383,8 @@ class Worker:
             link.socket.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.log.warning("replies_dropped", count=len(wires), reason="queue full")
-        # ZeroMQ's FD is edge-triggered and a send may consume the edge of input
-        # that arrived meanwhile: look again, or it waits for the next heartbeat.
-        if link.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            asyncio.get_running_loop().call_soon(self._drain_link, link)
+        if link.reader is not None:
+            link.reader.after_send()
 
     def _log_task_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -404,11 +393,6 @@ class Worker:
 
 def run_worker(worker_class: type[Worker], index: int) -> None:
     """Entry point of a worker process (see :mod:`camservice.process`)."""
-    config = config_module.load()
-    name = f"{worker_class.kind}-{index}"
-    process.set_title(f"camservice: {worker_class.kind} {index}")
-    log.setup(
-        name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"
-    )
+    config = boot(f"{worker_class.kind}-{index}", f"camservice: {worker_class.kind} {index}")
     worker = worker_class(config, index)
     asyncio.run(worker.run())

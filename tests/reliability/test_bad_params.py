@@ -20,6 +20,7 @@ import json
 
 import pytest
 import zmq
+from camservice.gateway.calls import Call
 from camservice.gateway.pool import WorkerPool
 from camservice.workers.base import Worker, _Link
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from camservice import comms, config, methods
 from camservice.envelope import Ready, unpack
-from camservice.errors import INTERNAL_ERROR, INVALID_PARAMS, PARSE_ERROR, SERVICE_BUSY
+from camservice.errors import INTERNAL_ERROR, INVALID_PARAMS, PARSE_ERROR, SERVICE_BUSY, RpcError
 
 from ..harness import Client, Service
 
@@ -186,19 +187,19 @@ def test_a_request_msgpack_cannot_carry_fails_alone_and_its_frame_neighbours_tra
             worker.send(Ready("files", 1, 8, 0).pack())
             while not pool.alive()["files"]:
                 await asyncio.sleep(0.01)
-                pool._drain()
+                pool.drain()
             answers = {}
 
             def answer(name):
                 return lambda error, result: answers.setdefault(name, (error, result))
 
             # Two calls in one tick: one frame to the same worker.
-            pool.call("files", "list_recordings", {"offset": 2**64}, 5.0, "r1", {}, True, answer("bad"))
-            pool.call("files", "list_recordings", {"offset": 0}, 5.0, "r2", {}, True, answer("good"))
+            pool.call(Call("files", "list_recordings", {"offset": 2**64}, 5.0, answer("bad")))
+            pool.call(Call("files", "list_recordings", {"offset": 0}, 5.0, answer("good")))
             await asyncio.sleep(0)  # the flush runs at the end of the tick
             await asyncio.sleep(0)
             error, _ = answers["bad"]  # at once, not after the deadline
-            assert error["code"] == INVALID_PARAMS and error["data"]["reason"]
+            assert error.code == INVALID_PARAMS and error.data["reason"]
             assert "good" not in answers
             assert await asyncio.wait_for(asyncio.to_thread(worker.poll, 5000), 6) == zmq.POLLIN
             (request,) = unpack(worker.recv())
@@ -225,7 +226,7 @@ def test_a_worker_reply_msgpack_cannot_carry_becomes_an_error_alone(tmp_path):
         worker = Worker(config.load(environ={}))
         link = _Link(endpoint, sock)
         try:
-            worker._reply(link, 1, {"code": -32000, "message": "odd", "data": {"n": 2**64}})
+            worker._reply(link, 1, RpcError(-32000, "odd", {"n": 2**64}))
             worker._reply(link, 2, None, {"ok": True})
             await asyncio.sleep(0)
             await asyncio.sleep(0)

@@ -1,0 +1,65 @@
+"""The life of one service process, the same for the gateway and every worker.
+
+:func:`boot` loads the configuration, names the process and sets up its
+logs; :class:`Lifetime` turns SIGTERM, SIGINT and the loss of the parent
+(the supervisor) into one thing to await. The parent is also watched by
+``PR_SET_PDEATHSIG`` (:func:`camservice.process.die_with_parent`); polling
+``getppid`` covers the moment between fork and that setting, and systems
+without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from . import config as config_module
+from . import log, process
+
+#: Seconds between checks that the parent is still there.
+PARENT_POLL = 1.0
+
+
+def boot(name: str, title: str) -> config_module.Config:
+    """Configuration, process title and logging of a child process called ``name``."""
+    config = config_module.load()
+    process.set_title(title)
+    log.setup(
+        name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"
+    )
+    return config
+
+
+class Lifetime:
+    """Until when a process runs: a stop signal, or its parent gone.
+
+    Create it at the start of the process's main coroutine (it remembers the
+    parent's pid then), call :meth:`install` inside the running loop, and
+    ``await`` :meth:`wait`; afterwards :attr:`parent_gone` says which ended it.
+    """
+
+    def __init__(self, stopping: asyncio.Event | None = None):
+        self.stopping = stopping if stopping is not None else asyncio.Event()
+        self.parent = os.getppid()
+        self.parent_gone = False
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def wait(self, logger=None) -> None:
+        """Return once a stop was asked for or the parent is gone."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=PARENT_POLL)
+            except asyncio.TimeoutError:
+                if not process.parent_alive(self.parent):
+                    self.parent_gone = True
+                    if logger is not None:
+                        logger.warning("parent_gone")
+                    return
