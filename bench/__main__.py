@@ -180,14 +180,14 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
         if args.url:
             return {"skipped": "scaling starts services of its own: not with --url"}
         session.close()
-        return scale.run(step_s=max(4.0, (duration or 40) / 8), progress=progress, quick=args.quick)
+        return scale.run(step_s=max(4.0, (duration or 48) / 12), progress=progress, quick=args.quick)
     if name == "cost":
         from . import cost
 
         if args.url:
             return {"skipped": "the cost breakdown starts services of its own: not with --url"}
         session.close()
-        return cost.run(step_s=4.0 if args.quick else 6.0, progress=progress, quick=args.quick)
+        return cost.run(step_s=4.0 if args.quick else 5.0, progress=progress, quick=args.quick)
     raise ValueError(name)
 
 
