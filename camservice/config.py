@@ -19,6 +19,7 @@ The loaded configuration is a tree of read-only :class:`Section` objects:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -55,6 +56,15 @@ def _non_negative(value: Any) -> str | None:
 
 def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0-65535"
+
+
+def _origins(value: Any) -> str | None:
+    for origin in value:
+        if origin == "*":
+            continue
+        if not isinstance(origin, str) or not re.fullmatch(r"https?://[^/\s]+", origin):
+            return "must be a list of origins like https://host:port (or *)"
+    return None
 
 
 def _percent(value: Any) -> str | None:
@@ -109,6 +119,34 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("server.max_in_flight", 128, int, "Requests one connection may have in flight at once.", _positive),
     Setting(
         "server.ping_interval", 20.0, NUMBER, "Seconds between WebSocket keepalive pings (0 disables).", _non_negative
+    ),
+    Setting(
+        "server.header_timeout",
+        10.0,
+        NUMBER,
+        "Seconds a client has to send a whole HTTP request head (or WebSocket handshake), downloads included.",
+        _positive,
+    ),
+    Setting(
+        "server.max_pending_per_address",
+        16,
+        int,
+        "Slow connections (over 1 s into their request head) from one address; beyond, HTTP 503 with Retry-After.",
+        _positive,
+    ),
+    Setting(
+        "server.max_pending",
+        2048,
+        int,
+        "Connections still sending their request head, per process; a new one pushes out the oldest.",
+        _positive,
+    ),
+    Setting(
+        "server.cors_origins",
+        [],
+        list,
+        "Web origins (https://host:port, or * for any) allowed to call the HTTP endpoints from a browser.",
+        _origins,
     ),
     # gateway
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
@@ -200,10 +238,11 @@ SCHEMA: tuple[Setting, ...] = (
     # files
     Setting(
         "files.http_port",
-        8003,
+        None,
         int,
-        "Port of the file workers' download server (the gateway redirects /files/ there).",
+        "Optional second port where the file workers serve /files/ themselves (off: downloads use server.port).",
         _port,
+        nullable=True,
     ),
     Setting(
         "files.download_rate_limit",
@@ -387,7 +426,9 @@ def _check(key: str, value: Any) -> Any:
 
 def _type_name(setting: Setting) -> str:
     types = setting.type if isinstance(setting.type, tuple) else (setting.type,)
-    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true or false"}[t] for t in types)
+    return " or ".join(
+        {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}[t] for t in types
+    )
 
 
 def _parse_env_value(key: str, text: str) -> Any:

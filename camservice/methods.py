@@ -259,6 +259,21 @@ def filename_only(params: Any) -> Params:
     return {"filename": check_filename(params["filename"])}
 
 
+def download_link(params: Any) -> Params:
+    params = _params_dict(params)
+    _only(params, {"filename", "kind", "expires_in"})
+    if params.get("filename") is None:
+        raise invalid_params("'filename' is required", "filename")
+    kind = _choice(params, "kind", ("recordings", "snapshots"), None)
+    if kind is None:
+        raise invalid_params("'kind' is required", "kind")
+    return {
+        "filename": check_filename(params["filename"]),
+        "kind": kind,
+        "expires_in": _integer(params, "expires_in", default=300),
+    }
+
+
 def retention_policy(params: Any) -> Params:
     params = _params_dict(params)
     _only(params, {"policy_type", "enabled", "max_age_days", "max_size_gb"})
@@ -293,6 +308,7 @@ METHODS: dict[str, Method] = {
         _M("list_snapshots", "viewer", FILES, list_files, params=("limit", "offset", "device")),
         _M("get_recording_info", "viewer", FILES, filename_only, params=("filename",)),
         _M("get_snapshot_info", "viewer", FILES, filename_only, params=("filename",)),
+        _M("get_download_link", "viewer", FILES, download_link, params=("filename", "kind", "expires_in")),
         _M("subscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=True), params=("topics",)),
         _M("unsubscribe_events", "viewer", GATEWAY, lambda p: topics(p, required=False), params=("topics",)),
         _M("get_server_info", "viewer", GATEWAY, no_params, params=()),

@@ -35,9 +35,10 @@ to frame a reply):
 
 The rest of what the asyncio layer did lives here too:
 
-- an opening-handshake timeout, and ``process_request`` hooks that may
-  answer plain HTTP (health, metrics, redirects), synchronously or with a
-  coroutine;
+- an opening-handshake timeout; a request that is not a WebSocket
+  handshake is handed, raw, to the handler's ``http_request`` (plain HTTP
+  on the same port: health, metrics, downloads), and ``process_request``
+  may still refuse a handshake (503), synchronously or with a coroutine;
 - messages reassembled from fragments, text checked to be UTF-8 (close
   code 1007 otherwise, RFC 6455 8.1);
 - backpressure: when a client stops reading and its write buffer passes
@@ -69,6 +70,9 @@ from websockets.utils import apply_mask
 logger = logging.getLogger("websockets.server")
 
 OPEN, CONNECTING = State.OPEN, State.CONNECTING
+#: Longest opening request head read before deciding between WebSocket and plain HTTP.
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 TEXT, BINARY, CONT, PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 
 
@@ -92,6 +96,11 @@ class Handler(Interface):
     def process_request(self, connection: Connection, request: Request) -> Any:
         """A response, None to accept the WebSocket, or an awaitable of either."""
 
+    # Optional: ``http_request(connection, head, rest) -> bool`` sees every
+    # complete opening request first (raw bytes, and what followed it); True
+    # means it took the transport over (plain HTTP), False lets the
+    # WebSocket handshake go on.
+
     def connection_open(self, connection: Connection) -> None: ...
 
     def message_received(self, connection: Connection, data: str | bytes) -> None:
@@ -111,6 +120,8 @@ class Connection(asyncio.Protocol):
         self.remote_address: Any = None
         #: Whatever the handler keeps per connection (the gateway's Session).
         self.session: Any = None
+        #: Whatever the handler keeps while the opening request is read (the gateway's admission ticket).
+        self.admission: Any = None
         self._loop = asyncio.get_running_loop()
         self._reading = False  # inside data_received: replies wait for one write at the end
         #: True while we cut frames ourselves (see the module docstring); False
@@ -225,11 +236,15 @@ class Connection(asyncio.Protocol):
     # --- internals ----------------------------------------------------------------
 
     def _receive_request(self, data: bytes) -> None:
-        """The opening handshake: the protocol gets the request and nothing after it.
+        """The opening request: read whole, then either the protocol or the handler's HTTP side gets it.
 
-        Frames a client sends right behind its request wait in ``_partial``
-        until the 101 is out: fed to the protocol early, they would be parsed
-        (and pings answered) before the handshake is answered.
+        The protocol gets the request and nothing after it: frames a client
+        sends right behind its request wait in ``_partial`` until the 101 is
+        out (fed to the protocol early, they would be parsed, and pings
+        answered, before the handshake is answered). A request that is not a
+        WebSocket handshake goes, with the bytes behind it, to the handler's
+        ``http_request`` (plain HTTP: health, metrics, downloads), which may
+        take the transport over.
         """
         if self._request_complete:
             self._partial += data
@@ -238,12 +253,23 @@ class Connection(asyncio.Protocol):
         self._request += data
         end = self._request.find(b"\r\n\r\n", max(0, seen - 3))
         if end < 0:
-            self._receive(data)  # a request line or headers so far; size limits are the protocol's
+            if len(self._request) > MAX_HEAD_BYTES:
+                self._request = bytearray()
+                self.transport.write(HEAD_TOO_LARGE)
+                self.transport.close()
             return
-        cut = end + 4 - seen
+        head, rest = bytes(self._request[: end + 4]), bytes(self._request[end + 4 :])
         self._request_complete, self._request = True, bytearray()
-        self._partial += data[cut:]
-        self._receive(data[:cut])
+        take = getattr(self.handler, "http_request", None)
+        if take is not None and take(self, head, rest):
+            # The transport belongs to another protocol now: nothing more happens here.
+            self._lost = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        self._partial += rest
+        self._receive(head)
 
     def _receive(self, data: bytes | bytearray) -> None:
         """Through the protocol: the request, frames other than simple data frames, a closing stream."""

@@ -53,6 +53,12 @@ class EventRelay:
         #: Hook for metrics: (topic, recipients, seconds from publish to send).
         self.on_delivery: Callable[[str, int, float], None] | None = None
         self.delivered = 0
+        #: topic -> handlers registered with :meth:`subscribe`, called before the relay's own handling.
+        self._subscribers: dict[str, list[Callable[[Event], None]]] = {}
+
+    def subscribe(self, topic: str, handler: Callable[[Event], None]) -> None:
+        """Call ``handler(event)`` for every event on ``topic`` this gateway receives."""
+        self._subscribers.setdefault(topic, []).append(handler)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -89,6 +95,8 @@ class EventRelay:
 
     def dispatch(self, event: Event) -> None:
         topic = event.topic
+        for handler in self._subscribers.get(topic, ()):
+            handler(event)
         if topic == topics.CAMERA_STATUS:
             self._on_camera(event)
         elif topic == topics.RECORDING_STATUS:

@@ -1,32 +1,32 @@
-"""Plain HTTP on the WebSocket port: health checks, metrics, download redirects.
+"""The gateway's own plain-HTTP endpoints on the API port: health checks.
 
-Each function returns ``(status, content_type, body, extra_headers)`` and
-does no I/O, so the routing is tested without a server. Downloads are not
-served here: the gateway's event loop must never push gigabytes, so
-``/files/...`` is redirected (307, same method, same credentials) to the file
-workers' HTTP server, which streams with ``sendfile`` in its own process.
+:func:`register` puts them on the server's :class:`~camservice.gateway.routes.RouteTable`;
+:func:`health` returns ``(status, content_type, body, extra_headers)`` and
+does no I/O, so it is tested without a server.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
-from urllib.parse import urlsplit
+from typing import Any
 
+from camservice.cors import CorsPolicy
 from camservice.timestamps import utc_iso
 
 from .core import RequestPipeline
+from .routes import HttpRequest, HttpResponse, RouteTable
 
-HttpResponse = tuple[int, str, bytes, dict[str, str]]
+#: ``(status, content_type, body, extra_headers)``.
+Answer = tuple[int, str, bytes, dict[str, str]]
 
 JSON = "application/json"
 
 
-def _json(status: int, body: dict[str, Any]) -> HttpResponse:
+def _json(status: int, body: dict[str, Any]) -> Answer:
     return status, JSON, json.dumps(body).encode(), {}
 
 
-def health(gateway: RequestPipeline, which: str) -> HttpResponse:
+def health(gateway: RequestPipeline, which: str) -> Answer:
     """``/health/{live,ready,system,cameras,mediamtx}``: 200 healthy/degraded, 503 otherwise."""
     now = utc_iso()
     if which == "live":
@@ -78,31 +78,28 @@ def health(gateway: RequestPipeline, which: str) -> HttpResponse:
     return _json(404, {"error": "unknown health check"})
 
 
-def _without_port(host: str) -> str:
-    """``example:8002`` -> ``example``; ``[::1]:8002`` and ``[::1]`` -> ``[::1]``."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1] or host
-    return host.rsplit(":", 1)[0]
+def to_response(answer: Answer) -> HttpResponse:
+    status, content_type, body, extra = answer
+    return HttpResponse(status, {"Content-Type": content_type, **extra}, body)
 
 
-def route(
-    gateway: RequestPipeline,
-    path: str,
-    host_header: str | None,
-    scheme: str,
-    metrics: Callable[[], tuple[bytes, str]] | None,
-) -> HttpResponse | None:
-    """The response for a plain HTTP request, or None to go on with the WebSocket handshake."""
-    target = urlsplit(path)
-    if target.path == "/ws":
-        return None
-    if target.path.startswith("/health/"):
-        return health(gateway, target.path[len("/health/") :])
-    if target.path == "/metrics" and metrics is not None:
-        body, content_type = metrics()
-        return 200, content_type, body, {}
-    if target.path.startswith("/files/"):
-        host = _without_port(host_header) if host_header else gateway.config.public_host
-        location = f"{scheme}://{host}:{gateway.config.files.http_port}{path}"
-        return 307, "text/plain", b"", {"Location": location}
-    return _json(404, {"error": "not found", "endpoints": ["/ws", "/health/live", "/health/ready", "/metrics"]})
+def register(routes: RouteTable, gateway: RequestPipeline, cors: CorsPolicy) -> None:
+    """The gateway's own endpoints: ``/health/*`` (public; CORS headers for allowed origins)."""
+
+    def health_route(request: HttpRequest) -> HttpResponse:
+        response = to_response(health(gateway, request.params["which"]))
+        response.headers.update(cors.headers(request.headers))
+        return response
+
+    def preflight(request: HttpRequest) -> HttpResponse:
+        if cors.is_preflight(request.method, request.headers):
+            status, headers = cors.preflight(request.headers)
+            return HttpResponse(status, headers)
+        return HttpResponse(204, {"Allow": "GET, HEAD, OPTIONS"})
+
+    routes.add(("GET", "HEAD"), "/health/{which}", health_route)
+    routes.add("OPTIONS", "/health/{which}", preflight)
+
+
+def not_found(routes: RouteTable) -> HttpResponse:
+    return to_response(_json(404, {"error": "not found", "endpoints": ["/ws", *routes.paths()]}))

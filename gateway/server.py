@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import ssl
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,14 +25,22 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, eventloop, jsonrpc, process, topics
+from camservice import comms, eventloop, handoff, jsonrpc, process, topics
+from camservice import tls as tls_module
+from camservice.auth import load_or_create_secret
+from camservice.connlimits import PendingLimiter
+from camservice.cors import CorsPolicy
+from camservice.httpauth import HttpGuard, LinkSigner
 from camservice.runtime import boot
 
-from . import console, http
+from . import console, http, metrics
 from .connection import Connection, Limits
 from .core import PENDING, RequestPipeline
+from .downloads import Downloads
 from .events import EventRelay
+from .exchange import HttpExchange
 from .pool import WorkerPool
+from .routes import HttpRequest, HttpResponse, RouteTable
 
 logger = structlog.get_logger("gateway")
 
@@ -41,6 +49,10 @@ SLOW_CLIENT_TIMEOUT = 10.0
 STATS_INTERVAL = 2.0
 #: Pending TCP connections the kernel queues per gateway process (burst of clients reconnecting).
 LISTEN_BACKLOG = 1024
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
 #: Seconds a starting gateway waits, beyond one heartbeat timeout, for its replica before it listens anyway.
 READY_GRACE = 2.0
 #: Seconds between checks of that; the replica and the workers arrive through socket readers meanwhile.
@@ -63,10 +75,25 @@ class GatewayServer:
         self.gateway.workers_alive = self.pool.alive
         self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
-        self.metrics_renderer = None  # set by gateway.metrics when enabled
+        #: Plain HTTP on the API port: every endpoint registers here (health, /metrics, downloads, console).
+        self.scheme = "https" if config.server.tls.cert_file else "http"
+        self.routes = RouteTable()
+        self.cors = CorsPolicy(config.server.cors_origins)
+        http.register(self.routes, self.gateway, self.cors)
+        self.downloads = Downloads(handoff.Sender(config.state_dir / "run"), self.cors)
+        self.downloads.register(self.routes)
+        self.routes.add(("GET", "HEAD"), "/", self._console)  # the web console (issue 14)
+        self.routes.add(("GET", "HEAD"), "/console/{path*}", self._console)
+        #: Connections still sending their opening request head (slowloris defence).
+        self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
+        #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
+        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, LinkSigner(load_or_create_secret(config)))
+        #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
+        self.stats_sources: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.max_batch = config.server.max_in_flight
         self.limits = Limits(
             max_size=config.server.max_frame_bytes,
+            open_timeout=config.server.header_timeout,
             write_limit=WRITE_BUFFER_LIMIT,
             slow_client_timeout=SLOW_CLIENT_TIMEOUT,
         )
@@ -81,30 +108,63 @@ class GatewayServer:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    def process_request(self, connection: Connection, request: Request) -> Response | None:
-        if self._stop.is_set():
-            return self._response(503, "text/plain", b"server shutting down\n", {})
-        if request.path.split("?", 1)[0] == "/ws" and len(self.gateway.sessions) >= self.config.server.max_connections:
-            return self._response(503, "text/plain", b"too many connections\n", {"Retry-After": "5"})
-        served = console.serve(request.path, request.headers)  # GET / and /console/... (issue 14)
-        if served is not None:
-            return self._response(*served)
-        scheme = "https" if self.config.server.tls.cert_file else "http"
-        routed = http.route(self.gateway, request.path, request.headers.get("Host"), scheme, self.metrics_renderer)
-        if routed is None:
-            return None
-        return self._response(*routed)
-
-    @staticmethod
-    def _response(status: int, content_type: str, body: bytes, extra: dict[str, str]) -> Response:
-        headers = Headers(
-            {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close", **extra}
+    def http_request(self, connection: Connection, head: bytes, rest: bytes) -> bool:
+        """Every complete opening request: plain HTTP goes to an :class:`HttpExchange`; False for ``GET /ws``."""
+        if connection.admission is not None:
+            connection.admission.done()  # the head is here: no longer a slowloris suspect
+            connection.admission = None
+        method, _, remainder = head.partition(b" ")
+        target = remainder.split(b" ", 1)[0]
+        if method == b"GET" and target.split(b"?", 1)[0] == b"/ws":
+            return False
+        self.connections.discard(connection)
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        exchange = HttpExchange(
+            self.answer_http,
+            connection.transport,
+            peer,
+            self.scheme,
+            header_timeout=self.config.server.header_timeout,
         )
-        return Response(status, HTTPStatus(status).phrase, headers, body)
+        exchange.start(head + rest)
+        return True
+
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
+        """A ``GET /ws`` handshake: None accepts it; 503 while stopping or at ``server.max_connections``."""
+        if self._stop.is_set():
+            return ws_response(HttpResponse.text(503, "server shutting down\n"))
+        if len(self.gateway.sessions) >= self.config.server.max_connections:
+            return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
+        return None
+
+    def _console(self, request: HttpRequest) -> HttpResponse:
+        # Headers() for the console's case-insensitive lookups (If-None-Match, Accept-Encoding).
+        return http.to_response(console.serve(request.target, Headers(request.headers)))
+
+    def answer_http(self, request: HttpRequest) -> Any:
+        """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
+        if self._stop.is_set():
+            return HttpResponse.text(503, "server shutting down\n", {"Retry-After": "1"})
+        if not request.target.startswith("/") and not request.target.startswith(("http://", "https://")):
+            return HttpResponse.text(400, "request target must be an absolute path\n")  # "*", authority-form
+        handler, params, allowed = self.routes.match(request.method, request.path)
+        if handler is None:
+            if allowed:
+                return HttpResponse.text(405, "method not allowed\n", {"Allow": ", ".join(sorted(allowed))})
+            return http.not_found(self.routes)
+        request.params = params
+        return handler(request)
 
     # --- WebSocket (gateway.connection.Handler) ------------------------------------------
 
     def connection_made(self, connection: Connection) -> None:
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        connection.admission = self.pending.admit(peer, connection.transport.abort)
+        if connection.admission is None:
+            # Too many connections from this address still sending their head: say so at once.
+            connection.transport.write(BUSY)
+            connection.transport.close()
+            return
         self.connections.add(connection)
 
     def connection_open(self, connection: Connection) -> None:
@@ -112,6 +172,9 @@ class GatewayServer:
         connection.session = self.gateway.open_session(peer, connection)
 
     def connection_lost(self, connection: Connection) -> None:
+        if connection.admission is not None:
+            connection.admission.done()
+            connection.admission = None
         self.connections.discard(connection)
         if connection.session is not None:
             self.gateway.close_session(connection.session)
@@ -188,10 +251,7 @@ class GatewayServer:
             )
         ]
         await self._until_ready()
-        tls = None
-        if self.config.server.tls.cert_file:
-            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.load_cert_chain(self.config.server.tls.cert_file, self.config.server.tls.key_file)
+        tls = tls_module.server_context(self.config)
         self._server = await loop.create_server(
             lambda: Connection(self, self.limits),
             self.config.server.host,
@@ -250,6 +310,7 @@ class GatewayServer:
             await asyncio.sleep(0.05)
         self.events.close()
         self.pool.close()
+        self.downloads.sender.close()
         self.ctx.term()
         logger.info("gateway_stopped")
 
@@ -272,9 +333,15 @@ class GatewayServer:
     async def _publish_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            counters = self.gateway.own_counters()
-            counters["index"] = self.index
-            self.events.publish(topics.GATEWAY_STATS, counters)
+            self.publish_stats()
+
+    def publish_stats(self) -> None:
+        """Publish this gateway's counters (``_gateway_stats``), extended by every ``stats_sources`` entry."""
+        counters = self.gateway.own_counters()
+        counters["index"] = self.index
+        for source in self.stats_sources:
+            counters.update(source(counters))
+        self.events.publish(topics.GATEWAY_STATS, counters)
 
     async def _close_idle_unauthenticated(self) -> None:
         timeout = self.config.security.unauthenticated_timeout
@@ -289,10 +356,12 @@ class GatewayServer:
 def main(index: int = 0) -> None:
     config = boot(f"gateway-{index}", f"camservice: gateway {index}")
     server = GatewayServer(config, index)
-    try:
-        from .metrics import attach
-
-        attach(server)
-    except ImportError:
-        pass
+    metrics.attach(server)
     eventloop.run(server.run(), config.gateway.event_loop)
+
+
+def ws_response(response: HttpResponse) -> Response:
+    """An answer to the opening request, for websockets' protocol (whole body, then close)."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    headers = Headers({**response.headers, "Content-Length": str(len(body)), "Connection": "close"})
+    return Response(response.status, HTTPStatus(response.status).phrase, headers, body)

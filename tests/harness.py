@@ -177,14 +177,15 @@ AUTO = object()
 class Client:
     """``async with Client(url, token) as c: await c.call("ping")``."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 20.0):
-        self.url, self.token, self.timeout = url, token, timeout
+    def __init__(self, url: str, token: str | None = None, timeout: float = 20.0, ssl=None):
+        self.url, self.token, self.timeout, self.ssl = url, token, timeout, ssl
         self._ids = itertools.count(1)
         self._waiting: dict = {}
         self.notifications: asyncio.Queue = asyncio.Queue()
 
     async def __aenter__(self) -> "Client":
-        self.ws = await websockets.connect(self.url, open_timeout=self.timeout, max_size=None)
+        extra = {"ssl": self.ssl} if self.ssl is not None else {}
+        self.ws = await websockets.connect(self.url, open_timeout=self.timeout, max_size=None, **extra)
         self._reader = asyncio.ensure_future(self._read())
         if self.token:
             await self.call("authenticate", {"auth_token": self.token})

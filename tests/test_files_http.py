@@ -15,6 +15,7 @@ import tracemalloc
 
 import pytest
 
+from camservice.httpauth import Denial
 from camservice.workers.files.downloads import DownloadServer
 from camservice.workers.files.worker import FilesWorker
 
@@ -79,9 +80,8 @@ def raw(server, request: bytes) -> bytes:
 # --- traversal ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path, status",
-    [
+#: Every traversal attempt and what it gets; also run over the API port (tests/test_api_downloads.py).
+TRAVERSALS = [
         ("/files/recordings/../secret.mp4", 400),
         ("/files/recordings/%2e%2e/secret.mp4", 400),
         ("/files/recordings/%2E%2E%2Fsecret.mp4", 400),
@@ -108,28 +108,31 @@ def raw(server, request: bytes) -> bytes:
         ("/etc/passwd", 404),
         ("http://127.0.0.1/files/recordings/clip.mp4", 400),  # absolute-form target
         ("*", 400),
-    ],
-)
+]
+
+
+@pytest.mark.parametrize("path, status", TRAVERSALS)
 def test_traversal_attempts_are_refused(server, path, status):
     got, headers, body = get(server, path)
     assert got == status, body
     assert SECRET not in body and BODY not in body
 
 
-@pytest.mark.parametrize(
-    "request_line",
-    [
-        b"GET /files/recordings/clip.mp4\x00.jpg HTTP/1.1",
-        b"GET /files/recordings/..\\..\\secret.mp4 HTTP/1.1",
-        b"GET /files/recordings/../../secret.mp4 HTTP/1.1",
-        b"GET /files/recordings/clip.mp4 HTTP/1.1 extra",
-        b"GET /files/recordings/clip.mp4 HTTP/2.0",
-    ],
-)
-def test_raw_request_lines_are_refused(server, request_line):
+#: Request lines no client should send, and the status each gets (h11 parses, the rules judge).
+BAD_REQUEST_LINES = [
+    (b"GET /files/recordings/clip.mp4\x00.jpg HTTP/1.1", 400),
+    (b"GET /files/recordings/..\\..\\secret.mp4 HTTP/1.1", 400),
+    (b"GET /files/recordings/../../secret.mp4 HTTP/1.1", 400),
+    (b"GET /files/recordings/clip.mp4 HTTP/1.1 extra", 400),
+    (b"GET /files/recordings/clip.mp4 HTTP/2.0", 505),
+]
+
+
+@pytest.mark.parametrize("request_line, expected", BAD_REQUEST_LINES)
+def test_raw_request_lines_are_refused(server, request_line, expected):
     answer = raw(server, request_line + b"\r\nHost: x\r\n\r\n")
     status = int(answer.split(b" ", 2)[1])
-    assert status in (400, 505)
+    assert status == expected
     assert SECRET not in answer and BODY not in answer
 
 
@@ -249,14 +252,16 @@ def test_health_and_methods(server):
 
 def test_keep_alive_serves_several_requests(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    sockets = []
     try:
         for header in ("bytes=0-1", "bytes=2-3", None):
             conn.request("GET", "/files/recordings/clip.mp4", headers={"Range": header} if header else {})
             response = conn.getresponse()
             body = response.read()
-            assert response.getheader("Connection") == "keep-alive"
+            assert not response.will_close
+            sockets.append(conn.sock)
         assert body == BODY
-        assert conn.sock is not None  # still the same open connection
+        assert sockets[0] is not None and sockets.count(sockets[0]) == 3  # one connection for all three
     finally:
         conn.close()
 
@@ -269,12 +274,12 @@ def test_oversized_head_is_refused(server):
 def test_authorize_hook(folders):
     seen = []
 
-    def authorize(headers):
+    def authorize(peer, headers, path, query):
         seen.append(dict(headers))
         token = headers.get("authorization")
         if token is None and "x-api-key" not in headers:
-            return 401
-        return None if token == "Bearer good" or headers.get("x-api-key") == "k" else 403
+            return Denial(401, "credentials required", {"WWW-Authenticate": 'Bearer realm="camservice"'})
+        return None if token == "Bearer good" or headers.get("x-api-key") == "k" else Denial(403, "bad", {})
 
     srv = DownloadServer(folders, "127.0.0.1", 0, authorize=authorize)
     srv.start()
@@ -293,8 +298,8 @@ def test_authorize_hook(folders):
 
 
 def test_async_authorize_hook(folders):
-    async def authorize(headers):
-        return None if headers.get("x-api-key") == "k" else 403
+    async def authorize(peer, headers, path, query):
+        return None if headers.get("x-api-key") == "k" else Denial(403, "bad", {})
 
     srv = DownloadServer(folders, "127.0.0.1", 0, authorize=authorize)
     srv.start()
@@ -383,7 +388,7 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
-    from camservice.workers.files.worker import tls_context
+    from camservice.tls import server_context as tls_context
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -422,18 +427,19 @@ def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
         response = conn.getresponse()
         assert response.status == 200 and response.read() == BODY
         conn.close()
+        # Listings point at the API port, https when the service has a certificate.
         url = FilesWorker(config, 0).download_url("recording", "a.mp4")
-        assert url == f"https://127.0.0.1:{config.files.http_port}/files/recordings/a.mp4"
+        assert url == f"https://127.0.0.1:{config.server.port}/files/recordings/a.mp4"
     finally:
         srv.stop()
 
 
 def test_viewer_authorizer_follows_the_contract(folders, tmp_path):
     from camservice.auth import Authenticator, issue_token, load_or_create_secret
-    from camservice.workers.files.auth import viewer_authorizer
+    from camservice.workers.files.auth import make_authorizer
 
     config = make_config(tmp_path)
-    authorize = viewer_authorizer(config, Authenticator(config))
+    authorize = make_authorizer(config, Authenticator(config))
     srv = DownloadServer(folders, "127.0.0.1", 0, authorize=authorize)
     srv.start()
     try:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from camservice.workers.files import downloads
+from camservice.workers.files import rules
 from camservice.timestamps import utc_iso
 from camservice.workers.files.names import Escape, admitted, parse_name, resolve_inside
 from camservice.workers.files.retention import DAY, GB, Candidate, Policy, PolicyStore, FileLock, plan
@@ -86,15 +86,15 @@ def test_resolve_inside(tmp_path):
     ],
 )
 def test_parse_range(header, expected):
-    assert downloads.parse_range(header, 100) == expected
+    assert rules.parse_range(header, 100) == expected
 
 
 @pytest.mark.parametrize(
     "header, size", [("bytes=100-", 100), ("bytes=100-200", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)]
 )
 def test_parse_range_unsatisfiable(header, size):
-    with pytest.raises(downloads.Unsatisfiable):
-        downloads.parse_range(header, size)
+    with pytest.raises(rules.Unsatisfiable):
+        rules.parse_range(header, size)
 
 
 # --- retention planning ------------------------------------------------------------------------

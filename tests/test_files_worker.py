@@ -105,7 +105,7 @@ def test_entry_shape(tmp_path):
                 "filename": name,
                 "file_size": 5,
                 "modified_time": "2023-11-14T22:13:20Z",
-                "download_url": f"http://cam.example:{worker.http.port}/files/recordings/{name}",
+                "download_url": f"http://cam.example:9000/files/recordings/{name}",
                 "camera_id": "camera1",
                 "recording": False,
             }

@@ -1,10 +1,10 @@
-"""The Prometheus exporter (gateway/metrics.py) on real GatewayServer objects.
+"""The Prometheus exporter (gateway/metrics/) on real GatewayServer objects.
 
 No service runs here: each test builds a real :class:`GatewayServer` (its
 ZeroMQ sockets exist but nothing is bound), attaches the exporter, feeds it
 requests through the real pipeline and events in the shapes the supervisor,
 workers and gateways publish (round-tripped through the real envelope), and
-reads ``/metrics`` through the server's real ``process_request``. The whole
+reads ``/metrics`` through the server's real route table (``answer_http``). The whole
 service, scraped by a real Prometheus, is in ``test_ops.py``.
 """
 
@@ -21,15 +21,6 @@ from types import SimpleNamespace
 import pytest
 import structlog
 import yaml
-from prometheus_client import CollectorRegistry, Histogram as ReferenceHistogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.datastructures import Headers
-from websockets.http11 import Request
-
-from camservice import config as config_module, jsonrpc
-from camservice.auth import KeyStore, issue_token, load_or_create_secret
-from camservice.cameras import Camera
-from camservice.envelope import Event
 from camservice.gateway.metrics import (
     LATENCY_BUCKETS,
     RECORDING_BUCKETS,
@@ -39,7 +30,17 @@ from camservice.gateway.metrics import (
     StorageProbe,
     attach,
 )
+from camservice.gateway.routes import HttpRequest
 from camservice.gateway.server import GatewayServer
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Histogram as ReferenceHistogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from camservice import config as config_module
+from camservice import jsonrpc
+from camservice.auth import KeyStore, issue_token, load_or_create_secret
+from camservice.cameras import Camera
+from camservice.envelope import Event
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "metrics-test-secret-" + "y" * 32
@@ -80,11 +81,12 @@ def deliver(server: GatewayServer, topic: str, data: dict, source: str = "test")
 
 
 def http_get(server: GatewayServer, path: str = "/metrics", headers: dict | None = None, peer: str = "10.0.0.9"):
-    connection = SimpleNamespace(remote_address=(peer, 40000))
-    answer = server.process_request(connection, Request(path, Headers(headers or {})))
+    """A GET through the server's real route table, as its HTTP exchange makes it."""
+    request = HttpRequest("GET", path, {k.lower(): v for k, v in (headers or {}).items()}, peer)
+    answer = server.answer_http(request)
     if asyncio.iscoroutine(answer):
         answer = asyncio.run(answer)
-    return answer
+    return SimpleNamespace(status_code=answer.status, headers=answer.headers, body=answer.body)
 
 
 def scrape(server: GatewayServer, **kwargs) -> dict[tuple[str, frozenset], float]:
@@ -433,10 +435,8 @@ def test_media_backend_up(make_server, backend, state, up):
 
 
 def publish_stats(server: GatewayServer, outbox: list) -> dict:
-    """What GatewayServer._publish_stats does, with the bus replaced by ``outbox``."""
-    counters = server.gateway.own_counters()
-    counters["index"] = server.index
-    server.events.publish("_gateway_stats", counters)
+    """What the server's stats timer does, with the bus replaced by ``outbox``."""
+    server.publish_stats()
     return outbox[-1][1]
 
 
@@ -449,7 +449,7 @@ def bus_recorder(server: GatewayServer) -> list:
 def test_each_gateway_exports_the_others_requests_and_histograms(make_server):
     g0 = make_server(0, attach_metrics=False, **{"gateway.processes": 2})
     g1 = make_server(1, attach_metrics=False, **{"gateway.processes": 2})
-    outbox0, outbox1 = bus_recorder(g0), bus_recorder(g1)  # before attach: attach wraps the bus
+    outbox0, outbox1 = bus_recorder(g0), bus_recorder(g1)
     g0.exporter, g1.exporter = attach(g0), attach(g1)
     g1.gateway.stats.record("take_snapshot", 0, 0.3)
     g1.gateway.stats.record("take_snapshot", -32011, 10.5)
@@ -550,8 +550,8 @@ def test_metrics_require_admin_when_configured(make_server):
     assert http_get(server, headers={"Authorization": f"Bearer {viewer}"}).status_code == 403
     assert http_get(server, headers={"Authorization": f"Bearer {admin}"}).status_code == 200
     assert http_get(server, headers={"X-API-Key": key}).status_code == 200
-    # Routing without headers (gateway.http) must not be a way around the check.
-    assert server.metrics_renderer is None
+    # /metrics has one owner in the route table: the exporter's checked handler.
+    assert [r.handler for r in server.routes.routes if r.pattern == "/metrics"] == [server.exporter.handle]
 
     # Bad credentials count towards the address's throttle, as on the WebSocket.
     for _ in range(3):
@@ -566,9 +566,9 @@ def test_disabled_metrics_install_nothing(make_server):
     assert server.exporter is None
     assert server.gateway.stats.observer is None
     assert server.events.on_delivery is None
-    assert server.metrics_renderer is None
+    assert "/metrics" not in server.routes.paths()
     response = http_get(server)
-    assert not asyncio.iscoroutine(response) and response.status_code == 404
+    assert response.status_code == 404
 
 
 def test_exposition_passes_promtool_lint(make_server, tmp_path):

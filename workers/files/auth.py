@@ -1,50 +1,43 @@
 """Who may download: the hook the download server asks before serving a file.
 
 The contract: ``GET /files/...`` needs the viewer role; no credentials is
-401, a bad one 403. Credentials arrive as ``Authorization: Bearer <jwt>`` or
-``X-API-Key: <key>``.
+401, a bad one 403; a signed link (``get_download_link``) stands in for
+credentials on exactly its path until it expires. The check is the one
+every HTTP endpoint uses, :class:`camservice.httpauth.HttpGuard`, with its
+failure throttle (the download port is no side door for guessing keys).
 
-An authorizer receives the request headers (names lower-cased, repeated
-headers joined with ``", "``) and returns ``None`` to allow, or the HTTP
-status to answer (401 or 403). It runs on the download server's own event
-loop thread: it may be a coroutine function, but must not block for long
-(verifying an HS256 JWT inline is fine; a network round trip should be
-awaited with a timeout).
+An authorizer is called as ``authorize(peer, headers, path, query)``
+(header names lower-cased, repeated headers joined with ``", "``; ``path``
+still percent-encoded) and returns None to allow or a
+:class:`~camservice.httpauth.Denial`. It runs on the download server's own
+event loop thread: it may be a coroutine function, but must not block for
+long (verifying an HS256 JWT inline is fine).
 """
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping, Union
+from collections.abc import Awaitable, Callable, Mapping
 
-Authorizer = Callable[[Mapping[str, str]], Union[int, None, Awaitable[Union[int, None]]]]
+from camservice.auth import Authenticator, load_or_create_secret
+from camservice.httpauth import Denial, HttpGuard, LinkSigner
+from camservice.ratelimit import AuthFailureThrottle
+
+Authorizer = Callable[[str, Mapping[str, str], str, str], Denial | None | Awaitable[Denial | None]]
 
 
-def allow_all(headers: Mapping[str, str]) -> int | None:
+def allow_all(peer: str, headers: Mapping[str, str], path: str, query: str) -> Denial | None:
     return None
 
 
-def viewer_authorizer(config, authenticator=None) -> Authorizer:
-    """The contract's rule, built on :class:`camservice.auth.Authenticator`:
-    no credentials 401, bad ones (or a role below viewer) 403.
-    """
-    from camservice.auth import Authenticator
-    from camservice.errors import RpcError
-    from camservice.methods import role_allows
+def make_authorizer(config, authenticator=None) -> Authorizer:
+    """The contract's viewer rule, signed links included, with the failure throttle."""
+    guard = HttpGuard(
+        authenticator if authenticator is not None else Authenticator(config),
+        AuthFailureThrottle(config.security.auth_failures_per_minute),
+        LinkSigner(load_or_create_secret(config)),
+    )
 
-    authn = authenticator if authenticator is not None else Authenticator(config)
-
-    def authorize(headers: Mapping[str, str]) -> int | None:
-        try:
-            identity = authn.authenticate_http(headers)
-        except RpcError:
-            return 403
-        if identity is None:
-            return 401
-        return None if role_allows(identity.role, "viewer") else 403
+    def authorize(peer: str, headers: Mapping[str, str], path: str, query: str) -> Denial | None:
+        return guard.check(peer, headers, "viewer", path=path, query=query)
 
     return authorize
-
-
-def make_authorizer(config) -> Authorizer:
-    """The authorizer the download server uses: the contract's viewer rule."""
-    return viewer_authorizer(config)

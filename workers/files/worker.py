@@ -15,8 +15,9 @@ on disk in ``state_dir/files/``:
 * ``retention.lock``: held while files are being deleted by retention
   (background or ``cleanup_old_files``, whichever process runs it).
 
-Each process also serves HTTP downloads (:mod:`.downloads`) on
-``files.http_port``, on its own thread.
+Each process also serves HTTP downloads (:mod:`.downloads`) on its own
+thread: connections the gateway hands over from the API port, and
+``files.http_port`` when that option is set.
 
 Being recorded: the recording worker's ``state_dir/run/recording-active.json``
 is the authority (:mod:`.active`); while it does not exist, the flags set by
@@ -29,17 +30,18 @@ import asyncio
 import sqlite3
 import os
 import shutil
-import ssl
 import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote
 
-from camservice import ffmpeg
+from camservice import ffmpeg, handoff, tls
+from camservice.auth import load_or_create_secret
+from camservice.cors import CorsPolicy
 from camservice.envelope import Event
 from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
+from camservice.httpauth import LinkSigner, link_path
 from camservice.timestamps import utc_iso
 from camservice.workers.base import CallContext, Worker, run_worker
 
@@ -90,15 +92,23 @@ class FilesWorker(Worker):
             config.server.host,
             config.files.http_port,
             authorize=make_authorizer(config),
-            ssl_context=tls_context(config),
+            cors=CorsPolicy(config.server.cors_origins),
+            handoff_path=handoff.socket_path(config.state_dir / "run", index),
+            ssl_context=tls.server_context(config) if config.files.http_port is not None else None,
+            head_timeout=config.server.header_timeout,
+            max_pending=config.server.max_pending,
+            max_pending_per_address=config.server.max_pending_per_address,
             log=self.log.bind(part="http"),
             rate_limit=config.files.download_rate_limit,
         )
+        self.signer = LinkSigner(load_or_create_secret(config))
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
         self.disk_usage: Callable[[Path], Any] = shutil.disk_usage
-        self._scheme = "https" if config.server.tls.cert_file else "http"
+        scheme = "https" if config.server.tls.cert_file else "http"
         host = config.public_host
-        self._url_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        url_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        #: Downloads are served on the API's own host and port (the contract, Files).
+        self.url_base = f"{scheme}://{url_host}:{config.server.port}"
         self._camera_of_device: dict[str, str] = {}
         self._device_of_camera: dict[str, str] = {}
         self._cameras_checked = 0.0  # monotonic time of the last discovery.snapshot attempt
@@ -121,6 +131,7 @@ class FilesWorker(Worker):
             "get_storage_info": self.get_storage_info,
             "set_retention_policy": self.set_retention_policy,
             "cleanup_old_files": self.cleanup_old_files,
+            "get_download_link": self.get_download_link,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -131,7 +142,7 @@ class FilesWorker(Worker):
         await asyncio.wait_for(asyncio.to_thread(self.db.open), THREAD_WAIT_CAP)
         try:
             port = await asyncio.to_thread(self.http.start)
-            self.log.info("download_server_started", host=self.http.host, port=port)
+            self.log.info("download_server_started", port=port, handoff=str(self.http.handoff_path))
         except (OSError, RuntimeError) as exc:
             # JSON-RPC still works without downloads; the gateway's proxy and
             # health checks will show the port as unreachable.
@@ -190,16 +201,21 @@ class FilesWorker(Worker):
         return entry
 
     def download_url(self, kind: str, filename: str) -> str:
-        """Where this file is served: the download server itself, not the gateway.
+        """Where this file is downloaded: the API's own host and port, which hands it to a file worker."""
+        return self.url_base + link_path(URL_FOLDERS[kind], filename)
 
-        The gateway's ``/files/`` answers with a redirect to another port,
-        and clients drop ``Authorization`` on a redirect that changes the
-        origin (browsers' fetch, python-requests): a ``download_url``
-        through the gateway would be a 401 for a Bearer token. The gateway
-        redirect stays for URLs built by hand. ``self.http.port`` is
-        ``files.http_port``, or the port really bound when that is 0 (tests).
-        """
-        return f"{self._scheme}://{self._url_host}:{self.http.port}/files/{URL_FOLDERS[kind]}/{quote(filename)}"
+    async def get_download_link(self, params: dict, ctx: CallContext) -> dict:
+        """A URL carrying its own signature (HMAC over path and expiry) for clients that cannot set headers."""
+        kind = RECORDING if params["kind"] == "recordings" else SNAPSHOT
+        filename = params["filename"]
+        path = self._resolve(kind, filename)
+        await self._thread(ctx, self._refresh_row, kind, filename, path, self.active.names())  # -32010 if gone
+        expires = int(time.time()) + params["expires_in"]
+        target = link_path(URL_FOLDERS[kind], filename)
+        return {
+            "url": f"{self.url_base}{target}?{self.signer.sign(target, expires)}",
+            "expires_at": utc_iso(expires, "seconds"),
+        }
 
     @staticmethod
     def _is_recording(filename: str, row: Row | None, active: set[str] | None) -> bool:
@@ -651,16 +667,6 @@ def _unlink_regular(path: Path) -> None:
     if not stat.S_ISREG(os.lstat(path).st_mode):
         raise FileNotFoundError(str(path))
     os.unlink(path)
-
-
-def tls_context(config) -> ssl.SSLContext | None:
-    """The server TLS context when ``server.tls`` is configured (the gateway then redirects to https)."""
-    if not config.server.tls.cert_file:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.server.tls.cert_file, config.server.tls.key_file)
-    return context
 
 
 def main(index: int) -> None:

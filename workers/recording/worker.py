@@ -20,7 +20,7 @@ from typing import Any
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
-from camservice.gateway.metrics import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
+from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 from camservice.workers.base import CallContext, Worker, run_worker
 
 from .sessions import FAILED, RecordingManager
