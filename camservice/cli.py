@@ -25,6 +25,7 @@ import click
 import zmq
 
 from . import __version__, comms, config as config_module
+from .cli_security import register as _register_security
 from .supervisor import arbiter
 
 
@@ -260,12 +261,7 @@ def config_check(ctx: click.Context) -> None:
     click.echo(json.dumps(config.flat, indent=2, sort_keys=True))
 
 
-try:  # token / keys commands (security)
-    from .cli_security import register as _register_security
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
-else:
-    _register_security(main)
+_register_security(main)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ STORAGE_FULL = -32007
 CAPABILITY_UNSUPPORTED = -32008
 FILE_NOT_FOUND = -32010
 SERVICE_BUSY = -32011
+STORAGE_ERROR = -32012
 
 MESSAGES: dict[int, str] = {
     PARSE_ERROR: "Parse error",
@@ -42,6 +43,7 @@ MESSAGES: dict[int, str] = {
     CAPABILITY_UNSUPPORTED: "Camera capability not supported",
     FILE_NOT_FOUND: "File not found",
     SERVICE_BUSY: "Service busy, retry later",
+    STORAGE_ERROR: "Storage error",
 }
 
 
@@ -66,7 +68,7 @@ class RpcError(Exception):
         return error
 
     @classmethod
-    def from_dict(cls, error: dict[str, Any]) -> "RpcError":
+    def from_dict(cls, error: dict[str, Any]) -> RpcError:
         return cls(error["code"], error.get("message"), error.get("data"))
 
 
@@ -80,6 +82,11 @@ def invalid_params(reason: str, param: str | None = None) -> RpcError:
 
 def camera_not_found(device: str) -> RpcError:
     return RpcError(CAMERA_NOT_FOUND, data={"device": device})
+
+
+def storage_error(reason: str) -> RpcError:
+    """A -32012 error: a storage folder is missing, read-only or not writable (``reason`` says which)."""
+    return RpcError(STORAGE_ERROR, data={"reason": reason})
 
 
 def file_not_found(filename: str) -> RpcError:

@@ -219,6 +219,10 @@ def take_snapshot(params: Any) -> Params:
     return {"device": device, "filename": filename, "format": fmt}
 
 
+#: Recording formats the original service's clients send, as the one they mean:
+#: "fmp4" was its name for the fragmented MP4 that "mp4" is here.
+RECORDING_FORMAT_ALIASES = {"fmp4": "mp4"}
+
 #: Duration params and their unit in seconds (bounds in INTEGER_BOUNDS).
 _DURATIONS = {"duration_seconds": 1, "duration_minutes": 60, "duration_hours": 3600, "duration": 1}
 
@@ -234,6 +238,8 @@ def start_recording(params: Any) -> Params:
     if given:
         name = given[0]
         duration = _integer(params, name) * _DURATIONS[name]
+    if params.get("format") in RECORDING_FORMAT_ALIASES:
+        params = {**params, "format": RECORDING_FORMAT_ALIASES[params["format"]]}
     fmt = _choice(params, "format", ("mp4", "mkv"), "mp4")
     filename = params.get("filename")
     if filename is not None:

@@ -385,7 +385,7 @@ def test_v4l2_watcher_survives_a_failing_scan(tmp_path):
 
 
 class FakePaths:
-    """Stands in for camservice.mediamtx.MediaMTXPaths."""
+    """Stands in for camservice.workers.discovery.mediamtx_paths.MediaMTXPaths."""
 
     def __init__(self, fail: bool = False):
         self.fail = fail
@@ -442,8 +442,8 @@ def test_ffmpeg_backend_has_no_stream_sync(tmp_path):
 
 
 def test_stream_sync_with_the_real_mediamtx_client(tmp_path):
-    fakes = pytest.importorskip("tests.fakes.mediamtx")
     from camservice import config
+    from tests.fakes import mediamtx as fakes
 
     reg = registry(tmp_path)
     published, statuses = [], []

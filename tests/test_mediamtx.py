@@ -12,26 +12,17 @@ from pathlib import Path
 import pytest
 
 from camservice import config as config_module
+from camservice.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import MEDIA_BACKEND, RpcError
-from camservice.mediamtx import (
-    CLOSED,
-    HALF_OPEN,
-    MARKER,
-    OPEN,
+from camservice.mediamtx import UNREACHABLE, MediaMTXClient, MediaMTXError
+from camservice.workers.discovery.mediamtx_paths import (
     PUBLISH_URL,
-    UNREACHABLE,
-    CircuitBreaker,
-    MediaMTXClient,
-    MediaMTXError,
     MediaMTXPaths,
     camera_path_conf,
     conf_drift,
     duration_ns,
-    go_duration,
     is_managed,
-    record_conf,
-    stream_summary,
 )
 from tests.fakes.mediamtx import SPEC_FILE, FakeMediaMTX, format_duration, parse_duration
 from tests.harness import Clock
@@ -239,13 +230,11 @@ def test_add_get_patch_delete(client, fake):
         await client.patch_path("cam", {"runOnDemandRestart": True})
         conf = await client.get_path_config("cam")
         assert conf["runOnDemandRestart"] is True and conf["runOnDemandCloseAfter"] == "10m0s"
-        await client.replace_path("cam", {"runOnDemandRestart": False})
-        assert (await client.get_path_config("cam"))["runOnDemandCloseAfter"] == "10s"
         await client.delete_path("cam")
         assert await client.get_path_config("cam") is None
 
     run(scenario())
-    assert [m for m, _ in fake.requests] == ["POST", "GET", "PATCH", "GET", "POST", "GET", "DELETE", "GET"]
+    assert [m for m, _ in fake.requests] == ["POST", "GET", "PATCH", "GET", "DELETE", "GET"]
 
 
 def test_error_answers_become_32006_with_mediamtx_reason(client, fake):
@@ -257,7 +246,7 @@ def test_error_answers_become_32006_with_mediamtx_reason(client, fake):
             await client.delete_path("other")
         fake.fail_next(500, "database is on fire")
         with pytest.raises(MediaMTXError) as broken:
-            await client.list_paths()
+            await client.list_path_configs()
         return exists.value, missing.value, broken.value
 
     exists, missing, broken = run(scenario())
@@ -283,10 +272,10 @@ def test_unreachable_and_timeout_are_32006(fake):
     client = MediaMTXClient(fake.url, timeout=0.2)
     fake.delay = 30.0  # the answer would come long after the client's timeout
     with pytest.raises(MediaMTXError) as slow:
-        run(client.list_paths())
+        run(client.list_path_configs())
     fake.stop()
     with pytest.raises(MediaMTXError) as down:
-        run(client.list_paths())
+        run(client.list_path_configs())
     for error in (slow.value, down.value):
         assert error.code == -32006 and error.data == {"reason": UNREACHABLE} and error.unreachable
 
@@ -298,11 +287,10 @@ def test_lists_are_read_page_by_page(client, fake):
     async def scenario():
         for name in names:
             await client.add_path(name, {})
-        return await client.list_path_configs(), await client.list_paths()
+        return await client.list_path_configs()
 
-    configs, live = run(scenario())
+    configs = run(scenario())
     assert [c["name"] for c in configs] == ["all_others", *names]  # 8 items over 3 pages
-    assert [p["name"] for p in live] == names  # all_others is a pattern, not a live path
     pages = [t for m, t in fake.requests if t.startswith("/v3/config/paths/list")]
     assert pages == [f"/v3/config/paths/list?page={i}&itemsPerPage=3" for i in range(3)]
 
@@ -324,7 +312,7 @@ def test_an_item_shifted_onto_a_later_page_is_listed_once(client, fake):
     assert names == ["a", "all_others", "b", "c"]
 
 
-def test_live_state_and_stream_summary(client, fake):
+def test_live_state_of_a_path(client, fake):
     async def scenario():
         await client.add_path("camera0", {})
         fake.set_path_state("camera0", ready=True, inbound_bytes=500, outbound_bytes=1234, readers=2)
@@ -333,32 +321,35 @@ def test_live_state_and_stream_summary(client, fake):
     path, missing = run(scenario())
     assert missing is None
     assert path["ready"] is True and path["confName"] == "camera0"
-    assert stream_summary(path) == {
-        "name": "camera0",
-        "source": "rtspSession",
-        "ready": True,
-        "readers": 2,
-        "bytes_sent": 1234,
-    }
 
 
-def test_recordings(client, fake):
-    fake.add_recording("camera0", "2026-01-01T00:10:00Z", "2026-01-01T00:00:00Z")
-
+def test_calls_share_one_kept_alive_connection(client, fake):
     async def scenario():
-        listed = await client.list_recordings()
-        await client.delete_recording_segment("camera0", "2026-01-01T00:00:00Z")
-        after = await client.get_recordings("camera0")
-        with pytest.raises(MediaMTXError) as missing:
-            await client.delete_recording_segment("camera0", "2026-01-01T00:00:00Z")
-        return listed, after, missing.value, await client.get_recordings("camera9")
+        for index in range(5):
+            await client.add_path(f"cam{index}", {})
+        await client.list_path_configs()
+        await client.delete_path("cam0")
 
-    listed, after, missing, none = run(scenario())
-    assert listed == [
-        {"name": "camera0", "segments": [{"start": "2026-01-01T00:00:00Z"}, {"start": "2026-01-01T00:10:00Z"}]}
-    ]
-    assert after == {"name": "camera0", "segments": [{"start": "2026-01-01T00:10:00Z"}]}
-    assert missing.status == 404 and none is None
+    run(scenario())
+    assert len(fake.requests) == 7 and fake.connections == 1
+    assert client.connections_opened == 1
+
+
+def test_a_kept_connection_closed_by_a_restart_is_replaced_without_an_error(client, fake):
+    run(client.add_path("cam", {}))
+    fake.stop()  # closes the kept connection, as a restarting MediaMTX does
+    fake.start()
+    assert run(client.get_path_config("cam"))["name"] == "cam"
+    assert client.connections_opened == 2 and client.available
+
+
+def test_an_error_answer_keeps_the_connection(client, fake):
+    fake.fail_next(500, "injected")
+    with pytest.raises(MediaMTXError) as error:
+        run(client.get_path_config("cam"))
+    assert error.value.status == 500
+    assert run(client.get_path_config("cam")) is None
+    assert client.connections_opened == 1 and fake.connections == 1
 
 
 def test_path_names_are_checked_before_any_request(client, fake):
@@ -381,19 +372,19 @@ def test_breaker_opens_fails_fast_and_recovers(client, fake, clock):
         client.on_availability(on_change)
         assert await client.ping()
         fake.stop()
-        first = await _error(client.list_paths())
+        first = await _error(client.list_path_configs())
         assert client.available and client.breaker.state == CLOSED  # one failure is not enough
-        second = await _error(client.list_paths())
+        second = await _error(client.list_path_configs())
         await asyncio.sleep(0)
         assert not client.available and client.breaker.state == OPEN and events == [False]
 
         fake.start()  # MediaMTX is back, but the cool-down has not passed:
         sent = len(fake.requests)
-        fast = await _error(client.list_paths())
+        fast = await _error(client.list_path_configs())
         assert len(fake.requests) == sent  # failed without touching the network
 
         clock.now += 30.0  # cool-down over: the next call is the probe
-        assert await client.list_paths() == []
+        assert [c["name"] for c in await client.list_path_configs()] == ["all_others"]
         await asyncio.sleep(0)
         return first, second, fast
 
@@ -410,12 +401,12 @@ def test_failed_probe_reopens_for_another_cool_down(client, fake, clock):
     changes = []
     client.on_availability(changes.append)  # outside a loop: runs in the calling thread
     for _ in range(2):
-        run(_error(client.list_paths()))
+        run(_error(client.list_path_configs()))
     clock.now += 30.0
-    assert run(_error(client.list_paths())).data == {"reason": UNREACHABLE}  # the probe went out and failed
+    assert run(_error(client.list_path_configs())).data == {"reason": UNREACHABLE}  # the probe went out and failed
     assert client.breaker.state == OPEN
     clock.now += 29.0
-    assert "circuit open" in run(_error(client.list_paths())).data["reason"]
+    assert "circuit open" in run(_error(client.list_path_configs())).data["reason"]
     assert changes == [False]
 
 
@@ -515,7 +506,6 @@ def test_drift_compares_durations_by_value():
         "runOnDemandCloseAfter": "10s"
     }
     assert duration_ns("1d1h0m0.5s") == (25 * 3600 + 0.5) * 10**9 and duration_ns("") == 0
-    assert go_duration(600) == "600s" and go_duration(0.25) == "250ms"
 
 
 # --- camera paths -----------------------------------------------------------------------------
@@ -541,7 +531,7 @@ def test_urls_use_mediamtx_host_and_only_enabled_protocols(client, fake, tmp_pat
         environ={},
     )
     paths = MediaMTXPaths(client, config, ffmpeg_exe=FFMPEG)
-    run(client.patch_global_config({"hls": False}))
+    assert raw(fake, "PATCH", "/v3/config/global/patch", {"hls": False})[0] == 200
     assert run(paths.add_camera(sim_camera())) == {
         "rtsp": "rtsp://media.lan:18554/camera0",
         "webrtc": "http://media.lan:8889/camera0",
@@ -608,42 +598,3 @@ def test_reconcile_restores_paths_after_a_mediamtx_restart(paths, fake):
     fake.start()
     assert run(paths.reconcile(cameras))["camera0"] == URLS0
     assert sorted(fake.paths) == ["all_others", "camera0", "camera1"]
-
-
-def test_recording_fields_are_accepted_and_survive_reconcile(paths, fake, config):
-    camera = sim_camera()
-    run(paths.add_camera(camera))
-    run(paths.set_recording(camera, True, segment_seconds=300))
-    conf = fake.path_conf("camera0")
-    assert conf["record"] is True and conf["recordFormat"] == "fmp4"
-    assert conf["recordPath"] == f"{config.recordings_dir}/%path_%Y-%m-%d_%H-%M-%S-%f"
-    assert conf["recordSegmentDuration"] == "5m0s" and parse_duration(conf["recordDeleteAfter"]) == 0
-    assert conf["runOnInit"] == conf["runOnDemand"] and conf["runOnInitRestart"] is True
-
-    run(paths.reconcile([camera]))
-    assert fake.path_conf("camera0")["record"] is True
-
-    run(paths.set_recording("camera0", False))
-    conf = fake.path_conf("camera0")
-    assert conf["record"] is False and conf["runOnInit"] == ""
-
-
-def test_recording_needs_a_path_of_ours(paths, client):
-    run(client.add_path("camera3", {"source": "rtsp://10.0.0.3/live"}))
-    for name in ("camera3", "camera9"):
-        with pytest.raises(RpcError) as error:
-            run(paths.set_recording(name, True))
-        assert error.value.code == -32006 and name in error.value.data["reason"]
-
-
-def test_record_conf_checks_what_mediamtx_would_refuse():
-    assert record_conf(False) == {"record": False}
-    for bad in (
-        {"record_path": "/rec/%Y-%m-%d_%H-%M-%S"},
-        {"record_path": "/rec/%path"},
-        {"record_path": "/rec/%path_%s", "record_format": "mp4"},
-        {"record_path": "/rec/%path_%s", "segment_seconds": 2 * 86400},
-    ):
-        with pytest.raises(ValueError):
-            record_conf(True, **bad)
-    assert MARKER not in json.dumps(record_conf(True, "/rec/%path_%s"))

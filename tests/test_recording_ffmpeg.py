@@ -458,8 +458,9 @@ def test_recovery_after_the_deadline_passed_reports_completed(tmp_path: Path):
 
 
 def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
-    from camservice.workers.recording.backend import MediaMTXBackend, make_backend
     from camservice.workers.recording.capture import DeviceInput
+    from camservice.workers.recording.mediamtx_backend import MediaMTXBackend
+    from camservice.workers.recording.sessions import make_backend
 
     h = Harness(
         tmp_path,

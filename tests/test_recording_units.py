@@ -6,9 +6,11 @@ import json
 import re
 from pathlib import Path
 
-from camservice.cameras import Camera
 from camservice.workers.recording import capture, naming
-from camservice.workers.recording.journal import ActiveFiles, Journal, SessionRecord, atomic_write_json
+from camservice.workers.recording.journal import Journal, SessionRecord
+
+from camservice.active_files import ActiveFiles, atomic_write_json
+from camservice.cameras import Camera
 
 
 def test_default_name_follows_the_contract():
@@ -73,10 +75,12 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path):
     assert [p.name for p in target.parent.iterdir()] == ["doc.json"]
 
 
-def test_active_files_document_shape(tmp_path: Path):
+def test_active_files_document_shape_and_the_readers_view(tmp_path: Path):
     import asyncio
 
     active = ActiveFiles(tmp_path / "recording-active.json")
+    reader = ActiveFiles(active.path)  # what a file worker holds
+    assert reader.names() is None  # no list kept: the index flags decide
 
     async def scenario():
         await active.add("a.mp4", "camera0", "sim:0", "s1", "2026-01-01T00:00:00.000Z")
@@ -95,6 +99,9 @@ def test_active_files_document_shape(tmp_path: Path):
             }
         }
     }
+    assert reader.names() == {"b.mp4"}
+    asyncio.run(active.clear())
+    assert reader.names() == set()
 
 
 def test_recording_command_line(tmp_path: Path):

@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 import sys
 import threading
 import uuid
@@ -529,6 +530,7 @@ class FakeMediaMTX:
         self.requests: list[tuple[str, str]] = []
         self.delay = 0.0
         self.port = 0
+        self._connections = 0  # accepted by servers already stopped
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -561,6 +563,8 @@ class FakeMediaMTX:
         self._released.set()
         self._server.shutdown()
         self._server.server_close()
+        self._connections += self._server.accepted
+        self._server.close_connections()
         self._thread.join()
         self._server = self._thread = None
 
@@ -574,6 +578,11 @@ class FakeMediaMTX:
             self.paths: dict[str, dict[str, Any]] = {"all_others": {}}  # name -> values given (OptionalPath)
             self.live: dict[str, LiveState] = {}
             self.recordings: dict[str, list[str]] = {}
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the fake was made (across restarts)."""
+        return self._connections + (self._server.accepted if self._server is not None else 0)
 
     @property
     def running(self) -> bool:
@@ -895,6 +904,36 @@ def _paginate(items: list[Any], query: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Server(ThreadingHTTPServer):
+    """Counts connections and closes the open (kept-alive) ones when stopped."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.open_connections: set[Any] = set()
+        self.accepted = 0
+        self._conn_lock = threading.Lock()
+
+    def get_request(self) -> Any:
+        request, address = super().get_request()
+        with self._conn_lock:
+            self.open_connections.add(request)
+            self.accepted += 1
+        return request, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """What a stopped MediaMTX does to its clients: every connection ends."""
+        with self._conn_lock:
+            requests = list(self.open_connections)
+        for request in requests:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (timeout test) or a stop() mid-answer: nothing to report.
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
@@ -902,7 +941,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.0: one request per connection, so a stopped fake really refuses everything.
+    # HTTP/1.1 with keep-alive, as MediaMTX (Go's net/http) speaks it; stop()
+    # closes kept connections, so a stopped fake really refuses everything.
+    protocol_version = "HTTP/1.1"
     fake: FakeMediaMTX
 
     def _serve(self) -> None:

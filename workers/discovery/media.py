@@ -2,7 +2,7 @@
 
 With the ffmpeg backend no process serves streams, so ``Camera.streams``
 stays empty and this module is not used. With MediaMTX
-(:mod:`camservice.mediamtx`), every camera that becomes CONNECTED gets a
+(:mod:`.mediamtx_paths` through :mod:`camservice.mediamtx`), every camera that becomes CONNECTED gets a
 MediaMTX path (``MediaMTXPaths.add_camera`` answers its URLs), every camera
 that leaves loses it, and the whole set is reconciled every
 :data:`RECONCILE_INTERVAL` seconds and as soon as MediaMTX is reachable
@@ -24,11 +24,12 @@ repeat lets a gateway that started later learn it too.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Any, Callable
 
 from camservice.cameras import CONNECTED, Camera
+from camservice.mediamtx import MediaMTXClient
 
+from .mediamtx_paths import MediaMTXPaths
 from .registry import CameraRegistry
 
 RECONCILE_INTERVAL = 15.0
@@ -40,11 +41,11 @@ MEDIA_STATUS_TOPIC = "_media_status"
 class StreamSync:
     def __init__(
         self,
-        paths: Any,
+        paths: MediaMTXPaths,
         registry: CameraRegistry,
         on_change: Callable[[Camera], None],
         log=None,
-        client: Any = None,
+        client: MediaMTXClient | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.paths = paths
@@ -66,17 +67,11 @@ class StreamSync:
         log=None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> "StreamSync | None":
-        """A StreamSync for the mediamtx backend; None for ffmpeg (or without the module)."""
+        """A StreamSync for the mediamtx backend; None for ffmpeg."""
         if config.media.backend != "mediamtx":
             return None
-        try:
-            from camservice import mediamtx
-        except ImportError as exc:  # only while that module is being written
-            if log is not None:
-                log.error("mediamtx_module_missing", error=str(exc))
-            return None
-        client = mediamtx.MediaMTXClient(config.media.mediamtx_api)
-        return cls(mediamtx.MediaMTXPaths(client, config), registry, on_change, log, client, on_status)
+        client = MediaMTXClient.from_config(config)
+        return cls(MediaMTXPaths(client, config), registry, on_change, log, client, on_status)
 
     def changed(self, camera: Camera) -> None:
         """A camera's status changed: bring its MediaMTX path in line."""
@@ -86,7 +81,7 @@ class StreamSync:
     async def run(self) -> None:
         """Apply queued changes and reconcile (cancel to stop)."""
         unsubscribe = None
-        if self.client is not None and hasattr(self.client, "on_availability"):
+        if self.client is not None:
             unsubscribe = self.client.on_availability(self._availability)
         try:
             await self.reconcile()
@@ -140,7 +135,7 @@ class StreamSync:
         await self._report()
 
     async def _report(self) -> None:
-        if self.on_status is None or self.client is None or not hasattr(self.client, "ping"):
+        if self.on_status is None or self.client is None:
             return
         try:
             up = bool(await asyncio.wait_for(self.client.ping(), CALL_TIMEOUT))
@@ -158,16 +153,8 @@ class StreamSync:
             self.on_change(camera)
 
     async def close(self) -> None:
-        for name in ("aclose", "close"):
-            method = getattr(self.client, name, None)
-            if method is not None:
-                try:
-                    result = method()
-                    if inspect.isawaitable(result):
-                        await asyncio.wait_for(result, 2.0)
-                except Exception as exc:
-                    self._warn("mediamtx_close_failed", error=repr(exc))
-                return
+        if self.client is not None:
+            self.client.close()
 
     def _warn(self, event: str, **fields) -> None:
         if self._log is not None:

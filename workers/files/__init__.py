@@ -6,6 +6,7 @@
 * :mod:`.auth` - the download authorisation hook;
 * :mod:`.retention` - retention policy, planning and the cross-process lock;
 * :mod:`.storage` - disk usage figures and threshold events;
-* :mod:`.active` - which files the recording worker is writing;
 * :mod:`.names` - file-name parsing and path confinement.
+
+Which files the recording worker is writing: :mod:`camservice.active_files`.
 """

@@ -20,32 +20,32 @@ thread: connections the gateway hands over from the API port, and
 ``files.http_port`` when that option is set.
 
 Being recorded: the recording worker's ``state_dir/run/recording-active.json``
-is the authority (:mod:`.active`); while it does not exist, the flags set by
+is the authority (:mod:`camservice.active_files`); while it does not exist, the flags set by
 ``_file_update`` events decide.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import os
 import shutil
+import sqlite3
 import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from camservice import ffmpeg, handoff, tls
+from camservice import ffmpeg, handoff, storage_errors, tls
+from camservice.active_files import ActiveFiles, active_files_path
 from camservice.auth import load_or_create_secret
 from camservice.cors import CorsPolicy
 from camservice.envelope import Event
-from camservice.errors import INTERNAL_ERROR, IN_PROGRESS, SERVICE_BUSY, RpcError, file_not_found, invalid_params
+from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcError, file_not_found, invalid_params
 from camservice.httpauth import LinkSigner, link_path
 from camservice.timestamps import utc_iso
 from camservice.workers.base import CallContext, Worker, run_worker
 
-from .active import ActiveFiles
 from .auth import make_authorizer
 from .downloads import DownloadServer
 from .index import FileIndex, Row, ScanResult
@@ -80,7 +80,7 @@ class FilesWorker(Worker):
         self.folders: dict[str, Path] = {RECORDING: config.recordings_dir, SNAPSHOT: config.snapshots_dir}
         state = config.state_dir / "files"
         self.db = FileIndex(state / "index.sqlite3")
-        self.active = ActiveFiles(config.state_dir / "run" / "recording-active.json", self.log)
+        self.active = ActiveFiles(active_files_path(config.state_dir), self.log)
         self.policies = PolicyStore(state / "retention.json")
         self.retention_lock_path = state / "retention.lock"
         self.leader = FileLock(state / "leader.lock")
@@ -117,6 +117,8 @@ class FilesWorker(Worker):
         self._probes: dict[tuple[str, str, int], asyncio.Future] = {}
         self._jobs: asyncio.Task | None = None
         self._folder_stamps: dict[str, tuple[int, int] | None] = {}
+        #: Each folder held open, to notice its deletion (see _catch_up).
+        self._folder_fds: dict[str, int] = {}
         #: Set by stop(): a retention pass still running in its thread stops deleting.
         self._closing = threading.Event()
 
@@ -157,6 +159,9 @@ class FilesWorker(Worker):
         await asyncio.wait_for(asyncio.to_thread(self.http.stop), 10.0)
         self.leader.release()
         self.db.close()
+        for fd in self._folder_fds.values():
+            os.close(fd)
+        self._folder_fds.clear()
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class FilesWorker(Worker):
         offset = params.get("offset") or 0
         device = params.get("device")
         camera_ids = await self._camera_ids(device) if device is not None else None
+        await self._catch_up(kind)
         if offset + limit <= INLINE_ROWS:
             rows, total = self.db.listing(kind, limit, offset, camera_ids)
         else:  # a deep OFFSET walks that many index entries: keep it off the loop
@@ -179,6 +185,30 @@ class FilesWorker(Worker):
         if not self._device_of_camera and not self._cameras_checked:
             self.spawn(self._refresh_cameras())  # so that later pages can name devices
         return {"files": [self._entry(row, active) for row in rows], "total": total, "limit": limit, "offset": offset}
+
+    async def _catch_up(self, kind: str) -> None:
+        """A folder deleted behind our back (``rm -r``, even if made again since):
+        unlist its files now, not at the next periodic rescan.
+
+        The worker holds the folder open; a deleted folder's link count drops
+        to 0, which one ``fstat`` per listing sees (an inode number could be
+        reused by the folder made again; the open folder cannot). A single
+        file deleted by hand still waits for the rescan, or an info or
+        download call noticing it.
+        """
+        fd = self._folder_fds.get(kind)
+        if fd is not None and os.fstat(fd).st_nlink > 0:
+            return
+        stale = fd is not None
+        if fd is not None:
+            os.close(self._folder_fds.pop(kind))
+            self.log.warning("folder_deleted", kind=kind)
+        try:
+            self._folder_fds[kind] = os.open(self.folders[kind], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            stale = True  # missing: whatever the index holds is gone
+        if stale:
+            await self.rescan(full=False)
 
     def _entry(self, row: Row, active: set[str] | None) -> dict:
         entry: dict[str, Any] = {
@@ -315,8 +345,11 @@ class FilesWorker(Worker):
         except FileNotFoundError:
             await self._thread(ctx, self.db.remove, kind, filename)
             raise file_not_found(filename) from None
-        except PermissionError as exc:
+        except OSError as exc:
             self.log.warning("delete_failed", kind=kind, filename=filename, error=exc.strerror)
+            if exc.errno in storage_errors.STORAGE_ERRNOS:  # read-only, not writable: -32012 naming it
+                error = storage_errors.from_os_error(exc, URL_FOLDERS[kind])
+                raise RpcError(error.code, data={**error.data, "filename": filename}) from None
             raise RpcError(INTERNAL_ERROR, data={"reason": f"could not delete: {exc.strerror}"}) from None
         await self._thread(ctx, self.db.remove, kind, filename)
         self.log.info("file_deleted", kind=kind, filename=filename, caller=ctx.caller.get("sub"))

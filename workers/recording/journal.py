@@ -1,57 +1,32 @@
-"""What survives a crash of the recording worker: the session journal and
-the list of files being recorded.
+"""What survives a crash of the recording worker or of its supervisor: the session journal.
 
 ``state_dir/journal/<session_id>.json``
     One JSON document per active session (see :class:`SessionRecord`). It is
     written when a recording starts, whenever its capture process or segment
     list changes, and removed when the session ends (stopped, completed,
     failed). A worker that starts and finds entries was killed mid-recording
-    and resumes them.
+    (or lost its supervisor) and resumes them.
 
-``state_dir/run/recording-active.json``
-    ``{"files": {filename: {"camera_id", "device", "session_id", "started"}}}``:
-    the files an ffmpeg process is writing right now. The file worker treats
-    it as the authority on which files are still being recorded (never
-    deleted by retention, ``-32005`` on delete), so it is rewritten at every
-    change and always replaced atomically.
-
-Both are written with :func:`atomic_write_json` (temporary file, fsync,
-rename), so a reader never sees a half-written document and a crash leaves
-either the old or the new version. The async methods run the write in a
-thread (an fsync on an SD card can take long enough to stall the loop) under
-a lock, and take their snapshot of the data inside the lock, so the last
-write on disk is always the newest state.
+Written with :func:`~camservice.active_files.atomic_write_json` (temporary
+file, fsync, rename), so a reader never sees a half-written document and a
+crash leaves either the old or the new version. The async methods run the
+write in a thread (an fsync on an SD card can take long enough to stall the
+loop) under a lock, and take their snapshot of the data inside the lock, so
+the last write on disk is always the newest state. The list of files being
+recorded (``recording-active.json``) is :mod:`camservice.active_files`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from camservice.active_files import atomic_write_json
+
 JOURNAL_VERSION = 1
-
-
-def atomic_write_json(path: Path, document: Any) -> None:
-    """Replace ``path`` with ``document`` so that readers see old or new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(document, stream, separators=(",", ":"))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @dataclass
@@ -127,28 +102,3 @@ class Journal:
                 except OSError:
                     pass
         return records, bad
-
-
-class ActiveFiles:
-    """``recording-active.json``: the files being recorded right now."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.files: dict[str, dict[str, Any]] = {}
-        self._lock = asyncio.Lock()
-
-    async def add(self, filename: str, camera_id: str, device: str, session_id: str, started: str) -> None:
-        self.files[filename] = {"camera_id": camera_id, "device": device, "session_id": session_id, "started": started}
-        await self.flush()
-
-    async def remove(self, *filenames: str) -> None:
-        changed = False
-        for name in filenames:
-            changed |= self.files.pop(name, None) is not None
-        if changed:
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            document = {"files": dict(self.files)}
-            await asyncio.to_thread(atomic_write_json, self.path, document)

@@ -1,96 +1,64 @@
-"""Snapshots and recording sessions: the recording worker's logic, without ZeroMQ.
+"""The recording worker's logic, without ZeroMQ: :class:`RecordingManager`.
 
-:class:`RecordingManager` serves ``take_snapshot``, ``start_recording`` and
-``stop_recording`` and keeps every session alive until it ends. It is
-driven by three callables, so tests run it in-process:
+It serves ``take_snapshot`` (:mod:`.snapshots`), ``start_recording`` and
+``stop_recording``, and keeps the table of live sessions; each session is a
+:class:`~.session.Session` that owns its capture runs and watch loop until
+it ends. Crash recovery is :mod:`.recovery`. The manager is driven by three
+callables, so tests run it in-process:
 
 * ``cameras(device_or_id) -> Camera | None`` (the worker passes its
   :class:`~camservice.cameras.CameraTable` replica's ``find``),
 * ``publish(topic, data)`` (the worker's :meth:`~camservice.workers.base.Worker.publish`),
 * a :class:`~.backend.MediaBackend` doing the capturing.
 
-One supervisor task per session owns it from start to end: it polls the
-capture run (new and closed segments), and ends the session on a stop
-request, the timed deadline, the camera disappearing, ffmpeg exiting, or
-the disk falling below ``storage.min_free_bytes``; it restarts the run when
-its output stops growing for ``recording.stall_seconds`` (backoff, at most
-:data:`MAX_RESTARTS` in a row) or the segment passes
-``recording.segment_max_bytes``. Every end goes through one place
-(:meth:`RecordingManager._end`), which finalises the files, updates the
-journal and the active-files list, and publishes the events.
-
-Crash and shutdown semantics
-    *Worker killed* (SIGKILL, crash): ffmpeg gets SIGINT from the kernel
-    (PDEATHSIG) and finalises its segment; the journal entry stays. The next
-    worker (:meth:`recover`) kills a capture that is somehow still alive,
-    resumes the session in a new segment (same session id and
-    ``filename``; the gap is the restart time), keeps the timed deadline, or
-    reports ``COMPLETED``/``FAILED`` if the deadline passed or the camera went
-    away meanwhile.
-    *Graceful stop* (SIGTERM, ``camservice stop``): every recording is
-    stopped and finalised, ``recording_status_update`` ``STOPPED`` is sent with
-    ``error: "service stopped"``, and the journal entry is removed, so the
-    next start does *not* resume it: stopping the service ends recordings,
-    as the contract implies; only an unplanned death resumes.
+Shutdown: :meth:`RecordingManager.close` ends every session. An ordered
+stop (``camservice stop``) ends them ``STOPPED`` ("service stopped") and
+removes their journal entries; with ``suspend=True`` (the worker lost its
+supervisor: a crash, not a stop) they are suspended instead, so that the
+next start resumes them (see :mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
-from camservice import errors
+from camservice import errors, ffmpeg, storage_errors
+from camservice.active_files import ActiveFiles, active_files_path
 from camservice.cameras import CONNECTED, Camera
 from camservice.errors import RpcError
 
-from . import naming, storage
-from .backend import CaptureRun, MediaBackend, SegmentEvent, make_backend
-from .capture import CameraBusy, CameraGone, CaptureError
-from .journal import ActiveFiles, Journal, SessionRecord
+from . import naming, recovery, snapshots, storage
+from .backend import FfmpegBackend, MediaBackend
+from .capture import CameraGone, CaptureError
+from .journal import Journal, SessionRecord
+from .mediamtx_backend import MediaMTXBackend, MediaMTXUnavailable
+from .session import COMPLETED, FAILED, STARTED, STOPPED, SUSPENDED, Session
 
-#: Seconds between checks of a running session.
-TICK = 0.25
-#: Seconds between free-space checks of a running session.
-STORAGE_INTERVAL = 2.0
+__all__ = ["COMPLETED", "FAILED", "STARTED", "STOPPED", "RecordingManager", "Session", "make_backend"]
+
 #: Seconds ffmpeg gets to finalise after SIGINT before SIGKILL.
 STOP_TIMEOUT = 5.0
-#: Consecutive restarts without a healthy run before a session fails.
-MAX_RESTARTS = 5
-#: Seconds a run must keep growing before its restart count resets.
-HEALTHY_AFTER = 60.0
-
-STARTED, STOPPED, COMPLETED, FAILED = "STARTED", "STOPPED", "COMPLETED", "FAILED"
+#: Seconds a read-back of a segment's duration may take.
+PROBE_TIMEOUT = 10.0
 
 Resolver = Callable[[str], "Camera | None"]
 Publisher = Callable[[str, dict[str, Any]], Any]
 
 
-@dataclass
-class Session:
-    record: SessionRecord
-    camera: Camera
-    run: CaptureRun | None = None
-    runs: int = 0
-    request: tuple[str, str | None] | None = None  # (status, error) asked from outside
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Sessions are only made inside the loop; the future carries _end's result.
-    result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    task: asyncio.Task | None = None
-    ending: bool = False
-    failure: CaptureError | None = None  # why the last restart failed
-
-    def ask(self, status: str, error: str | None) -> None:
-        if self.request is None:
-            self.request = (status, error)
-        self.wake.set()
+def make_backend(config) -> MediaBackend:
+    """The backend ``media.backend`` names (``ffmpeg`` or ``mediamtx``)."""
+    if config.media.backend == "mediamtx":
+        return MediaMTXBackend(config)
+    return FfmpegBackend(config)
 
 
 @dataclass
@@ -110,11 +78,12 @@ class RecordingManager:
         self.backend = backend or make_backend(config)
         self.log = logger or structlog.get_logger("recording")
         self.journal = Journal(config.state_dir / "journal")
-        self.active = ActiveFiles(config.state_dir / "run" / "recording-active.json")
+        self.active = ActiveFiles(active_files_path(config.state_dir))
         self.slots: dict[str, Slot] = {}
         self.sessions: dict[str, Session] = {}
         self._pending: list[SessionRecord] = []
         self._closed = False
+        self._ffmpeg: str | None = None  # for probes, found on first use
         #: First-segment names of sessions starting or running: two cameras
         #: asked for the same file name at once must not share one file.
         self._names: set[str] = set()
@@ -127,7 +96,7 @@ class RecordingManager:
         config.recordings_dir.mkdir(parents=True, exist_ok=True)
         config.snapshots_dir.mkdir(parents=True, exist_ok=True)
 
-    # --- helpers -------------------------------------------------------------------------
+    # --- services for sessions, snapshots and recovery ----------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         try:
@@ -135,29 +104,39 @@ class RecordingManager:
         except Exception:  # a full queue must not take a recording down
             self.log.exception("publish_failed", topic=topic)
 
-    def _slot(self, camera_id: str) -> Slot:
+    def slot(self, camera_id: str) -> Slot:
         return self.slots.setdefault(camera_id, Slot())
 
-    def _camera(self, device: str) -> Camera:
+    def connected_camera(self, device: str) -> Camera:
         camera = self.cameras(device)
         if camera is None or camera.status != CONNECTED:
             raise errors.camera_not_found(device)
         return camera
 
-    def _recording_path(self, record: SessionRecord, index: int) -> Path:
-        return self.config.recordings_dir / naming.segment_name(record.filename, index)
-
-    def _media_error(self, exc: CaptureError, device: str) -> RpcError:
+    def media_error(self, exc: CaptureError, device: str, folder: str) -> RpcError:
+        """The client's error for a capture that failed: -32004 (camera gone), -32007/-32012
+        (what ffmpeg said is about the ``folder``'s storage), else -32006 with the reason."""
         if isinstance(exc, CameraGone):
             return errors.camera_not_found(device)
-        data: dict[str, Any] = {"reason": self.backend.sanitize(exc.reason)}
-        if getattr(exc, "http_status", None) is not None:  # MediaMTX answered with an error
+        reason = self.backend.sanitize(exc.reason)
+        about_storage = storage_errors.from_ffmpeg(reason, folder)
+        if about_storage is not None:
+            return about_storage
+        data: dict[str, Any] = {"reason": reason}
+        if isinstance(exc, MediaMTXUnavailable) and exc.http_status is not None:  # MediaMTX answered
             data["http_status"] = exc.http_status
         return RpcError(errors.MEDIA_BACKEND, data=data)
 
-    def _file_update(
-        self, kind: str, filename: str, camera: Camera, state: str, size: int, duration: float | None = None
+    def file_update(
+        self,
+        filename: str,
+        camera: Camera,
+        state: str,
+        size: int,
+        duration: float | None = None,
+        kind: str = "recording",
     ) -> None:
+        """Tell the file workers about a file (``state``: recording, complete, failed, deleted)."""
         data: dict[str, Any] = {
             "kind": kind,
             "filename": filename,
@@ -170,8 +149,7 @@ class RecordingManager:
             data["duration"] = duration
         self.publish("_file_update", data)
 
-    def _status_event(self, session: Session, status: str, duration: float, error: str | None = None) -> None:
-        record = session.record
+    def status_event(self, record: SessionRecord, status: str, duration: float, error: str | None = None) -> None:
         data: dict[str, Any] = {
             "device": record.device,
             "status": status,
@@ -183,63 +161,63 @@ class RecordingManager:
             data["error"] = error
         self.publish("recording_status_update", data)
 
-    # --- snapshots -------------------------------------------------------------------------
+    async def probe_duration(self, path: Path) -> float | None:
+        """Seconds of video in ``path``, read back with ``ffmpeg -i`` in a thread; None when unknown."""
+        try:
+            if self._ffmpeg is None:
+                self._ffmpeg = ffmpeg.locate(self.config.media.ffmpeg_path)
+            info = await ffmpeg.probe_async(path, self._ffmpeg, PROBE_TIMEOUT)
+        except (ffmpeg.FFmpegNotFound, ffmpeg.ProbeError, OSError) as exc:
+            self.log.info("segment_probe_failed", filename=path.name, error=str(exc))
+            return None
+        return round(info.duration, 3) if info.duration is not None else None
+
+    def adopt(self, session: Session, slot: Slot) -> None:
+        """Make a session with a running capture visible (slot, names, sessions)."""
+        self._names.add(session.record.filename)
+        slot.session = session
+        self.sessions[session.record.session_id] = session
+
+    def forget(self, session: Session) -> None:
+        """Undo :meth:`adopt` (the session ended)."""
+        record = session.record
+        slot = self.slots.get(record.camera_id)
+        if slot is not None and slot.session is session:
+            slot.session = None
+        self.sessions.pop(record.session_id, None)
+        self._names.discard(record.filename)
+
+    async def commit(self, session: Session, slot: Slot) -> None:
+        """Register the first segment (active list, journal), then launch the
+        session's watch loop: registering first means only one task ever polls
+        a run. On failure the session is abandoned (no unsupervised capture)."""
+        try:
+            await session.poll()
+            await self.journal.save_async(session.record)
+        except BaseException:
+            session.ending = True
+            try:
+                await session.finish_run("failed")
+                await self.journal.remove_async(session.record.session_id)
+            finally:
+                self.forget(session)
+                if not session.result.done():
+                    session.result.set_result({"status": FAILED})
+            raise
+        session.launch()
+
+    # --- snapshots --------------------------------------------------------------------------
 
     async def take_snapshot(self, params: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-        camera = self._camera(params["device"])
-        fmt = params.get("format") or "jpg"
-        filename = params.get("filename") or naming.default_name(camera.id, fmt)
-        folder = self.config.snapshots_dir
-        await storage.ensure_space(folder, self.config.storage.min_free_bytes)
-        target = folder / filename
-        # Written under a hidden name and renamed, so the file worker never lists half a picture.
-        temp = folder / f".snapshot-{naming.random_tag(12)}.tmp.{fmt}"
-        slot = self._slot(camera.id)
-        began = time.monotonic()
-        deadline = began + timeout
-        try:
-            async with asyncio.timeout(timeout):
-                async with slot.lock:
-                    session = slot.session
-                    if session is None:
-                        await self.backend.snapshot(camera, temp, fmt, deadline - time.monotonic())
-                if session is not None:
-                    await self._snapshot_from_session(session, temp, fmt, deadline)
-            await asyncio.to_thread(os.replace, temp, target)
-            size = (await asyncio.to_thread(target.stat)).st_size
-        except CaptureError as exc:
-            raise self._media_error(exc, params["device"]) from None
-        except TimeoutError:
-            raise RpcError(errors.MEDIA_BACKEND, data={"reason": f"no picture within {timeout:.0f}s"}) from None
-        finally:
-            await asyncio.to_thread(_unlink_quietly, temp)
-        self._file_update("snapshot", filename, camera, "complete", size)
-        self.observe_snapshot(time.monotonic() - began)
-        return {
-            "device": camera.device,
-            "filename": filename,
-            "status": "completed",
-            "timestamp": naming.utc_iso(),
-            "file_size": size,
-            "file_path": str(target),
-        }
-
-    async def _snapshot_from_session(self, session: Session, temp: Path, fmt: str, deadline: float) -> None:
-        # A restart may be replacing the run: wait for the next one rather than fail.
-        while session.run is None and not session.ending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        run = session.run
-        if run is None:
-            raise CaptureError("the recording is restarting its capture")
-        await self.backend.snapshot_from_run(run, temp, fmt, max(0.5, deadline - time.monotonic()))
+        return await snapshots.take_snapshot(self, params, timeout)
 
     # --- starting --------------------------------------------------------------------------------
 
     async def start_recording(self, params: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
             raise RpcError(errors.SERVICE_BUSY, data={"reason": "recording worker is stopping"})
-        camera = self._camera(params["device"])
-        slot = self._slot(camera.id)
+        camera = self.connected_camera(params["device"])
+        slot = self.slot(camera.id)
         if slot.session is not None or slot.starting:
             raise RpcError(
                 errors.IN_PROGRESS, data={"reason": f"{camera.id} is already recording", "device": camera.device}
@@ -259,7 +237,10 @@ class RecordingManager:
             raise taken
         self._names.add(filename)  # reserved before the first await: no second start can pass
         try:
-            if await asyncio.to_thread(_name_taken, self.config.recordings_dir, filename):
+            folder = self.config.recordings_dir
+            # -32012 naming the cause beats ffmpeg's words about a file it could not open.
+            await storage.ensure_writable(folder, "recordings")
+            if await asyncio.to_thread(storage.name_taken, folder, filename):
                 raise taken
             return await self._start_named(camera, slot, params, filename)
         finally:
@@ -269,8 +250,7 @@ class RecordingManager:
     async def _start_named(self, camera: Camera, slot: Slot, params: dict[str, Any], filename: str) -> dict[str, Any]:
         fmt = params.get("format") or "mp4"
         duration = params.get("duration")
-        folder = self.config.recordings_dir
-        await storage.ensure_space(folder, self.config.storage.min_free_bytes)
+        await storage.ensure_space(self.config.recordings_dir, self.config.storage.min_free_bytes)
         start = time.time()
         record = SessionRecord(
             session_id=str(uuid.uuid4()),
@@ -283,16 +263,16 @@ class RecordingManager:
             deadline=start + duration if duration else None,
             worker_pid=os.getpid(),
         )
-        session = Session(record, camera)
+        session = Session(self, record, camera)
         async with slot.lock:
             try:
-                await self._start_run(session)
+                await session.start_run()
             except CaptureError as exc:
-                raise self._media_error(exc, params["device"]) from None
+                raise self.media_error(exc, params["device"], "recordings") from None
             # Before the device lock is released: a snapshot waiting for it
             # must find the recording, not try to open the device again.
-            self._adopt(session, slot)
-        await self._commit(session, slot)
+            self.adopt(session, slot)
+        await self.commit(session, slot)
         self.log.info(
             "recording_started",
             camera=camera.id,
@@ -301,7 +281,7 @@ class RecordingManager:
             duration=duration,
             pid=session.run.pid if session.run else None,
         )
-        self._status_event(session, STARTED, 0)
+        self.status_event(record, STARTED, 0)
         return {
             "device": camera.device,
             "session_id": record.session_id,
@@ -311,59 +291,6 @@ class RecordingManager:
             "duration": duration,
             "format": fmt,
         }
-
-    async def _commit(self, session: Session, slot: Slot) -> None:
-        """Register the first segment (active list, journal), then start the
-        session's supervising task: registering first means only one task
-        ever polls a run. On failure the session is abandoned."""
-        try:
-            await self._poll(session)
-            await self.journal.save_async(session.record)
-        except BaseException:
-            await self._abandon(session, slot)
-            raise
-        self._launch(session)
-
-    def _adopt(self, session: Session, slot: Slot) -> None:
-        """Make a session with a running capture visible (slot, names, sessions)."""
-        self._names.add(session.record.filename)
-        slot.session = session
-        self.sessions[session.record.session_id] = session
-
-    def _launch(self, session: Session) -> None:
-        """Hand an adopted session to its supervisor task, which owns it from now on."""
-        session.task = asyncio.ensure_future(self._supervise(session))
-
-    async def _abandon(self, session: Session, slot: Slot) -> None:
-        """Undo :meth:`_adopt` after a failure before :meth:`_launch`: no unsupervised capture."""
-        session.ending = True
-        try:
-            await self._finish_run(session, "failed")
-            await self.journal.remove_async(session.record.session_id)
-        finally:
-            if slot.session is session:
-                slot.session = None
-            self.sessions.pop(session.record.session_id, None)
-            self._names.discard(session.record.filename)
-            if not session.result.done():
-                session.result.set_result({"status": FAILED})
-
-    async def _start_run(self, session: Session) -> None:
-        """Start the next run of ``session`` at the next unused segment index."""
-        record = session.record
-        session.runs += 1
-        tag = f"{record.session_id}-r{session.runs}"
-        run = await self.backend.start_run(
-            session.camera,
-            tag=tag,
-            fmt=record.format,
-            first_index=len(record.segments),
-            path_of=lambda index: self._recording_path(record, index),
-            timeout=self.backend.start_timeout,
-        )
-        session.run = run
-        record.ffmpeg_pid, record.staging = run.pid, tag
-        record.worker_pid = os.getpid()
 
     # --- stopping -----------------------------------------------------------------------------------
 
@@ -395,12 +322,12 @@ class RecordingManager:
         if camera.status != CONNECTED:
             slot.session.ask(FAILED, "camera disconnected")
 
-    async def close(self, reason: str = "service stopped") -> None:
-        """Graceful shutdown: stop and finalise every recording (journal entries removed)."""
+    async def close(self, reason: str = "service stopped", suspend: bool = False) -> None:
+        """End every session: stopped (journal entries removed), or suspended (kept, resumed next start)."""
         self._closed = True
         sessions = list(self.sessions.values())
         for session in sessions:
-            session.ask(STOPPED, reason)
+            session.ask(SUSPENDED if suspend else STOPPED, reason)
         futures = [s.result for s in sessions]
         if futures:
             await asyncio.wait(futures, timeout=self.stop_timeout + 3.0)
@@ -408,371 +335,13 @@ class RecordingManager:
             if session.run is not None and session.run.running():
                 await session.run.stop(0.5)
 
-    # --- supervision ------------------------------------------------------------------------------------
-
-    async def _supervise(self, session: Session) -> None:
-        status, error = FAILED, "internal error"
-        try:
-            status, error = await self._watch(session)
-        except asyncio.CancelledError:
-            status, error = FAILED, "recording worker stopped"
-        except Exception as exc:
-            self.log.exception("session_failed", session_id=session.record.session_id)
-            status, error = FAILED, f"internal error: {type(exc).__name__}"
-        finally:
-            await self._end(session, status, error)
-
-    async def _watch(self, session: Session) -> tuple[str, str | None]:
-        record = session.record
-        stall = self.config.recording.stall_seconds
-        max_bytes = self.config.recording.segment_max_bytes
-        next_storage = 0.0
-        restarts, backoff = 0, 0.5
-        last_progress, grew_at, healthy_since = -1, time.monotonic(), time.monotonic()
-        while True:
-            wait = TICK
-            if record.deadline is not None:
-                wait = min(wait, max(0.0, record.deadline - time.time()))
-            try:
-                await asyncio.wait_for(session.wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
-            session.wake.clear()
-            if session.request is not None:
-                return session.request
-            if record.deadline is not None and time.time() >= record.deadline:
-                return COMPLETED, None
-            run = session.run
-            assert run is not None
-            await self._poll(session)
-            if not run.running():
-                if not self.backend.camera_present(session.camera):
-                    return FAILED, "camera disconnected"
-                return FAILED, self.backend.sanitize(
-                    f"capture failed: ffmpeg exited with code {run.returncode}: {run.tail() or 'no output'}"
-                )
-            if not self.backend.camera_present(session.camera):
-                return FAILED, "camera disconnected"
-            now = time.monotonic()
-            if now >= next_storage:
-                next_storage = now + STORAGE_INTERVAL
-                free = await storage.free_bytes(self.config.recordings_dir)
-                if free < self.config.storage.min_free_bytes:
-                    return FAILED, f"storage: only {free} bytes free, {self.config.storage.min_free_bytes} required"
-            if run.progress != last_progress:
-                last_progress, grew_at = run.progress, now
-                if now - healthy_since >= HEALTHY_AFTER:
-                    restarts, backoff = 0, 0.5
-            if max_bytes and run.current_size() >= max_bytes:
-                self.log.info("segment_size_rollover", session_id=record.session_id, size=run.current_size())
-                if not await self._restart(session, delay=0.0):
-                    return FAILED, self._last_failure(session)
-                last_progress, grew_at, healthy_since = -1, time.monotonic(), time.monotonic()
-                continue
-            if now - grew_at >= stall:
-                restarts += 1
-                tail = self.backend.sanitize(run.tail() or "no output")
-                self.log.warning(
-                    "capture_stalled",
-                    session_id=record.session_id,
-                    restarts=restarts,
-                    seconds=round(now - grew_at, 1),
-                    stderr=tail,
-                )
-                if restarts > MAX_RESTARTS:
-                    return FAILED, f"capture stalled: {tail}"
-                while not await self._restart(session, delay=backoff):
-                    if session.request is not None:
-                        return session.request
-                    if isinstance(session.failure, CameraGone):
-                        return FAILED, "camera disconnected"
-                    restarts += 1
-                    backoff = min(backoff * 2, 30.0)
-                    if restarts > MAX_RESTARTS:
-                        return FAILED, self._last_failure(session)
-                backoff = min(backoff * 2, 30.0)
-                last_progress, grew_at, healthy_since = -1, time.monotonic(), time.monotonic()
-
-    def _last_failure(self, session: Session) -> str:
-        failure = session.failure
-        if isinstance(failure, CameraGone):
-            return "camera disconnected"
-        return f"capture restart failed: {self.backend.sanitize(failure.reason) if failure else 'unknown'}"
-
-    async def _restart(self, session: Session, delay: float) -> bool:
-        """End the current run and start the next one; False when the start failed."""
-        session.failure = None
-        await self._finish_run(session, "complete")
-        if delay:
-            try:
-                await asyncio.wait_for(session.wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-            if session.request is not None:
-                return False
-        try:
-            await self._start_run(session)
-        except CaptureError as exc:
-            session.failure = exc
-            self.log.warning("capture_restart_failed", session_id=session.record.session_id, reason=exc.reason)
-            return False
-        await self._poll(session)
-        await self.journal.save_async(session.record)
-        self.log.info("capture_restarted", session_id=session.record.session_id, pid=session.run.pid)
-        return True
-
-    async def _finish_run(self, session: Session, state: str) -> None:
-        run, session.run = session.run, None
-        if run is None:
-            return
-        await run.stop(self.stop_timeout)
-        events = await asyncio.to_thread(run.finish)
-        await self._apply(session, events, closed_state=state)
-
-    async def _poll(self, session: Session) -> None:
-        if session.run is not None:
-            events = await asyncio.to_thread(session.run.poll)
-            await self._apply(session, events)
-
-    async def _apply(self, session: Session, events: list[SegmentEvent], closed_state: str = "complete") -> None:
-        record, camera = session.record, session.camera
-        journal_changed = False
-        for event in events:
-            name = naming.segment_name(record.filename, event.index)
-            if event.kind == "opened":
-                if name not in record.segments:
-                    record.segments.append(name)
-                    journal_changed = True
-                await self.active.add(name, camera.id, camera.device, record.session_id, naming.utc_iso())
-                self._file_update("recording", name, camera, "recording", 0)
-            else:
-                await self.active.remove(name)
-                size = await asyncio.to_thread(_size, self.config.recordings_dir / name)
-                self._file_update("recording", name, camera, closed_state, size, event.duration)
-        if journal_changed and not session.ending:
-            await self.journal.save_async(record)
-
-    async def _end(self, session: Session, status: str, error: str | None) -> None:
-        """The one way a live session ends: finalise files, forget it, tell everyone."""
-        session.ending = True
-        record = session.record
-        end, sizes = time.time(), 0
-        try:
-            # The segment(s) still open when a FAILED session ends are marked
-            # failed for the file worker, though ffmpeg finalised them (playable).
-            await self._finish_run(session, "failed" if status == FAILED else "complete")
-            end = time.time()
-            sizes = await asyncio.to_thread(
-                lambda: sum(_size(self.config.recordings_dir / name) for name in record.segments)
-            )
-            await self.journal.remove_async(record.session_id)
-            await self.active.remove(*record.segments)
-        except Exception:
-            self.log.exception("finish_failed", session_id=record.session_id)
-        finally:
-            slot = self.slots.get(record.camera_id)
-            if slot is not None and slot.session is session:
-                slot.session = None
-            self.sessions.pop(record.session_id, None)
-            self._names.discard(record.filename)
-            duration = round(end - record.start_time, 3)
-            log = self.log.warning if status == FAILED else self.log.info
-            log(
-                "recording_ended",
-                camera=record.camera_id,
-                session_id=record.session_id,
-                status=status,
-                error=error,
-                duration=duration,
-                segments=len(record.segments),
-                bytes=sizes,
-            )
-            self._status_event(session, status, duration, error)
-            self.observe_recording(status, duration)
-            result = {
-                "device": record.device,
-                "session_id": record.session_id,
-                "filename": record.filename,
-                "status": status,
-                "start_time": naming.utc_iso(record.start_time),
-                "end_time": naming.utc_iso(end),
-                "duration": duration,
-                "file_size": sizes,
-            }
-            if not session.result.done():
-                session.result.set_result(result)
-
     # --- crash recovery -----------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """First thing at start: take over from a worker that died.
-
-        Kills capture processes a dead worker left behind, clears staging
-        folders, and resets the active-files list (nothing records before
-        :meth:`recover` resumes). Journal entries are kept for :meth:`recover`.
-        """
-        records, bad = await asyncio.to_thread(self.journal.load_all)
-        for problem in bad:
-            self.log.error("journal_unreadable", entry=problem)
-        for record in records:
-            await self._kill_leftover(record)
-        staging_root = self.config.state_dir / "run" / "recording"
-        for folder in await asyncio.to_thread(lambda: list(staging_root.glob("*")) if staging_root.exists() else []):
-            await asyncio.to_thread(_rmtree, folder)
-        self.active.files.clear()
-        await self.active.flush()
-        self._pending = records
+        """First thing at start: take over from a worker that died (see :mod:`.recovery`)."""
+        self._pending = await recovery.open_journal(self)
 
     async def recover(self) -> None:
         """Resume the sessions :meth:`open` found (call once cameras can be resolved)."""
         records, self._pending = self._pending, []
-        for record in records:
-            try:
-                await self._resume(record)
-            except Exception:
-                self.log.exception("resume_failed", session_id=record.session_id)
-
-    async def _resume(self, record: SessionRecord) -> None:
-        # Segments the journal had not heard of yet (opened just before the crash).
-        def scan() -> list[str]:
-            found = [name for name in record.segments if (self.config.recordings_dir / name).exists()]
-            index = len(record.segments)
-            while self._recording_path(record, index).exists():
-                found.append(naming.segment_name(record.filename, index))
-                index += 1
-            return found
-
-        existing = await asyncio.to_thread(scan)
-        for name in existing[len(record.segments) :]:
-            record.segments.append(name)
-        camera = self.cameras(record.camera_id)
-        placeholder = camera or Camera(id=record.camera_id, device=record.device)
-        session = Session(record, placeholder)
-        for name in existing[-2:]:
-            size = await asyncio.to_thread(_size, self.config.recordings_dir / name)
-            self._file_update("recording", name, placeholder, "complete", size)
-        self.log.info(
-            "recording_recovering", session_id=record.session_id, camera=record.camera_id, segments=len(record.segments)
-        )
-        now = time.time()
-        if record.deadline is not None and now >= record.deadline:
-            # The files end where the dead worker's capture ended, not at the deadline.
-            last_write = await asyncio.to_thread(
-                lambda: max((_mtime(self.config.recordings_dir / n) for n in existing), default=0.0)
-            )
-            await self._end_unresumed(
-                session,
-                COMPLETED,
-                "interrupted by a restart of the recording worker",
-                min(record.deadline, last_write or record.deadline),
-            )
-            return
-        if camera is None or camera.status != CONNECTED or not self.backend.camera_present(camera):
-            await self._end_unresumed(session, FAILED, "camera disconnected while the recording worker restarted")
-            return
-        session.camera = camera
-        slot = self._slot(camera.id)
-        failure: CaptureError | None = None
-        async with slot.lock:
-            for attempt in range(20):  # the old capture may still be releasing the device
-                try:
-                    await self._start_run(session)
-                    failure = None
-                    self._adopt(session, slot)
-                    break
-                except CameraBusy as exc:
-                    failure = exc
-                    await asyncio.sleep(0.25)
-                except CaptureError as exc:
-                    failure = exc
-                    break
-        if failure is not None:
-            reason = (
-                "camera disconnected"
-                if isinstance(failure, CameraGone)
-                else f"capture could not resume: {self.backend.sanitize(failure.reason)}"
-            )
-            await self._end_unresumed(session, FAILED, reason)
-            return
-        await self._commit(session, slot)
-        self.log.info(
-            "recording_resumed",
-            session_id=record.session_id,
-            camera=camera.id,
-            segment=len(record.segments) - 1,
-            pid=session.run.pid if session.run else None,
-        )
-
-    async def _end_unresumed(self, session: Session, status: str, error: str, end: float | None = None) -> None:
-        record = session.record
-        end = end or time.time()
-        duration = round(end - record.start_time, 3)
-        await self.journal.remove_async(record.session_id)
-        self.log.warning("recording_not_resumed", session_id=record.session_id, status=status, error=error)
-        self._status_event(session, status, duration, error)
-        self.observe_recording(status, duration)
-
-    async def _kill_leftover(self, record: SessionRecord) -> None:
-        """Stop a capture of a dead worker that outlived it (PDEATHSIG normally saw to that)."""
-        pid = record.ffmpeg_pid
-        if not pid or not record.staging or not _runs_with(pid, record.staging):
-            return
-        self.log.warning("leftover_capture", pid=pid, session_id=record.session_id)
-        for sig, wait in ((signal.SIGINT, 3.0), (signal.SIGKILL, 2.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            until = time.monotonic() + wait
-            while time.monotonic() < until:
-                if not _runs_with(pid, record.staging):
-                    return
-                await asyncio.sleep(0.05)
-
-
-# --- small blocking helpers (run in threads) ----------------------------------------------
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _name_taken(folder: Path, filename: str) -> bool:
-    """A recording name is refused if it, or a segment derived from it, exists."""
-    return (folder / filename).exists() or any(folder.glob(naming.segment_glob(filename)))
-
-
-def _runs_with(pid: int, marker: str) -> bool:
-    """Whether ``pid`` is alive (not a zombie) and has ``marker`` in its command line."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stream:
-            state = stream.read().rsplit(b")", 1)[1].split()[0]
-        if state in (b"Z", b"X"):
-            return False
-        with open(f"/proc/{pid}/cmdline", "rb") as stream:
-            return marker.encode() in stream.read()
-    except (OSError, IndexError):
-        return False
+        await recovery.recover(self, records)

@@ -10,6 +10,7 @@ and closes its own copy, so the lock lives exactly as long as ffmpeg.
 from __future__ import annotations
 
 import errno
+
 from camservice.workers.discovery.simulator import open_sim_device, sim_input_args
 
 __all__ = ["open_sim_device", "sim_input_args", "is_busy", "is_gone"]

@@ -8,15 +8,25 @@ the manager when a camera goes away so its recording fails promptly.
 
 Requests wait (within their deadline) until the first snapshot arrived and
 interrupted sessions were resumed: answering ``-32004`` because the table is
-still empty would be a lie. See :mod:`.sessions` for shutdown and crash
-semantics.
+still empty would be a lie.
+
+Stopping: a SIGTERM from the supervisor (its ordered stop) stops every
+recording. The same SIGTERM also arrives when the supervisor *died*
+(``PR_SET_PDEATHSIG``), or the parent-pid watchdog notices it gone; then this
+process has been re-parented (or its parent is a zombie: see
+:func:`_supervisor_alive`), and that is a crash, not a stop: the sessions are
+suspended with their journal entries kept, and the next start resumes them
+(:mod:`.recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+from camservice import process
+from camservice.backoff import Backoff
 from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
@@ -35,6 +45,8 @@ class RecordingWorker(Worker):
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
+        #: The supervisor that started us: still our parent at stop time means an ordered stop.
+        self._parent = os.getppid()
         self.table = CameraTable()
         self.manager = RecordingManager(config, self.table.find, self.publish, logger=self.log)
         # Finalising must fit in the supervisor's SIGTERM grace period, after
@@ -77,7 +89,12 @@ class RecordingWorker(Worker):
         self.spawn(self._first_sync())
 
     async def stop(self) -> None:
-        await self.manager.close()
+        if _supervisor_alive(self._parent):
+            await self.manager.close()
+            return
+        # Our supervisor died (SIGKILL, crash): not an ordered stop.
+        self.log.warning("supervisor_lost", parent=self._parent, sessions=len(self.manager.sessions))
+        await self.manager.close("supervisor lost", suspend=True)
 
     async def _first_sync(self) -> None:
         await self._snapshot(retry=True)
@@ -86,7 +103,7 @@ class RecordingWorker(Worker):
         self.log.info("recording_ready", cameras=len(self.table))
 
     async def _snapshot(self, retry: bool) -> None:
-        delay = 0.2
+        backoff = Backoff(initial=0.2, ceiling=5.0)  # until the discovery worker answers
         async with self._resync:
             while True:
                 try:
@@ -99,8 +116,7 @@ class RecordingWorker(Worker):
                     if not retry:
                         raise
                     self.log.debug("camera_snapshot_retry", error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await asyncio.sleep(backoff.failed() or 0.0)
 
     async def on_event(self, event: Event) -> None:
         if event.topic != "camera_status_update" or self._ready is None:
@@ -134,6 +150,25 @@ class RecordingWorker(Worker):
     async def stop_recording(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         await self._await_ready(ctx)
         return await self.manager.stop_recording(params, timeout=self._budget(ctx))
+
+
+def _supervisor_alive(parent: int) -> bool:
+    """Whether the supervisor that started us is alive, so that a SIGTERM is its ordered stop.
+
+    ``getppid()`` alone is not enough: PDEATHSIG fires when the *thread* that
+    forked us exits, and while the rest of a SIGKILLed supervisor is still
+    being torn down we are re-parented to one of its other threads, so
+    ``getppid()`` still names it. Its main thread gone makes it a zombie
+    ("Z") in ``/proc`` until the last thread exits: that is a dead supervisor.
+    """
+    if not process.parent_alive(parent):
+        return False
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as stream:
+            state = stream.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def main(index: int) -> None:
