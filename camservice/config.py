@@ -152,9 +152,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
     Setting(
         "gateway.event_loop",
-        "auto",
+        "asyncio",
         str,
-        "Gateway event loop: auto (uvloop where installed), asyncio or uvloop.",
+        "Gateway event loop: asyncio, uvloop, or auto (uvloop where installed).",
         _one_of("auto", "asyncio", "uvloop"),
     ),
     Setting(

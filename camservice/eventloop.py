@@ -1,13 +1,13 @@
 """Which asyncio event loop a process runs on (``gateway.event_loop``).
 
-``auto`` (the default) uses uvloop when it is installed (``pip install
-'camservice[bench]'`` or ``uvloop`` alone) and asyncio's own loop otherwise;
-``asyncio`` and ``uvloop`` force one (``uvloop`` fails loudly when missing).
-Measured by ``python -m bench cost`` on the 2-core reference machine: uvloop
-cut the whole service's CPU per status read from ~48 to ~32 µs and per
-worker-hop call from ~95 to ~77 µs (bench/README.md). Only the gateway uses
-it: the file workers' download server relies on ``loop.sendfile``, which
-uvloop's loop does not implement with a zero-copy path.
+``asyncio`` (the default) is the standard loop; ``uvloop`` uses uvloop (and
+fails loudly when it is missing); ``auto`` uses uvloop where installed
+(``pip install 'camservice[bench]'`` or ``uvloop`` alone). Measured by
+``python -m bench cost`` on the 2-core reference machine: uvloop cut the
+whole service's CPU per status read from ~48 to ~32 µs and per worker-hop
+call from ~95 to ~77 µs (bench/README.md). It is not yet the default: the
+full suite has not run through on it (see the bench note). Only the gateway
+uses it: the file workers' download server relies on ``loop.sendfile``.
 """
 
 from __future__ import annotations
