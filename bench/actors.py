@@ -153,7 +153,7 @@ async def admin(rec: Record, conn: Reconnecting, http: str, stop) -> None:
 
 
 async def hotplug(rec: Record, conn: Reconnecting, state_dir: Path, index: int, every: float, stop) -> None:
-    from camservice.workers.discovery import simulator
+    from camservice import simnodes as simulator
 
     device = f"sim:{index}"
     plugged = False

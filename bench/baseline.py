@@ -184,7 +184,7 @@ def hotplug_latency(target: Target, cycles: int = 5) -> dict | None:
     """Plug/unplug a simulated camera ``cycles`` times: ms until a subscribed client hears of it."""
     if target.state_dir is None:
         return None
-    from camservice.workers.discovery import simulator
+    from camservice import simnodes as simulator
 
     async def go():
         lat, missed = [], 0

@@ -5,7 +5,7 @@ free ports, rate limits raised), opens C WebSocket connections (default 500)
 spread over P client processes (default 2), each authenticated as a viewer
 and subscribed to every client topic (the default set). Then K times
 (default 20): plugs a simulated camera with
-``workers.discovery.simulator.plug(state_dir, index=...)`` (no CLI start-up
+``camservice.simnodes.plug(state_dir, index=...)`` (no CLI start-up
 in the figure) and measures, for every client, the time from just before
 that call (the node file appears at its end, ~0.1 ms later) to the arrival
 of the ``camera_status_update`` CONNECTED for that device; then unplugs it
@@ -58,7 +58,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from camservice.workers.discovery import simulator
+from camservice import simnodes as simulator
 from websockets.asyncio.client import connect
 
 from tests.harness import Service

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import psutil
-from camservice.workers.discovery import simulator
+from camservice import simnodes as simulator
 from camservice.workers.recording.sessions import RecordingManager
 
 from camservice import config as config_module

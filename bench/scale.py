@@ -118,7 +118,7 @@ async def _record_all(target: Target, k: int, record_s: float) -> list[dict]:
 
 
 def capacity(resolution: str, fps: int, progress: Progress, record_s: float, max_k: int = 24) -> dict:
-    from camservice.workers.discovery import simulator
+    from camservice import simnodes as simulator
 
     target = Target.start(1, resolution=resolution, fps=fps)
     steps, best = [], 0

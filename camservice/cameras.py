@@ -1,12 +1,13 @@
-"""The camera model shared by discovery, the gateway's replica and recording.
+"""The camera model: one :class:`Camera` record, and :class:`CameraTable` to hold them.
 
-The discovery worker owns the truth and publishes every change as a
-``camera_status_update`` event carrying the whole :class:`Camera` record
-(``Camera.to_state()``); it answers ``discovery.snapshot`` with every record
-and the sequence number of its last event. Any other process keeps a
-:class:`CameraTable` replica: snapshot first, then events newer than it.
-That is how the gateway answers ``get_camera_list`` and ``get_camera_status``
-without a ZeroMQ hop, and how a late joiner never sees a stale list.
+The discovery worker owns every record (a registry around a
+:class:`CameraTable`) and publishes every change as a
+``camera_status_update`` event carrying the whole record
+(``Camera.to_state()``). Other processes hold a
+:class:`~camservice.replica.CameraReplica` around a table of their own;
+that is how the gateway answers ``get_camera_list`` and
+``get_camera_status`` without a ZeroMQ hop. The table caches the encoded
+API views, dropped whenever a camera is put.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ class Camera:
 
 
 class CameraTable:
-    """Cameras by id, findable by id or device; a replica or the original."""
+    """Cameras by id, findable by id or device; the owner's or a replica's.
+
+    A changed record goes back in through :meth:`put`, which keeps the
+    device index and drops the camera's cached JSON.
+    """
 
     def __init__(self) -> None:
         self._by_id: dict[str, Camera] = {}
@@ -150,23 +155,6 @@ class CameraTable:
         for state in cameras:
             self.put(Camera.from_state(state))
         self.seq, self.source = seq, source
-
-    def apply(self, state: dict[str, Any], seq: int, source: str) -> bool:
-        """Apply one event; False when it reveals a gap (take a new snapshot)."""
-        if source != self.source:
-            return False  # a new owner (restarted discovery): resynchronise
-        if seq <= self.seq:
-            return True  # already covered by the snapshot
-        gap = seq != self.seq + 1
-        self.put(Camera.from_state(state))
-        self.seq = seq
-        return not gap
-
-    def set_recording(self, device_or_id: str, recording: bool) -> None:
-        camera = self.find(device_or_id)
-        if camera is not None and camera.recording != recording:
-            camera.recording = recording
-            self._changed(camera.id)
 
     def api_list(self) -> dict[str, Any]:
         cameras = [c.to_api() for c in self._sorted()]

@@ -212,28 +212,49 @@ def camera() -> None:
 @camera.command("plug")
 @click.option("--resolution", default=None, help="WIDTHxHEIGHT (default cameras.sim_resolution).")
 @click.option("--fps", type=click.IntRange(1, 120), default=None, help="Frame rate (default cameras.sim_fps).")
+@click.option(
+    "--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True, help="Seconds to wait for its id."
+)
 @click.pass_context
-def camera_plug(ctx: click.Context, resolution: str | None, fps: int | None) -> None:
-    """Plug in a simulated camera, exactly like a USB hot-plug."""
-    from camservice.workers.discovery import simulator
+def camera_plug(ctx: click.Context, resolution: str | None, fps: int | None, timeout: float) -> None:
+    """Plug in a simulated camera, exactly like a USB hot-plug; prints its id (cameraN).
+
+    The id is the one the running service gives the camera (stable per
+    ``sim:N``, kept in ``cameras.json``): the command waits for the
+    discovery worker to hand it out, at most ``--timeout`` seconds.
+    """
+    from camservice import camera_ids, simnodes
 
     config = _load(ctx, {"cameras.sim_resolution": resolution} if resolution else None)
-    index = simulator.plug(
-        config.state_dir, resolution=config.cameras.sim_resolution, fps=fps or config.cameras.sim_fps
-    )
-    click.echo(f"sim:{index}")
+    if not arbiter.lock_is_held(config.state_dir):
+        # A new service run resets the simulator folder: a node plugged now would vanish.
+        raise click.ClickException(f"camservice is not running on {config.state_dir}")
+    try:
+        index = simnodes.plug(
+            config.state_dir, resolution=config.cameras.sim_resolution, fps=fps or config.cameras.sim_fps
+        )
+    except simnodes.SimNodeError as exc:
+        raise click.ClickException(str(exc)) from None
+    key = f"sim:{index}"
+    deadline = time.monotonic() + timeout
+    while (camera_id := camera_ids.read_ids(config.state_dir).get(key)) is None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"plugged {key}, but the service gave it no id within {timeout:g} s")
+        time.sleep(0.01)  # a CLI process: nothing else to do meanwhile
+    click.echo(f"plugged {key} as {camera_id}", err=True)
+    click.echo(camera_id)
 
 
 @camera.command("unplug")
 @click.argument("camera_id")
 @click.pass_context
 def camera_unplug(ctx: click.Context, camera_id: str) -> None:
-    """Unplug a simulated camera (sim:N, or its index)."""
-    from camservice.workers.discovery import simulator
+    """Unplug a simulated camera (its id cameraN, sim:N, or its index)."""
+    from camservice import simnodes
 
     config = _load(ctx)
     try:
-        simulator.unplug(config.state_dir, camera_id)
+        simnodes.unplug(config.state_dir, camera_id)
     except (KeyError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"no simulated camera {camera_id!r} is plugged in ({exc})") from None
     click.echo(f"unplugged {camera_id}")

@@ -262,7 +262,7 @@ SCHEMA: tuple[Setting, ...] = (
         "cameras.poll_interval",
         0.05,
         NUMBER,
-        "Seconds between checks for simulated plug/unplug (and /dev when polling).",
+        "Seconds between checks for simulated plug/unplug where inotify is unavailable (and /dev when polling).",
         _positive,
     ),
     Setting("cameras.max_cameras", 16, int, "Cameras the service manages at most.", _positive),

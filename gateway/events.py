@@ -2,11 +2,16 @@
 
 Subscribes to every topic on the supervisor's event proxy and
 
-* keeps the camera replica current: snapshot from the discovery worker
-  first, then ``camera_status_update`` events newer than it; events that
-  arrive while a snapshot is on its way are held and replayed after it, and
-  a sequence gap or a new discovery process triggers a fresh snapshot (PUB/SUB
-  drops messages for late joiners and at the high-water mark);
+* keeps the gateway's :class:`~camservice.replica.CameraReplica` current
+  (the one replica implementation: snapshot, sequence numbers, events held
+  during a snapshot) and tells clients about a camera only when a field of
+  ``camera_status_update`` changed: a recording start changes the camera's
+  ``recording`` and ``readers`` (the discovery worker owns them, like every
+  camera field) but nothing a notification carries;
+* holds a client's ``recording_status_update`` until the replica shows the
+  recording it announces (discovery republishes the camera one hop later;
+  at most :data:`RECORDING_HOLD` seconds), so a client that heard STARTED
+  and asks ``get_camera_status`` reads ``"recording": true``;
 * fans client notifications out to the connections that want them, encoding
   each message once (:func:`camservice.gateway.connection.broadcast` writes without awaiting);
 * records the supervisor's process samples and exits (an exited worker's
@@ -24,10 +29,10 @@ import structlog
 import zmq
 
 from camservice import comms, jsonrpc, topics
-from camservice.cameras import Camera
 from camservice.drain import Drain
 from camservice.envelope import Event, EnvelopeError
 from camservice.errors import RpcError
+from camservice.replica import CameraReplica, Change
 
 from .calls import Call
 from .connection import broadcast
@@ -38,6 +43,8 @@ log = structlog.get_logger("gateway.events")
 
 #: Seconds between background snapshots that catch anything PUB/SUB lost silently.
 RESYNC_INTERVAL = 10.0
+#: Longest a recording_status_update waits for the replica to show its recording.
+RECORDING_HOLD = 1.0
 
 
 class EventRelay:
@@ -47,8 +54,9 @@ class EventRelay:
         self.sub = comms.subscriber(ctx, endpoints)
         self.pub = comms.publisher(ctx, endpoints)
         self._reader = Drain(self.sub, self._on_frames, multipart=True, name="events")
-        self._snapshot_pending = False
-        self._held: list[Event] = []
+        self.replica = CameraReplica(self._fetch_snapshot, self._camera_changed, log, table=gateway.cameras)
+        #: Recording notifications waiting for the replica, per camera id, with their timer.
+        self._waiting: dict[str, tuple[list[Event], asyncio.TimerHandle | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Hook for metrics: (topic, recipients, seconds from publish to send).
         self.on_delivery: Callable[[str, int, float], None] | None = None
@@ -65,6 +73,7 @@ class EventRelay:
         self._reader.start(loop)
 
     def close(self) -> None:
+        self.replica.close()
         self._reader.stop()
         self.sub.close(linger=0)
         self.pub.close(linger=0)
@@ -98,12 +107,9 @@ class EventRelay:
         for handler in self._subscribers.get(topic, ()):
             handler(event)
         if topic == topics.CAMERA_STATUS:
-            self._on_camera(event)
+            self.replica.on_event(event)
         elif topic == topics.RECORDING_STATUS:
-            device = event.data.get("device")
-            if device:
-                self.gateway.cameras.set_recording(device, event.data.get("status") == "STARTED")
-            self.notify(topic, event.data, event.time)
+            self._on_recording(event)
         elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
         elif topic == topics.PROCESS_EXIT:
@@ -118,55 +124,63 @@ class EventRelay:
         elif topic == topics.MEDIA_STATUS:
             self.gateway.media_status = event.data
 
-    def _on_camera(self, event: Event) -> None:
-        if self._snapshot_pending:
-            self._held.append(event)
-            return
-        camera = self._apply(event)
-        if camera is not None:
-            self.notify(topics.CAMERA_STATUS, camera.to_notification(), event.time)
+    # --- cameras -------------------------------------------------------------------------
 
-    def _apply(self, event: Event) -> Camera | None:
-        table = self.gateway.cameras
-        if table.apply(event.data, event.seq, event.source):
-            return table.find(event.data["id"])
-        # A gap or a new discovery process: the event itself is still news.
-        self.request_snapshot()
-        return Camera.from_state(event.data)
-
-    # --- snapshots -------------------------------------------------------------------
+    def _camera_changed(self, change: Change) -> None:
+        if change.visible:
+            self.notify(topics.CAMERA_STATUS, change.camera.to_notification(), change.time)
+        if change.camera.id in self._waiting:
+            self._release_recordings(change.camera.id)
 
     def request_snapshot(self) -> None:
-        if self._snapshot_pending:
-            return
-        self._snapshot_pending = True
-        self.pool.call(
-            Call("discovery", "discovery.snapshot", {}, 5.0, self._on_snapshot, f"g{self.gateway.index}-snapshot")
-        )
+        self.replica.request_snapshot()
 
-    def _on_snapshot(self, error: RpcError | None, result: Any) -> None:
-        self._snapshot_pending = False
-        held, self._held = self._held, []
+    async def _fetch_snapshot(self) -> Any:
+        future = asyncio.get_running_loop().create_future()
+
+        def answered(error: RpcError | None, result: Any) -> None:
+            if not future.done():
+                future.set_result((error, result))
+
+        self.pool.call(Call("discovery", "discovery.snapshot", {}, 5.0, answered, f"g{self.gateway.index}-snapshot"))
+        error, result = await future  # the pool answers every call by its deadline
         if error is not None:
-            log.warning("snapshot_failed", error=error)
-            for event in held:
-                self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
+            raise error
+        return json.loads(result) if isinstance(result, jsonrpc.Raw) else result
+
+    # --- recordings ----------------------------------------------------------------------
+
+    def _on_recording(self, event: Event) -> None:
+        device = event.data.get("device")
+        camera = self.replica.find(device) if isinstance(device, str) else None
+        if camera is None or self._loop is None:
+            self.notify(topics.RECORDING_STATUS, event.data, event.time)
             return
-        if isinstance(result, jsonrpc.Raw):
-            result = json.loads(result)
-        table = self.gateway.cameras
-        table.load_snapshot(result["cameras"], result["seq"], result["source"])
-        for event in held:
-            if event.source == table.source and event.seq > table.seq:
-                table.apply(event.data, event.seq, event.source)
-            # Every held event is a change clients have not heard about yet.
-            self.notify(topics.CAMERA_STATUS, Camera.from_state(event.data).to_notification(), event.time)
+        events, timer = self._waiting.get(camera.id, ([], None))
+        events.append(event)
+        if timer is None:
+            timer = self._loop.call_later(RECORDING_HOLD, self._release_recordings, camera.id, True)
+        self._waiting[camera.id] = (events, timer)
+        self._release_recordings(camera.id)
+
+    def _release_recordings(self, camera_id: str, expired: bool = False) -> None:
+        """Send the held recording notifications of a camera whose recording the replica
+        shows (in order; all of them once :data:`RECORDING_HOLD` has passed)."""
+        events, timer = self._waiting.pop(camera_id, ([], None))
+        camera = self.replica.find(camera_id)
+        while events and (expired or camera is None or camera.recording == _announces_recording(events[0])):
+            event = events.pop(0)
+            self.notify(topics.RECORDING_STATUS, event.data, event.time)
+        if events:
+            self._waiting[camera_id] = (events, timer)
+        elif timer is not None:
+            timer.cancel()
 
     async def resync_forever(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_INTERVAL)
             if self.pool.alive().get("discovery"):
-                self.request_snapshot()
+                self.replica.request_snapshot()
 
     # --- outgoing ----------------------------------------------------------------------
 
@@ -186,3 +200,7 @@ class EventRelay:
         self.delivered += len(recipients)
         if self.on_delivery is not None:
             self.on_delivery(topic, len(recipients), max(0.0, time.time() - published))
+
+
+def _announces_recording(event: Event) -> bool:
+    return event.data.get("status") == "STARTED"

@@ -896,13 +896,14 @@ def test_subscriptions_narrow_clear_and_hot_plug_events(api):
             await invalid(narrowed, "unsubscribe_events", {"topics": "camera_status_update"}, "topics")
 
             # A hot-plugged camera: everything hears it, the others do not.
-            plugged = api.svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
-            assert re.fullmatch(r"sim:\d+", plugged) and plugged not in ("sim:0", "sim:1"), plugged
-            event = await expect(everything, "camera_status_update", where=lambda p: p["device"] == plugged)
+            camera_id = api.svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
+            assert re.fullmatch(r"camera\d+", camera_id) and camera_id not in ("camera0", "camera1"), camera_id
+            event = await expect(everything, "camera_status_update", where=lambda p: p["id"] == camera_id)
             assert set(event) == NOTIFICATION_CAMERA_KEYS, event
             assert event["status"] == "CONNECTED" and event["resolution"] == "160x120" and event["fps"] == 5
             assert event["streams"] == {} and isinstance(event["name"], str)
-            camera_id = event["id"]
+            plugged = event["device"]
+            assert re.fullmatch(r"sim:\d+", plugged) and plugged not in ("sim:0", "sim:1"), plugged
             assert await synced(narrowed) == [] and await synced(silent) == []
             listing = await everything.call("get_camera_list")
             assert listing["total"] == 3 and listing["connected"] == 3

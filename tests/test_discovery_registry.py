@@ -8,9 +8,10 @@ import os
 
 import pytest
 
+from camservice import simnodes
+from camservice.camera_ids import lowest_free, read_ids
 from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
-from camservice.workers.discovery import simulator
-from camservice.workers.discovery.ids import IdStore, lowest_free, read_ids
+from camservice.workers.discovery.ids import IdStore
 from camservice.workers.discovery.media import StreamSync
 from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
 from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
@@ -51,13 +52,24 @@ def states(changes) -> list[tuple[str, str, str]]:
     return [(c.id, c.device, c.status) for c in changes]
 
 
-async def until(predicate, timeout: float = 10.0) -> None:
-    """Wait for a condition the code under test brings about; fail if it never does."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+class Scans(list):
+    """What a watcher reported, in order; :meth:`until` wakes on each report instead of polling."""
+
+    def __init__(self):
+        super().__init__()
+        self._grew = asyncio.Event()
+
+    def append(self, found) -> None:
+        super().append(found)
+        self._grew.set()
+
+    async def until(self, predicate, timeout: float = 10.0) -> None:
+        async def reached() -> None:
+            while not predicate(self):
+                self._grew.clear()
+                await self._grew.wait()
+
+        await asyncio.wait_for(reached(), timeout)
 
 
 # --- ids ---------------------------------------------------------------------------------
@@ -211,26 +223,53 @@ def test_restore_relists_without_news(tmp_path):
 # --- watchers on real files --------------------------------------------------------------------
 
 
-def test_sim_folder_watcher_reports_plug_and_unplug(tmp_path):
+class Changes:
+    """The registry changes a watcher's scans cause, awaitable by count (no sleeping)."""
+
+    def __init__(self, reg: CameraRegistry):
+        self.reg = reg
+        self.seen: list[tuple[str, str, str]] = []
+        self._grew = asyncio.Event()
+
+    def on_scan(self, found) -> None:
+        self.seen.extend(states(self.reg.merge(SIM, found)))
+        self._grew.set()
+
+    async def count(self, n: int, timeout: float = 10.0) -> list[tuple[str, str, str]]:
+        async def grown() -> None:
+            while len(self.seen) < n:
+                self._grew.clear()
+                await self._grew.wait()
+
+        await asyncio.wait_for(grown(), timeout)
+        return self.seen
+
+
+@pytest.mark.parametrize("use_inotify", [True, False], ids=["inotify", "polling"])
+def test_sim_folder_watcher_reports_plug_and_unplug(tmp_path, use_inotify):
     reg = registry(tmp_path)
-    events: list[tuple[str, str, str]] = []
-    watcher = SimDirWatcher(tmp_path, 0.01, lambda found: events.extend(states(reg.merge(SIM, found))))
+    changes = Changes(reg)
+    watcher = SimDirWatcher(tmp_path, 0.01, changes.on_scan, use_inotify=use_inotify)
 
     async def scenario():
-        simulator.reset(tmp_path, 2)
+        simnodes.reset(tmp_path, 2)
         await watcher.scan_once()
-        assert events == [("camera0", "sim:0", CONNECTED), ("camera1", "sim:1", CONNECTED)]
+        assert changes.seen == [("camera0", "sim:0", CONNECTED), ("camera1", "sim:1", CONNECTED)]
         task = asyncio.ensure_future(watcher.run())
         try:
-            simulator.unplug(tmp_path, 0)
-            await until(lambda: len(events) == 3)
-            assert events[2] == ("camera0", "sim:0", DISCONNECTED)
-            assert simulator.plug(tmp_path) == 0
-            await until(lambda: len(events) == 4)
-            assert events[3] == ("camera0", "sim:0", CONNECTED)
-            (tmp_path / "dev" / "sim5").write_text("garbage")
-            await until(lambda: len(events) == 5)
-            assert events[4] == ("camera2", "sim:5", ERROR)
+            await asyncio.wait_for(watcher.watching.wait(), 10.0)
+            assert watcher.mode == ("inotify" if use_inotify else "poll")
+            simnodes.unplug(tmp_path, 0)
+            assert (await changes.count(3))[2] == ("camera0", "sim:0", DISCONNECTED)
+            assert simnodes.plug(tmp_path) == 0
+            assert (await changes.count(4))[3] == ("camera0", "sim:0", CONNECTED)
+            (tmp_path / "dev" / "sim5").write_text("garbage")  # written in place, not linked
+            assert (await changes.count(5))[4] == ("camera2", "sim:5", ERROR)
+            (tmp_path / "dev" / "sim5").write_text('{"index": 5}')  # repaired: a rewrite is a change too
+            assert (await changes.count(6))[5] == ("camera2", "sim:5", CONNECTED)
+            (tmp_path / "dev" / ".sim7.1.tmp").write_text("{}")  # plug()'s temporary files are no cameras
+            os.rename(tmp_path / "dev" / "sim1", tmp_path / "dev" / "sim9")  # a move is an unplug and a plug
+            assert (await changes.count(8))[6:] == [("camera1", "sim:1", DISCONNECTED), ("camera3", "sim:9", ERROR)]
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -240,7 +279,7 @@ def test_sim_folder_watcher_reports_plug_and_unplug(tmp_path):
 
 def test_sixteen_simulated_cameras_in_one_scan(tmp_path):
     reg = registry(tmp_path)
-    simulator.reset(tmp_path, 16)
+    simnodes.reset(tmp_path, 16)
     changes, merged_with_ids_known = [], []
 
     def merge(found):
@@ -255,7 +294,7 @@ def test_sixteen_simulated_cameras_in_one_scan(tmp_path):
 
 
 def test_v4l2_watcher_without_udev_polls_dev(tmp_path):
-    scans = []
+    scans = Scans()
 
     class Scanner:
         def scan(self):
@@ -279,13 +318,13 @@ def test_v4l2_watcher_without_udev_polls_dev(tmp_path):
     async def scenario():
         task = asyncio.ensure_future(watcher.run())
         try:
-            await until(lambda: len(scans) == 1)
+            await scans.until(lambda s: len(s) == 1)
             assert scans[0] == [] and watcher.mode == "poll"
             (tmp_path / "video0").touch()
-            await until(lambda: len(scans) == 2)
+            await scans.until(lambda s: len(s) == 2)
             assert [f.device for f in scans[1]] == [str(tmp_path / "video0")]
             (tmp_path / "video0").unlink()
-            await until(lambda: len(scans) == 3)
+            await scans.until(lambda s: len(s) == 3)
             assert scans[2] == []
         finally:
             task.cancel()
@@ -315,7 +354,7 @@ class SocketMonitor:
 
 def test_v4l2_watcher_rescans_on_udev_events(tmp_path):
     present: list[str] = []
-    scans = []
+    scans = Scans()
 
     class Scanner:
         def scan(self):
@@ -328,15 +367,15 @@ def test_v4l2_watcher_rescans_on_udev_events(tmp_path):
     async def scenario():
         task = asyncio.ensure_future(watcher.run())
         try:
-            await until(lambda: len(scans) == 1)
+            await scans.until(lambda s: len(s) == 1)
             assert watcher.mode == "udev"
             present.append("/dev/video0")
             monitor.theirs.send(b"ab")  # "add" of the capture and the metadata node
-            await until(lambda: scans[-1] != [])
+            await scans.until(lambda s: s[-1] != [])
             assert [f.device for f in scans[-1]] == ["/dev/video0"]
             present.clear()
             monitor.theirs.send(b"r")
-            await until(lambda: scans[-1] == [])
+            await scans.until(lambda s: s[-1] == [])
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

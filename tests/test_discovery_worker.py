@@ -21,15 +21,22 @@ from pathlib import Path
 import pytest
 import zmq
 
-from camservice import comms, config
+from camservice import comms, config, simnodes
 from camservice.envelope import Event, Ready, Reply, Request, unpack
-from camservice.workers.discovery import simulator
 
 WAIT = 20.0  # seconds any single expected message may take on a slow CI machine
 
 pytestmark = pytest.mark.skipif(
     bool(glob.glob("/dev/video*")), reason="real cameras on this machine would join the lists"
 )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class FakeGateway:
@@ -55,12 +62,13 @@ class FakeGateway:
         self.ctx.term()
 
     def wait_ready(self) -> Ready:
+        """READY from a live worker (heartbeats of a previous, stopped one may still be queued)."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             if self.router.poll(100):
                 identity, frame = self.router.recv_multipart()
                 for message in unpack(frame):
-                    if isinstance(message, Ready):
+                    if isinstance(message, Ready) and alive(message.pid):
                         self.worker = identity
                         return message
         raise AssertionError("the worker never sent READY")
@@ -152,6 +160,9 @@ def run(state_dir: str, gateway: FakeGateway, simulate: int, via_shell: bool = F
         stop_worker(process)
         raise AssertionError(process.stderr.read().decode()[-3000:]) from None
     assert ready.kind == "discovery"
+    # The worker's PUB connects to our SUB on its own time (ZeroMQ's slow joiner): READY
+    # can arrive first. Its stats (every 2 s) show that what it publishes now reaches us.
+    gateway.next_event("_worker_stats", lambda d: True)
     return process
 
 
@@ -174,7 +185,7 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
         assert snap["cameras"][0]["source"]["node"] == str(Path(state_dir).resolve() / "dev" / "sim0")
         assert snap["seq"] >= 3  # one event per camera, published before any gateway listened
 
-        simulator.plug(state_dir, "1280x720", 30)
+        simnodes.plug(state_dir, "1280x720", 30)
         plugged = gateway.next_camera_event(lambda d: d["device"] == "sim:3")
         assert (plugged.data["id"], plugged.data["status"], plugged.data["resolution"]) == (
             "camera3",
@@ -182,7 +193,7 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
             "1280x720",
         )
 
-        simulator.unplug(state_dir, "sim:1")
+        simnodes.unplug(state_dir, "sim:1")
         gone = gateway.next_camera_event(lambda d: d["device"] == "sim:1")
         assert (gone.data["id"], gone.data["status"]) == ("camera1", "DISCONNECTED")
 
@@ -234,9 +245,9 @@ def test_worker_lists_simulated_cameras_and_follows_hotplug(state_dir, gateway):
 def test_restarted_worker_keeps_the_run_and_a_new_run_starts_fresh(state_dir, gateway):
     process = run(state_dir, gateway, simulate=2)
     try:
-        simulator.unplug(state_dir, 1)
+        simnodes.unplug(state_dir, 1)
         gateway.next_camera_event(lambda d: d["device"] == "sim:1" and d["status"] == "DISCONNECTED")
-        simulator.plug(state_dir, index=5)
+        simnodes.plug(state_dir, index=5)
         gateway.next_camera_event(lambda d: d["device"] == "sim:5")
     finally:
         stop_worker(process)
@@ -258,7 +269,7 @@ def test_restarted_worker_keeps_the_run_and_a_new_run_starts_fresh(state_dir, ga
     try:
         cameras = {c["device"]: (c["id"], c["status"]) for c in snapshot(gateway)["cameras"]}
         assert cameras == {"sim:0": ("camera0", "CONNECTED"), "sim:1": ("camera1", "CONNECTED")}
-        simulator.plug(state_dir, index=5)
+        simnodes.plug(state_dir, index=5)
         assert gateway.next_camera_event(lambda d: d["device"] == "sim:5").data["id"] == "camera2"
     finally:
         stop_worker(process)
@@ -289,12 +300,10 @@ def test_mediamtx_backend_fills_stream_urls(state_dir, gateway):
             assert cameras["camera1"]["streams"]["rtsp"].endswith(":8554/camera1")
             assert {"camera0", "camera1"} <= set(fake.paths)
 
-            simulator.unplug(state_dir, 1)
+            simnodes.unplug(state_dir, 1)
             gateway.next_camera_event(lambda d: d["id"] == "camera1" and d["status"] == "DISCONNECTED")
-            deadline = time.monotonic() + WAIT
-            while "camera1" in fake.paths and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert "camera1" not in fake.paths and "camera0" in fake.paths
+            assert fake.wait_until(lambda: "camera1" not in fake.paths, WAIT)
+            assert "camera0" in fake.paths
         finally:
             stop_worker(process)
         assert fake.violations == []

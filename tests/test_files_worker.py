@@ -128,20 +128,21 @@ def test_device_filter_by_camera_id_and_by_device(tmp_path):
                 return {
                     "cameras": [{"id": "camera1", "device": "/dev/video4"}, {"id": "camera2", "device": "sim:2"}],
                     "seq": 1,
+                    "source": "discovery-0",
                 }
 
-            worker.call = fake_call
+            worker.call = fake_call  # where the worker's camera replica fetches its snapshot (retried)
+            assert await worker.cameras.wait_loaded(10.0)
             by_id = await worker.list_recordings(methods.list_files({"device": "camera1"}), ctx())
             assert [f["filename"] for f in by_id["files"]] == camera1 and by_id["total"] == 10
             by_device = await worker.list_recordings(methods.list_files({"device": "/dev/video4"}), ctx())
             assert [f["filename"] for f in by_device["files"]] == camera1
             assert {f["device"] for f in by_device["files"]} == {"/dev/video4"}
-            assert calls == ["discovery.snapshot"]
             sim = await worker.list_recordings(methods.list_files({"device": "sim:2", "limit": 3}), ctx())
             assert sim["total"] == 10 and all(f["camera_id"] == "camera2" for f in sim["files"])
             unknown = await worker.list_recordings(methods.list_files({"device": "/dev/video9"}), ctx())
             assert unknown == {"files": [], "total": 0, "limit": 100, "offset": 0}
-            assert calls == ["discovery.snapshot"]  # cached, not asked again at once
+            assert calls == ["discovery.snapshot"]  # the replica follows events, listings never ask
 
     run(body())
 

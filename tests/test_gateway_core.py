@@ -233,10 +233,10 @@ def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
         now=camera.connected_since + 5
     )
     assert json.loads(table.list_json()) == table.api_list()
-    table.set_recording("camera0", True)
-    assert json.loads(table.status_json(camera))["recording"] is True
+    table.put(Camera("camera0", "sim:0", recording=True, readers=1))
+    assert json.loads(table.status_json(table.find("camera0")))["recording"] is True
     assert json.loads(table.list_json())["cameras"][0]["recording"] is True
-    table.apply(Camera("camera0", "sim:0", status="DISCONNECTED").to_state(), 2, "discovery-0")
+    table.put(Camera("camera0", "sim:0", status="DISCONNECTED"))
     fresh = json.loads(table.status_json(table.find("camera0")))
     assert fresh["status"] == "DISCONNECTED" and fresh["streams"] == {} and fresh["metrics"]["uptime"] == 0
 

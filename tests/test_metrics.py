@@ -400,13 +400,12 @@ def test_cameras_by_status_and_recordings_from_the_replica(make_server):
     server.gateway.cameras.load_snapshot(
         [
             Camera("camera0", "sim:0").to_state(),
-            Camera("camera1", "sim:1").to_state(),
+            Camera("camera1", "sim:1", recording=True, readers=1).to_state(),
             Camera("camera2", "/dev/video2", status="DISCONNECTED").to_state(),
         ],
         1,
         "discovery-0",
     )
-    server.gateway.cameras.set_recording("camera1", True)
     found = scrape(server)
     assert value(found, "camservice_cameras", status="CONNECTED") == 2
     assert value(found, "camservice_cameras", status="DISCONNECTED") == 1

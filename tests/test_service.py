@@ -156,7 +156,9 @@ def test_worker_killed_with_request_in_flight(service):
         async with Client(service.url, service.token("operator")) as client:
             os.kill(victim, signal.SIGSTOP)  # freeze it so the request is certainly in its hands
             pending = asyncio.ensure_future(client.request("take_snapshot", {"device": "camera0"}))
-            await asyncio.sleep(0.3)
+            # One connection's frames are handled in order: once a later ping is answered,
+            # the gateway has handed the snapshot to the (frozen) worker.
+            assert await client.call("ping") == "pong"
             os.kill(victim, signal.SIGKILL)
             reply = await asyncio.wait_for(pending, 10)
             assert reply["error"]["code"] == SERVICE_BUSY
@@ -165,7 +167,7 @@ def test_worker_killed_with_request_in_flight(service):
             discovery = pids["discovery-0"]
             os.kill(discovery, signal.SIGSTOP)
             pending = asyncio.ensure_future(client.request("get_camera_capabilities", {"device": "camera0"}))
-            await asyncio.sleep(0.3)
+            assert await client.call("ping") == "pong"  # handed over, as above
             os.kill(discovery, signal.SIGKILL)
             reply = await asyncio.wait_for(pending, 15)
             assert "result" in reply, reply
@@ -232,18 +234,18 @@ def test_two_gateways_share_the_port_and_both_deliver_hotplug_events():
                     for pid in gateway_pids
                 ]
                 assert all(served), f"connections per gateway: {served}"
-                plugged = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
+                camera_id = svc.cli("camera", "plug", "--resolution", "160x120", "--fps", "5").stdout.strip()
                 events = await asyncio.gather(
                     *(
                         c.notification(
                             "camera_status_update",
-                            where=lambda p: p["device"] == plugged and p["status"] == "CONNECTED",
+                            where=lambda p: p["id"] == camera_id and p["status"] == "CONNECTED",
                         )
                         for c in clients
                     )
                 )
-                camera_id = events[0]["id"]
-                assert all(e["id"] == camera_id and e["resolution"] == "160x120" for e in events)
+                plugged = events[0]["device"]
+                assert all(e["device"] == plugged and e["resolution"] == "160x120" for e in events)
                 for client in clients:  # every gateway's replica has it
                     listing = await client.call("get_camera_list")
                     assert listing["total"] == 2 and listing["connected"] == 2

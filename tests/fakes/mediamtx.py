@@ -532,6 +532,7 @@ class FakeMediaMTX:
         self.port = 0
         self._connections = 0  # accepted by servers already stopped
         self._lock = threading.RLock()
+        self._answered = threading.Condition(self._lock)  # notified after every request
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._released = threading.Event()  # set by stop(): cuts any delay short
@@ -648,7 +649,14 @@ class FakeMediaMTX:
             status, answer = 500, {"status": "error", "error": f"fake crashed: {exc!r}"}
         if op is not None:
             self._check_response(op, status, answer)
+        with self._answered:
+            self._answered.notify_all()
         return status, answer
+
+    def wait_until(self, predicate, timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds (checked after every request this fake answers); its last value."""
+        with self._answered:
+            return self._answered.wait_for(predicate, timeout)
 
     def _check_request(
         self, method: str, target: str, headers: Any, raw: bytes

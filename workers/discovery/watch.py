@@ -4,10 +4,11 @@ Both watchers end in the same call, ``on_scan(list[Found])`` with everything
 of their kind present now, which the worker passes to
 :meth:`CameraRegistry.merge`. They differ only in how they notice a change:
 
-* :class:`SimDirWatcher` polls ``state_dir/dev`` every
-  ``cameras.poll_interval`` (0.05 s): one ``scandir`` and a ``stat`` per node
-  of a folder of a few entries, cheaper than any notification machinery,
-  and node files are read (in a thread) only when their signature changed.
+* :class:`SimDirWatcher` watches ``state_dir/dev`` with inotify: every
+  plug and unplug is an event, handled in order (a camera pulled and plugged
+  back at once is two changes, as udev reports two for USB), and a change
+  reaches ``on_scan`` within a thread hop. Without inotify it polls every
+  ``cameras.poll_interval`` seconds.
 * :class:`V4L2Watcher` listens to udev (``pyudev.Monitor`` on the event
   loop via its file descriptor) and rescans on any ``video4linux`` event.
   Where udev is unavailable (containers: no ``/run/udev/control``, or
@@ -23,13 +24,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import simulator
+from camservice import simnodes
+
+from . import inotify
 from .registry import SIM, Found
 from .v4l2 import V4L2Scanner
 
 #: Slowest polling of /dev when udev is unavailable, seconds.
 DEV_POLL_MIN = 0.5
-#: With udev, a full rescan this often anyway, in case the socket overflowed.
+#: With udev or inotify, a check this often anyway, in case a notification was lost.
 SAFETY_RESCAN = 60.0
 #: A V4L2 scan (enumeration plus probes) taking longer than this is reported stuck.
 SCAN_TIMEOUT = 30.0
@@ -41,8 +44,8 @@ OnScan = Callable[[list[Found]], None]
 Prepare = Callable[[list[Found]], None]
 
 
-def found_from_sim(node: simulator.SimNode) -> Found:
-    formats, resolutions, frame_rates = simulator.sim_capabilities(node.resolution, node.fps)
+def found_from_sim(node: simnodes.SimNode) -> Found:
+    formats, resolutions, frame_rates = simnodes.sim_capabilities(node.resolution, node.fps)
     return Found(
         key=node.device,
         device=node.device,
@@ -70,16 +73,42 @@ def found_from_bad_node(path: Path, index: int, error: str) -> Found:
 
 
 class SimDirWatcher:
+    """Reports the simulated cameras of ``state_dir/dev``: a complete scan per change.
+
+    With inotify (the normal case) every create, delete or rename of a node
+    is one change, handled in order, so a camera unplugged and plugged
+    again at once is reported as both, as udev reports both for USB. The
+    events queued at one wake-up are handled in one thread hop: nodes read,
+    ids handed out, one complete list per event, then ``on_scan`` for each
+    list in order on the loop. A node plugged and unplugged before it could
+    be read is not reported (there is nothing to describe). An overflowing
+    kernel queue, or the folder vanishing, costs one full rescan.
+
+    Without inotify (``Inotify()`` refused) it polls the folder every
+    ``interval`` seconds, comparing (name, inode, mtime, size) signatures.
+    """
+
     def __init__(
-        self, state_dir: str | os.PathLike, interval: float, on_scan: OnScan, log=None, prepare: Prepare | None = None
+        self,
+        state_dir: str | os.PathLike,
+        interval: float,
+        on_scan: OnScan,
+        log=None,
+        prepare: Prepare | None = None,
+        use_inotify: bool = True,
     ):
-        self.directory = simulator.dev_dir(state_dir)
+        self.directory = simnodes.dev_dir(state_dir)
         self.interval = interval
+        self.use_inotify = use_inotify
         self.on_scan = on_scan
         self.prepare = prepare
         self._log = log
         self._signature: tuple | None = None
         self._cache: dict[tuple, Found] = {}  # signature entry -> record
+        self._nodes: dict[str, Found] = {}  # node name -> record, as last reported
+        #: Set once changes are being watched (inotify watch added, or polling begun).
+        self.watching = asyncio.Event()
+        self.mode: str | None = None  # "inotify" or "poll" once running
 
     def signature(self) -> tuple:
         """(name, inode, mtime, size) of every node: changes on plug, unplug, replug, rewrite.
@@ -91,7 +120,7 @@ class SimDirWatcher:
         try:
             with os.scandir(self.directory) as scan:
                 for entry in scan:
-                    if simulator.node_index(entry.name) is None:
+                    if simnodes.node_index(entry.name) is None:
                         continue
                     try:
                         stat = entry.stat()
@@ -102,24 +131,60 @@ class SimDirWatcher:
             pass
         return tuple(sorted(entries))
 
+    def _record(self, name: str, allow_empty: bool = True) -> Found | None:
+        """The record of node ``name`` now; None when it is gone (or, unless
+        ``allow_empty``, still empty: a writer that created it has not written yet)."""
+        path = self.directory / name
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None  # unplugged since: its delete event follows
+        except OSError as exc:
+            return found_from_bad_node(path, simnodes.node_index(name), str(exc))
+        if not text and not allow_empty:
+            return None
+        try:
+            return found_from_sim(simnodes.parse_node(path.absolute(), text))
+        except simnodes.SimNodeError as exc:
+            return found_from_bad_node(path, simnodes.node_index(name), str(exc))
+
     def _read(self, signature: tuple) -> list[Found]:
-        found, cache = [], {}
+        found, cache, nodes = [], {}, {}
         for entry in signature:
-            record = self._cache.get(entry)
+            record = self._cache.get(entry) or self._record(entry[0])
             if record is None:
-                path = self.directory / entry[0]
-                try:
-                    record = found_from_sim(simulator.read_node(path))
-                except FileNotFoundError:
-                    continue  # unplugged since the signature: the next poll reports it
-                except (OSError, simulator.SimNodeError) as exc:
-                    record = found_from_bad_node(path, simulator.node_index(entry[0]), str(exc))
-            cache[entry] = record
+                continue  # unplugged since the signature: the next event or poll reports it
+            cache[entry] = nodes[entry[0]] = record
             found.append(record)
-        self._cache = cache
+        self._cache, self._nodes = cache, nodes
         if self.prepare is not None:
             self.prepare(found)
         return found
+
+    def _apply(self, events: list[inotify.InotifyEvent]) -> list[list[Found]]:
+        """The complete lists after each event that changed something (blocking: reads nodes)."""
+        states: list[list[Found]] = []
+        for event in events:
+            if event.mask & (inotify.IN_Q_OVERFLOW | inotify.IN_IGNORED):
+                before = dict(self._nodes)
+                self._read(self.signature())
+                if self._nodes != before:
+                    states.append(list(self._nodes.values()))
+                continue
+            if simnodes.node_index(event.name) is None:
+                continue  # temporary files of plug(), the owner file, the listing
+            if event.mask & (inotify.IN_DELETE | inotify.IN_MOVED_FROM):
+                if self._nodes.pop(event.name, None) is not None:
+                    states.append(list(self._nodes.values()))
+                continue
+            record = self._record(event.name, allow_empty=not event.mask & inotify.IN_CREATE)
+            if record is not None and self._nodes.get(event.name) != record:
+                self._nodes[event.name] = record
+                states.append(list(self._nodes.values()))
+        if self.prepare is not None:
+            for found in states:
+                self.prepare(found)
+        return states
 
     async def scan_once(self) -> None:
         signature = self.signature()
@@ -128,9 +193,68 @@ class SimDirWatcher:
         self.on_scan(found)
 
     async def run(self) -> None:
-        """Poll forever (cancel to stop)."""
+        """Watch forever (cancel to stop)."""
+        if not self.use_inotify:
+            await self._poll("inotify not wanted")
+            return
+        try:
+            notifier = inotify.Inotify()
+        except OSError as exc:
+            await self._poll(f"no inotify: {exc}")
+            return
+        loop = asyncio.get_running_loop()
+        queued: list[inotify.InotifyEvent] = []
+        dirty = asyncio.Event()
+
+        def readable() -> None:
+            queued.extend(notifier.read())
+            dirty.set()
+
+        try:
+            self._watch(notifier)
+            loop.add_reader(notifier.fileno(), readable)
+            self.mode = "inotify"
+            self.watching.set()
+            if self._signature is None or self.signature() != self._signature:
+                await self.scan_once()  # the first scan, or changes before the watch existed
+            while True:
+                try:
+                    await asyncio.wait_for(dirty.wait(), SAFETY_RESCAN)
+                except asyncio.TimeoutError:
+                    queued.append(inotify.InotifyEvent(-1, inotify.IN_Q_OVERFLOW, 0, ""))  # a full check
+                dirty.clear()
+                events, queued[:] = list(queued), []
+                if any(e.mask & inotify.IN_IGNORED for e in events):
+                    self._watch(notifier)  # the folder was removed: watch the new one
+                if not events:
+                    continue
+                for found in await asyncio.to_thread(self._apply, events):
+                    self.on_scan(found)
+        finally:
+            try:
+                loop.remove_reader(notifier.fileno())
+            finally:
+                notifier.close()
+
+    def _watch(self, notifier: inotify.Inotify) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        notifier.add_watch(
+            self.directory,
+            inotify.IN_CREATE
+            | inotify.IN_DELETE
+            | inotify.IN_MOVED_FROM
+            | inotify.IN_MOVED_TO
+            | inotify.IN_CLOSE_WRITE
+            | inotify.IN_ONLYDIR,
+        )
+
+    async def _poll(self, reason: str) -> None:
+        self.mode = "poll"
+        if self._log is not None:
+            self._log.warning("sim_watch_polling", interval=self.interval, reason=reason)
         if self._signature is None:
             await self.scan_once()
+        self.watching.set()
         while True:
             await asyncio.sleep(self.interval)
             if self.signature() != self._signature:

@@ -9,7 +9,9 @@ the events after it keep them current.
 
 Methods served: ``discovery.snapshot`` (internal), ``get_camera_capabilities``
 and ``get_streams``. It listens to ``recording_status_update`` to keep each
-camera's ``recording`` and ``readers`` current.
+camera's ``recording`` and ``readers`` current: it is the only writer of
+those fields, as of every camera field, so that one ordered event stream
+carries them to every replica (:mod:`camservice.replica`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from camservice import simnodes
+from camservice.camera_ids import FILENAME as IDS_FILENAME
 from camservice.cameras import CONNECTED, Camera
 from camservice.envelope import Event
 from camservice.errors import camera_not_found, invalid_params
 
 from ..base import CallContext, Worker, run_worker
-from . import simulator
-from .ids import FILENAME as IDS_FILENAME, IdStore
+from .ids import IdStore
 from .media import MEDIA_STATUS_TOPIC, StreamSync
 from .registry import SIM, V4L2, CameraRegistry, Found
 from .v4l2 import V4L2Scanner
@@ -85,7 +88,7 @@ class DiscoveryWorker(Worker):
         self.media: StreamSync | None = None
         self.sims: SimDirWatcher | None = None
         self.v4l2: V4L2Watcher | None = None
-        self.listing = simulator.dev_dir(config.state_dir) / LISTING_FILE
+        self.listing = simnodes.dev_dir(config.state_dir) / LISTING_FILE
         self._listing_dirty = False
         self._listing_task: asyncio.Task | None = None
 
@@ -102,7 +105,7 @@ class DiscoveryWorker(Worker):
         began = time.monotonic()
         cameras = self.config.cameras
         reset = await asyncio.to_thread(
-            simulator.prepare_run,
+            simnodes.prepare_run,
             self.config.state_dir,
             cameras.simulate,
             cameras.sim_resolution,

@@ -43,6 +43,7 @@ from camservice.cors import CorsPolicy
 from camservice.envelope import Event
 from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcError, file_not_found, invalid_params
 from camservice.httpauth import LinkSigner, link_path
+from camservice.replica import CameraReplica
 from camservice.timestamps import utc_iso
 from camservice.workers.base import CallContext, Worker, run_worker
 
@@ -58,9 +59,8 @@ LABELS = {RECORDING: "Recording", SNAPSHOT: "Snapshot"}
 #: Pages up to this many rows (offset + limit) are read inline on the event
 #: loop: an indexed read of that size takes well under a millisecond.
 INLINE_ROWS = 2000
-#: Seconds a device -> camera id mapping from discovery is trusted, and the
-#: back-off after discovery did not answer.
-CAMERA_CACHE_SECONDS = 5.0
+#: Longest a listing filtered by device waits for the camera replica's first snapshot.
+CAMERAS_WAIT = 2.0
 #: Storage thresholds are checked this often (at most), rescans every scan_interval.
 STORAGE_CHECK_SECONDS = 10.0
 PROBE_TIMEOUT = 10.0
@@ -73,6 +73,8 @@ THREAD_WAIT_CAP = 30.0
 class FilesWorker(Worker):
     kind = "files"
     subscriptions = ("_file_update", "camera_status_update")
+    #: Rescans, retention and storage checks on a timer; unit tests turn them off.
+    background_jobs = True
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
@@ -109,9 +111,8 @@ class FilesWorker(Worker):
         url_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         #: Downloads are served on the API's own host and port (the contract, Files).
         self.url_base = f"{scheme}://{url_host}:{config.server.port}"
-        self._camera_of_device: dict[str, str] = {}
-        self._device_of_camera: dict[str, str] = {}
-        self._cameras_checked = 0.0  # monotonic time of the last discovery.snapshot attempt
+        #: The discovery worker's cameras: a device filter names a camera, a row names its device.
+        self.cameras = CameraReplica(lambda: self.call("discovery.snapshot", {}, timeout=2.0), log=self.log)
         self._scan_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._probes: dict[tuple[str, str, int], asyncio.Future] = {}
@@ -149,10 +150,13 @@ class FilesWorker(Worker):
             # JSON-RPC still works without downloads; the gateway's proxy and
             # health checks will show the port as unreachable.
             self.log.error("download_server_unavailable", port=self.config.files.http_port, error=str(exc))
-        self._jobs = self.spawn(self._background_jobs())
+        if self.background_jobs:
+            self._jobs = self.spawn(self._background_jobs())
+        self.spawn(self.cameras.request_snapshot())  # retried until discovery answers
 
     async def stop(self) -> None:
         self._closing.set()
+        self.cameras.close()
         if self._jobs is not None:
             self._jobs.cancel()
             await asyncio.wait([self._jobs], timeout=5.0)
@@ -175,15 +179,13 @@ class FilesWorker(Worker):
         limit = params.get("limit") or 100
         offset = params.get("offset") or 0
         device = params.get("device")
-        camera_ids = await self._camera_ids(device) if device is not None else None
+        camera_ids = await self._camera_ids(device, ctx) if device is not None else None
         await self._catch_up(kind)
         if offset + limit <= INLINE_ROWS:
             rows, total = self.db.listing(kind, limit, offset, camera_ids)
         else:  # a deep OFFSET walks that many index entries: keep it off the loop
             rows, total = await self._thread(ctx, self.db.listing, kind, limit, offset, camera_ids)
         active = self.active.names()
-        if not self._device_of_camera and not self._cameras_checked:
-            self.spawn(self._refresh_cameras())  # so that later pages can name devices
         return {"files": [self._entry(row, active) for row in rows], "total": total, "limit": limit, "offset": offset}
 
     async def _catch_up(self, kind: str) -> None:
@@ -217,7 +219,8 @@ class FilesWorker(Worker):
             "modified_time": utc_iso(row.mtime, "seconds"),
             "download_url": self.download_url(row.kind, row.filename),
         }
-        device = row.device or (self._device_of_camera.get(row.camera_id) if row.camera_id else None)
+        camera = self.cameras.find(row.camera_id) if row.camera_id and not row.device else None
+        device = row.device or (camera.device if camera is not None else None)
         if device:
             entry["device"] = device
         if row.camera_id:
@@ -604,7 +607,7 @@ class FilesWorker(Worker):
         if event.topic == "_file_update":
             await asyncio.wait_for(asyncio.to_thread(self._apply_file_update, event.data), THREAD_WAIT_CAP)
         elif event.topic == "camera_status_update":
-            self._learn_camera(event.data.get("id"), event.data.get("device"))
+            self.cameras.on_event(event)
 
     def _apply_file_update(self, data: dict) -> None:
         """Bring one file's row up to date after the recording worker's news (blocking)."""
@@ -618,7 +621,6 @@ class FilesWorker(Worker):
             self.log.warning("file_update_ignored", kind=kind, filename=filename, reason="outside folder")
             return
         camera_id, device = data.get("camera_id"), data.get("device")
-        self._learn_camera(camera_id, device)
         recording = state == "recording"
         try:
             st = os.stat(path)
@@ -653,12 +655,7 @@ class FilesWorker(Worker):
 
     # --- cameras -------------------------------------------------------------------------------
 
-    def _learn_camera(self, camera_id: Any, device: Any) -> None:
-        if isinstance(camera_id, str) and isinstance(device, str) and camera_id and device:
-            self._camera_of_device[device] = camera_id
-            self._device_of_camera[camera_id] = device
-
-    async def _camera_ids(self, device: str) -> set[str]:
+    async def _camera_ids(self, device: str, ctx: CallContext) -> set[str]:
         """The camera ids a ``device`` filter stands for (none: nothing matches).
 
         A device path (``/dev/video0``, ``sim:0``) cannot be a camera id taken
@@ -668,21 +665,10 @@ class FilesWorker(Worker):
         """
         if "/" not in device and ":" not in device:
             return {device}
-        camera_id = self._camera_of_device.get(device)
-        if camera_id is None and time.monotonic() - self._cameras_checked > CAMERA_CACHE_SECONDS:
-            await self._refresh_cameras()
-            camera_id = self._camera_of_device.get(device)
-        return {camera_id} if camera_id is not None else set()
-
-    async def _refresh_cameras(self) -> None:
-        self._cameras_checked = time.monotonic()
-        try:
-            snapshot = await self.call("discovery.snapshot", {}, timeout=2.0)
-        except RpcError as exc:
-            self.log.info("camera_map_unavailable", error=exc.message)
-            return
-        for camera in (snapshot or {}).get("cameras", []):
-            self._learn_camera(camera.get("id"), camera.get("device"))
+        camera = self.cameras.find(device)
+        if camera is None and await self.cameras.wait_loaded(min(CAMERAS_WAIT, max(0.0, ctx.remaining() - 1.0))):
+            camera = self.cameras.find(device)
+        return {camera.id} if camera is not None else set()
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Modules, from the bottom up:
 * :mod:`.naming` - file names (contract defaults, segment names) and timestamps;
 * :mod:`.journal` - the session journal;
 * :mod:`.storage` - the ``storage.min_free_bytes`` floor;
-* :mod:`.simdev` - opening simulated cameras through the discovery simulator;
+* :mod:`.simdev` - opening simulated cameras (:mod:`camservice.simnodes`);
 * :mod:`.capture` - ffmpeg command lines and child processes;
 * :mod:`.backend` - the :class:`~.backend.MediaBackend` seam and the ffmpeg
   backend (segment naming and snapshot design are described there);

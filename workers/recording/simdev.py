@@ -1,6 +1,6 @@
-"""Opening simulated cameras, through the discovery worker's simulator.
+"""Opening simulated cameras, through the core's :mod:`camservice.simnodes`.
 
-``workers.discovery.simulator`` owns the node format and the locking rule
+:mod:`camservice.simnodes` owns the node format and the locking rule
 (one reader per node, an exclusive ``flock``). This adapter turns its
 exceptions into the three outcomes a capture cares about: opened, busy,
 gone. The recording worker passes the returned fd to ffmpeg (``pass_fds``)
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from camservice.workers.discovery.simulator import open_sim_device, sim_input_args
+from camservice.simnodes import open_sim_device, sim_input_args
 
 __all__ = ["open_sim_device", "sim_input_args", "is_busy", "is_gone"]
 

@@ -1,10 +1,9 @@
 """The recording worker process: ZeroMQ plumbing around :class:`RecordingManager`.
 
-It keeps a :class:`~camservice.cameras.CameraTable` replica of the
-discovery worker's cameras (``discovery.snapshot`` first, then
-``camera_status_update`` events; a new snapshot on a gap or a new owner) to
-resolve ``device`` (id, ``/dev/videoN`` or ``sim:N``) to a camera, and tells
-the manager when a camera goes away so its recording fails promptly.
+It keeps a :class:`~camservice.replica.CameraReplica` of the discovery
+worker's cameras to resolve ``device`` (id, ``/dev/videoN`` or ``sim:N``)
+to a camera, and tells the manager of every camera change, so that a
+recording fails promptly when its camera goes away.
 
 Requests wait (within their deadline) until the first snapshot arrived and
 interrupted sessions were resumed: answering ``-32004`` because the table is
@@ -26,11 +25,10 @@ import os
 from typing import Any
 
 from camservice import process
-from camservice.backoff import Backoff
-from camservice.cameras import CameraTable
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
 from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
+from camservice.replica import CameraReplica, Change
 from camservice.workers.base import CallContext, Worker, run_worker
 
 from .sessions import FAILED, RecordingManager
@@ -47,13 +45,14 @@ class RecordingWorker(Worker):
         super().__init__(config, index)
         #: The supervisor that started us: still our parent at stop time means an ordered stop.
         self._parent = os.getppid()
-        self.table = CameraTable()
-        self.manager = RecordingManager(config, self.table.find, self.publish, logger=self.log)
+        self.cameras = CameraReplica(
+            lambda: self.call("discovery.snapshot", {}, timeout=5.0), self._camera_changed, self.log
+        )
+        self.manager = RecordingManager(config, self.cameras.find, self.publish, logger=self.log)
         # Finalising must fit in the supervisor's SIGTERM grace period, after
         # the half of it the base class spends draining in-flight requests.
         self.manager.stop_timeout = min(self.manager.stop_timeout, max(1.0, config.runtime.stop_timeout * 0.3))
         self._ready: asyncio.Event | None = None
-        self._resync: asyncio.Lock | None = None
         self._snapshot_seconds = Histogram(SNAPSHOT_BUCKETS)
         self._recording_seconds = Histogram(RECORDING_BUCKETS)
         self._failed = 0
@@ -83,12 +82,12 @@ class RecordingWorker(Worker):
 
     async def start(self) -> None:
         self._ready = asyncio.Event()
-        self._resync = asyncio.Lock()
         await self.manager.open()
         # Gateways are connected only after start() returns: sync in the background.
         self.spawn(self._first_sync())
 
     async def stop(self) -> None:
+        self.cameras.close()
         if _supervisor_alive(self._parent):
             await self.manager.close()
             return
@@ -97,36 +96,17 @@ class RecordingWorker(Worker):
         await self.manager.close("supervisor lost", suspend=True)
 
     async def _first_sync(self) -> None:
-        await self._snapshot(retry=True)
+        await self.cameras.request_snapshot()  # retried until discovery answers
         await self.manager.recover()
         self._ready.set()
-        self.log.info("recording_ready", cameras=len(self.table))
+        self.log.info("recording_ready", cameras=len(self.cameras))
 
-    async def _snapshot(self, retry: bool) -> None:
-        backoff = Backoff(initial=0.2, ceiling=5.0)  # until the discovery worker answers
-        async with self._resync:
-            while True:
-                try:
-                    answer = await self.call("discovery.snapshot", {}, timeout=5.0)
-                    self.table.load_snapshot(answer["cameras"], answer["seq"], answer["source"])
-                    for camera in self.table:
-                        self.manager.camera_changed(camera)
-                    return
-                except (RpcError, KeyError, TypeError) as exc:
-                    if not retry:
-                        raise
-                    self.log.debug("camera_snapshot_retry", error=str(exc))
-                    await asyncio.sleep(backoff.failed() or 0.0)
+    def _camera_changed(self, change: Change) -> None:
+        self.manager.camera_changed(change.camera)
 
     async def on_event(self, event: Event) -> None:
-        if event.topic != "camera_status_update" or self._ready is None:
-            return
-        if not self.table.apply(event.data, event.seq, event.source):
-            await self._snapshot(retry=True)  # a gap or a restarted discovery worker
-            return
-        camera = self.table.find(event.data.get("id", ""))
-        if camera is not None:
-            self.manager.camera_changed(camera)
+        if event.topic == "camera_status_update" and self._ready is not None:
+            self.cameras.on_event(event)
 
     async def _await_ready(self, ctx: CallContext) -> None:
         if self._ready.is_set():

@@ -5,9 +5,10 @@ A simulated camera is a small JSON file ``state_dir/dev/simN``::
     {"index": 0, "resolution": "640x480", "fps": 15, "pattern": "testsrc2"}
 
 Creating the file is plugging the camera in, removing it is pulling the
-cable. The discovery worker polls the folder and reports appearances and
-disappearances through the same code path as V4L2 hot-plug, so tests and
-benchmarks exercise the real event flow without hardware.
+cable. The discovery worker watches the folder (inotify: every create and
+delete is an event, as udev makes one for every USB plug) and reports
+appearances and disappearances through the same code path as V4L2 hot-plug,
+so tests and benchmarks exercise the real event flow without hardware.
 
 A node admits one reader at a time, like a V4L2 capture device that is
 already streaming: :func:`open_sim_device` takes an exclusive ``flock`` on
@@ -16,10 +17,12 @@ belongs to the open file description, so a capture process that inherits
 the descriptor (``pass_fds``) holds it for exactly its own lifetime once the
 parent closes its copy.
 
-Used by the discovery worker, the recording worker (:func:`open_sim_device`,
-:func:`sim_input_args`) and the CLI (:func:`plug`, :func:`unplug`,
-:func:`list_nodes`). Everything here is blocking file I/O on a tiny folder;
-async callers run it in a thread.
+This module is the node format and its lock, in the core because three
+parts use it and none may import another: the discovery worker (reads and
+resets nodes), the recording worker (:func:`open_sim_device`,
+:func:`sim_input_args`) and the CLI (:func:`plug`, :func:`unplug`).
+Everything here is blocking file I/O on a tiny folder; async callers run it
+in a thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from camservice import ffmpeg
+from camservice.camera_ids import read_ids
 
 DEV_DIRNAME = "dev"
 NODE_PREFIX = "sim"
@@ -269,8 +273,6 @@ def resolve_index(state_dir: str | os.PathLike, index_or_id: int | str) -> int:
     index = node_index(text) if text.startswith(NODE_PREFIX) else None
     if index is not None:
         return index
-    from .ids import read_ids  # only the CLI and tests name sims by camera id
-
     for key, camera_id in read_ids(state_dir).items():
         if camera_id == text and key.startswith("sim:"):
             return int(key.removeprefix("sim:"))
