@@ -1,7 +1,9 @@
 """camservice's performance suite: ``python -m bench CATEGORY [options]``.
 
 Categories: baseline, load, stress, endurance, scaling, cost, all; and
-``compare BASELINE_DIR RESULT_DIR`` (the regression gate). Each run writes
+``compare BASELINE_DIR RESULT_DIR`` (the regression gate), ``tolerances
+RUN_DIR...`` (measure each figure's noise from repeated runs into
+bench/baselines/tolerances.json). Each run writes
 ``OUT/results.json`` and a self-contained ``OUT/report.html``. Without
 ``--url`` the suite starts the service itself (``camservice start`` with
 simulated cameras, own state folder and ports, removed afterwards); with
@@ -71,8 +73,8 @@ def parse_args(argv=None):
         epilog="Examples:" + __doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("category", choices=(*CATEGORIES, "all", "compare"))
-    ap.add_argument("dirs", nargs="*", help="compare: BASELINE_DIR RESULT_DIR")
+    ap.add_argument("category", choices=(*CATEGORIES, "all", "compare", "tolerances"))
+    ap.add_argument("dirs", nargs="*", help="compare: BASELINE_DIR RESULT_DIR; tolerances: RUN_DIR...")
     ap.add_argument(
         "--duration", type=float, default=None, help="seconds of the main phase (endurance default 600, others 30)"
     )
@@ -93,6 +95,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.category == "compare" and len(args.dirs) != 2:
         ap.error("compare needs BASELINE_DIR RESULT_DIR")
+    if args.category == "tolerances" and len(args.dirs) < 2:
+        ap.error("tolerances needs at least two RUN_DIRs")
     if args.url and not (args.token or args.api_key):
         ap.error("--url needs --token or --api-key (an admin's)")
     return args
@@ -176,14 +180,14 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
         if args.url:
             return {"skipped": "scaling starts services of its own: not with --url"}
         session.close()
-        return scale.run(step_s=max(4.0, (duration or 40) / 8), progress=progress, quick=args.quick)
+        return scale.run(step_s=max(4.0, (duration or 48) / 12), progress=progress, quick=args.quick)
     if name == "cost":
         from . import cost
 
         if args.url:
             return {"skipped": "the cost breakdown starts services of its own: not with --url"}
         session.close()
-        return cost.run(step_s=4.0 if args.quick else 6.0, progress=progress, quick=args.quick)
+        return cost.run(step_s=4.0 if args.quick else 5.0, progress=progress, quick=args.quick)
     raise ValueError(name)
 
 
@@ -191,6 +195,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.category == "compare":
         return regress.main(*args.dirs)
+    if args.category == "tolerances":
+        measured = regress.measure(args.dirs)
+        regress.TOLERANCES.write_text(json.dumps(measured, indent=1) + "\n")
+        print(f"{len(measured['tolerances'])} tolerances from {measured['runs']} runs -> {regress.TOLERANCES}")
+        return 0
     signal.signal(signal.SIGTERM, common.on_sigterm)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"bench-results/{args.category}-{stamp}")

@@ -2,7 +2,7 @@
 
 A bare, single-process ``websockets`` server on /ws that answers the
 service's JSON-RPC methods with constant results shaped like the contract's
-(/work/shared/API.md), without forwarding anything anywhere. It does what a
+(../shared/API.md), without forwarding anything anywhere. It does what a
 naive service does per request -- json.loads, build a response dict,
 json.dumps -- and nothing else, so "service / baseline" throughput and CPU per
 request show what the real service's architecture (auth, workers, IPC) costs.

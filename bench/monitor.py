@@ -161,6 +161,7 @@ def growth(samples: list[dict], warmup_fraction: float = 0.2, limit_mb_h: float 
     out = {}
     for name, points in sorted(best.items()):
         hours = [(t - points[0][0]) / 3600 for t, _, _ in points]
+        minutes = hours[-1] * 60
         mb_h = fit(hours, [rss / 2**20 for _, rss, _ in points])
         fds_h = fit(hours, [fds for _, _, fds in points])
         out[name] = {
@@ -170,7 +171,8 @@ def growth(samples: list[dict], warmup_fraction: float = 0.2, limit_mb_h: float 
             "rss_end_mb": round(points[-1][1] / 2**20, 1),
             "fds_start": points[0][2],
             "fds_end": points[-1][2],
-            "minutes": round((points[-1][0] - points[0][0]) / 60, 1),
-            "verdict": "growing" if mb_h > limit_mb_h else "flat",
+            "minutes": round(minutes, 1),
+            # Under 5 minutes a page or two of RSS extrapolates to MB/hour: no verdict from that.
+            "verdict": "too short" if minutes < 5 else ("growing" if mb_h > limit_mb_h else "flat"),
         }
     return out

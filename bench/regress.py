@@ -111,6 +111,46 @@ def compare(base: dict, result: dict, tolerances: dict | None = None) -> tuple[l
     return rows, regressed
 
 
+def floor(name: str) -> float:
+    """The smallest tolerance a figure gets, however steady it looked in the runs measured."""
+    if name.endswith("p50_ms"):
+        return 0.5
+    if name.endswith(("p95_ms", "p99_ms")):
+        return 1.0
+    if "rps" in name or "_us" in name:
+        return 0.25
+    if name.endswith("_mb"):
+        return 0.1
+    return 0.5
+
+
+def measure(dirs: list[str]) -> dict:
+    """Tolerances from repeated runs: max(floor, 1.5 x (max/min - 1)) of each figure over the runs."""
+    runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for name, (value, _) in figures(run).items():
+            values.setdefault(name, []).append(value)
+    tol, spread = {}, {}
+    for name, vals in sorted(values.items()):
+        if len(vals) == len(runs) and min(vals) > 0:
+            tol[name] = round(max(floor(name), 1.5 * (max(vals) / min(vals) - 1)), 2)
+            spread[name] = [round(min(vals), 3), round(max(vals), 3)]
+    return {
+        "about": (
+            "Per-figure tolerance of `python -m bench compare`: the worse-direction ratio allowed before a figure "
+            "counts as regressed, measured with `python -m bench tolerances RUN_DIR...` over repeated runs of the "
+            "short profile: max(floor, 1.5 x (max/min - 1)); floors 0.5 for P50, 1.0 for P95, 0.25 for throughput "
+            "and CPU, 0.1 for memory. Figures not named here use regress.DEFAULT_TOLERANCE."
+        ),
+        "runs": len(runs),
+        "loadavg_1m": [r["machine"]["loadavg_start"][0] for r in runs],
+        "commits": sorted({r["machine"]["commit"] for r in runs}),
+        "tolerances": tol,
+        "spread": spread,
+    }
+
+
 def load_tolerances() -> dict:
     try:
         return json.loads(TOLERANCES.read_text()).get("tolerances", {})

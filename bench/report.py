@@ -26,7 +26,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:26px;margin-bottom:4px} h2{margin-top:36px;border-bottom:2px solid #dde3ea;padding-bottom:4px}
 h3{margin-top:22px;font-size:17px} .meta{color:#5a6472;font-size:14px}
 table{border-collapse:collapse;margin:10px 0 18px;font-size:13.5px;width:100%}
-th,td{border:1px solid #d7dde4;padding:4px 8px;text-align:right} th{background:#f2f5f8}
+th,td{border:1px solid #d7dde4;padding:4px 8px;text-align:right} th{background:#f2f5f8;text-align:center}
 td:first-child,th:first-child{text-align:left} td.l{text-align:left}
 .pass{background:#e4f6e8;color:#17692e;font-weight:600;text-align:center}
 .fail{background:#fde7e7;color:#a01515;font-weight:600;text-align:center}
@@ -318,12 +318,13 @@ def section_endurance(en: dict) -> str:
             v["fds_end"],
             v["fds_per_hour"],
             v["minutes"],
-            f'<td class="{"fail" if v["verdict"] != "flat" else "pass"}">{v["verdict"]}</td>',
+            f'<td class="{ {"flat": "pass", "growing": "fail"}.get(v["verdict"], "na") }">{v["verdict"]}</td>',
         ]
         for n, v in g.items()
     ]
     out.append(
-        "<p>Linear fit of RSS and open fds per process after the first 20% (warm-up); verdict: growing above 5 MB/hour.</p>"
+        "<p>Linear fit of RSS and open fds per process after the first 20% (warm-up); verdict: growing above 5 MB/hour, "
+        "none (too short) when less than 5 minutes were fitted.</p>"
     )
     out.append(
         table(
@@ -404,13 +405,24 @@ def section_scaling(sc: dict) -> str:
                     s["cameras"],
                     s["cpu_percent_of_host"],
                     s["frames_ratio_min"],
+                    ", ".join(s.get("refused") or []) or "–",
                     f'<td class="{"pass" if s["ok"] else "fail"}">{"ok" if s["ok"] else "over"}</td>',
                 ]
                 for s in c["steps"]
             ]
             out.append(f"<p><b>{esc(mode)}</b>: capacity <b>{fmt(c['capacity'])}</b> cameras.</p>")
             out.append(
-                table(["cameras", "service CPU % of host", "frames recorded / expected (worst)", "verdict"], rows, {3})
+                table(
+                    [
+                        "cameras",
+                        "service CPU % of host",
+                        "frames recorded / expected (worst)",
+                        "refused with",
+                        "verdict",
+                    ],
+                    rows,
+                    {4},
+                )
             )
     return "\n".join(out)
 

@@ -146,8 +146,10 @@ def capacity(resolution: str, fps: int, progress: Progress, record_s: float, max
                 ratios.append(round(frames / (fps * s["duration"]), 3) if frames else 0.0)
             cpu = use.get("service_cpu_percent_of_host")
             ok = min(ratios) >= 0.9 and (cpu or 0) <= 70
+            refused = sorted({str(s["error"]) for s in stopped if "error" in s})
             steps.append(
                 {
+                    "refused": refused,  # e.g. the service's camera limit, not a capacity
                     "cameras": k,
                     "cpu_percent_of_host": cpu,
                     "frames_ratio_min": min(ratios),
@@ -166,7 +168,7 @@ def capacity(resolution: str, fps: int, progress: Progress, record_s: float, max
 
 def run(step_s: float, progress: Progress, quick: bool = False) -> dict:
     out = workers_and_gateways(step_s, progress, quick)
-    record_s = 3.0 if quick else 6.0
+    record_s = 3.0 if quick else 4.0
     out["capacity"] = {
         f"{res}@{fps}": capacity(res, fps, progress, record_s, max_k=2 if quick else 24)
         for res, fps in (("640x480", 15), ("1280x720", 30))

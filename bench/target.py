@@ -48,13 +48,21 @@ class Target:
             "cameras.sim_fps": fps,
             "storage.min_free_bytes": 0,
         }
-        service = Service(simulate=cameras, **{**tree, **settings})
-        try:
-            service.start()
-            return cls(service.url, service.token("admin"), service.supervisor_pid(), service)
-        except BaseException:
-            service.cleanup()
-            raise
+        for attempt in range(3):
+            service = Service(simulate=cameras, **{**tree, **settings})
+            try:
+                service.start()
+                return cls(service.url, service.token("admin"), service.supervisor_pid(), service)
+            except AssertionError as exc:
+                service.cleanup()
+                # Free ports are picked before the service binds them: on a busy machine another
+                # program may take one in between. New ports, new try.
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+            except BaseException:
+                service.cleanup()
+                raise
+        raise AssertionError("unreachable")
 
     @property
     def local(self) -> bool:

@@ -155,6 +155,13 @@ SCHEMA: tuple[Setting, ...] = (
     # gateway
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
     Setting(
+        "gateway.event_loop",
+        "asyncio",
+        str,
+        "Gateway event loop: asyncio, uvloop, or auto (uvloop where installed).",
+        _one_of("auto", "asyncio", "uvloop"),
+    ),
+    Setting(
         "gateway.request_timeout",
         10.0,
         NUMBER,

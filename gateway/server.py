@@ -24,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, control, handoff, jsonrpc, process, topics
+from camservice import comms, control, eventloop, handoff, jsonrpc, process, topics
 from camservice import tls as tls_module
 from camservice.auth import load_or_create_secret
 from camservice.connlimits import PendingLimiter
@@ -376,7 +376,7 @@ def main(index: int = 0) -> None:
     server = GatewayServer(config, index)
     metrics.attach(server)
     canary.attach(server)
-    asyncio.run(server.run())
+    eventloop.run(server.run(), config.gateway.event_loop)
 
 
 def ws_response(response: HttpResponse) -> Response:

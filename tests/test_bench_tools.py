@@ -319,7 +319,9 @@ def test_compare_flags_a_regression_beyond_its_tolerance(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(base))
-    (tmp_path / "b" / "results.json").write_text(json.dumps(slower))
+    costlier = json.loads(json.dumps(base))  # CPU per request: the steadiest figure, a tight measured tolerance
+    costlier["categories"]["load"]["capacity"]["cpu_us_per_request"] = 100.0
+    (tmp_path / "b" / "results.json").write_text(json.dumps(costlier))
 
     def cli(a, b):
         return subprocess.run(
@@ -333,4 +335,32 @@ def test_compare_flags_a_regression_beyond_its_tolerance(tmp_path):
 
     assert cli("a", "a").returncode == 0
     flagged = cli("a", "b")
-    assert flagged.returncode == 1 and "REGRESSED" in flagged.stdout
+    assert flagged.returncode == 1 and "load.capacity.cpu_us_per_request" in flagged.stdout.split("regressed:")[-1]
+
+
+def test_tolerances_are_measured_from_the_spread_of_repeated_runs(tmp_path):
+    from bench import regress
+
+    def run(p95, rps):
+        return {
+            "machine": {"loadavg_start": [1.0], "commit": "abc"},
+            "categories": {
+                "load": {
+                    "endpoints": {"get_camera_status": {"n": 100, "p50_ms": 1.0, "p95_ms": p95}},
+                    "steady": {"p95_ms": p95, "error_rate": 0.0},
+                    "capacity": {"rps": rps, "p95_ms": 10.0, "cpu_us_per_request": 50.0},
+                }
+            },
+        }
+
+    dirs = []
+    for i, (p95, rps) in enumerate([(4.0, 1000.0), (12.0, 900.0), (6.0, 1100.0)]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(run(p95, rps)))
+        dirs.append(str(tmp_path / str(i)))
+    measured = regress.measure(dirs)
+    tol = measured["tolerances"]
+    assert tol["load.get_camera_status.p95_ms"] == 3.0  # 1.5 x (12/4 - 1)
+    assert tol["load.capacity.rps"] == round(max(0.25, 1.5 * (1100 / 900 - 1)), 2)
+    assert tol["load.capacity.cpu_us_per_request"] == 0.25  # steady: the floor
+    assert measured["spread"]["load.capacity.rps"] == [900.0, 1100.0]
