@@ -190,7 +190,7 @@ def hotplug_latency(target: Target, cycles: int = 5) -> dict | None:
         lat, missed = [], 0
         async with Client(target.url, target.token) as c:
             await c.call("subscribe_events", {"topics": ["camera_status_update"]})
-            for i in range(cycles):
+            for _ in range(cycles):
                 for status in ("CONNECTED", "DISCONNECTED"):
                     t0 = time.perf_counter_ns()
                     if status == "CONNECTED":

@@ -288,7 +288,7 @@ def run_hotplug(args) -> dict:
         )
         t_phase = time.monotonic()
         key = 0
-        for cycle in range(args.cycles):
+        for _cycle in range(args.cycles):
             for status in ("CONNECTED", "DISCONNECTED"):
                 key += 1
                 clients.send(("arm", key, device, status))

@@ -39,9 +39,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import paho.mqtt.client as paho
 import zmq
 
@@ -113,7 +110,7 @@ def hotplug(service: Service, broker: Broker, cycles: int) -> dict:
     recorder = Recorder(broker, [f"{PREFIX}/cameras/+/state"])
     time.sleep(1.0)
     connected, disconnected, missed = [], [], 0
-    for cycle in range(cycles):
+    for _ in range(cycles):
         for plug in (True, False):
             time.sleep(random.uniform(0, 0.1))  # decorrelate from the 50 ms polling
             mark = len(recorder.messages)

@@ -86,7 +86,7 @@ class Broker:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log()}")
+                    raise RuntimeError(f"mosquitto exited: {self.log()}") from None
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen: {self.log()}")
 

@@ -374,7 +374,9 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
             for name, (headers, expected) in cases.items():
                 result = {}
                 thread = threading.Thread(
-                    target=lambda: result.update(r=get(worker.http, "/files/recordings/w.mp4", headers=headers))
+                    target=lambda result=result, headers=headers: result.update(
+                        r=get(worker.http, "/files/recordings/w.mp4", headers=headers)
+                    )
                 )
                 thread.start()
                 while thread.is_alive():

@@ -10,6 +10,7 @@ service, scraped by a real Prometheus, is in ``test_ops.py``.
 
 from __future__ import annotations
 
+import os
 import asyncio
 import random
 import re
@@ -770,7 +771,7 @@ def _log_lines(tmp_path, methods: list[tuple[str, str]]) -> list[dict]:
             lambda _, __, event: lines.append(dict(event)) or event,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(file=open("/dev/null", "w")),
+        logger_factory=structlog.PrintLoggerFactory(file=open(os.devnull, "w")),  # noqa: SIM115 -- lives as long as the logger
         cache_logger_on_first_use=False,
     )
     try:

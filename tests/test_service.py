@@ -311,7 +311,7 @@ def test_a_worker_kind_that_stays_down_fails_calls_fast():
                 killed = None
                 for _ in range(2):  # crash it twice: the supervisor gives up (give_up_after: 1)
                     pid = wait_for(
-                        lambda: svc.pids().get("files-0") not in (None, killed) and svc.pids()["files-0"],
+                        lambda killed=killed: svc.pids().get("files-0") not in (None, killed) and svc.pids()["files-0"],
                         10,
                         message="a new files worker up",
                     )

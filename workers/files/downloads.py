@@ -198,7 +198,7 @@ class DownloadServer:
             loop.close()
 
     def _receive_handoffs(self) -> None:
-        for sock, raw, peer, scheme in handoff.receive(self._handoff):
+        for sock, raw, peer, _scheme in handoff.receive(self._handoff):
             self.handed_off += 1
             task = asyncio.ensure_future(self._handed(sock, raw, peer))
             task.add_done_callback(self._connections.discard)

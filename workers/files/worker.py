@@ -569,7 +569,7 @@ class FilesWorker(Worker):
                 due = now >= next_scan or woken
                 full = scans % FULL_SCAN_EVERY == 0  # the first scan as leader is a full one
                 jobs = (
-                    [lambda: self.rescan(full), self.check_storage, self.enforce_retention]
+                    [lambda full=full: self.rescan(full), self.check_storage, self.enforce_retention]
                     if due
                     else [self.check_storage]
                 )
