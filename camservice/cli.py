@@ -113,8 +113,9 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     )
 
 
-def _ready(config) -> bool:
+def _ready(config: config_module.Config) -> bool:
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    conn: http.client.HTTPConnection
     if config.server.tls.cert_file:
         conn = http.client.HTTPSConnection(
             host, config.server.port, timeout=1.0, context=ssl._create_unverified_context()
@@ -181,12 +182,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-def control(config, command: str, timeout: float = 2.0) -> dict | None:
+def control(config: config_module.Config, command: str, timeout: float = 2.0) -> dict | None:
     """Ask the running supervisor; None when nothing answers."""
     if not arbiter.lock_is_held(config.state_dir):
         return None
     endpoint = comms.Endpoints.from_config(config).control
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))

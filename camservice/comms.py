@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
+
+if TYPE_CHECKING:
+    from .config import Config
 
 #: Frames bigger than this are dropped by ZeroMQ itself (a corrupt or hostile peer).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -37,7 +41,7 @@ class Endpoints:
     control: str  # supervisor command socket
 
     @classmethod
-    def from_config(cls, config) -> "Endpoints":
+    def from_config(cls, config: Config) -> "Endpoints":
         count = config.gateway.processes
         if config.runtime.transport == "ipc":
             run = Path(config.runtime.state_dir) / "run"
@@ -96,6 +100,6 @@ def subscriber(ctx: zmq.Context, endpoints: Endpoints, topics: tuple[str, ...] =
     return sock
 
 
-def prepare_ipc_dir(config) -> None:
+def prepare_ipc_dir(config: Config) -> None:
     if config.runtime.transport == "ipc":
         (Path(config.runtime.state_dir) / "run").mkdir(parents=True, exist_ok=True, mode=0o700)

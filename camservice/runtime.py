@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 from . import config as config_module
 from . import log, process
@@ -52,7 +53,7 @@ class Lifetime:
     def stop(self) -> None:
         self.stopping.set()
 
-    async def wait(self, logger=None) -> None:
+    async def wait(self, logger: Any = None) -> None:
         """Return once a stop was asked for or the parent is gone."""
         while not self.stopping.is_set():
             try:

@@ -223,8 +223,7 @@ class RequestPipeline:
             session.identity = identity
             return authenticate_result(identity)
         if name == "subscribe_events":
-            session.subscribe(params["topics"])
-            return {"subscribed": sorted(session.topics)}
+            return {"subscribed": session.subscribe(params["topics"])}  # the sorted topics now held
         if name == "unsubscribe_events":
             return {"unsubscribed": session.unsubscribe(params["topics"])}
         if name == "get_server_info":

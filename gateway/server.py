@@ -15,7 +15,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -139,7 +139,9 @@ class GatewayServer:
 
     def _console(self, request: HttpRequest) -> HttpResponse:
         # Headers() for the console's case-insensitive lookups (If-None-Match, Accept-Encoding).
-        return http.to_response(console.serve(request.target, Headers(request.headers)))
+        answer = console.serve(request.target, Headers(request.headers))
+        assert answer is not None  # only the console's paths are routed here
+        return http.to_response(answer)
 
     def answer_http(self, request: HttpRequest) -> Any:
         """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
@@ -294,7 +296,7 @@ class GatewayServer:
                 return
             await asyncio.sleep(READY_POLL)
 
-    async def shutdown(self, background: list[asyncio.Future]) -> None:
+    async def shutdown(self, background: Sequence[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending))
         if self._server is not None:
             self._server.close()  # stop accepting

@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import psutil
 import structlog
@@ -101,7 +102,7 @@ def lock_is_held(state_dir: Path) -> bool:
 
 
 class Arbiter:
-    def __init__(self, config, env: dict[str, str] | None = None):
+    def __init__(self, config: config_module.Config, env: dict[str, str] | None = None):
         self.config = config
         self.state_dir = config.state_dir
         self.env = dict(os.environ if env is None else env)
@@ -144,7 +145,8 @@ class Arbiter:
         self.pub = comms.publisher(self.ctx, self.endpoints)
         self.control = comms.router(self.ctx)
         self.control.bind(self.endpoints.control)
-        loop.add_reader(self.control.getsockopt(zmq.FD), self._on_control)
+        # getsockopt is typed int | bytes; FD and EVENTS are ints.
+        loop.add_reader(cast(int, self.control.getsockopt(zmq.FD)), self._on_control)
         for watcher in self.watchers:
             watcher.start()
         logger.info("supervisor_started", pid=os.getpid(), processes=len(self.watchers), version=__version__)
@@ -166,7 +168,7 @@ class Arbiter:
         await asyncio.gather(*(w.stop(timeout) for w in gateways))
         await asyncio.gather(*(w.stop(timeout) for w in workers))
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self.control.getsockopt(zmq.FD))
+        loop.remove_reader(cast(int, self.control.getsockopt(zmq.FD)))
         self.control.close(linger=0)
         self.pub.close(linger=0)
         self.ctx.term()
@@ -264,7 +266,7 @@ class Arbiter:
     # --- control socket ----------------------------------------------------------------------
 
     def _on_control(self) -> None:
-        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.control.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 identity, empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:

@@ -22,10 +22,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 
+from camservice.config import Section
 from camservice.process import die_with_parent
 
 log = structlog.get_logger("supervisor")
@@ -45,13 +46,19 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
+class _Uniform(Protocol):
+    """What the restart backoff needs of a random source (the ``random`` module, or a seeded ``Random``)."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
 class Watcher:
     def __init__(
         self,
         role: str,
         index: int,
         env: dict[str, str],
-        policy,
+        policy: Section,
         on_exit: Callable[["Watcher", int], None] | None = None,
     ):
         self.role = role
@@ -76,7 +83,7 @@ class Watcher:
         return self.popen.pid if self.popen and self.popen.returncode is None else None
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._exited.clear()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "camservice.process", self.role, str(self.index)],
@@ -90,16 +97,17 @@ class Watcher:
         log.info("process_started", process=self.name, pid=self.popen.pid)
         try:
             self._pidfd = os.pidfd_open(self.popen.pid)
-            self._loop.add_reader(self._pidfd, self._reap)
+            loop.add_reader(self._pidfd, self._reap)
         except (AttributeError, OSError):  # kernels before 5.3: wait in a thread
             self._pidfd = None
-            self._loop.run_in_executor(None, self.popen.wait).add_done_callback(
-                lambda _: self._loop.call_soon_threadsafe(self._reap)
+            loop.run_in_executor(None, self.popen.wait).add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._reap)
             )
 
     def _reap(self) -> None:
         if self.popen is None or self.popen.poll() is None:
             return
+        assert self._loop is not None  # a popen means start() ran
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -130,7 +138,7 @@ class Watcher:
         self._restart_handle = self._loop.call_later(delay, self._restart)
 
     @staticmethod
-    def backoff_delay(crashes: int, ceiling: float, rng: random.Random = random) -> float:
+    def backoff_delay(crashes: int, ceiling: float, rng: _Uniform = random) -> float:
         """Seconds to wait before restart number ``crashes`` of a crash loop."""
         if crashes <= 1:
             return 0.0
@@ -145,7 +153,7 @@ class Watcher:
         self.start()
 
     def signal(self, sig: int) -> None:
-        if self.pid is not None:
+        if self.popen is not None and self.pid is not None:
             try:
                 self.popen.send_signal(sig)
             except ProcessLookupError:
@@ -169,6 +177,7 @@ class Watcher:
             try:
                 await asyncio.wait_for(self._exited.wait(), 2.0)
             except asyncio.TimeoutError:
+                assert self.popen is not None  # it had a pid above
                 self.popen.wait(timeout=1.0)
                 self._reap()
 
