@@ -13,8 +13,9 @@ both ways can be compared:
    psutil) across one whole download through the API port;
 3. ``status``: ``--clients`` WebSocket clients call ``get_camera_status``
    for ``--duration`` seconds, alone and then while ``--parallel``
-   processes download through the API port, one file after another,
-   throughout; P50/P95/P99 of each and the ratio.
+   processes download through the API port (``--load-via files_port``: the
+   file port, for comparison), one file after another, throughout;
+   P50/P95/P99 of each and the ratio.
 
 With ``--tls`` the service gets an openssl-made certificate and everything
 runs over https/wss (the gateway relays: see README, "Downloads").
@@ -146,6 +147,9 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--tls", action="store_true")
     parser.add_argument(
+        "--load-via", choices=("api", "files_port"), default="api", help="port the parallel downloads of phase 3 use"
+    )
+    parser.add_argument(
         "--rate-limit", type=int, default=0, help="files.download_rate_limit, bytes/s per download (0: pacing off)"
     )
     args = parser.parse_args(argv)
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
         "runtime": {"state_dir": str(state)},
         "files": {"http_port": files_port, "download_rate_limit": args.rate_limit},
         "cameras": {"simulate": 1, "sim_resolution": "160x120", "sim_fps": 5},
-        "security": {"jwt_secret": "bench-secret-" + "x" * 32},
+        "security": {"jwt_secret": "bench-secret-" + "x" * 32, "rate_limit": 10000.0, "rate_burst": 10000},
     }
     ca = None
     if args.tls:
@@ -186,7 +190,12 @@ def main(argv=None) -> int:
         )
         gateway_pid = next(p["pid"] for p in status["processes"] if p["name"].startswith("gateway"))
         gateway = psutil.Process(gateway_pid)
-        report: dict = {"size_mib": args.size_mib, "tls": args.tls, "rate_limit": args.rate_limit}
+        report: dict = {
+            "size_mib": args.size_mib,
+            "tls": args.tls,
+            "rate_limit": args.rate_limit,
+            "load_via": args.load_via,
+        }
 
         rates = {"api": [], "files_port": []}
         for _ in range(args.rounds):
@@ -206,7 +215,8 @@ def main(argv=None) -> int:
         unloaded = asyncio.run(status_latencies(url, token, args.clients, args.duration, ca))
         with multiprocessing.Pool(args.parallel) as pool:
             deadline = time.time() + args.duration
-            pending = pool.map_async(_download_worker, [(port, token, ca, deadline)] * args.parallel)
+            via = port if args.load_via == "api" else files_port
+            pending = pool.map_async(_download_worker, [(via, token, ca, deadline)] * args.parallel)
             loaded = asyncio.run(status_latencies(url, token, args.clients, args.duration, ca))
             finished = pending.get(600)
         report["status_unloaded"] = percentiles(unloaded)

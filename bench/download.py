@@ -21,15 +21,15 @@ Then it starts the service on that folder and runs three phases of
 1. ``unloaded``: status clients alone;
 2. ``download``: meanwhile ONE client (its own process) downloads the file
    over and over at full speed: ``GET http://HOST:PORT/files/recordings/NAME``
-   on the gateway with ``Authorization: Bearer <viewer JWT>``, follows the
-   307 to the file workers' server, reads the body with ``recv_into`` into
+   on the gateway with ``Authorization: Bearer <viewer JWT>`` (the gateway
+   hands the connection to a file worker), reads the body with ``recv_into`` into
    one fixed 1 MiB buffer, checks the byte count against Content-Length.
    The download still running when the phase ends is cut off; its bytes
    count towards the rate;
 3. ``unloaded_after``: alone again.
 
 Prints one JSON line per phase and a summary: download MB/s (MB = 10^6
-bytes; also MiB/s), per complete download seconds (redirect included), and
+bytes; also MiB/s), per complete download seconds, and
 status P50/P95/P99 during the download vs unloaded, with per-process CPU in
 the download phase.
 
@@ -145,7 +145,7 @@ def get(host: str, port: int, path: str, token: str, buf: memoryview, deadline: 
 
 
 def download_loop(url: str, token: str, duration: float, once: bool = False, rate: float = 0.0) -> dict:
-    """Download `url` (following one 307) again and again for `duration` seconds (or just once)."""
+    """Download `url` from the API port (which serves it, no redirect) again and again for `duration` s (or once)."""
     buf = memoryview(bytearray(1 << 20))
     parts = urlsplit(url)
     started = time.monotonic()
@@ -153,14 +153,9 @@ def download_loop(url: str, token: str, duration: float, once: bool = False, rat
     total, complete, errors = 0, [], []
     while time.monotonic() < deadline:
         t0 = time.monotonic()
-        status, headers, _, _ = get(parts.hostname, parts.port, parts.path, token, buf, deadline)
-        if status != 307:
-            errors.append(f"gateway answered {status}, not 307")
-            break
-        target = urlsplit(headers["location"])
-        status, headers, got, done = get(target.hostname, target.port, target.path, token, buf, deadline, rate)
+        status, headers, got, done = get(parts.hostname, parts.port, parts.path, token, buf, deadline, rate)
         if status != 200:
-            errors.append(f"file server answered {status}")
+            errors.append(f"API port answered {status}")
             break
         total += got
         if done:
@@ -175,7 +170,7 @@ def download_loop(url: str, token: str, duration: float, once: bool = False, rat
         "elapsed_s": elapsed,
         "complete_s": complete,
         "errors": errors,
-        "location_port": target.port if total else None,
+        "location_port": parts.port if total else None,
     }
 
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 import click
-import zmq
 
-from . import __version__, comms, config as config_module
+from . import __version__, comms
+from . import config as config_module
+from . import control as control_client
 from .cli_security import register as _register_security
 from .supervisor import arbiter
 
@@ -113,9 +114,8 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     )
 
 
-def _ready(config: config_module.Config) -> bool:
+def _ready(config) -> bool:
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    conn: http.client.HTTPConnection
     if config.server.tls.cert_file:
         conn = http.client.HTTPSConnection(
             host, config.server.port, timeout=1.0, context=ssl._create_unverified_context()
@@ -178,28 +178,107 @@ def status(ctx: click.Context, as_json: bool) -> None:
         rss = f"{p['rss_bytes'] / 1048576:.1f}M"
         click.echo(
             f"{p['name']:<14}{p['role']:<11}{p['pid'] or '-':>8}  {p['state']:<9}{p['cpu_percent']:>6.1f}"
-            f"{rss:>10}{p['restarts']:>10}{p['uptime']:>9.0f}s"
+            f"{rss:>10}{p['restarts']:>10}{p['uptime']:>9.0f}s  g{p.get('generation', 0)}"
+        )
+    for line in upgrade_lines(answer):
+        click.echo(line)
+
+
+def upgrade_lines(answer: dict) -> list[str]:
+    """Generations, the canary and the last reload and rollback, for ``camservice status``."""
+    lines = []
+    for g in answer.get("generations", []):
+        lines.append(f"generation {g['number']}: {g['state']}, {len(g['processes'])} processes, {g['executable']}")
+    canary = answer.get("canary")
+    lines.append(
+        "canary: none"
+        if not canary
+        else f"canary: {canary.get('state')} (generation {canary.get('generation')}, "
+        f"{canary.get('remaining_s', 0):.0f}s left)"
+    )
+    reload_ = answer.get("last_reload")
+    if reload_:
+        lines.append(
+            f"last reload: generation {reload_['previous_generation']} -> {reload_['generation']} "
+            f"at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(reload_['time']))}"
+        )
+    rollback = answer.get("last_rollback")
+    lines.append(
+        "last rollback: none"
+        if not rollback
+        else f"last rollback: generation {rollback['from_generation']} -> {rollback['to_generation']} "
+        f"at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rollback['time']))}: {rollback['reason']}"
+    )
+    return lines
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def reload(ctx: click.Context, as_json: bool) -> None:
+    """Re-read the configuration and the installed code without downtime.
+
+    A new generation of processes starts beside the running one; once it
+    serves, the old gateways tell their clients to reconnect (server_restarting,
+    close 1012) and the old generation stops. A bad configuration is refused
+    before anything changes.
+    """
+    config = _load(ctx)  # refuse a bad file here already, with the key named
+    _reload(config, {}, as_json)
+
+
+@main.command()
+@click.option("--venv", "venv", type=click.Path(file_okay=False, exists=True), help="A virtualenv with camservice.")
+@click.option("--from-wheel", "wheel", type=click.Path(dir_okay=False, exists=True), help="A camservice wheel.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def upgrade(ctx: click.Context, venv: str | None, wheel: str | None, as_json: bool) -> None:
+    """Reload into another version: a virtualenv, or a wheel installed into a new one beside the current.
+
+    The reload is the same as ``camservice reload`` (and rolled back the same
+    way); the last two virtualenvs made from wheels are kept in
+    ``state_dir/venvs``.
+    """
+    if (venv is None) == (wheel is None):
+        raise click.UsageError("give exactly one of --venv and --from-wheel")
+    config = _load(ctx)
+    if wheel is not None:
+        from .supervisor import venvs
+
+        try:
+            venv = str(venvs.install_wheel(config.state_dir / "venvs", Path(wheel), keep=2))
+        except venvs.InstallError as exc:
+            raise click.ClickException(str(exc)) from None
+    python = Path(venv).resolve() / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        raise click.ClickException(f"{venv}: no bin/python in this virtualenv")
+    _reload(config, {"executable": str(python)}, as_json)
+
+
+def _reload(config, fields: dict, as_json: bool) -> None:
+    if not arbiter.lock_is_held(config.state_dir):
+        raise click.ClickException("camservice is not running")
+    budget = config.runtime.start_timeout + config.runtime.stop_timeout * 2 + 10
+    answer = control(config, "reload", timeout=budget, **fields)
+    if answer is None:
+        raise click.ClickException("the supervisor did not answer")
+    if as_json:
+        click.echo(json.dumps(answer))
+    if not answer.get("ok"):
+        raise click.ClickException(answer.get("error", "reload failed"))
+    if not as_json:
+        click.echo(
+            f"reloaded: generation {answer['previous_generation']} -> {answer['generation']} "
+            f"(ready {answer['ready_s']}s, drain {answer['drain_s']}s, recordings handed over in "
+            f"{answer['handover_s']}s, total {answer['total_s']}s)"
         )
 
 
-def control(config: config_module.Config, command: str, timeout: float = 2.0) -> dict | None:
+def control(config, command: str, timeout: float = 2.0, **fields) -> dict | None:
     """Ask the running supervisor; None when nothing answers."""
     if not arbiter.lock_is_held(config.state_dir):
         return None
-    endpoint = comms.Endpoints.from_config(config).control
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-    try:
-        sock.connect(endpoint)
-        sock.send(json.dumps({"command": command}).encode())
-        return json.loads(sock.recv())
-    except zmq.ZMQError:
-        return None
-    finally:
-        sock.close(linger=0)
+    return control_client.request(comms.Endpoints.from_config(config, 0).control, command, timeout, **fields)
 
 
 # --- cameras ----------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ def _percent(value: Any) -> str | None:
     return None if 0 < value <= 100 else "must be a percentage in (0, 100]"
 
 
+def _qos(value: Any) -> str | None:
+    return None if value in (0, 1, 2) else "must be 0, 1 or 2"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -198,6 +202,21 @@ SCHEMA: tuple[Setting, ...] = (
         _positive,
     ),
     Setting("runtime.stable_after", 30.0, NUMBER, "Seconds of running that reset a process's crash count.", _positive),
+    Setting(
+        "runtime.failed_retry_after",
+        300.0,
+        NUMBER,
+        "Seconds a process left failed after a crash loop waits before a new round of restarts.",
+        _positive,
+    ),
+    Setting(
+        "runtime.hang_timeout",
+        20.0,
+        NUMBER,
+        "Seconds without a heartbeat (stats every 2 s) after which the supervisor replaces a process as hung "
+        "(a SIGSTOPped one goes after heartbeat_interval x heartbeat_liveness).",
+        _positive,
+    ),
     Setting("runtime.sample_interval", 2.0, NUMBER, "Seconds between psutil samples of every process.", _positive),
     Setting(
         "runtime.start_timeout",
@@ -327,6 +346,100 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     # metrics
     Setting("metrics.enabled", True, bool, "Collect and export Prometheus metrics."),
+    # upgrade (camservice reload / upgrade: canary and automatic rollback)
+    Setting(
+        "upgrade.canary_seconds",
+        30.0,
+        NUMBER,
+        "Seconds after a reload during which the new generation is compared with the old one (0: no canary).",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.status_p95_ratio", 3.0, NUMBER, "Rollback when status-call P95 grows beyond this factor...", _positive
+    ),
+    Setting("upgrade.status_p95_floor", 0.05, NUMBER, "...and by more than this many seconds.", _non_negative),
+    Setting(
+        "upgrade.worker_p95_ratio", 3.0, NUMBER, "Rollback when worker-call P95 grows beyond this factor...", _positive
+    ),
+    Setting("upgrade.worker_p95_floor", 0.25, NUMBER, "...and by more than this many seconds.", _non_negative),
+    Setting(
+        "upgrade.error_rate_increase",
+        0.02,
+        NUMBER,
+        "Rollback when the server-error rate (-32603, -32011) rises by more than this (0-1).",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.max_restarts",
+        0,
+        int,
+        "Rollback when the new generation's processes restart more often.",
+        _non_negative,
+    ),
+    Setting(
+        "upgrade.rss_ratio",
+        2.0,
+        NUMBER,
+        "Rollback when the new generation's total RSS exceeds the old one's by this factor.",
+        _positive,
+    ),
+    Setting(
+        "upgrade.test_status_delay",
+        0.0,
+        NUMBER,
+        "Tests only: seconds added to every get_status reply (a deliberately slowed generation).",
+        _non_negative,
+    ),
+    # mqtt (the bridge process runs only when mqtt.host is set)
+    Setting("mqtt.host", None, str, "MQTT broker host; the MQTT bridge runs only when this is set.", nullable=True),
+    Setting("mqtt.port", 1883, int, "MQTT broker port (8883 is usual with TLS).", _port),
+    Setting("mqtt.username", None, str, "User name presented to the broker.", nullable=True),
+    Setting("mqtt.password", None, str, "Password for mqtt.username (or use mqtt.password_file).", nullable=True),
+    Setting(
+        "mqtt.password_file",
+        None,
+        str,
+        "File holding the password (first line), instead of mqtt.password.",
+        nullable=True,
+    ),
+    Setting("mqtt.tls", False, bool, "Connect with TLS, verifying the broker against the system CAs."),
+    Setting(
+        "mqtt.tls_ca_file",
+        None,
+        str,
+        "PEM CA bundle that signed the broker's certificate (implies TLS).",
+        nullable=True,
+    ),
+    Setting(
+        "mqtt.tls_cert_file",
+        None,
+        str,
+        "PEM client certificate for brokers that require one (implies TLS).",
+        nullable=True,
+    ),
+    Setting("mqtt.tls_key_file", None, str, "PEM private key for mqtt.tls_cert_file.", nullable=True),
+    Setting("mqtt.client_id", None, str, "MQTT client id (default: camservice-<hostname>).", nullable=True),
+    Setting(
+        "mqtt.topic_prefix",
+        None,
+        str,
+        "Root of every topic of this service (default: camservice/<hostname>); one per box on a shared broker.",
+        nullable=True,
+    ),
+    Setting("mqtt.qos", 1, int, "QoS of published messages and command subscriptions (0, 1 or 2).", _qos),
+    Setting("mqtt.keepalive", 60, int, "Seconds between MQTT keepalive pings.", _positive),
+    Setting(
+        "mqtt.health_interval", 30.0, NUMBER, "Seconds between service health messages (from get_status).", _positive
+    ),
+    Setting(
+        "mqtt.queue_size",
+        1000,
+        int,
+        "Events waiting for the broker beyond which the oldest are dropped (counted in /metrics).",
+        _positive,
+    ),
+    Setting("mqtt.homeassistant.discovery", True, bool, "Publish Home Assistant MQTT discovery configs."),
+    Setting("mqtt.homeassistant.prefix", "homeassistant", str, "Home Assistant's discovery prefix."),
 )
 
 _BY_KEY = {s.key: s for s in SCHEMA}
@@ -499,7 +612,15 @@ def _resolve_paths(values: dict[str, Any], source: Path | None) -> None:
     state = Path(values["runtime.state_dir"])
     values["storage.recordings_dir"] = absolute(values["storage.recordings_dir"] or str(state / "recordings"))
     values["storage.snapshots_dir"] = absolute(values["storage.snapshots_dir"] or str(state / "snapshots"))
-    for key in ("server.tls.cert_file", "server.tls.key_file", "media.ffmpeg_path"):
+    for key in (
+        "server.tls.cert_file",
+        "server.tls.key_file",
+        "media.ffmpeg_path",
+        "mqtt.password_file",
+        "mqtt.tls_ca_file",
+        "mqtt.tls_cert_file",
+        "mqtt.tls_key_file",
+    ):
         if values[key]:
             values[key] = absolute(values[key])
 
@@ -507,6 +628,10 @@ def _resolve_paths(values: dict[str, Any], source: Path | None) -> None:
 def _check_consistency(values: dict[str, Any]) -> None:
     if bool(values["server.tls.cert_file"]) != bool(values["server.tls.key_file"]):
         raise ConfigError("server.tls.key_file: cert_file and key_file must be set together")
+    if values["mqtt.password"] and values["mqtt.password_file"]:
+        raise ConfigError("mqtt.password_file: set mqtt.password or mqtt.password_file, not both")
+    if values["mqtt.tls_key_file"] and not values["mqtt.tls_cert_file"]:
+        raise ConfigError("mqtt.tls_key_file: needs mqtt.tls_cert_file")
     if values["storage.warn_percent"] > values["storage.critical_percent"]:
         raise ConfigError("storage.warn_percent: must not exceed storage.critical_percent")
     if values["runtime.transport"] == "ipc" and len(values["runtime.state_dir"]) > 80:

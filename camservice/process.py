@@ -28,6 +28,7 @@ ROLES = {
     "discovery": "camservice.workers.discovery.worker:main",
     "recording": "camservice.workers.recording.worker:main",
     "files": "camservice.workers.files.worker:main",
+    "mqtt": "camservice.workers.mqtt.bridge:main",
 }
 
 
@@ -57,11 +58,37 @@ def parent_alive(original_parent: int) -> bool:
     return os.getppid() == original_parent
 
 
+#: Set by a reload on the new recording worker: the pid of the old one, which still owns the
+#: cameras. The new process does its slow part (imports) at once, then waits for that pid to be
+#: gone before it starts, so that the recording handover costs no interpreter start-up.
+TAKE_OVER_ENV = "CAMSERVICE_TAKE_OVER_FROM"
+#: Longest wait for the process being taken over (the reload kills it well before).
+TAKE_OVER_TIMEOUT = 60.0
+
+
+def wait_for_exit(pid: int, timeout: float = TAKE_OVER_TIMEOUT) -> None:
+    """Return once ``pid`` is gone (or a zombie), or after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:
+            return
+        if text[text.rfind(b")") + 2 : text.rfind(b")") + 3] in (b"Z", b"X"):
+            return
+        time.sleep(0.005)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     role, index = argv[0], int(argv[1])
     module_name, _, func = ROLES[role].partition(":")
     module = __import__(module_name, fromlist=[func])
+    if os.environ.get(TAKE_OVER_ENV, "").isdigit():
+        wait_for_exit(int(os.environ.pop(TAKE_OVER_ENV)))
     getattr(module, func)(index)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from . import config as config_module
 from . import log, process
@@ -45,21 +45,30 @@ class Lifetime:
         self.parent = os.getppid()
         self.parent_gone = False
 
-    def install(self) -> None:
+    def install(self, handlers: Mapping[int, Callable[[], None]] | None = None) -> None:
+        """Stop on SIGTERM and SIGINT, or call ``handlers[sig]`` for the signals given instead.
+
+        A handler decides how the process leaves (the gateway tells a planned
+        stop from its supervisor's death) and is expected to call :meth:`stop`.
+        """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+        for sig, handler in (handlers or {signal.SIGTERM: self.stop, signal.SIGINT: self.stop}).items():
+            loop.add_signal_handler(sig, handler)
 
     def stop(self) -> None:
         self.stopping.set()
 
-    async def wait(self, logger: Any = None) -> None:
+    def parent_alive(self) -> bool:
+        """False once this process was re-parented: its parent (the supervisor) died."""
+        return process.parent_alive(self.parent)
+
+    async def wait(self, logger=None) -> None:
         """Return once a stop was asked for or the parent is gone."""
         while not self.stopping.is_set():
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=PARENT_POLL)
             except asyncio.TimeoutError:
-                if not process.parent_alive(self.parent):
+                if not self.parent_alive():
                     self.parent_gone = True
                     if logger is not None:
                         logger.warning("parent_gone")

@@ -253,7 +253,8 @@ class RequestPipeline:
     def status(self) -> dict[str, Any]:
         components = self.components()
         workers_down = [k for k in WORKER_KINDS if components[k] != "running"]
-        if len(workers_down) == len(WORKER_KINDS):
+        if workers_down:
+            # A role with no process serves nothing of its part of the API (issue 11 §5).
             overall = "unhealthy"
         elif workers_down or components["media_backend"] not in ("running", "unknown"):
             overall = "degraded"

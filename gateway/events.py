@@ -113,10 +113,11 @@ class EventRelay:
         elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
         elif topic == topics.PROCESS_EXIT:
-            self.pool.forget_pid(event.data["pid"])
+            self.pool.forget_pid(event.data["pid"], event.data.get("hung"))
         elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})
+            self.gateway.upgrade = event.data.get("upgrade", {})
         elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
             if index is not None and index != self.gateway.index:

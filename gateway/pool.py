@@ -46,6 +46,10 @@ from .calls import Call, ReplyCallback
 
 log = structlog.get_logger("gateway.pool")
 
+#: Why a worker was dropped when it is alive for the kernel but silent: heartbeats
+#: missed (SIGSTOP, a blocked loop) or the supervisor killed it as hung.
+STOPPED_ANSWERING = "stopped answering"
+
 
 @dataclass(slots=True)
 class WorkerHandle:
@@ -331,7 +335,7 @@ class WorkerPool:
         mono = time.monotonic()
         for worker in list(self.workers.values()):
             if mono - worker.last_seen > self.heartbeat_timeout:
-                self._worker_lost(worker, "heartbeat missed")
+                self._worker_lost(worker, STOPPED_ANSWERING)
             elif not worker.draining:
                 self._kind_seen[worker.kind] = mono
         for kind, queue in self.queues.items():
@@ -340,11 +344,11 @@ class WorkerPool:
                     self._fail(queue.popleft(), f"no {kind} worker is running")
             self._pump(kind)
 
-    def forget_pid(self, pid: int) -> None:
-        """The supervisor reports that ``pid`` exited: fail over its calls now."""
+    def forget_pid(self, pid: int, hung: str | None = None) -> None:
+        """The supervisor reports that ``pid`` exited (or was killed as ``hung``): fail over its calls now."""
         for worker in list(self.workers.values()):
             if worker.pid == pid:
-                self._worker_lost(worker, "process exited")
+                self._worker_lost(worker, STOPPED_ANSWERING if hung else "process exited")
 
     def _worker_lost(self, worker: WorkerHandle, reason: str) -> None:
         if self.workers.pop(worker.identity, None) is None:
@@ -368,8 +372,9 @@ class WorkerPool:
                 RpcError(
                     SERVICE_BUSY,
                     data={
-                        "reason": f"the {call.kind} worker exited while handling the request; "
-                        "it may or may not have taken effect"
+                        "reason": f"the {call.kind} worker "
+                        f"{'stopped answering' if reason == STOPPED_ANSWERING else 'exited'} "
+                        "while handling the request; it may or may not have taken effect"
                     },
                 ),
                 None,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from camservice import comms, handoff, jsonrpc, process, topics
+from camservice import comms, control, handoff, jsonrpc, process, topics
 from camservice import tls as tls_module
 from camservice.auth import load_or_create_secret
 from camservice.connlimits import PendingLimiter
@@ -33,7 +32,7 @@ from camservice.cors import CorsPolicy
 from camservice.httpauth import HttpGuard, LinkSigner
 from camservice.runtime import boot
 
-from . import console, http, metrics
+from . import canary, console, http, metrics, restarting
 from .connection import Connection, Limits
 from .core import PENDING, RequestPipeline
 from .downloads import Downloads
@@ -101,6 +100,8 @@ class GatewayServer:
         self.connections: set[Connection] = set()
         self._stop = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
+        #: How this gateway leaves (gateway.restarting): set by the signal that stops it.
+        self._exit = restarting.STOP
 
     def _worker_ready(self, worker) -> None:
         if worker.kind == "discovery":
@@ -139,9 +140,7 @@ class GatewayServer:
 
     def _console(self, request: HttpRequest) -> HttpResponse:
         # Headers() for the console's case-insensitive lookups (If-None-Match, Accept-Encoding).
-        answer = console.serve(request.target, Headers(request.headers))
-        assert answer is not None  # only the console's paths are routed here
-        return http.to_response(answer)
+        return http.to_response(console.serve(request.target, Headers(request.headers)))
 
     def answer_http(self, request: HttpRequest) -> Any:
         """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
@@ -238,8 +237,8 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        for sig, how in restarting.SIGNALS.items():
+            loop.add_signal_handler(sig, self._leave, how)
         self.pool.start(loop)
         self.events.start(loop)
         background = [
@@ -269,6 +268,7 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
+        background.append(asyncio.ensure_future(self._hello()))
         parent = os.getppid()
         while not self._stop.is_set():
             try:
@@ -277,7 +277,16 @@ class GatewayServer:
                 if not process.parent_alive(parent):
                     logger.warning("parent_gone")
                     break
+        if not process.parent_alive(parent):
+            # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
+            # service is being restarted, not stopped, so clients hear 1012.
+            self._exit = restarting.SUPERVISOR_LOST
         await self.shutdown(background)
+
+    def _leave(self, how: restarting.Exit) -> None:
+        if not self._stop.is_set():
+            self._exit = how
+            self._stop.set()
 
     async def _until_ready(self) -> None:
         """Listen only once the camera replica is loaded and every worker kind has been heard.
@@ -290,26 +299,18 @@ class GatewayServer:
         """
         runtime = self.config.runtime
         deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
-        while not self.gateway.ready() and not self._stop.is_set():
+        while not restarting.ready(self.gateway, self.pool) and not self._stop.is_set():
             if time.monotonic() >= deadline:
                 logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
                 return
             await asyncio.sleep(READY_POLL)
 
-    async def shutdown(self, background: Sequence[asyncio.Future]) -> None:
-        logger.info("gateway_draining", in_flight=len(self.pool.pending))
-        if self._server is not None:
-            self._server.close()  # stop accepting
-        deadline = time.monotonic() + self.config.runtime.stop_timeout * 0.5
-        while self.pool.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    async def shutdown(self, background: list[asyncio.Future]) -> None:
+        logger.info("gateway_draining", in_flight=len(self.pool.pending), reason=self._exit.reason)
+        # The sweep keeps running while draining: it completes in-flight calls.
+        await restarting.drain(self, self._exit, self.config.runtime.stop_timeout * 0.5)
         for task in background:
             task.cancel()
-        for connection in list(self.connections):
-            connection.close(CloseCode.GOING_AWAY, "server shutting down")
-        deadline = time.monotonic() + 3.0
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         self.events.close()
         self.pool.close()
         self.downloads.sender.close()
@@ -322,6 +323,21 @@ class GatewayServer:
             self.pool.sweep()
             self.pool.drain()  # belt and braces for the edge-triggered FD
             self.events.drain()
+
+    async def _hello(self) -> None:
+        """Tell the supervisor this gateway serves (a reload waits for it), and learn the process table.
+
+        Said once the camera replica is loaded, so that a client the reload
+        moves here sees the same cameras; the answer fills ``get_metrics``'s
+        process list from the start, not only after the first ``_process_stats``.
+        """
+        deadline = time.monotonic() + self.config.runtime.start_timeout
+        while self.gateway.cameras.source is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        answer = await asyncio.to_thread(control.request, self.endpoints.control, "hello", 2.0, pid=os.getpid())
+        if answer and not self.gateway.processes:
+            self.gateway.processes = answer.get("processes", [])
+            self.gateway.host_stats = answer.get("host") or self.gateway.host_stats
 
     async def _keepalive(self) -> None:
         interval = self.config.server.ping_interval
@@ -359,6 +375,7 @@ def main(index: int = 0) -> None:
     config = boot(f"gateway-{index}", f"camservice: gateway {index}")
     server = GatewayServer(config, index)
     metrics.attach(server)
+    canary.attach(server)
     asyncio.run(server.run())
 
 

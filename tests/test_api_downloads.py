@@ -11,7 +11,6 @@ large download while other clients keep calling the API.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import shutil
 import socket
@@ -229,26 +228,30 @@ def test_cors_for_listed_origins_only(plain):
 
 def test_a_large_download_does_not_hold_up_api_calls(api):
     big = api.svc.state_dir / "recordings" / "big.mp4"
-    size = 256 * 1024 * 1024
+    size = 128 * 1024 * 1024
     with open(big, "wb") as handle:
-        handle.truncate(size)  # sparse: cheap to make, real bytes to send
-    digest = hashlib.sha256()
-    received = [0]
+        handle.truncate(size)  # sparse: cheap to make, real bytes (zeros) to send
+    outcome: dict = {"received": 0, "nonzero": False, "error": None}
     started = threading.Event()
 
     def download():
-        with requests.get(
-            api.base + "/files/recordings/big.mp4", headers=api.bearer(), verify=api.verify, stream=True, timeout=60
-        ) as response:
-            assert response.status_code == 200
-            for chunk in response.iter_content(1 << 20):
-                started.set()
-                received[0] += len(chunk)
-                digest.update(chunk)
+        try:
+            with requests.get(
+                api.base + "/files/recordings/big.mp4", headers=api.bearer(), verify=api.verify, stream=True, timeout=60
+            ) as response:
+                outcome["status"] = response.status_code
+                for chunk in response.iter_content(1 << 20):
+                    started.set()
+                    outcome["received"] += len(chunk)
+                    outcome["nonzero"] |= chunk.count(0) != len(chunk)
+        except (requests.RequestException, OSError) as exc:  # reported below, in the test's thread
+            outcome["error"] = repr(exc)
+        finally:
+            started.set()
 
     thread = threading.Thread(target=download)
     thread.start()
-    assert started.wait(30)
+    assert started.wait(60)
 
     async def callers():
         clients = [api.client() for _ in range(10)]
@@ -267,7 +270,8 @@ def test_a_large_download_does_not_hold_up_api_calls(api):
 
     calls = asyncio.run(callers())
     thread.join(60)
-    assert received[0] == size and digest.hexdigest() == hashlib.sha256(bytes(size)).hexdigest()
+    assert outcome["error"] is None, outcome["error"]
+    assert outcome.get("status") == 200 and outcome["received"] == size and not outcome["nonzero"]
     assert calls > 0
 
 

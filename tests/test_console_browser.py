@@ -158,6 +158,23 @@ def test_operator_controls_and_logout(page, svc):
     expect(page.get_by_label("Token or API key")).to_be_visible(timeout=WAIT_MS)
 
 
+def test_keyboard_only_sign_in_and_snapshot(page, svc):
+    page.goto(f"http://127.0.0.1:{svc.port}/")
+    field = page.get_by_label("Token or API key")
+    expect(field).to_be_focused(timeout=WAIT_MS)  # autofocus: typing can start at once
+    page.keyboard.type(svc.token("operator"))
+    page.keyboard.press("Enter")
+    expect(card(page, "camera0")).to_be_visible(timeout=WAIT_MS)
+    snapshot = card(page, "camera0").get_by_role("button", name="Snapshot")
+    for _ in range(12):  # skip link, pages, log out, then the first card's controls
+        if snapshot.evaluate("b => b === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(snapshot).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(card(page, "camera0").locator(".message")).to_contain_text("Snapshot saved", timeout=WAIT_MS)
+
+
 def test_admin_sees_storage_and_system(page, svc):
     login(page, svc, svc.token("admin"))
     expect(page.get_by_role("navigation", name="Pages").get_by_role("link")).to_have_text(

@@ -70,17 +70,17 @@ def test_versioned_vendor_files_are_cached_for_a_year(app):
 
 def test_revalidation_answers_304_without_a_body(app):
     _, _, _, headers = app.serve("/console/app.js", {})
-    status, _, body, again = app.serve("/console/app.js", {"If-None-Match": headers["ETag"]})
+    status, _, body, again = app.serve("/console/app.js", {"if-none-match": headers["ETag"]})
     assert (status, body) == (304, b"") and again["ETag"] == headers["ETag"]
-    assert app.serve("/console/app.js", {"If-None-Match": 'W/"other", ' + headers["ETag"]})[0] == 304
-    assert app.serve("/console/app.js", {"If-None-Match": '"stale"'})[0] == 200
+    assert app.serve("/console/app.js", {"if-none-match": 'W/"other", ' + headers["ETag"]})[0] == 304
+    assert app.serve("/console/app.js", {"if-none-match": '"stale"'})[0] == 200
 
 
 def test_gzip_only_when_accepted(app):
-    status, _, body, headers = app.serve("/console/files.js", {"Accept-Encoding": "br, gzip"})
+    status, _, body, headers = app.serve("/console/files.js", {"accept-encoding": "br, gzip"})
     assert status == 200 and headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
     assert gzip.decompress(body) == (STATIC / "files.js").read_bytes()
-    assert "Content-Encoding" not in app.serve("/console/files.js", {"Accept-Encoding": "gzip;q=0"})[3]
+    assert "Content-Encoding" not in app.serve("/console/files.js", {"accept-encoding": "gzip;q=0"})[3]
     assert "Content-Encoding" not in app.serve("/console/files.js", {})[3]
 
 

@@ -988,9 +988,10 @@ def test_health_degrades_and_the_restarted_file_worker_reports_storage(api):
                 assert set(ready) == {"status", "timestamp", "components"} and ready["status"] == "unhealthy"
                 assert ready["components"]["files"] == "down" and is_iso_z(ready["timestamp"])
                 status, _, body = http_get(f"{base}/health/system")
-                assert status == 200 and json.loads(body)["status"] == "degraded"
+                # A role with no process is unhealthy, not degraded (issue 11 §5).
+                assert status == 503 and json.loads(body)["status"] == "unhealthy"
                 report = await client.call("get_status")
-                assert report["status"] == "degraded" and report["components"]["files"] == "down"
+                assert report["status"] == "unhealthy" and report["components"]["files"] == "down"
                 assert report["components"]["recording"] == "running"
             finally:
                 os.kill(files, signal.SIGKILL)

@@ -39,19 +39,13 @@ class CapturingWorker(FilesWorker):
     def __init__(self, config, index: int = 0, background: bool = False, disk=None):
         super().__init__(config, index)
         self.published: list[tuple[str, dict]] = []
-        self._background = background
+        self.background_jobs = background
         if disk is not None:
             self.disk_usage = disk
 
     def publish(self, topic: str, data: dict):
         self.published.append((topic, data))
         return super().publish(topic, data)
-
-    def spawn(self, coro, name=None):
-        if not self._background and getattr(coro, "__name__", "") == "_background_jobs":
-            coro.close()
-            return asyncio.ensure_future(asyncio.sleep(0))
-        return super().spawn(coro, name)
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from camservice import config as config_module
@@ -519,9 +520,17 @@ def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
 
     h.manager = RecordingManager(h.config, h.find, lambda t, d: h.events.append((t, d)), backend=StandIn(h.config))
 
+    # The publisher accepts one connection only: look at its socket's state instead of connecting.
+    deadline = time.monotonic() + 10
+    while not any(
+        c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        for c in psutil.Process(publisher.pid).net_connections("tcp")
+    ):
+        assert time.monotonic() < deadline and publisher.poll() is None, "the publisher never listened"
+        time.sleep(0.02)
+
     async def scenario():
         await h.manager.open()
-        await asyncio.sleep(0.3)  # let the publisher listen
         started = await h.manager.start_recording(start_params())
         await asyncio.sleep(1.5)
         snap = await h.manager.take_snapshot(snap_params())

@@ -13,19 +13,21 @@ from camservice.supervisor.watcher import FAILED, RUNNING, STOPPED, Watcher
 
 
 def policy(**overrides):
-    values = dict(stable_after=30.0, give_up_after=3, restart_backoff_max=0.2)
+    values = dict(stable_after=30.0, give_up_after=3, restart_backoff_max=0.2, failed_retry_after=3600.0)
     values.update(overrides)
     return SimpleNamespace(**values)
 
 
-def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
-    rng = random.Random(1)
-    delays = [Watcher.backoff_delay(n, 30.0, rng) for n in range(1, 10)]
-    assert delays[0] == 0.0  # the first restart is immediate
-    for n, delay in enumerate(delays[1:], start=2):
-        base = min(30.0, 0.25 * 2 ** (n - 2))
+def test_restart_delays_start_immediate_then_grow_with_jitter_to_the_ceiling():
+    watcher = Watcher("x", 0, dict(os.environ), policy(restart_backoff_max=30.0))
+    watcher.backoff._rng = random.Random(1)
+    delays = [watcher.backoff.failed() for _ in range(12)]
+    assert delays[0] == 0.0  # a process that ran fine and crashed once is back at once
+    for n, delay in enumerate(delays[1:]):
+        base = min(30.0, 0.25 * 2**n)
         assert base * 0.5 <= delay <= base
-    assert Watcher.backoff_delay(50, 30.0, rng) <= 30.0
+    watcher.backoff.reset()
+    assert watcher.backoff.failed() == 0.0
 
 
 def test_crash_loop_gives_up_visibly():

@@ -4,13 +4,19 @@ Responsibilities, in the spirit of Circus' arbiter:
 
 * one instance per ``state_dir``, guarded by an ``flock`` on
   ``state_dir/camservice.lock`` (not a racy pid-file check);
-* the event proxy (XSUB/XPUB in a thread: pure C in ZeroMQ, no GIL held)
-  that carries every event between workers and gateways;
+* generations of processes (:mod:`.generation`), each with its own event bus
+  (:mod:`.bus`); ``camservice reload`` starts the next one (:mod:`.reload`);
 * a :class:`~camservice.supervisor.watcher.Watcher` per process;
+* liveness: the two-second stats events every process publishes are its
+  heartbeats; a process stopped (SIGSTOP) or silent for too long is killed
+  and replaced (:mod:`.liveness`);
 * psutil samples of every process (CPU %, RSS) every ``runtime.sample_interval``,
   taken in a thread and published as ``_process_stats``; every exit is
-  published as ``_process_exit`` so gateways fail over at once;
-* a control socket answering ``status`` and ``stop`` (``camservice status``);
+  published as ``_process_exit`` (with ``hung`` when the supervisor killed a
+  frozen process) so gateways fail over at once;
+* a control socket answering ``status``, ``stop`` and ``reload``
+  (``camservice status``, ``camservice reload``); gateways ask it for the
+  process table when they start;
 * graceful stop: gateways first (they drain in-flight calls while workers
   still answer), then workers, each SIGTERM then SIGKILL after
   ``runtime.stop_timeout``.
@@ -29,20 +35,27 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import cast
 
 import psutil
 import structlog
 import zmq
-from zmq.devices import ThreadProxy
 
-from camservice import __version__, comms, config as config_module, log, process
+from camservice import __version__, comms, log, process, topics
+from camservice import config as config_module
 from camservice.envelope import Event
-from camservice.methods import WORKER_KINDS
 
+from . import canary, liveness, sampling
+from .generation import SERVING, STARTING, STOPPED, Generation
+from .liveness import Liveness
+from .reload import Reloader
 from .watcher import FAILED, RUNNING, Watcher
 
 logger = structlog.get_logger("supervisor")
+
+#: Topics every gateway and worker publishes every two seconds from its event loop: heartbeats.
+HEARTBEAT_TOPICS = (topics.WORKER_STATS, topics.GATEWAY_STATS)
+#: Seconds between liveness checks.
+LIVENESS_TICK = 0.5
 
 
 class AlreadyRunning(RuntimeError):
@@ -102,27 +115,53 @@ def lock_is_held(state_dir: Path) -> bool:
 
 
 class Arbiter:
-    def __init__(self, config: config_module.Config, env: dict[str, str] | None = None):
+    def __init__(self, config, env: dict[str, str] | None = None):
         self.config = config
         self.state_dir = config.state_dir
         self.env = dict(os.environ if env is None else env)
-        self.endpoints = comms.Endpoints.from_config(config)
+        self.control_endpoint = comms.Endpoints.from_config(config, 0).control
         self.started = time.time()
-        self.watchers: list[Watcher] = []
-        counts = {
-            "gateway": config.gateway.processes,
-            "discovery": config.workers.discovery,
-            "recording": config.workers.recording,
-            "files": config.workers.files,
-        }
-        # Workers first: a gateway that comes up finds them registering.
-        for role in (*WORKER_KINDS, "gateway"):
-            for index in range(counts[role]):
-                self.watchers.append(Watcher(role, index, self.env, config.runtime, self._on_exit))
+        self.generations: list[Generation] = []
+        runtime = config.runtime
+        self.liveness = Liveness(
+            silent_after=runtime.hang_timeout,
+            stopped_after=runtime.heartbeat_interval * runtime.heartbeat_liveness,
+            start_grace=runtime.start_timeout,
+        )
         self._stop = asyncio.Event()
         self._psutil: dict[int, psutil.Process] = {}
         self.samples: dict[str, dict] = {}
         self.host: dict = {}
+        self._pubs: dict[int, zmq.Socket] = {}
+        #: Set by camservice.supervisor.reload: the last reload and rollback, for status.
+        self.upgrade_state: dict = {"canary": None, "last_reload": None, "last_rollback": None}
+        self.rollbacks = 0
+        self.reloads = 0
+        #: Every gateway's canary figures, per generation (camservice.supervisor.canary).
+        self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
+        self.reloader = Reloader(self)
+        #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
+        self.commands: dict = {"reload": self.reloader.command}
+        self.new_generation(config, self.env, sys.executable)
+
+    @property
+    def watchers(self) -> list[Watcher]:
+        return [w for g in self.generations for w in g.watchers]
+
+    @property
+    def serving(self) -> Generation:
+        """The newest generation that serves (during a reload: the old one, until the switch)."""
+        for state in (SERVING, STARTING):
+            for generation in reversed(self.generations):
+                if generation.state == state:
+                    return generation
+        return self.generations[-1]
+
+    def new_generation(self, config, env: dict[str, str], executable: str) -> Generation:
+        number = self.generations[-1].number + 1 if self.generations else 0
+        generation = Generation(number, config, env, executable, self._on_exit, self._on_start)
+        self.generations.append(generation)
+        return generation
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -131,46 +170,60 @@ class Arbiter:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stop.set)
         comms.prepare_ipc_dir(self.config)
-        for name in ("events-in.sock", "events-out.sock", "control.sock"):
-            (self.state_dir / "run" / name).unlink(missing_ok=True)
-        self.proxy = ThreadProxy(zmq.XSUB, zmq.XPUB)
-        self.proxy.bind_in(self.endpoints.events_in)
-        self.proxy.bind_out(self.endpoints.events_out)
-        for prefix in ("in", "out"):
-            getattr(self.proxy, f"setsockopt_{prefix}")(zmq.LINGER, 0)
-            getattr(self.proxy, f"setsockopt_{prefix}")(zmq.SNDHWM, comms.HIGH_WATER_MARK)
-            getattr(self.proxy, f"setsockopt_{prefix}")(zmq.RCVHWM, comms.HIGH_WATER_MARK)
-        self.proxy.start()
+        (self.state_dir / "run" / "control.sock").unlink(missing_ok=True)
         self.ctx = zmq.Context()
-        self.pub = comms.publisher(self.ctx, self.endpoints)
+        self.heartbeats = self.ctx.socket(zmq.SUB)
+        self.heartbeats.setsockopt(zmq.LINGER, 0)
+        for topic in HEARTBEAT_TOPICS:
+            self.heartbeats.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        loop.add_reader(self.heartbeats.getsockopt(zmq.FD), self._on_heartbeats)
         self.control = comms.router(self.ctx)
-        self.control.bind(self.endpoints.control)
-        # getsockopt is typed int | bytes; FD and EVENTS are ints.
-        loop.add_reader(cast(int, self.control.getsockopt(zmq.FD)), self._on_control)
-        for watcher in self.watchers:
-            watcher.start()
-        logger.info("supervisor_started", pid=os.getpid(), processes=len(self.watchers), version=__version__)
-        sampler = asyncio.ensure_future(self._sample_forever())
+        self.control.bind(self.control_endpoint)
+        loop.add_reader(self.control.getsockopt(zmq.FD), self._on_control)
+        first = self.generations[0]
+        self.open(first)
+        first.start()
+        first.state = SERVING
+        logger.info("supervisor_started", pid=os.getpid(), processes=len(first.watchers), version=__version__)
+        background = [asyncio.ensure_future(self._sample_forever()), asyncio.ensure_future(self._watch_liveness())]
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 self._on_control()  # the ZeroMQ FD is edge-triggered
-        sampler.cancel()
+        for task in background:
+            task.cancel()
         await self.shutdown()
+
+    def open(self, generation: Generation) -> None:
+        """Bind ``generation``'s bus and connect the supervisor's publisher and heartbeat listener to it."""
+        generation.open_bus(self.ctx)
+        self._pubs[generation.number] = comms.publisher(self.ctx, generation.endpoints)
+        self.heartbeats.connect(generation.endpoints.events_out)
+
+    def close(self, generation: Generation) -> None:
+        generation.state = STOPPED
+        pub = self._pubs.pop(generation.number, None)
+        if pub is not None:
+            pub.close(linger=0)
+        try:
+            self.heartbeats.disconnect(generation.endpoints.events_out)
+        except zmq.ZMQError:
+            pass
+        generation.close_bus()
 
     async def shutdown(self) -> None:
         logger.info("supervisor_stopping")
-        # Half the budget each, so the whole stop fits in runtime.stop_timeout.
+        # Half the budget each (gateways, then workers), so the whole stop fits in runtime.stop_timeout.
         timeout = self.config.runtime.stop_timeout / 2
-        gateways = [w for w in self.watchers if w.role == "gateway"]
-        workers = [w for w in self.watchers if w.role != "gateway"]
-        await asyncio.gather(*(w.stop(timeout) for w in gateways))
-        await asyncio.gather(*(w.stop(timeout) for w in workers))
+        await asyncio.gather(*(g.stop(timeout) for g in self.generations if g.state != STOPPED))
+        for generation in self.generations:
+            if generation.state != STOPPED:
+                self.close(generation)
         loop = asyncio.get_running_loop()
-        loop.remove_reader(cast(int, self.control.getsockopt(zmq.FD)))
-        self.control.close(linger=0)
-        self.pub.close(linger=0)
+        for sock in (self.control, self.heartbeats):
+            loop.remove_reader(sock.getsockopt(zmq.FD))
+            sock.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
 
@@ -179,129 +232,172 @@ class Arbiter:
 
     # --- events ---------------------------------------------------------------------------
 
-    def _publish(self, topic: str, data: dict) -> None:
-        try:
-            self.pub.send_multipart(Event(topic, "supervisor", 0, data, time.time()).frames(), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+    def publish(self, topic: str, data: dict, generation: int | None = None) -> None:
+        """Publish on one generation's bus, or on every open bus."""
+        for number, pub in self._pubs.items():
+            if generation is not None and number != generation:
+                continue
+            try:
+                pub.send_multipart(Event(topic, "supervisor", 0, data, time.time()).frames(), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def _on_start(self, watcher: Watcher, pid: int) -> None:
+        self.liveness.started(pid, time.monotonic())
 
     def _on_exit(self, watcher: Watcher, pid: int) -> None:
         self._psutil.pop(pid, None)
-        self._publish(
-            "_process_exit", {"pid": pid, "name": watcher.name, "role": watcher.role, "code": watcher.last_exit}
-        )
+        self.liveness.forget(pid)
+        data = {"pid": pid, "name": watcher.name, "role": watcher.role, "code": watcher.last_exit}
+        data["hung"] = watcher.hung
+        self.publish(topics.PROCESS_EXIT, data, watcher.generation)
+
+    # --- liveness (issue 11 §5: a frozen process is replaced) --------------------------------
+
+    def _on_heartbeats(self) -> None:
+        now = time.monotonic()
+        while self.heartbeats.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = self.heartbeats.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = Event.from_frames(frames)
+                pid = event.data.get("pid")
+            except Exception:  # noqa: BLE001, S112 - a malformed event is not a heartbeat
+                continue
+            if isinstance(pid, int):
+                self.liveness.beat(pid, now)
+                figures = event.data.get("canary")
+                if isinstance(figures, dict):
+                    self._canary_figures(pid, figures, now)
+
+    def _canary_figures(self, pid: int, figures: dict, now: float) -> None:
+        for watcher in self.watchers:
+            if watcher.pid == pid:
+                try:
+                    self.windows.add(watcher.generation, pid, figures, now)
+                except (KeyError, TypeError):
+                    logger.warning("bad_canary_figures", pid=pid)
+                return
+
+    def generation_rss(self, generation: Generation) -> int:
+        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample."""
+        total = 0
+        for watcher in generation.watchers:
+            row = self.samples.get(watcher.key)
+            if row and row.get("pid") == watcher.pid:
+                total += row["rss_bytes"] + row["children_rss_bytes"]
+        return total
+
+    async def _watch_liveness(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_TICK)
+            self._on_heartbeats()
+            now = time.monotonic()
+            for watcher in self.watchers:
+                pid = watcher.pid
+                if pid is None or watcher.state != RUNNING:
+                    continue
+                verdict = self.liveness.verdict(pid, now, sampling.stopped(pid))
+                if verdict == liveness.STOPPED:
+                    watcher.kill_hung(f"stopped (SIGSTOP) for {self.liveness.stopped_after:.1f}s")
+                elif verdict == liveness.SILENT:
+                    watcher.kill_hung(f"no heartbeat for {self.liveness.silent_after:.1f}s")
 
     # --- sampling ---------------------------------------------------------------------------
 
     async def _sample_forever(self) -> None:
         while True:
             try:
-                rows, host = await asyncio.to_thread(self._sample)
+                rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
                 self.samples, self.host = rows, host
-                self._publish("_process_stats", {"processes": self.process_table(), "host": host})
+                self.publish_stats()
             except Exception:
                 logger.exception("sample_failed")
             await asyncio.sleep(self.config.runtime.sample_interval)
 
-    def _sample(self) -> tuple[dict[str, dict], dict]:
-        """CPU% and RSS of every process and its children (ffmpeg); runs in a thread."""
-        rows: dict[str, dict] = {}
-        for watcher in list(self.watchers):
-            pid = watcher.pid
-            if pid is None:
-                continue
-            try:
-                proc = self._psutil.get(pid)
-                if proc is None:
-                    proc = self._psutil[pid] = psutil.Process(pid)
-                    proc.cpu_percent(None)
-                with proc.oneshot():
-                    cpu = proc.cpu_percent(None)
-                    rss = proc.memory_info().rss
-                    times = proc.cpu_times()
-                children_rss = children_cpu = 0.0
-                for child in proc.children(recursive=True):
-                    try:
-                        children_rss += child.memory_info().rss
-                        ct = child.cpu_times()
-                        children_cpu += ct.user + ct.system
-                    except psutil.Error:
-                        pass
-                rows[watcher.name] = {
-                    "cpu_percent": round(cpu, 1),
-                    "rss_bytes": rss,
-                    "cpu_seconds": times.user + times.system,
-                    "children_rss_bytes": int(children_rss),
-                    "children_cpu_seconds": children_cpu,
-                }
-            except psutil.Error:
-                continue
-        memory = psutil.virtual_memory()
-        host = {
-            "cpu_percent": psutil.cpu_percent(None),
-            "per_cpu_percent": psutil.cpu_percent(None, percpu=True),
-            "memory_percent": memory.percent,
-            "memory_total_bytes": memory.total,
-            "memory_used_bytes": memory.total - memory.available,
-            "load": list(os.getloadavg()),
-        }
-        net = psutil.net_io_counters()
-        if net is not None:
-            host["net_bytes_sent"], host["net_bytes_recv"] = net.bytes_sent, net.bytes_recv
-        return rows, host
+    def publish_stats(self) -> None:
+        """The serving generation's process table (names repeat across generations) and the upgrade figures."""
+        table = sampling.process_table(self.serving.watchers, self.samples)
+        upgrade = {"generation": self.serving.number, "reloads": self.reloads, "rollbacks": self.rollbacks}
+        self.publish(topics.PROCESS_STATS, {"processes": table, "host": self.host, "upgrade": upgrade})
 
     def process_table(self) -> list[dict]:
-        table = []
-        for watcher in self.watchers:
-            row = watcher.describe()
-            sample = self.samples.get(watcher.name, {}) if watcher.pid else {}
-            row["cpu_percent"] = sample.get("cpu_percent", 0.0)
-            row["rss_bytes"] = sample.get("rss_bytes", 0)
-            row["cpu_seconds"] = sample.get("cpu_seconds", 0.0)
-            row["children_rss_bytes"] = sample.get("children_rss_bytes", 0)
-            row["children_cpu_seconds"] = sample.get("children_cpu_seconds", 0.0)
-            table.append(row)
-        return table
+        return sampling.process_table(
+            [w for g in self.generations if g.state != STOPPED for w in g.watchers], self.samples
+        )
 
     # --- control socket ----------------------------------------------------------------------
 
     def _on_control(self) -> None:
-        while cast(int, self.control.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
-                identity, empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
+                identity, _empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             except ValueError:
                 continue
             try:
-                command = json.loads(payload).get("command")
+                request = json.loads(payload)
+                command = request.get("command")
             except (ValueError, AttributeError):
-                command = None
-            if command == "status":
-                answer = {
-                    "ok": True,
-                    "pid": os.getpid(),
-                    "version": __version__,
-                    "uptime": round(time.time() - self.started, 1),
-                    "state_dir": str(self.state_dir),
-                    "processes": self.process_table(),
-                    "host": self.host,
-                }
-            elif command == "stop":
-                answer = {"ok": True, "stopping": True}
-                self._stop.set()
-            else:
-                answer = {"ok": False, "error": f"unknown command {command!r}"}
-            try:
-                self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+                request, command = {}, None
+            answer = self.command(command, request, lambda reply, identity=identity: self._answer(identity, reply))
+            if answer is not None:
+                self._answer(identity, answer)
+
+    def _answer(self, identity: bytes, answer: dict) -> None:
+        try:
+            self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def command(self, command: str | None, request: dict, reply) -> dict | None:
+        """Answer a control command now (a dict) or later through ``reply`` (returns None)."""
+        if command == "status":
+            return self.status()
+        if command == "stop":
+            self._stop.set()
+            return {"ok": True, "stopping": True}
+        if command == "hello":  # a gateway is listening with its replica loaded
+            answer = self.status()
+            for generation in self.generations:
+                for watcher in generation.watchers:
+                    if watcher.pid is not None and watcher.pid == request.get("pid"):
+                        watcher.ready = True
+                        answer["processes"] = sampling.process_table(generation.watchers, self.samples)
+            return answer
+        handler = self.commands.get(command)
+        if handler is not None:
+            return handler(self, request, reply)
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def status(self) -> dict:
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(time.time() - self.started, 1),
+            "state_dir": str(self.state_dir),
+            "processes": self.process_table(),
+            "host": self.host,
+            "generation": self.serving.number,
+            "generations": [g.describe() for g in self.generations if g.state != STOPPED],
+            **self.upgrade_state,
+        }
+
+    def count_rollback(self, reason: str) -> None:
+        """A rollback happened: counted, logged, published (gateways export it in /metrics)."""
+        self.rollbacks += 1
+        logger.error("rollback", reason=reason, rollbacks=self.rollbacks)
+        self.publish_stats()
 
     def all_running(self) -> bool:
-        return all(w.state == RUNNING for w in self.watchers)
+        return all(w.state == RUNNING for w in self.serving.watchers)
 
     def any_failed(self) -> bool:
-        return any(w.state == FAILED for w in self.watchers)
+        return any(w.state == FAILED for w in self.serving.watchers)
 
 
 def main(foreground: bool = False) -> int:

@@ -10,23 +10,28 @@ supervisor reaps children as they die rather than polling. Restart policy:
   ``runtime.restart_backoff_max``;
 * a run longer than ``runtime.stable_after`` resets the count;
 * after ``runtime.give_up_after`` crashes in a row the watcher stops trying
-  and shows ``failed`` in ``camservice status`` rather than restart forever.
+  and shows ``failed`` in ``camservice status`` rather than burn CPU in a
+  tight loop; after ``runtime.failed_retry_after`` seconds of that cool-down
+  it starts a new round (a disk that filled up, a device that came back:
+  the cause may have gone away), so no failure is left for ever;
+* a process the supervisor finds hung (:mod:`.liveness`) is killed with
+  SIGKILL and counts as a crash; its exit is reported with ``hung`` set, so
+  that gateways tell its callers it stopped answering rather than exited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
 import structlog
 
-from camservice.config import Section
+from camservice.backoff import Backoff
 from camservice.process import die_with_parent
 
 log = structlog.get_logger("supervisor")
@@ -46,10 +51,12 @@ def _child_setup() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-class _Uniform(Protocol):
-    """What the restart backoff needs of a random source (the ``random`` module, or a seeded ``Random``)."""
-
-    def uniform(self, a: float, b: float) -> float: ...
+def _gateway_setup() -> None:
+    # A gateway must tell a planned stop (SIGTERM from the supervisor) from the
+    # supervisor's death, to close with 1012 rather than 1001. getppid() cannot:
+    # the kernel sends PDEATHSIG when the *thread* that forked dies, and while
+    # the supervisor's other threads live it still reports the same parent.
+    die_with_parent(signal.SIGHUP)
 
 
 class Watcher:
@@ -58,8 +65,11 @@ class Watcher:
         role: str,
         index: int,
         env: dict[str, str],
-        policy: Section,
+        policy,
         on_exit: Callable[["Watcher", int], None] | None = None,
+        on_start: Callable[["Watcher", int], None] | None = None,
+        generation: int = 0,
+        executable: str | None = None,
     ):
         self.role = role
         self.index = index
@@ -67,6 +77,23 @@ class Watcher:
         self.env = env
         self.policy = policy  # config.runtime section
         self.on_exit = on_exit
+        self.on_start = on_start
+        self.generation = generation
+        #: Unique across generations (names repeat in each).
+        self.key = f"g{generation}/{self.name}"
+        self.executable = executable or sys.executable
+        #: Why the supervisor killed the current process (a hang), or None.
+        self.hung: str | None = None
+        #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
+        self.ready = False
+        # The first restart after a stable run is immediate (``immediate=1``); a loop backs off.
+        self.backoff = Backoff(
+            initial=min(0.25, policy.restart_backoff_max),
+            ceiling=policy.restart_backoff_max,
+            factor=2.0,
+            immediate=1,
+            jitter=0.5,
+        )
         self.state = STOPPED
         self.popen: subprocess.Popen | None = None
         self.started_at = 0.0
@@ -83,31 +110,35 @@ class Watcher:
         return self.popen.pid if self.popen and self.popen.returncode is None else None
 
     def start(self) -> None:
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._exited.clear()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "camservice.process", self.role, str(self.index)],
+            [self.executable, "-m", "camservice.process", self.role, str(self.index)],
             env=self.env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup,
+            preexec_fn=_gateway_setup if self.role == "gateway" else _child_setup,
             close_fds=True,
         )
         self.started_at = time.monotonic()
+        self.backoff.started()
         self.state = RUNNING
-        log.info("process_started", process=self.name, pid=self.popen.pid)
+        self.hung = None
+        self.ready = False
+        log.info("process_started", process=self.name, pid=self.popen.pid, generation=self.generation)
+        if self.on_start is not None:
+            self.on_start(self, self.popen.pid)
         try:
             self._pidfd = os.pidfd_open(self.popen.pid)
-            loop.add_reader(self._pidfd, self._reap)
+            self._loop.add_reader(self._pidfd, self._reap)
         except (AttributeError, OSError):  # kernels before 5.3: wait in a thread
             self._pidfd = None
-            loop.run_in_executor(None, self.popen.wait).add_done_callback(
-                lambda _: loop.call_soon_threadsafe(self._reap)
+            self._loop.run_in_executor(None, self.popen.wait).add_done_callback(
+                lambda _: self._loop.call_soon_threadsafe(self._reap)
             )
 
     def _reap(self) -> None:
         if self.popen is None or self.popen.poll() is None:
             return
-        assert self._loop is not None  # a popen means start() ran
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -125,25 +156,34 @@ class Watcher:
         ran = time.monotonic() - self.started_at
         if ran >= self.policy.stable_after:
             self.crashes_in_a_row = 0
+            self.backoff.reset()
         self.crashes_in_a_row += 1
         if self.crashes_in_a_row > self.policy.give_up_after:
             self.state = FAILED
-            log.error("process_failed", process=self.name, pid=pid, code=code, crashes=self.crashes_in_a_row - 1)
+            retry = self.policy.failed_retry_after
+            log.error(
+                "process_failed",
+                process=self.name,
+                pid=pid,
+                code=code,
+                crashes=self.crashes_in_a_row - 1,
+                retry_in_s=retry,
+            )
+            self._restart_handle = self._loop.call_later(retry, self._retry_after_cool_down)
             return
-        delay = self.backoff_delay(self.crashes_in_a_row, self.policy.restart_backoff_max)
+        # The first restart after a stable run is immediate; a loop backs off.
+        delay = self.backoff.failed()
         self.state = BACKOFF
         log.warning(
-            "process_exited", process=self.name, pid=pid, code=code, ran_s=round(ran, 2), restart_in_s=round(delay, 3)
+            "process_exited",
+            process=self.name,
+            pid=pid,
+            code=code,
+            hung=self.hung,
+            ran_s=round(ran, 2),
+            restart_in_s=round(delay, 3),
         )
         self._restart_handle = self._loop.call_later(delay, self._restart)
-
-    @staticmethod
-    def backoff_delay(crashes: int, ceiling: float, rng: _Uniform = random) -> float:
-        """Seconds to wait before restart number ``crashes`` of a crash loop."""
-        if crashes <= 1:
-            return 0.0
-        base = min(ceiling, 0.25 * 2 ** (crashes - 2))
-        return base * rng.uniform(0.5, 1.0)
 
     def _restart(self) -> None:
         self._restart_handle = None
@@ -152,15 +192,33 @@ class Watcher:
         self.restarts += 1
         self.start()
 
+    def _retry_after_cool_down(self) -> None:
+        self._restart_handle = None
+        if self.state != FAILED:
+            return
+        log.info("process_retry_after_cool_down", process=self.name)
+        self.crashes_in_a_row = 0
+        self.backoff.reset()
+        self.restarts += 1
+        self.start()
+
+    def kill_hung(self, reason: str) -> None:
+        """The process stopped answering: replace it (SIGKILL also ends a SIGSTOPped one)."""
+        if self.pid is None or self.state != RUNNING:
+            return
+        self.hung = reason
+        log.error("process_hung", process=self.name, pid=self.pid, reason=reason)
+        self.signal(signal.SIGKILL)
+
     def signal(self, sig: int) -> None:
-        if self.popen is not None and self.pid is not None:
+        if self.pid is not None:
             try:
                 self.popen.send_signal(sig)
             except ProcessLookupError:
                 pass
 
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, give it ``timeout`` to drain, then SIGKILL."""
+    async def stop(self, timeout: float, sig: int | None = None) -> None:
+        """``sig`` (SIGTERM; a gateway drains for a reload on SIGUSR1), ``timeout`` to drain, then SIGKILL."""
         if self._restart_handle is not None:
             self._restart_handle.cancel()
             self._restart_handle = None
@@ -168,7 +226,7 @@ class Watcher:
             self.state = STOPPED if self.state != FAILED else FAILED
             return
         self.state = STOPPING
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM if sig is None else sig)
         try:
             await asyncio.wait_for(self._exited.wait(), timeout)
         except asyncio.TimeoutError:
@@ -177,7 +235,6 @@ class Watcher:
             try:
                 await asyncio.wait_for(self._exited.wait(), 2.0)
             except asyncio.TimeoutError:
-                assert self.popen is not None  # it had a pid above
                 self.popen.wait(timeout=1.0)
                 self._reap()
 
@@ -192,4 +249,5 @@ class Watcher:
             "restarts": self.restarts,
             "uptime": round(up, 1),
             "last_exit": self.last_exit,
+            "generation": self.generation,
         }

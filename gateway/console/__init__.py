@@ -111,7 +111,7 @@ class Console:
     def serve(self, path: str, headers) -> HttpResponse | None:
         """The response for ``GET path``, or None when the path is not the console's.
 
-        ``headers`` is any mapping with ``get`` (``If-None-Match``, ``Accept-Encoding``).
+        ``headers`` is a mapping whose ``get`` takes lower-case names (websockets' Headers, or the route table's dict).
         """
         target = unquote(urlsplit(path).path)
         if target == "/":
@@ -135,9 +135,9 @@ class Console:
             extra["Content-Security-Policy"] = self.csp
         if asset.gzipped is not None:
             extra["Vary"] = "Accept-Encoding"
-        if _matches(headers.get("If-None-Match"), asset.etag):
+        if _matches(headers.get("if-none-match"), asset.etag):
             return 304, asset.content_type, b"", extra
-        if asset.gzipped is not None and _accepts_gzip(headers.get("Accept-Encoding")):
+        if asset.gzipped is not None and _accepts_gzip(headers.get("accept-encoding")):
             extra["Content-Encoding"] = "gzip"
             return 200, asset.content_type, asset.gzipped, extra
         return 200, asset.content_type, asset.body, extra

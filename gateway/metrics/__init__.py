@@ -61,6 +61,8 @@ for values above ``bn`` -- what :meth:`camservice.histogram.Histogram.export` pr
 * files: ``{"recordings_bytes": int, "snapshots_bytes": int,
   "recordings_files": int, "snapshots_files": int}``
 * discovery: ``{"hotplug_events": int (plugs and unplugs seen since start)}``
+* mqtt (the bridge): ``{"connected": 0|1, "queued": int, "reconnects": int,
+  "published": {kind: int}, "dropped": {kind: int}, "commands": {"ok": int, "error": int}}``
 
 Every worker's ``in_flight`` (sent by the worker runtime) is exported too.
 """

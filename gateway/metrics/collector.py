@@ -79,7 +79,22 @@ class ServiceCollector(Collector):
         yield from self._cameras(exporter.gateway, exporter.worker_stats("recording", now))
         yield from self._recording(exporter.worker_stats("recording", now))
         yield from self._discovery(exporter.worker_stats("discovery", now))
+        yield from self._mqtt(exporter.worker_stats("mqtt", now))
         yield from self._media(exporter.config.media.backend, exporter.gateway.media_status)
+        yield from self._upgrade(getattr(exporter.gateway, "upgrade", {}))
+
+    @staticmethod
+    def _upgrade(figures: dict[str, Any]) -> Iterator:
+        """Reloads and automatic rollbacks (camservice.supervisor.reload), from ``_process_stats``."""
+        generation = _gauge("camservice_generation", "Generation of processes serving (0 at start, +1 per reload).")
+        generation.add_metric([], figures.get("generation", 0))
+        yield generation
+        reloads = _counter("camservice_reloads", "Reloads completed since the supervisor started.")
+        reloads.add_metric([], figures.get("reloads", 0))
+        yield reloads
+        rollbacks = _counter("camservice_rollbacks", "Automatic rollbacks (canary or failed start) since start.")
+        rollbacks.add_metric([], figures.get("rollbacks", 0))
+        yield rollbacks
 
     # --- gateways ------------------------------------------------------------------------
 
@@ -284,6 +299,41 @@ class ServiceCollector(Collector):
         if events is not None:
             family = _counter("camservice_camera_hotplug_events", "Camera plugs and unplugs seen.")
             family.add_metric([], events)
+            yield family
+
+    @staticmethod
+    def _mqtt(stats: dict[str, Any]) -> Iterator:
+        if not stats:
+            return  # no bridge (mqtt.host unset), or not heard from
+        for key, name, doc in (
+            ("connected", "camservice_mqtt_connected", "1 while the MQTT bridge is connected to its broker."),
+            ("queued", "camservice_mqtt_queued_messages", "Messages waiting for the MQTT broker."),
+        ):
+            value = _number(stats.get(key))
+            if value is not None:
+                family = _gauge(name, doc)
+                family.add_metric([], value)
+                yield family
+        reconnects = _number(stats.get("reconnects"))
+        if reconnects is not None:
+            family = _counter("camservice_mqtt_reconnects", "Connections to the MQTT broker lost since start.")
+            family.add_metric([], reconnects)
+            yield family
+        for key, name, doc, label in (
+            ("published", "camservice_mqtt_messages_published", "Messages the MQTT broker acknowledged.", "kind"),
+            (
+                "dropped",
+                "camservice_mqtt_messages_dropped",
+                "Events dropped because the MQTT broker was too slow.",
+                "kind",
+            ),
+            ("commands", "camservice_mqtt_commands", "MQTT commands answered, by result (ok, error).", "result"),
+        ):
+            values = stats.get(key)
+            family = _counter(name, doc, [label])
+            for label_value, number in sorted(values.items()) if isinstance(values, dict) else ():
+                if _number(number) is not None:
+                    family.add_metric([str(label_value)], number)
             yield family
 
     @staticmethod

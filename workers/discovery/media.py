@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from camservice import topics
 from camservice.cameras import CONNECTED, Camera
 from camservice.mediamtx import MediaMTXClient
 
@@ -35,7 +36,7 @@ from .registry import CameraRegistry
 RECONCILE_INTERVAL = 15.0
 #: Seconds one MediaMTX operation may take before it counts as failed.
 CALL_TIMEOUT = 10.0
-MEDIA_STATUS_TOPIC = "_media_status"
+MEDIA_STATUS_TOPIC = topics.MEDIA_STATUS
 
 
 class StreamSync:

@@ -73,6 +73,8 @@ THREAD_WAIT_CAP = 30.0
 class FilesWorker(Worker):
     kind = "files"
     subscriptions = ("_file_update", "camera_status_update")
+    #: Rescans, retention and storage checks on a timer; unit tests turn them off.
+    background_jobs = True
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
@@ -148,7 +150,8 @@ class FilesWorker(Worker):
             # JSON-RPC still works without downloads; the gateway's proxy and
             # health checks will show the port as unreachable.
             self.log.error("download_server_unavailable", port=self.config.files.http_port, error=str(exc))
-        self._jobs = self.spawn(self._background_jobs())
+        if self.background_jobs:
+            self._jobs = self.spawn(self._background_jobs())
         self.spawn(self.cameras.request_snapshot())  # retried until discovery answers
 
     async def stop(self) -> None:

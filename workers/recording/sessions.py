@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from camservice import errors, ffmpeg, storage_errors
+from camservice import errors, ffmpeg, storage_errors, topics
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.cameras import CONNECTED, Camera
 from camservice.errors import RpcError
@@ -147,7 +147,7 @@ class RecordingManager:
         }
         if duration is not None:
             data["duration"] = duration
-        self.publish("_file_update", data)
+        self.publish(topics.FILE_UPDATE, data)
 
     def status_event(self, record: SessionRecord, status: str, duration: float, error: str | None = None) -> None:
         data: dict[str, Any] = {
@@ -159,7 +159,7 @@ class RecordingManager:
         }
         if error is not None:
             data["error"] = error
-        self.publish("recording_status_update", data)
+        self.publish(topics.RECORDING_STATUS, data)
 
     async def probe_duration(self, path: Path) -> float | None:
         """Seconds of video in ``path``, read back with ``ffmpeg -i`` in a thread; None when unknown."""

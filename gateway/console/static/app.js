@@ -23,6 +23,8 @@ function Login({ rpc, notice }) {
   const [token, setToken] = useState("");
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState("");
+  const field = useRef(null);
+  useEffect(() => field.current?.focus(), []);
 
   async function submit(event) {
     event.preventDefault();
@@ -58,7 +60,7 @@ function Login({ rpc, notice }) {
         spellcheck="false"
         value=${token}
         onInput=${(e) => setToken(e.currentTarget.value)}
-        autofocus
+        ref=${field}
       />
       <p class="hint">Kept for this browser tab only.</p>
       ${error && html`<p class="error" role="alert">${error}</p>`}

@@ -1,7 +1,7 @@
 // Files page: recordings and snapshots, newest first, one page at a time
 // (limit/offset: the service pages over any number of files), filter by camera,
 // play/view on signed links, download, delete one or several with confirmation.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import {
   Modal,
   can,
@@ -100,7 +100,8 @@ export function FilesPage({ rpc, role, cameras, generation, query }) {
     rpc.call(kind === "recordings" ? "list_recordings" : "list_snapshots", params).then(
       (result) => {
         if (!live) return;
-        setPage({ ...result, kind, fetchedMs: performance.now() - started });
+        const now = performance.now();
+        setPage({ ...result, kind, fetchMs: now - started, receivedAt: now });
         setError("");
       },
       (err) => live && setError(errorText(err)),
@@ -111,6 +112,15 @@ export function FilesPage({ rpc, role, cameras, generation, query }) {
   }, [generation, kind, offset, device, reload]);
 
   useEffect(() => setSelected(new Set()), [kind, offset, device]);
+
+  // Timings on the table (bench/console.py reads them): the call, and data-to-rendered rows.
+  const table = useRef(null);
+  useEffect(() => {
+    if (!page || !table.current) return;
+    table.current.dataset.fetchMs = page.fetchMs.toFixed(1);
+    table.current.dataset.renderMs = (performance.now() - page.receivedAt).toFixed(1);
+    table.current.dataset.offset = String(page.offset);
+  }, [page]);
 
   // A finished recording appears on the first page by itself.
   useEffect(
@@ -186,7 +196,7 @@ export function FilesPage({ rpc, role, cameras, generation, query }) {
     </div>
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div role="tabpanel" aria-label=${KINDS[kind]}>
-      <table class="files" data-kind=${kind}>
+      <table class="files" data-kind=${kind} ref=${table}>
         <caption class="sr-only">${KINDS[kind]}, newest first</caption>
         <thead>
           <tr>

@@ -69,7 +69,9 @@ function Chart({ title, series, unit, now }) {
           points=${s.points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ")} />`,
       )}
     </svg>
-    <div class="row spread meta"><span>15 min ago</span><span>max ${label(max / 1.1)}</span><span>now</span></div>
+    <div class="row spread meta">
+      <span>15 min ago</span><span>${all.length ? `max ${label(max / 1.1)}` : "collecting…"}</span><span>now</span>
+    </div>
     <ul class="legend">
       ${series.map(
         (s) => html`<li><span class=${`swatch ${s.cls}`}></span>${s.name}:

@@ -1,0 +1,102 @@
+"""One generation: a full set of processes (workers and gateways) with its own event bus.
+
+``camservice start`` creates generation 0; every ``camservice reload`` starts
+the next one beside it, from the code installed then (``executable``: the
+Python of the active virtualenv) and the configuration read then. Two
+generations never share a bus or a request socket (see
+:meth:`camservice.comms.Endpoints.from_config`), so the old one keeps serving
+its clients, unchanged, until it is drained.
+
+States: ``starting`` (new, not serving yet), ``serving``, ``draining`` (its
+gateways are telling clients to move), ``stopped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import yaml
+import zmq
+
+from camservice import comms
+from camservice import config as config_module
+from camservice.methods import WORKER_KINDS
+
+from .bus import Bus
+from .watcher import Watcher
+
+STARTING, SERVING, DRAINING, STOPPED = "starting", "serving", "draining", "stopped"
+
+
+class Generation:
+    def __init__(self, number: int, config, env: dict[str, str], executable: str, on_exit, on_start):
+        self.number = number
+        self.config = config
+        self.executable = executable
+        self.env = dict(env)
+        self.env[comms.GENERATION_ENV] = str(number)
+        # The children read exactly the configuration the supervisor checked (a
+        # rollback must not pick up the file that was edited for the reload).
+        self.config_file = Path(config.runtime.state_dir) / "run" / f"config-g{number}.yaml"
+        self.env[config_module.CONFIG_ENV] = str(self.config_file)
+        self.endpoints = comms.Endpoints.from_config(config, number)
+        self.state = STARTING
+        self.created = time.time()
+        self.bus: Bus | None = None
+        counts = {
+            "gateway": config.gateway.processes,
+            "discovery": config.workers.discovery,
+            "recording": config.workers.recording,
+            "files": config.workers.files,
+            # The MQTT bridge is optional: one process, only with a broker configured.
+            "mqtt": 1 if config.mqtt.host else 0,
+        }
+        self.watchers: list[Watcher] = []
+        # Workers first: a gateway that comes up finds them registering.
+        for role in (*WORKER_KINDS, "gateway", "mqtt"):
+            for index in range(counts[role]):
+                self.watchers.append(
+                    Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, executable)
+                )
+
+    def role(self, *roles: str) -> list[Watcher]:
+        return [w for w in self.watchers if w.role in roles]
+
+    def open_bus(self, ctx: zmq.Context) -> None:
+        comms.prepare_ipc_dir(self.config)
+        self.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tree = config_module._unflatten(dict(self.config.flat))
+        self.config_file.touch(mode=0o600)  # it may hold security.jwt_secret
+        self.config_file.write_text(yaml.safe_dump(tree, sort_keys=True))
+        for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *self.endpoints.gateways):
+            if endpoint.startswith("ipc://"):
+                Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
+        self.bus = Bus(ctx, self.endpoints)
+        self.bus.start()
+
+    def start(self, roles: tuple[str, ...] | None = None) -> None:
+        for watcher in self.watchers:
+            if roles is None or watcher.role in roles:
+                watcher.start()
+
+    async def stop(self, timeout: float, roles: tuple[str, ...] | None = None) -> None:
+        """Gateways first (they drain in-flight calls while workers still answer), then workers."""
+        chosen = [w for w in self.watchers if roles is None or w.role in roles]
+        await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role == "gateway"))
+        await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role != "gateway"))
+
+    def close_bus(self) -> None:
+        if self.bus is not None:
+            self.bus.close()
+            self.bus = None
+
+    def describe(self) -> dict:
+        return {
+            "number": self.number,
+            "state": self.state,
+            "executable": self.executable,
+            "created": round(self.created, 3),
+            "processes": [w.name for w in self.watchers],
+        }

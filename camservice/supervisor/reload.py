@@ -1,0 +1,255 @@
+"""``camservice reload``: start a new generation beside the old one, move the clients, drain the old one.
+
+Steps (each bounded in time; any failure before the switch leaves the old
+generation serving, untouched):
+
+1. Read and check the configuration again. A bad value is refused with its
+   key named (``ConfigError``), and so is a change to a key that cannot
+   change while running (:data:`FIXED_KEYS`): nothing has been started yet.
+2. Start the new generation's discovery and file workers and its gateways,
+   from the code installed now (``executable``: the active virtualenv's
+   Python), on their own bus and request sockets. Its gateways listen on the
+   same port at once (``SO_REUSEPORT``), so from then on the kernel gives new
+   connections to either generation: both serve correctly.
+3. Wait until every new gateway said hello (listening, camera replica
+   loaded). A new process that crashes meanwhile aborts the reload: the new
+   generation is stopped and the old one keeps serving (``rolled_back``).
+4. Drain the old gateways (SIGUSR1, :mod:`camservice.gateway.restarting`): they
+   stop accepting, send ``server_restarting`` {"reason": "reload"} to every
+   connection, answer the calls in flight, close with 1012. Clients
+   reconnect to the new gateways.
+5. Hand recordings over: the old recording worker is killed (SIGKILL), which
+   the recording worker treats as a crash: its ffmpeg finalises the current
+   segment (PDEATHSIG) and the journal stays; the new recording worker
+   (started with its generation, imports done, waiting for the old pid to be
+   gone: ``camservice.process.TAKE_OVER_ENV``) resumes every session (same
+   session id and deadline) in a new segment. We chose *continue* over *finish on the old
+   generation*: a finishing old worker would keep the camera device (one
+   reader at a time) and its sessions would be unknown to the new
+   generation's workers, so stop_recording would fail for the rest of the
+   recording. The gap is one segment boundary (figures in the README).
+6. Stop the old discovery and file workers, close the old bus.
+
+A rollback is a reload back to the previous generation's code and
+configuration, with ``reason: "rollback"`` (SIGUSR2 to the gateways).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+
+from camservice import config as config_module
+from camservice import process
+from camservice.gateway.restarting import TAKES_OVER_ENV
+
+from . import canary
+from .generation import DRAINING, SERVING
+from .watcher import BACKOFF, FAILED
+
+log = structlog.get_logger("supervisor")
+
+#: Seconds between two looks of the canary at the new generation's figures.
+CANARY_TICK = 0.5
+
+#: Keys a running service cannot take from a reload (the processes that hold them
+#: outlive it, or both generations must agree on them).
+FIXED_KEYS = (
+    "runtime.state_dir",
+    "runtime.transport",
+    "runtime.tcp_host",
+    "runtime.tcp_base_port",
+    "server.host",
+    "server.port",
+    "files.http_port",
+    "gateway.processes",
+)
+
+
+class ReloadError(Exception):
+    pass
+
+
+def fixed_key_changed(old, new) -> str | None:
+    for key in FIXED_KEYS:
+        if old.flat[key] != new.flat[key]:
+            return f"{key}: cannot change in a reload (from {old.flat[key]!r} to {new.flat[key]!r}); restart instead"
+    return None
+
+
+class Reloader:
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.busy = False
+        #: (config, executable) of the generation before the last reload: a rollback's target.
+        self.previous = None
+        self._canary: asyncio.Task | None = None
+
+    # --- control command -------------------------------------------------------------
+
+    def command(self, arbiter, request: dict, reply) -> dict | None:
+        if self.busy:
+            return {"ok": False, "error": "a reload is already in progress"}
+        try:
+            config = config_module.load()
+        except config_module.ConfigError as exc:
+            return {"ok": False, "error": f"configuration error: {exc}", "changed": False}
+        problem = fixed_key_changed(arbiter.config, config)
+        if problem:
+            return {"ok": False, "error": f"configuration error: {problem}", "changed": False}
+        executable = request.get("executable") or arbiter.serving.executable
+        self.busy = True
+        task = asyncio.ensure_future(self.run(config, executable, "reload"))
+
+        def done(task: asyncio.Task) -> None:
+            self.busy = False
+            try:
+                reply(task.result())
+            except Exception as exc:  # the CLI hears it
+                log.exception("reload_failed")
+                reply({"ok": False, "error": f"reload failed: {exc}"})
+
+        task.add_done_callback(done)
+        return None
+
+    # --- the reload --------------------------------------------------------------------
+
+    async def run(self, config, executable: str, reason: str) -> dict:
+        arbiter = self.arbiter
+        old = arbiter.serving
+        began = time.monotonic()
+        if self._canary is not None and reason != "rollback":
+            self._canary.cancel()  # a newer reload: the canary of the previous one has nothing to judge
+        window = config.upgrade.canary_seconds
+        baseline = arbiter.windows.total(old.number, began - window).figures()
+        old_rss = arbiter.generation_rss(old)
+        log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
+        new = arbiter.new_generation(config, arbiter.env, executable)
+        arbiter.open(new)
+        for watcher in new.role("gateway"):  # they listen before the recording workers took over
+            watcher.env = {**new.env, TAKES_OVER_ENV: "recording"}
+        # The new recording workers start now too, but wait (imports done) for the old ones to be
+        # gone before they open a camera: the handover then costs no interpreter start-up.
+        old_recorders = [w.pid for w in old.role("recording") if w.pid]
+        for position, watcher in enumerate(new.role("recording")):
+            if position < len(old_recorders):
+                watcher.env = {**new.env, process.TAKE_OVER_ENV: str(old_recorders[position])}
+        new.start()
+        stop_timeout = config.runtime.stop_timeout / 2
+        try:
+            await self._wait_ready(new, config.runtime.start_timeout)
+        except ReloadError as exc:
+            log.error("reload_aborted", generation=new.number, error=str(exc))
+            await new.stop(stop_timeout)
+            arbiter.close(new)
+            old.state = SERVING
+            result = {
+                "ok": False,
+                "error": f"{exc}; rolled back: generation {old.number} still serves",
+                "rolled_back": True,
+                "generation": old.number,
+            }
+            arbiter.upgrade_state["last_rollback"] = {
+                "time": time.time(),
+                "from_generation": new.number,
+                "to_generation": old.number,
+                "reason": str(exc),
+            }
+            arbiter.count_rollback(str(exc))
+            return result
+        ready_s = time.monotonic() - began
+        old.state = DRAINING
+        drain_signal = signal.SIGUSR2 if reason == "rollback" else signal.SIGUSR1
+        drain_began = time.monotonic()
+        await asyncio.gather(*(w.stop(stop_timeout, drain_signal) for w in old.role("gateway")))
+        drained_s = time.monotonic() - drain_began
+        # Recording handover (see the module docstring): a kill keeps the journal.
+        handover_began = time.monotonic()
+        await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in old.role("recording")))
+        for watcher in new.role("recording", "gateway"):
+            watcher.env = new.env  # a later restart takes nothing over
+        await old.stop(stop_timeout, roles=("discovery", "files"))
+        arbiter.close(old)
+        new.state = SERVING
+        self.previous = (old.config, old.executable)
+        arbiter.config = config
+        result = {
+            "ok": True,
+            "reason": reason,
+            "generation": new.number,
+            "previous_generation": old.number,
+            "executable": executable,
+            "ready_s": round(ready_s, 3),
+            "drain_s": round(drained_s, 3),
+            "handover_s": round(time.monotonic() - handover_began, 3),
+            "total_s": round(time.monotonic() - began, 3),
+        }
+        arbiter.upgrade_state["last_reload"] = {"time": time.time(), **result}
+        arbiter.reloads += 1
+        arbiter.publish_stats()
+        log.info("reload_done", **result)
+        if window > 0 and reason == "reload":
+            self._canary = asyncio.ensure_future(self.watch(new, baseline, old_rss, config, time.monotonic()))
+        else:
+            arbiter.upgrade_state["canary"] = None
+        return result
+
+    async def watch(self, new, baseline: dict, old_rss: int, config, switched: float) -> None:
+        """The canary: compare ``new`` with the old generation's ``baseline``; roll back on a regression."""
+        arbiter = self.arbiter
+        window = config.upgrade.canary_seconds
+        limits = canary.Tolerances.from_config(config.upgrade)
+        restarts_before = sum(w.restarts for w in new.watchers)
+        state = {"state": "watching", "generation": new.number, "remaining_s": window, "baseline": baseline}
+        arbiter.upgrade_state["canary"] = state
+        while time.monotonic() - switched < window:
+            await asyncio.sleep(CANARY_TICK)
+            if new.state != SERVING:
+                return
+            figures = arbiter.windows.total(new.number, switched).figures()
+            restarts = sum(w.restarts for w in new.watchers) - restarts_before
+            reason = canary.judge(baseline, figures, restarts, old_rss, arbiter.generation_rss(new), limits)
+            state.update(figures=figures, remaining_s=round(window - (time.monotonic() - switched), 1))
+            if reason is None:
+                continue
+            decided = time.monotonic()
+            state.update(state="failed", reason=reason)
+            log.error("canary_failed", generation=new.number, reason=reason, figures=figures, baseline=baseline)
+            previous_config, previous_executable = self.previous
+            while self.busy:  # a reload is being answered: wait for it
+                await asyncio.sleep(0.05)
+            self.busy = True
+            try:
+                result = await self.run(previous_config, previous_executable, "rollback")
+            finally:
+                self.busy = False
+            arbiter.upgrade_state["last_rollback"] = {
+                "time": time.time(),
+                "from_generation": new.number,
+                "to_generation": result.get("generation"),
+                "reason": reason,
+                "rollback_s": round(time.monotonic() - decided, 3),
+            }
+            arbiter.count_rollback(reason)
+            arbiter.upgrade_state["canary"] = dict(state)
+            return
+        state.update(state="passed", remaining_s=0)
+        log.info("canary_passed", generation=new.number, figures=state.get("figures"), baseline=baseline)
+
+    async def _wait_ready(self, generation, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        gateways = generation.role("gateway")
+        while time.monotonic() < deadline:
+            for watcher in generation.watchers:
+                if watcher.restarts or watcher.state in (BACKOFF, FAILED) or watcher.last_exit is not None:
+                    raise ReloadError(
+                        f"the new generation's {watcher.name} exited during start (code {watcher.last_exit})"
+                    )
+            if all(w.ready for w in gateways):
+                return
+            await asyncio.sleep(0.05)
+        late = [w.name for w in gateways if not w.ready]
+        raise ReloadError(f"the new generation was not ready within {timeout}s: {', '.join(late)}")
