@@ -83,6 +83,8 @@ class RequestPipeline:
         #: Latest process table from the supervisor (``_process_stats`` events).
         self.processes: list[dict[str, Any]] = []
         self.host_stats: dict[str, Any] = {}
+        #: The supervisor's upgrade figures (canary, generations), from process_stats.
+        self.upgrade: dict[str, Any] = {}
         #: Latest counters of every gateway process (``_gateway_stats`` events), by index.
         self.gateway_stats: dict[int, dict[str, Any]] = {}
         self.workers_alive: Callable[[], dict[str, int]] = lambda: {k: 0 for k in WORKER_KINDS}

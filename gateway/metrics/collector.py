@@ -316,9 +316,9 @@ class ServiceCollector(Collector):
                 yield family
         reconnects = _number(stats.get("reconnects"))
         if reconnects is not None:
-            family = _counter("camservice_mqtt_reconnects", "Connections to the MQTT broker lost since start.")
-            family.add_metric([], reconnects)
-            yield family
+            counter = _counter("camservice_mqtt_reconnects", "Connections to the MQTT broker lost since start.")
+            counter.add_metric([], reconnects)
+            yield counter
         for key, name, doc, label in (
             ("published", "camservice_mqtt_messages_published", "Messages the MQTT broker acknowledged.", "kind"),
             (
@@ -330,11 +330,11 @@ class ServiceCollector(Collector):
             ("commands", "camservice_mqtt_commands", "MQTT commands answered, by result (ok, error).", "result"),
         ):
             values = stats.get(key)
-            family = _counter(name, doc, [label])
+            counter = _counter(name, doc, [label])
             for label_value, number in sorted(values.items()) if isinstance(values, dict) else ():
                 if _number(number) is not None:
-                    family.add_metric([str(label_value)], number)
-            yield family
+                    counter.add_metric([str(label_value)], number)
+            yield counter
 
     @staticmethod
     def _media(backend: str, status: dict[str, Any]) -> Iterator:
