@@ -21,6 +21,7 @@ Nothing here logs or returns a credential: error data carries a fixed
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -38,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jwt
 
 from . import log
-from .config import ConfigError
+from .config import Config, ConfigError
 from .errors import AUTH_REQUIRED, RpcError
 from .methods import ROLES, permissions
 from .timestamps import utc_iso
@@ -69,7 +70,7 @@ def _fail(reason: str) -> RpcError:
 # --- the JWT secret ---------------------------------------------------------------
 
 
-def load_or_create_secret(config) -> str:
+def load_or_create_secret(config: Config) -> str:
     """The HS256 secret: ``security.jwt_secret``, else ``state_dir/jwt_secret``.
 
     The file is generated on first use (384 random bits, mode 0600). Several
@@ -250,7 +251,7 @@ class KeyStore:
         self._by_hash: dict[str, KeyRecord] = {}
 
     @classmethod
-    def for_config(cls, config, **kwargs: Any) -> "KeyStore":
+    def for_config(cls, config: Config, **kwargs: Any) -> "KeyStore":
         return cls(Path(config.runtime.state_dir) / KEYS_FILE, **kwargs)
 
     # reading (every process)
@@ -339,7 +340,7 @@ class KeyStore:
         raise KeyStoreError(f"no API key named '{name}'")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[list[KeyRecord]]:
+    def _locked(self) -> Iterator[builtins.list[KeyRecord]]:  # ``list`` is a method here
         """Read-modify-write under the lock; the list is written back if the block succeeds."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -358,7 +359,7 @@ class KeyStore:
             os.close(lock_fd)  # releases the flock
         self.refresh(force=True)
 
-    def _write(self, records: list[KeyRecord]) -> None:
+    def _write(self, records: builtins.list[KeyRecord]) -> None:
         document = {
             "version": 1,
             "keys": [
@@ -418,7 +419,7 @@ class Authenticator:
 
     def __init__(
         self,
-        config,
+        config: Config,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -513,6 +514,7 @@ class Authenticator:
             if scheme.lower() != "bearer":
                 raise _fail("unsupported authorization scheme (use Bearer)")
             return self.authenticate(credential.strip())
+        assert api_key is not None  # the first check: one of the two headers is there
         return self.authenticate(api_key.strip())
 
     def still_valid(self, identity: Identity) -> bool:
@@ -524,7 +526,7 @@ class Authenticator:
         if identity.expires_at is not None and identity.expires_at <= self._clock() - LEEWAY:
             return False
         if identity.kind == "api_key":
-            return self.keys.active(identity.key_name, identity.key_hash)
+            return identity.key_name is not None and self.keys.active(identity.key_name, identity.key_hash)
         return True
 
 

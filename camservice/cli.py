@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -114,8 +115,9 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     )
 
 
-def _ready(config) -> bool:
+def _ready(config: config_module.Config) -> bool:
     host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    conn: http.client.HTTPConnection
     if config.server.tls.cert_file:
         conn = http.client.HTTPSConnection(
             host, config.server.port, timeout=1.0, context=ssl._create_unverified_context()
@@ -249,13 +251,14 @@ def upgrade(ctx: click.Context, venv: str | None, wheel: str | None, as_json: bo
             venv = str(venvs.install_wheel(config.state_dir / "venvs", Path(wheel), keep=2))
         except venvs.InstallError as exc:
             raise click.ClickException(str(exc)) from None
+    assert venv is not None  # exactly one of the two was given, and a wheel made one
     python = Path(venv).resolve() / "bin" / "python"
     if not os.access(python, os.X_OK):
         raise click.ClickException(f"{venv}: no bin/python in this virtualenv")
     _reload(config, {"executable": str(python)}, as_json)
 
 
-def _reload(config, fields: dict, as_json: bool) -> None:
+def _reload(config: config_module.Config, fields: dict, as_json: bool) -> None:
     if not arbiter.lock_is_held(config.state_dir):
         raise click.ClickException("camservice is not running")
     budget = config.runtime.start_timeout + config.runtime.stop_timeout * 2 + 10
@@ -274,7 +277,7 @@ def _reload(config, fields: dict, as_json: bool) -> None:
         )
 
 
-def control(config, command: str, timeout: float = 2.0, **fields) -> dict | None:
+def control(config: config_module.Config, command: str, timeout: float = 2.0, **fields: Any) -> dict | None:
     """Ask the running supervisor; None when nothing answers."""
     if not arbiter.lock_is_held(config.state_dir):
         return None

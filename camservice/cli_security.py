@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -20,8 +22,10 @@ from . import config as config_module
 from .auth import KeyStore, KeyStoreError, issue_token, load_or_create_secret
 from .methods import ROLES
 
+T = TypeVar("T")
 
-def _load(ctx: click.Context):
+
+def _load(ctx: click.Context) -> config_module.Config:
     path = (ctx.obj or {}).get("config_path")
     try:
         return config_module.load(path)
@@ -66,7 +70,7 @@ def _store(ctx: click.Context) -> KeyStore:
     return KeyStore.for_config(_load(ctx))
 
 
-def _store_call(func, *args):
+def _store_call(func: Callable[..., T], *args: Any) -> T:
     try:
         return func(*args)
     except KeyStoreError as exc:

@@ -27,8 +27,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
+
+if TYPE_CHECKING:
+    from .config import Config
 
 #: Frames bigger than this are dropped by ZeroMQ itself (a corrupt or hostile peer).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -46,7 +50,7 @@ class Endpoints:
     control: str  # supervisor command socket
 
     @classmethod
-    def from_config(cls, config, generation: int | None = None) -> "Endpoints":
+    def from_config(cls, config: Config, generation: int | None = None) -> "Endpoints":
         """The endpoints of ``generation`` (default: this process's, from the environment)."""
         if generation is None:
             generation = int(os.environ.get(GENERATION_ENV, "0") or 0)
@@ -113,6 +117,6 @@ def subscriber(ctx: zmq.Context, endpoints: Endpoints, topics: tuple[str, ...] =
     return sock
 
 
-def prepare_ipc_dir(config) -> None:
+def prepare_ipc_dir(config: Config) -> None:
     if config.runtime.transport == "ipc":
         (Path(config.runtime.state_dir) / "run").mkdir(parents=True, exist_ok=True, mode=0o700)

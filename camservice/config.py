@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import yaml
 
@@ -458,6 +459,12 @@ class Section:
         for name, value in values.items():
             object.__setattr__(self, name, Section(value) if isinstance(value, dict) else value)
 
+    if TYPE_CHECKING:
+        # Sections and keys are set from SCHEMA at run time: tell the type
+        # checker that any attribute may exist (only for it, not at run time,
+        # where a missing key must still raise AttributeError).
+        def __getattr__(self, name: str) -> Any: ...
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("configuration is read-only")
 
@@ -467,6 +474,9 @@ class Section:
 
 class Config(Section):
     """The validated configuration; also remembers where it came from."""
+
+    source: Path | None
+    flat: dict[str, Any]
 
     def __init__(self, values: dict[str, Any], source: Path | None):
         super().__init__(values)
@@ -557,7 +567,7 @@ def _parse_env_value(key: str, text: str) -> Any:
 def load(
     path: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read, override and validate the configuration.
 

@@ -14,7 +14,7 @@ import zmq
 
 def request(endpoint: str, command: str, timeout: float = 2.0, **fields: Any) -> dict | None:
     """Send ``{"command": command, **fields}``; the answer, or None when nothing answers in time."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))

@@ -31,7 +31,7 @@ class CorsPolicy:
         if not self.origins:
             return {}
         origin = request_headers.get("origin")
-        if not self.allowed(origin):
+        if origin is None or not self.allowed(origin):
             return {"Vary": "Origin"}
         return {
             "Access-Control-Allow-Origin": origin,
@@ -54,7 +54,7 @@ class CorsPolicy:
         """
         origin = request_headers.get("origin")
         wanted = request_headers.get("access-control-request-method", "").strip().upper()
-        if not self.allowed(origin) or wanted not in ("GET", "HEAD"):
+        if origin is None or not self.allowed(origin) or wanted not in ("GET", "HEAD"):
             return 403, {"Vary": "Origin"}
         return 204, {
             "Access-Control-Allow-Origin": origin,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import zmq
@@ -48,7 +48,7 @@ class Drain:
         self.sock = sock
         self.handle = handle
         self.after = after
-        self.name = name or f"zmq-{sock.type}"
+        self.name = name or f"zmq-{sock.type!r}"  # an int: !r reads the same, and tells mypy so
         self._recv = sock.recv_multipart if multipart else sock.recv
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -57,7 +57,8 @@ class Drain:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Drain whenever the socket's FD turns readable, and once now (input may predate the reader)."""
         self._loop = loop or asyncio.get_running_loop()
-        self._fd = self.sock.getsockopt(zmq.FD)
+        # getsockopt is typed int | bytes; FD and EVENTS are ints.
+        self._fd = cast(int, self.sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self.drain)
         self.drain()
 
@@ -75,7 +76,7 @@ class Drain:
         self._scheduled = False
         sock, recv, handle = self.sock, self._recv, self.handle
         try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 try:
                     message = recv(flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -96,6 +97,6 @@ class Drain:
         """Call after sending on the socket: a send may have consumed the edge of waiting input."""
         if self._scheduled or self._loop is None:
             return
-        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._scheduled = True
             self._loop.call_soon(self.drain)

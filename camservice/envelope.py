@@ -32,7 +32,8 @@ class Ready(NamedTuple):
     kind: str
     pid: int
     capacity: int
-    index: int
+    # The wire field's name; it shadows tuple.index, which nothing calls on a Ready.
+    index: int  # type: ignore[assignment]
 
     def wire(self) -> tuple:
         return (Kind.READY, self.kind, self.pid, self.capacity, self.index)
@@ -110,7 +111,7 @@ class EnvelopeError(ValueError):
     """A frame that is not one of the shapes above."""
 
 
-def _pack(items: tuple) -> bytes:
+def _pack(items: tuple | list[tuple]) -> bytes:
     return msgpack.packb(items, use_bin_type=True)
 
 

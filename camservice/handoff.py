@@ -115,7 +115,7 @@ def receive(sock: socket.socket) -> list[tuple[socket.socket, bytes, str, str]]:
     The connections are non-blocking sockets owned by the caller. A
     malformed or truncated message closes the descriptors that came with it.
     """
-    received = []
+    received: list[tuple[socket.socket, bytes, str, str]] = []
     space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
     while True:
         try:

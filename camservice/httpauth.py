@@ -20,12 +20,15 @@ import hmac
 import math
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, quote
 
 from .errors import RpcError
 from .methods import role_allows
 from .ratelimit import AuthFailureThrottle
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
 
 #: Longest a signed link may live (the contract's ``expires_in`` bound).
 MAX_LINK_SECONDS = 86400
@@ -84,7 +87,7 @@ def link_path(folder: str, filename: str) -> str:
 class HttpGuard:
     """Checks one HTTP request's credentials; see the module docstring."""
 
-    def __init__(self, authenticator, throttle: AuthFailureThrottle, signer: LinkSigner | None = None):
+    def __init__(self, authenticator: Authenticator, throttle: AuthFailureThrottle, signer: LinkSigner | None = None):
         self.authenticator = authenticator
         self.throttle = throttle
         self.signer = signer

@@ -179,7 +179,7 @@ class MediaMTXClient:
         self.connections_opened += 1
         return self._connection_class(self._host, self._port, timeout=self.timeout), False
 
-    def _give_back(self, connection: http.client.HTTPConnection) -> None:
+    def _give_back(self, connection: http.client.HTTPConnection | None) -> None:
         with self._idle_lock:
             if self._idle is None:
                 self._idle, connection = connection, None

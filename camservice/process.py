@@ -11,11 +11,13 @@ import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 
 # Resolved once at import: loading a library between fork and exec takes the
 # dynamic loader's lock, which another thread (ZeroMQ's) may hold at fork time.
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux/glibc: the parent-pid watchdogs still apply

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 from .backoff import Backoff
@@ -63,7 +63,7 @@ class CameraReplica:
         self,
         fetch: Fetch | None = None,
         on_change: OnChange | None = None,
-        log=None,
+        log: Any = None,
         table: CameraTable | None = None,
     ):
         self.table = table if table is not None else CameraTable()
@@ -83,7 +83,7 @@ class CameraReplica:
     def find(self, device_or_id: str) -> Camera | None:
         return self.table.find(device_or_id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Camera]:
         return iter(self.table)
 
     def __len__(self) -> int:
@@ -152,15 +152,17 @@ class CameraReplica:
             # the newest word on its camera, but the sequence cannot be followed
             # until a snapshot says where it stands.
             self.needs_snapshot = True
-            table.put(Camera.from_state(data))
-            return self._report(table.find(data["id"]), event.time)
+            camera = Camera.from_state(data)
+            table.put(camera)
+            return self._report(camera, event.time)
         if event.seq <= table.seq:
             return None  # already covered by the snapshot
         if event.seq != table.seq + 1:
             self.needs_snapshot = True  # events were lost in between
-        table.put(Camera.from_state(data))
+        camera = Camera.from_state(data)
+        table.put(camera)
         table.seq = event.seq
-        return self._report(table.find(data["id"]), event.time)
+        return self._report(camera, event.time)
 
     def _report(self, camera: Camera, published: float) -> Change:
         view = camera.to_notification()
@@ -189,7 +191,8 @@ class CameraReplica:
         while True:
             self.begin_snapshot()
             try:
-                result = await asyncio.wait_for(self.fetch(), timeout)
+                # Only a replica built with a fetch is synced (a None would be retried as a TypeError).
+                result = await asyncio.wait_for(self.fetch(), timeout)  # type: ignore[misc]
                 changes = self.apply_snapshot(result)
             except (RpcError, asyncio.TimeoutError, KeyError, TypeError, ValueError) as exc:
                 self._emit(self.release_held())

@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import config as config_module
 from . import log, process
@@ -62,7 +63,7 @@ class Lifetime:
         """False once this process was re-parented: its parent (the supervisor) died."""
         return process.parent_alive(self.parent)
 
-    async def wait(self, logger=None) -> None:
+    async def wait(self, logger: Any = None) -> None:
         """Return once a stop was asked for or the parent is gone."""
         while not self.stopping.is_set():
             try:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
-def server_context(config) -> ssl.SSLContext | None:
+def server_context(config: Config) -> ssl.SSLContext | None:
     """The server context for ``server.tls``, or None when TLS is not configured.
 
     TLS 1.2 is the floor everywhere: 1.0 and 1.1 are deprecated (RFC 8996).

@@ -116,7 +116,9 @@ class Connection(asyncio.Protocol):
         self.handler = handler
         self.limits = limits
         self.protocol = ServerProtocol(max_size=limits.max_size, logger=logger)
-        self.transport: asyncio.Transport | None = None
+        # Set by connection_made, which asyncio calls before any other callback:
+        # typed as always there, so that the callbacks need no None checks.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.remote_address: Any = None
         #: Whatever the handler keeps per connection (the gateway's Session).
         self.session: Any = None
@@ -189,7 +191,7 @@ class Connection(asyncio.Protocol):
         # does without subclassing it.
         self.transport = transport  # type: ignore[assignment]
         self.remote_address = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=self.limits.write_limit, low=self.limits.write_limit // 2)
+        self.transport.set_write_buffer_limits(high=self.limits.write_limit, low=self.limits.write_limit // 2)
         self._timer = self._loop.call_later(self.limits.open_timeout, self._give_up)
         self.handler.connection_made(self)
 
@@ -321,14 +323,16 @@ class Connection(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
+        # The parser makes bytes; the wider BytesLike type is for frames we build.
+        payload: bytes = frame.data  # type: ignore[assignment]
         if opcode is TEXT or opcode is BINARY:
             if frame.fin:
-                self._deliver(frame.data, opcode is TEXT)
+                self._deliver(payload, opcode is TEXT)
             else:
-                self._fragments = [frame.data]
+                self._fragments = [payload]
                 self._fragmented_text = opcode is TEXT
         elif opcode is CONT:
-            self._fragments.append(frame.data)
+            self._fragments.append(payload)
             if frame.fin:
                 data, self._fragments = b"".join(self._fragments), []
                 self._deliver(data, self._fragmented_text)

@@ -83,6 +83,8 @@ class RequestPipeline:
         #: Latest process table from the supervisor (``_process_stats`` events).
         self.processes: list[dict[str, Any]] = []
         self.host_stats: dict[str, Any] = {}
+        #: The supervisor's upgrade figures (canary, generations), from process_stats.
+        self.upgrade: dict[str, Any] = {}
         #: Latest counters of every gateway process (``_gateway_stats`` events), by index.
         self.gateway_stats: dict[int, dict[str, Any]] = {}
         self.workers_alive: Callable[[], dict[str, int]] = lambda: {k: 0 for k in WORKER_KINDS}
@@ -223,8 +225,7 @@ class RequestPipeline:
             session.identity = identity
             return authenticate_result(identity)
         if name == "subscribe_events":
-            session.subscribe(params["topics"])
-            return {"subscribed": sorted(session.topics)}
+            return {"subscribed": session.subscribe(params["topics"])}  # the sorted topics now held
         if name == "unsubscribe_events":
             return {"unsubscribed": session.unsubscribe(params["topics"])}
         if name == "get_server_info":

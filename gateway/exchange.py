@@ -301,7 +301,10 @@ class Relay(asyncio.Protocol):
         self.outer = outer
         self.inner = _Inner(self)
 
+    # The inner transport is there from the connection that created this relay
+    # (see HttpExchange) until connection_lost: only those two check for None.
     def data_received(self, data: bytes) -> None:
+        assert self.inner.transport is not None
         self.inner.transport.write(data)
 
     def eof_received(self) -> bool:
@@ -314,9 +317,11 @@ class Relay(asyncio.Protocol):
             self.inner.transport.close()
 
     def pause_writing(self) -> None:
+        assert self.inner.transport is not None
         self.inner.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        assert self.inner.transport is not None
         if not self.inner.transport.is_closing():
             self.inner.transport.resume_reading()
 

@@ -190,6 +190,7 @@ class WorkerPool:
             box.append(wire)
         if not self._flush_scheduled:
             self._flush_scheduled = True
+            assert self._loop is not None  # start() ran: messages are queued only after it
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:

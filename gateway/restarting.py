@@ -29,6 +29,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from websockets.frames import CloseCode
@@ -91,7 +92,13 @@ def notification(reason: str, reconnect_after_ms: int) -> str:
     )
 
 
-def reconnect_after_ms(reason: str, rng: random.Random = random) -> int:
+class _Random(Protocol):
+    """What the reconnect jitter needs: the ``random`` module, or a seeded ``random.Random``."""
+
+    def random(self) -> float: ...
+
+
+def reconnect_after_ms(reason: str, rng: _Random = random) -> int:
     base = RECONNECT_BASE_MS.get(reason, 1000)
     return base + int(rng.random() * base)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -140,7 +140,9 @@ class GatewayServer:
 
     def _console(self, request: HttpRequest) -> HttpResponse:
         # Headers() for the console's case-insensitive lookups (If-None-Match, Accept-Encoding).
-        return http.to_response(console.serve(request.target, Headers(request.headers)))
+        answer = console.serve(request.target, Headers(request.headers))
+        assert answer is not None  # only the console's paths are routed here
+        return http.to_response(answer)
 
     def answer_http(self, request: HttpRequest) -> Any:
         """Route one plain HTTP request: an HttpResponse, an awaitable of one, or routes.HANDED_OFF."""
@@ -305,7 +307,7 @@ class GatewayServer:
                 return
             await asyncio.sleep(READY_POLL)
 
-    async def shutdown(self, background: list[asyncio.Future]) -> None:
+    async def shutdown(self, background: Sequence[asyncio.Future]) -> None:
         logger.info("gateway_draining", in_flight=len(self.pool.pending), reason=self._exit.reason)
         # The sweep keeps running while draining: it completes in-flight calls.
         await restarting.drain(self, self._exit, self.config.runtime.stop_timeout * 0.5)

@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import psutil
 import structlog
@@ -115,7 +118,7 @@ def lock_is_held(state_dir: Path) -> bool:
 
 
 class Arbiter:
-    def __init__(self, config, env: dict[str, str] | None = None):
+    def __init__(self, config: config_module.Config, env: dict[str, str] | None = None):
         self.config = config
         self.state_dir = config.state_dir
         self.env = dict(os.environ if env is None else env)
@@ -157,7 +160,7 @@ class Arbiter:
                     return generation
         return self.generations[-1]
 
-    def new_generation(self, config, env: dict[str, str], executable: str) -> Generation:
+    def new_generation(self, config: config_module.Config, env: dict[str, str], executable: str) -> Generation:
         number = self.generations[-1].number + 1 if self.generations else 0
         generation = Generation(number, config, env, executable, self._on_exit, self._on_start)
         self.generations.append(generation)
@@ -176,10 +179,11 @@ class Arbiter:
         self.heartbeats.setsockopt(zmq.LINGER, 0)
         for topic in HEARTBEAT_TOPICS:
             self.heartbeats.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        loop.add_reader(self.heartbeats.getsockopt(zmq.FD), self._on_heartbeats)
+        # getsockopt is typed int | bytes; FD and EVENTS are ints.
+        loop.add_reader(cast(int, self.heartbeats.getsockopt(zmq.FD)), self._on_heartbeats)
         self.control = comms.router(self.ctx)
         self.control.bind(self.control_endpoint)
-        loop.add_reader(self.control.getsockopt(zmq.FD), self._on_control)
+        loop.add_reader(cast(int, self.control.getsockopt(zmq.FD)), self._on_control)
         first = self.generations[0]
         self.open(first)
         first.start()
@@ -222,7 +226,7 @@ class Arbiter:
                 self.close(generation)
         loop = asyncio.get_running_loop()
         for sock in (self.control, self.heartbeats):
-            loop.remove_reader(sock.getsockopt(zmq.FD))
+            loop.remove_reader(cast(int, sock.getsockopt(zmq.FD)))
             sock.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
@@ -256,7 +260,7 @@ class Arbiter:
 
     def _on_heartbeats(self) -> None:
         now = time.monotonic()
-        while self.heartbeats.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.heartbeats.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 frames = self.heartbeats.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -331,7 +335,7 @@ class Arbiter:
     # --- control socket ----------------------------------------------------------------------
 
     def _on_control(self) -> None:
-        while self.control.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, self.control.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 identity, _empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -343,7 +347,7 @@ class Arbiter:
                 command = request.get("command")
             except (ValueError, AttributeError):
                 request, command = {}, None
-            answer = self.command(command, request, lambda reply, identity=identity: self._answer(identity, reply))
+            answer = self.command(command, request, functools.partial(self._answer, identity))
             if answer is not None:
                 self._answer(identity, answer)
 
@@ -353,7 +357,7 @@ class Arbiter:
         except zmq.ZMQError:
             pass
 
-    def command(self, command: str | None, request: dict, reply) -> dict | None:
+    def command(self, command: str | None, request: dict, reply: Callable[[dict], None]) -> dict | None:
         """Answer a control command now (a dict) or later through ``reply`` (returns None)."""
         if command == "status":
             return self.status()

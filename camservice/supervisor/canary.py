@@ -23,6 +23,10 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from camservice.config import Section
 
 #: The same bucket bounds as camservice.gateway.canary.BUCKETS.
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, float("inf"))
@@ -116,7 +120,7 @@ class Tolerances:
     rss_ratio: float
 
     @classmethod
-    def from_config(cls, upgrade) -> Tolerances:
+    def from_config(cls, upgrade: Section) -> Tolerances:
         return cls(
             upgrade.status_p95_ratio,
             upgrade.status_p95_floor,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -31,7 +32,15 @@ STARTING, SERVING, DRAINING, STOPPED = "starting", "serving", "draining", "stopp
 
 
 class Generation:
-    def __init__(self, number: int, config, env: dict[str, str], executable: str, on_exit, on_start):
+    def __init__(
+        self,
+        number: int,
+        config: config_module.Config,
+        env: dict[str, str],
+        executable: str,
+        on_exit: Callable[[Watcher, int], None],
+        on_start: Callable[[Watcher, int], None],
+    ):
         self.number = number
         self.config = config
         self.executable = executable

@@ -39,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -49,6 +51,10 @@ from camservice.gateway.restarting import TAKES_OVER_ENV
 from . import canary
 from .generation import DRAINING, SERVING
 from .watcher import BACKOFF, FAILED
+
+if TYPE_CHECKING:
+    from .arbiter import Arbiter
+    from .generation import Generation
 
 log = structlog.get_logger("supervisor")
 
@@ -73,7 +79,7 @@ class ReloadError(Exception):
     pass
 
 
-def fixed_key_changed(old, new) -> str | None:
+def fixed_key_changed(old: config_module.Config, new: config_module.Config) -> str | None:
     for key in FIXED_KEYS:
         if old.flat[key] != new.flat[key]:
             return f"{key}: cannot change in a reload (from {old.flat[key]!r} to {new.flat[key]!r}); restart instead"
@@ -81,16 +87,16 @@ def fixed_key_changed(old, new) -> str | None:
 
 
 class Reloader:
-    def __init__(self, arbiter):
+    def __init__(self, arbiter: Arbiter):
         self.arbiter = arbiter
         self.busy = False
         #: (config, executable) of the generation before the last reload: a rollback's target.
-        self.previous = None
+        self.previous: tuple[config_module.Config, str] | None = None
         self._canary: asyncio.Task | None = None
 
     # --- control command -------------------------------------------------------------
 
-    def command(self, arbiter, request: dict, reply) -> dict | None:
+    def command(self, arbiter: Arbiter, request: dict, reply: Callable[[dict], None]) -> dict | None:
         if self.busy:
             return {"ok": False, "error": "a reload is already in progress"}
         try:
@@ -117,7 +123,7 @@ class Reloader:
 
     # --- the reload --------------------------------------------------------------------
 
-    async def run(self, config, executable: str, reason: str) -> dict:
+    async def run(self, config: config_module.Config, executable: str, reason: str) -> dict:
         arbiter = self.arbiter
         old = arbiter.serving
         began = time.monotonic()
@@ -197,7 +203,9 @@ class Reloader:
             arbiter.upgrade_state["canary"] = None
         return result
 
-    async def watch(self, new, baseline: dict, old_rss: int, config, switched: float) -> None:
+    async def watch(
+        self, new: Generation, baseline: dict, old_rss: int, config: config_module.Config, switched: float
+    ) -> None:
         """The canary: compare ``new`` with the old generation's ``baseline``; roll back on a regression."""
         arbiter = self.arbiter
         window = config.upgrade.canary_seconds
@@ -218,6 +226,7 @@ class Reloader:
             decided = time.monotonic()
             state.update(state="failed", reason=reason)
             log.error("canary_failed", generation=new.number, reason=reason, figures=figures, baseline=baseline)
+            assert self.previous is not None  # run() set it before starting this canary
             previous_config, previous_executable = self.previous
             while self.busy:  # a reload is being answered: wait for it
                 await asyncio.sleep(0.05)
@@ -239,7 +248,7 @@ class Reloader:
         state.update(state="passed", remaining_s=0)
         log.info("canary_passed", generation=new.number, figures=state.get("figures"), baseline=baseline)
 
-    async def _wait_ready(self, generation, timeout: float) -> None:
+    async def _wait_ready(self, generation: Generation, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         gateways = generation.role("gateway")
         while time.monotonic() < deadline:

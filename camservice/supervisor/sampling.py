@@ -11,13 +11,18 @@ shown as zero (issue 11 §8: ``processes: []`` for the first two seconds).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from .watcher import Watcher
 
 _FIGURES = ("cpu_percent", "rss_bytes", "cpu_seconds", "children_rss_bytes", "children_cpu_seconds")
 
 
-def sample(watchers, cache: dict[int, psutil.Process]) -> tuple[dict[str, dict], dict]:
+def sample(watchers: Iterable[Watcher], cache: dict[int, psutil.Process]) -> tuple[dict[str, dict], dict]:
     """CPU% and RSS of every process and its children (ffmpeg); ``cache`` keeps psutil handles."""
     rows: dict[str, dict] = {}
     for watcher in list(watchers):
@@ -77,7 +82,7 @@ def _quick(pid: int) -> dict:
         return {}
 
 
-def process_table(watchers, samples: dict[str, dict]) -> list[dict]:
+def process_table(watchers: Iterable[Watcher], samples: dict[str, dict]) -> list[dict]:
     table = []
     for watcher in watchers:
         row = watcher.describe()

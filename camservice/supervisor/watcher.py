@@ -27,11 +27,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, cast
 
 import structlog
 
 from camservice.backoff import Backoff
+from camservice.config import Section
 from camservice.process import die_with_parent
 
 log = structlog.get_logger("supervisor")
@@ -65,7 +66,7 @@ class Watcher:
         role: str,
         index: int,
         env: dict[str, str],
-        policy,
+        policy: Section,
         on_exit: Callable[["Watcher", int], None] | None = None,
         on_start: Callable[["Watcher", int], None] | None = None,
         generation: int = 0,
@@ -110,7 +111,7 @@ class Watcher:
         return self.popen.pid if self.popen and self.popen.returncode is None else None
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._exited.clear()
         self.popen = subprocess.Popen(
             [self.executable, "-m", "camservice.process", self.role, str(self.index)],
@@ -129,16 +130,17 @@ class Watcher:
             self.on_start(self, self.popen.pid)
         try:
             self._pidfd = os.pidfd_open(self.popen.pid)
-            self._loop.add_reader(self._pidfd, self._reap)
+            loop.add_reader(self._pidfd, self._reap)
         except (AttributeError, OSError):  # kernels before 5.3: wait in a thread
             self._pidfd = None
-            self._loop.run_in_executor(None, self.popen.wait).add_done_callback(
-                lambda _: self._loop.call_soon_threadsafe(self._reap)
+            loop.run_in_executor(None, self.popen.wait).add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._reap)
             )
 
     def _reap(self) -> None:
         if self.popen is None or self.popen.poll() is None:
             return
+        assert self._loop is not None  # a popen means start() ran
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
@@ -172,7 +174,7 @@ class Watcher:
             self._restart_handle = self._loop.call_later(retry, self._retry_after_cool_down)
             return
         # The first restart after a stable run is immediate; a loop backs off.
-        delay = self.backoff.failed()
+        delay = cast(float, self.backoff.failed())  # never None: this Backoff has no limit
         self.state = BACKOFF
         log.warning(
             "process_exited",
@@ -211,7 +213,7 @@ class Watcher:
         self.signal(signal.SIGKILL)
 
     def signal(self, sig: int) -> None:
-        if self.pid is not None:
+        if self.popen is not None and self.pid is not None:
             try:
                 self.popen.send_signal(sig)
             except ProcessLookupError:
@@ -235,6 +237,7 @@ class Watcher:
             try:
                 await asyncio.wait_for(self._exited.wait(), 2.0)
             except asyncio.TimeoutError:
+                assert self.popen is not None  # it had a pid above
                 self.popen.wait(timeout=1.0)
                 self._reap()
 

@@ -6,7 +6,7 @@ import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -32,9 +32,13 @@ def _histogram_buckets(data: Any) -> tuple[list[tuple[str, float]], float] | Non
         return None
     if len(counts) != len(bounds) + 1 or not bounds:
         return None
-    numbers = [_number(b) for b in bounds]
-    values = [_number(c) for c in counts]
-    if None in numbers or None in values or any(v < 0 for v in values):
+    maybe_bounds = [_number(b) for b in bounds]
+    maybe_counts = [_number(c) for c in counts]
+    if None in maybe_bounds or None in maybe_counts:
+        return None
+    # None is ruled out just above (mypy does not narrow list items).
+    numbers, values = cast(list[float], maybe_bounds), cast(list[float], maybe_counts)
+    if any(v < 0 for v in values):
         return None
     if any(low >= high for low, high in itertools.pairwise(numbers)):
         return None
@@ -280,9 +284,9 @@ class ServiceCollector(Collector):
         ):
             parsed = _histogram_buckets(stats.get(key))
             if parsed is not None:
-                family = HistogramMetricFamily(name, doc, labels=[])
-                family.add_metric([], parsed[0], parsed[1])
-                yield family
+                histogram = HistogramMetricFamily(name, doc, labels=[])
+                histogram.add_metric([], parsed[0], parsed[1])
+                yield histogram
         failed = _number(stats.get("failed_recordings"))
         if failed is not None:
             family = _counter("camservice_recordings_failed", "Recordings that ended FAILED.")
@@ -312,9 +316,9 @@ class ServiceCollector(Collector):
                 yield family
         reconnects = _number(stats.get("reconnects"))
         if reconnects is not None:
-            family = _counter("camservice_mqtt_reconnects", "Connections to the MQTT broker lost since start.")
-            family.add_metric([], reconnects)
-            yield family
+            counter = _counter("camservice_mqtt_reconnects", "Connections to the MQTT broker lost since start.")
+            counter.add_metric([], reconnects)
+            yield counter
         for key, name, doc, label in (
             ("published", "camservice_mqtt_messages_published", "Messages the MQTT broker acknowledged.", "kind"),
             (
@@ -326,11 +330,11 @@ class ServiceCollector(Collector):
             ("commands", "camservice_mqtt_commands", "MQTT commands answered, by result (ok, error).", "result"),
         ):
             values = stats.get(key)
-            family = _counter(name, doc, [label])
+            counter = _counter(name, doc, [label])
             for label_value, number in sorted(values.items()) if isinstance(values, dict) else ():
                 if _number(number) is not None:
-                    family.add_metric([str(label_value)], number)
-            yield family
+                    counter.add_metric([str(label_value)], number)
+            yield counter
 
     @staticmethod
     def _media(backend: str, status: dict[str, Any]) -> Iterator:

@@ -74,7 +74,7 @@ class MetricsExporter:
         views: dict[int, dict[str, Any]] = {}
         for index, counters in list(self.gateway.gateway_stats.items()):
             report = counters.get("metrics") if isinstance(counters, dict) else None
-            if index != self.gateway.index and _fresh(report, now):
+            if report is not None and index != self.gateway.index and _fresh(report, now):
                 views[index] = report
         if self.multi_gateway and self.published is not None:
             views[self.gateway.index] = self.published
