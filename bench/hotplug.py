@@ -58,9 +58,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from camservice import simnodes as simulator
 from websockets.asyncio.client import connect
 
+from camservice import simnodes as simulator
 from tests.harness import Service
 
 from . import common, load  # load: FastConnection, split

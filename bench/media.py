@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import psutil
-from camservice import simnodes as simulator
 from camservice.workers.recording.sessions import RecordingManager
 
 from camservice import config as config_module
 from camservice import log, methods
+from camservice import simnodes as simulator
 from camservice.cameras import Camera
 
 from .common import percentiles

@@ -33,11 +33,9 @@ import asyncio
 import json
 import random
 import re
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import paho.mqtt.client as paho
 import zmq

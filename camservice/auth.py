@@ -32,9 +32,10 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import jwt
 
@@ -251,7 +252,7 @@ class KeyStore:
         self._by_hash: dict[str, KeyRecord] = {}
 
     @classmethod
-    def for_config(cls, config: Config, **kwargs: Any) -> "KeyStore":
+    def for_config(cls, config: Config, **kwargs: Any) -> KeyStore:
         return cls(Path(config.runtime.state_dir) / KEYS_FILE, **kwargs)
 
     # reading (every process)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 FILENAME = "cameras.json"
 VERSION = 1

@@ -52,7 +52,7 @@ class Camera:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Camera":
+    def from_state(cls, state: dict[str, Any]) -> Camera:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in state.items() if k in known})
 

@@ -50,7 +50,7 @@ class Endpoints:
     control: str  # supervisor command socket
 
     @classmethod
-    def from_config(cls, config: Config, generation: int | None = None) -> "Endpoints":
+    def from_config(cls, config: Config, generation: int | None = None) -> Endpoints:
         """The endpoints of ``generation`` (default: this process's, from the environment)."""
         if generation is None:
             generation = int(os.environ.get(GENERATION_ENV, "0") or 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from enum import IntEnum
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -99,7 +99,7 @@ class Goodbye(NamedTuple):
         return pack(self)
 
 
-Message = Union[Ready, Request, Reply, Goodbye]
+Message = Ready | Request | Reply | Goodbye
 
 _CLASSES = {Kind.READY: Ready, Kind.REQUEST: Request, Kind.REPLY: Reply, Kind.GOODBYE: Goodbye}
 
@@ -191,7 +191,7 @@ class Event(NamedTuple):
         return [self.topic.encode(), _pack((self.source, self.seq, self.data, self.time))]
 
     @classmethod
-    def from_frames(cls, frames: list[bytes]) -> "Event":
+    def from_frames(cls, frames: list[bytes]) -> Event:
         try:
             source, seq, data, stamp = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
             return cls(frames[0].decode(), source, seq, data, stamp)

@@ -13,7 +13,8 @@ uses it: the file workers' download server relies on ``loop.sendfile``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 CHOICES = ("auto", "asyncio", "uvloop")
 

@@ -23,7 +23,7 @@ class FFmpegNotFound(RuntimeError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def locate(configured: str | None = None) -> str:
     """The ffmpeg executable to run."""
     if configured:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class TokenBucket:

@@ -58,8 +58,10 @@ import http
 import inspect
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol as Interface
+from typing import Any
+from typing import Protocol as Interface
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response

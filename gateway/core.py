@@ -27,9 +27,9 @@ from camservice.cameras import CameraTable
 from camservice.errors import (
     AUTH_REQUIRED,
     INTERNAL_ERROR,
+    METHOD_NOT_FOUND,
     PERMISSION_DENIED,
     RATE_LIMITED,
-    METHOD_NOT_FOUND,
     RpcError,
     camera_not_found,
 )

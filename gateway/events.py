@@ -23,14 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 import zmq
 
 from camservice import comms, jsonrpc, topics
 from camservice.drain import Drain
-from camservice.envelope import Event, EnvelopeError
+from camservice.envelope import EnvelopeError, Event
 from camservice.errors import RpcError
 from camservice.replica import CameraReplica, Change
 

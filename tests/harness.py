@@ -87,7 +87,7 @@ class Service:
             )
         return proc
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         self.cli("start")
         return self
 
@@ -117,7 +117,7 @@ class Service:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         try:
             return self.start()
         except BaseException:
@@ -183,7 +183,7 @@ class Client:
         self._waiting: dict = {}
         self.notifications: asyncio.Queue = asyncio.Queue()
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         extra = {"ssl": self.ssl} if self.ssl is not None else {}
         self.ws = await websockets.connect(self.url, open_timeout=self.timeout, max_size=None, **extra)
         self._reader = asyncio.ensure_future(self._read())

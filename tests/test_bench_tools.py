@@ -156,8 +156,9 @@ def test_load_tolerates_a_tricky_server(client):
 
 
 def test_client_processes_die_with_the_parent(baseline):
-    import psutil
     import signal
+
+    import psutil
 
     _, url = baseline
     load = subprocess.Popen(
@@ -183,6 +184,7 @@ def test_client_processes_die_with_the_parent(baseline):
 def test_baseline_answers_like_the_contract(baseline):
     _, url = baseline
     import asyncio
+
     from websockets.asyncio.client import connect
 
     async def talk():

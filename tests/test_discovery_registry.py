@@ -7,14 +7,14 @@ import json
 import os
 
 import pytest
-
-from camservice import simnodes
-from camservice.camera_ids import lowest_free, read_ids
-from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 from camservice.workers.discovery.ids import IdStore
 from camservice.workers.discovery.media import StreamSync
 from camservice.workers.discovery.registry import SIM, V4L2, CameraRegistry, Found
 from camservice.workers.discovery.watch import SimDirWatcher, V4L2Watcher
+
+from camservice import simnodes
+from camservice.camera_ids import lowest_free, read_ids
+from camservice.cameras import CONNECTED, DISCONNECTED, ERROR
 
 
 def usb(key: str, device: str, **fields) -> Found:

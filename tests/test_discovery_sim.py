@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from camservice.workers.discovery.ids import IdStore
 
 from camservice import ffmpeg, simnodes
-from camservice.workers.discovery.ids import IdStore
 
 # A child that opens a node and reports how it went: "ok", "EBUSY", or the errno name.
 OPENER = textwrap.dedent("""

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from camservice.workers.discovery import v4l2
 from camservice.workers.discovery.v4l2 import Mode, RawNode
 

@@ -291,6 +291,7 @@ def test_service_without_cameras(state_dir, gateway):
 
 def test_mediamtx_backend_fills_stream_urls(state_dir, gateway):
     from tests.fakes import mediamtx as fakes
+
     with fakes.FakeMediaMTX() as fake:
         process = run(state_dir, gateway, simulate=2, **{"media.backend": "mediamtx", "media.mediamtx_api": fake.url})
         try:

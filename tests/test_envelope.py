@@ -3,7 +3,7 @@
 import msgpack
 import pytest
 
-from camservice.envelope import Event, EnvelopeError, Goodbye, Ready, Reply, Request, pack, unpack
+from camservice.envelope import EnvelopeError, Event, Goodbye, Ready, Reply, Request, pack, unpack
 
 
 @pytest.mark.parametrize(

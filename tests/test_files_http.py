@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
-import asyncio
 import os
 import shutil
 import socket
@@ -14,11 +14,10 @@ import threading
 import tracemalloc
 
 import pytest
-
-from camservice.httpauth import Denial
 from camservice.workers.files.downloads import DownloadServer
 from camservice.workers.files.worker import FilesWorker
 
+from camservice.httpauth import Denial
 from tests.test_files_support import make_config
 
 SECRET = b"TOP-SECRET-CONTENT"
@@ -82,32 +81,32 @@ def raw(server, request: bytes) -> bytes:
 
 #: Every traversal attempt and what it gets; also run over the API port (tests/test_api_downloads.py).
 TRAVERSALS = [
-        ("/files/recordings/../secret.mp4", 400),
-        ("/files/recordings/%2e%2e/secret.mp4", 400),
-        ("/files/recordings/%2E%2E%2Fsecret.mp4", 400),
-        ("/files/recordings/..%2fsecret.mp4", 400),
-        ("/files/recordings/.%2e/.%2e/secret.mp4", 400),
-        ("/files/recordings/%252e%252e%252fsecret.mp4", 400),  # double-encoded: decoded once only
-        ("/files/recordings//etc/passwd", 400),
-        ("/files/recordings/%2Fetc%2Fpasswd", 400),
-        ("/files/recordings/clip.mp4%00.jpg", 400),
-        ("/files/recordings/clip.mp4%00", 400),
-        ("/files/recordings/..\\secret.mp4", 400),
-        ("/files/recordings/%5c..%5csecret.mp4", 400),
-        ("/files/recordings/.hidden.mp4", 400),
-        ("/files/recordings/%c0%ae%c0%ae/secret.mp4", 400),  # overlong UTF-8 dots
-        ("/files/recordings/up/secret.mp4", 400),
-        ("/files/snapshots/../recordings/clip.mp4", 400),
-        ("/files/recordings/escape.mp4", 404),  # symlink pointing outside
-        ("/files/recordings/relative.mp4", 404),
-        ("/files/recordings/up", 404),  # symlink to a directory outside
-        ("/files/recordings/notes.txt", 404),  # not media: not ours to serve
-        ("/files/recordings/missing.mp4", 404),
-        ("/files/recordings/", 404),
-        ("/files/other/clip.mp4", 404),
-        ("/etc/passwd", 404),
-        ("http://127.0.0.1/files/recordings/clip.mp4", 400),  # absolute-form target
-        ("*", 400),
+    ("/files/recordings/../secret.mp4", 400),
+    ("/files/recordings/%2e%2e/secret.mp4", 400),
+    ("/files/recordings/%2E%2E%2Fsecret.mp4", 400),
+    ("/files/recordings/..%2fsecret.mp4", 400),
+    ("/files/recordings/.%2e/.%2e/secret.mp4", 400),
+    ("/files/recordings/%252e%252e%252fsecret.mp4", 400),  # double-encoded: decoded once only
+    ("/files/recordings//etc/passwd", 400),
+    ("/files/recordings/%2Fetc%2Fpasswd", 400),
+    ("/files/recordings/clip.mp4%00.jpg", 400),
+    ("/files/recordings/clip.mp4%00", 400),
+    ("/files/recordings/..\\secret.mp4", 400),
+    ("/files/recordings/%5c..%5csecret.mp4", 400),
+    ("/files/recordings/.hidden.mp4", 400),
+    ("/files/recordings/%c0%ae%c0%ae/secret.mp4", 400),  # overlong UTF-8 dots
+    ("/files/recordings/up/secret.mp4", 400),
+    ("/files/snapshots/../recordings/clip.mp4", 400),
+    ("/files/recordings/escape.mp4", 404),  # symlink pointing outside
+    ("/files/recordings/relative.mp4", 404),
+    ("/files/recordings/up", 404),  # symlink to a directory outside
+    ("/files/recordings/notes.txt", 404),  # not media: not ours to serve
+    ("/files/recordings/missing.mp4", 404),
+    ("/files/recordings/", 404),
+    ("/files/other/clip.mp4", 404),
+    ("/etc/passwd", 404),
+    ("http://127.0.0.1/files/recordings/clip.mp4", 400),  # absolute-form target
+    ("*", 400),
 ]
 
 
@@ -437,8 +436,9 @@ def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
 
 
 def test_viewer_authorizer_follows_the_contract(folders, tmp_path):
-    from camservice.auth import Authenticator, issue_token, load_or_create_secret
     from camservice.workers.files.auth import make_authorizer
+
+    from camservice.auth import Authenticator, issue_token, load_or_create_secret
 
     config = make_config(tmp_path)
     authorize = make_authorizer(config, Authenticator(config))

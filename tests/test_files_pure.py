@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from camservice.workers.files import rules
-from camservice.timestamps import utc_iso
 from camservice.workers.files.names import Escape, admitted, parse_name, resolve_inside
-from camservice.workers.files.retention import DAY, GB, Candidate, Policy, PolicyStore, FileLock, plan
+from camservice.workers.files.retention import DAY, GB, Candidate, FileLock, Policy, PolicyStore, plan
 from camservice.workers.files.storage import ThresholdMonitor, Usage, storage_info
+
+from camservice.timestamps import utc_iso
 
 NOW = 1_700_000_000.0
 

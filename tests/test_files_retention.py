@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-from camservice import methods
-from camservice.errors import SERVICE_BUSY, RpcError
+import pytest
 from camservice.workers.files.retention import DAY, FileLock
 
+from camservice import methods
+from camservice.errors import SERVICE_BUSY, RpcError
 from tests.test_files_support import FakeDisk, ctx, make_config, make_file, run, running, write_active
-
-import pytest
 
 
 def aged(config, spec, kind="recording"):

@@ -6,7 +6,6 @@ import email.utils
 import os
 
 import pytest
-
 from camservice.workers.files.rules import etag, plan
 
 

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camservice import config as config_module
 from camservice.workers.base import CallContext
 from camservice.workers.files.worker import FilesWorker
+
+from camservice import config as config_module
 
 EPOCH = 1_700_000_000  # 2023-11-14T22:13:20Z
 

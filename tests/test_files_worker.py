@@ -10,12 +10,11 @@ import sys
 import time
 
 import pytest
+from camservice.workers.files.worker import FilesWorker
 
 from camservice import ffmpeg, methods
 from camservice.envelope import Event
 from camservice.errors import FILE_NOT_FOUND, IN_PROGRESS, INVALID_PARAMS, RpcError
-from camservice.workers.files.worker import FilesWorker
-
 from tests.test_files_support import (
     EPOCH,
     FakeDisk,

@@ -17,13 +17,13 @@ import struct
 
 import pytest
 import websockets
-from hypothesis import given, settings, strategies as st
+from camservice.gateway.connection import Connection, Limits, next_frame, text_frame
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
-from websockets.utils import apply_mask
 from websockets.http11 import Response
-
-from camservice.gateway.connection import Connection, Limits, next_frame, text_frame
+from websockets.utils import apply_mask
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -113,7 +113,7 @@ class EchoServer:
         await asyncio.sleep(0)  # let aborted connections report connection_lost
         assert not self.callback_errors, self.callback_errors
 
-    async def raw(self, handshake: bytes = HANDSHAKE) -> "RawClient":
+    async def raw(self, handshake: bytes = HANDSHAKE) -> RawClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         client = RawClient(reader, writer)
         if handshake:

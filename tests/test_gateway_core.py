@@ -3,8 +3,10 @@
 import json
 
 import pytest
+from camservice.gateway.core import PENDING, RequestPipeline
 
-from camservice import config as config_module, jsonrpc
+from camservice import config as config_module
+from camservice import jsonrpc
 from camservice.auth import issue_token, load_or_create_secret
 from camservice.cameras import Camera
 from camservice.errors import (
@@ -17,7 +19,6 @@ from camservice.errors import (
     RpcError,
 )
 from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
-from camservice.gateway.core import PENDING, RequestPipeline
 
 
 class Recorder:

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from camservice.errors import AUTH_REQUIRED, RATE_LIMITED
 

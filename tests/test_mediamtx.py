@@ -10,12 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from camservice import config as config_module
-from camservice.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from camservice.cameras import DISCONNECTED, Camera
-from camservice.errors import MEDIA_BACKEND, RpcError
-from camservice.mediamtx import UNREACHABLE, MediaMTXClient, MediaMTXError
 from camservice.workers.discovery.mediamtx_paths import (
     PUBLISH_URL,
     MediaMTXPaths,
@@ -24,6 +18,12 @@ from camservice.workers.discovery.mediamtx_paths import (
     duration_ns,
     is_managed,
 )
+
+from camservice import config as config_module
+from camservice.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from camservice.cameras import DISCONNECTED, Camera
+from camservice.errors import MEDIA_BACKEND, RpcError
+from camservice.mediamtx import UNREACHABLE, MediaMTXClient, MediaMTXError
 from tests.fakes.mediamtx import SPEC_FILE, FakeMediaMTX, format_duration, parse_duration
 from tests.harness import Clock
 

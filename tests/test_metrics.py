@@ -10,8 +10,8 @@ service, scraped by a real Prometheus, is in ``test_ops.py``.
 
 from __future__ import annotations
 
-import os
 import asyncio
+import os
 import random
 import re
 import threading

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from camservice.gateway.metrics import SERVER_ERROR_CODES
 
 from camservice import config as config_module
-from camservice.gateway.metrics import SERVER_ERROR_CODES
 
 from .harness import Client, RpcFailure, Service, free_port, run, wait_for
 

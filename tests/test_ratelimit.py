@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from camservice.ratelimit import AuthFailureThrottle, RateLimiter, TokenBucket
 
-
 # --- TokenBucket -----------------------------------------------------------------------
 
 

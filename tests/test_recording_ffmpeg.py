@@ -22,14 +22,14 @@ from typing import Any
 
 import psutil
 import pytest
+from camservice.workers.recording import sessions as sessions_module
+from camservice.workers.recording.sessions import RecordingManager
 
 from camservice import config as config_module
 from camservice import errors, ffmpeg, methods
+from camservice import simnodes as simulator
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import RpcError
-from camservice import simnodes as simulator
-from camservice.workers.recording import sessions as sessions_module
-from camservice.workers.recording.sessions import RecordingManager
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from camservice.workers.recording.mediamtx_backend import MediaMTXBackend, MediaMTXUnavailable
+from camservice.workers.recording.sessions import RecordingManager, make_backend
 
 from camservice import errors, ffmpeg
 from camservice.breaker import CLOSED, OPEN
 from camservice.errors import RpcError
 from camservice.mediamtx import UNREACHABLE, MediaMTXClient
-from camservice.workers.recording.mediamtx_backend import MediaMTXBackend, MediaMTXUnavailable
-from camservice.workers.recording.sessions import RecordingManager, make_backend
 from tests.fakes.mediamtx import FakeMediaMTX
 from tests.harness import Clock
 from tests.test_recording_ffmpeg import SIZE, Harness, holders, probe, snap_params, start_params, until

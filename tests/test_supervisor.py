@@ -55,7 +55,8 @@ def test_stop_sends_sigterm_then_sigkill(tmp_path):
     async def scenario():
         watcher = Watcher("x", 0, dict(os.environ), policy())
         # Stand-in child: a Python process that ignores SIGTERM.
-        import subprocess, sys
+        import subprocess
+        import sys
 
         watcher._loop = asyncio.get_running_loop()
         watcher.popen = subprocess.Popen(

@@ -36,8 +36,9 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import structlog
 import zmq
@@ -45,7 +46,6 @@ import zmq
 from camservice import comms, log, topics
 from camservice import config as config_module
 from camservice.drain import Drain
-from camservice.runtime import Lifetime, boot
 from camservice.envelope import (
     UNENCODABLE,
     EnvelopeError,
@@ -60,6 +60,7 @@ from camservice.envelope import (
     unpack,
 )
 from camservice.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, SERVICE_BUSY, RpcError
+from camservice.runtime import Lifetime, boot
 
 Handler = Callable[[dict[str, Any], "CallContext"], Any]
 

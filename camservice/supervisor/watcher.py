@@ -27,7 +27,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, cast
+from collections.abc import Callable
+from typing import cast
 
 import structlog
 
@@ -67,8 +68,8 @@ class Watcher:
         index: int,
         env: dict[str, str],
         policy: Section,
-        on_exit: Callable[["Watcher", int], None] | None = None,
-        on_start: Callable[["Watcher", int], None] | None = None,
+        on_exit: Callable[[Watcher, int], None] | None = None,
+        on_start: Callable[[Watcher, int], None] | None = None,
         generation: int = 0,
         executable: str | None = None,
     ):

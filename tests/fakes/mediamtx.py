@@ -541,7 +541,7 @@ class FakeMediaMTX:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> "FakeMediaMTX":
+    def start(self) -> FakeMediaMTX:
         """Serve; after a :meth:`stop`, on the same port as before."""
         if self._server is not None:
             return self
@@ -593,7 +593,7 @@ class FakeMediaMTX:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "FakeMediaMTX":
+    def __enter__(self) -> FakeMediaMTX:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

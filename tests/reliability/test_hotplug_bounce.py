@@ -12,12 +12,12 @@ import asyncio
 import glob
 
 import pytest
-
-from camservice import simnodes
-from camservice.cameras import CONNECTED, DISCONNECTED
 from camservice.workers.discovery.ids import IdStore
 from camservice.workers.discovery.registry import SIM, CameraRegistry
 from camservice.workers.discovery.watch import SimDirWatcher
+
+from camservice import simnodes
+from camservice.cameras import CONNECTED, DISCONNECTED
 
 from ..harness import Client, Service, run
 from ..test_discovery_worker import gateway, state_dir, stop_worker  # noqa: F401 (fixtures)

@@ -27,8 +27,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from camservice.camera_ids import VERSION, lowest_free, parse
 

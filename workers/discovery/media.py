@@ -24,7 +24,8 @@ repeat lets a gateway that started later learn it too.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from camservice import topics
 from camservice.cameras import CONNECTED, Camera
@@ -67,7 +68,7 @@ class StreamSync:
         on_change: Callable[[Camera], None],
         log=None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
-    ) -> "StreamSync | None":
+    ) -> StreamSync | None:
         """A StreamSync for the mediamtx backend; None for ffmpeg."""
         if config.media.backend != "mediamtx":
             return None

@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any
 
 from camservice.cameras import CONNECTED, DISCONNECTED, ERROR, Camera, CameraTable
 

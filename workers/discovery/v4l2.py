@@ -42,9 +42,10 @@ import concurrent.futures
 import errno
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .registry import V4L2, Found
 

@@ -29,9 +29,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 GB = 10**9
 DAY = 86400.0
@@ -52,7 +53,7 @@ class Policy:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Policy":
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
         return cls(
             policy_type=str(data.get("policy_type", "manual")),
             enabled=bool(data.get("enabled", False)),

@@ -33,8 +33,11 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from camservice.workers.base import CallContext, Worker, run_worker
 
 from camservice import ffmpeg, handoff, storage_errors, tls
 from camservice.active_files import ActiveFiles, active_files_path
@@ -45,7 +48,6 @@ from camservice.errors import IN_PROGRESS, INTERNAL_ERROR, SERVICE_BUSY, RpcErro
 from camservice.httpauth import LinkSigner, link_path
 from camservice.replica import CameraReplica
 from camservice.timestamps import utc_iso
-from camservice.workers.base import CallContext, Worker, run_worker
 
 from .auth import make_authorizer
 from .downloads import DownloadServer

@@ -49,9 +49,10 @@ import io
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from camservice import ffmpeg as ffmpeg_locator
 from camservice.cameras import Camera

@@ -32,8 +32,9 @@ import collections
 import os
 import re
 import signal
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from camservice import ffmpeg
 from camservice.cameras import Camera

@@ -51,7 +51,7 @@ class SessionRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SessionRecord":
+    def from_json(cls, data: dict[str, Any]) -> SessionRecord:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 

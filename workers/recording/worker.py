@@ -24,12 +24,13 @@ import asyncio
 import os
 from typing import Any
 
+from camservice.workers.base import CallContext, Worker, run_worker
+
 from camservice import process
 from camservice.envelope import Event
 from camservice.errors import SERVICE_BUSY, RpcError
 from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 from camservice.replica import CameraReplica, Change
-from camservice.workers.base import CallContext, Worker, run_worker
 
 from .sessions import FAILED, RecordingManager
 
