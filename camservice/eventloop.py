@@ -13,13 +13,13 @@ uses it: the file workers' download server relies on ``loop.sendfile``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 CHOICES = ("auto", "asyncio", "uvloop")
 
 
-def loop_factory(choice: str = "auto"):
+def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
     """A callable making the loop ``choice`` asks for, or None for asyncio's default."""
     if choice == "asyncio":
         return None

@@ -23,6 +23,12 @@ try:
 except (OSError, AttributeError):  # not Linux/glibc: the parent-pid watchdogs still apply
     _prctl = None
 
+#: Set by a reload (camservice.supervisor.reload) on the new generation's gateways: worker kinds (comma-separated) that take
+#: over from the old generation only once the old gateways drained (the recording worker, which
+#: must wait for the old one to release the cameras). A new gateway does not wait to hear them
+#: before it listens: it queues their calls until they register.
+TAKES_OVER_ENV = "CAMSERVICE_TAKES_OVER"
+
 ROLES = {
     "gateway": "camservice.gateway.server:main",
     "discovery": "camservice.workers.discovery.worker:main",

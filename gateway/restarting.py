@@ -34,6 +34,8 @@ from typing import Protocol
 import structlog
 from websockets.frames import CloseCode
 
+from camservice.process import TAKES_OVER_ENV
+
 log = structlog.get_logger("gateway.restarting")
 
 #: ``reconnect_after_ms`` is drawn from [base, 2 * base) per connection.
@@ -62,13 +64,6 @@ SIGNALS = {
     signal.SIGUSR2: ROLLBACK,
     signal.SIGHUP: SUPERVISOR_LOST,  # the gateway's PDEATHSIG (camservice.supervisor.watcher)
 }
-
-
-#: Set by a reload on the new generation's gateways: worker kinds (comma-separated) that take
-#: over from the old generation only once the old gateways drained (the recording worker, which
-#: must wait for the old one to release the cameras). A new gateway does not wait to hear them
-#: before it listens: it queues their calls until they register.
-TAKES_OVER_ENV = "CAMSERVICE_TAKES_OVER"
 
 
 def ready(pipeline, pool, environ=os.environ) -> bool:

@@ -46,7 +46,7 @@ import structlog
 
 from camservice import config as config_module
 from camservice import process
-from camservice.gateway.restarting import TAKES_OVER_ENV
+from camservice.process import TAKES_OVER_ENV
 
 from . import canary
 from .generation import DRAINING, SERVING
