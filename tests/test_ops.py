@@ -315,8 +315,12 @@ class Prometheus:
 async def traffic(service: Service) -> None:
     """Requests of every kind, over several connections so both gateways serve some."""
 
+    # One token, made before any connection opens: service.token() runs the CLI
+    # (a blocking subprocess), which would stall the other clients' handshakes.
+    token = service.token("operator")
+
     async def one_client(number: int) -> None:
-        async with Client(service.url, service.token("operator")) as client:
+        async with Client(service.url, token) as client:
             await client.call("get_camera_list")
             await client.call("get_camera_status", {"device": f"sim:{number % 2}"})
             with pytest.raises(RpcFailure):
@@ -324,7 +328,7 @@ async def traffic(service: Service) -> None:
             await client.call("list_snapshots", {"limit": 5})
 
     await asyncio.gather(*(one_client(n) for n in range(6)))
-    async with Client(service.url, service.token("operator")) as client:
+    async with Client(service.url, token) as client:
         await client.call("take_snapshot", {"device": "sim:0"})
         await client.call("start_recording", {"device": "sim:1"})
         await client.notification("recording_status_update", where=lambda p: p["status"] == "STARTED")
