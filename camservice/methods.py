@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from . import topics as bus_topics
 from .errors import invalid_params
@@ -124,10 +124,14 @@ def _number(params: Params, name: str) -> float | None:
     return value
 
 
+@overload
+def _choice(params: Params, name: str, choices: tuple[str, ...], default: str) -> str: ...
+@overload
+def _choice(params: Params, name: str, choices: tuple[str, ...], default: None) -> str | None: ...
 def _choice(params: Params, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
-    value = params.get(name, default)
-    if value is None:
-        return None
+    value = params.get(name)
+    if value is None:  # absent or an explicit null: the default, as a JSON-RPC client expects
+        return default
     if value not in choices:
         raise invalid_params(f"'{name}' must be one of {', '.join(choices)}", name)
     return value
@@ -218,7 +222,7 @@ def take_snapshot(params: Any) -> Params:
     if filename is not None:
         # fmt is None only for an explicit "format": null (params.get keeps the
         # None over the default): a known gap, noted in the types note, kept as is.
-        filename = _with_extension(check_filename(filename), fmt, ("jpg", "jpeg", "png"))  # type: ignore[arg-type]
+        filename = _with_extension(check_filename(filename), fmt, ("jpg", "jpeg", "png"))
     return {"device": device, "filename": filename, "format": fmt}
 
 
@@ -248,7 +252,7 @@ def start_recording(params: Any) -> Params:
     filename = params.get("filename")
     if filename is not None:
         # As in take_snapshot: fmt is None only for an explicit "format": null.
-        filename = _with_extension(check_filename(filename), fmt, ("mp4", "mkv"))  # type: ignore[arg-type]
+        filename = _with_extension(check_filename(filename), fmt, ("mp4", "mkv"))
     return {"device": device, "duration": duration, "format": fmt, "filename": filename}
 
 

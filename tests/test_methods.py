@@ -146,3 +146,11 @@ def test_retention_policy_validation():
 def test_authenticate_accepts_the_old_shape():
     assert methods.authenticate({"token": "t", "auth_type": "jwt"}) == {"auth_token": "t"}
     bad(methods.authenticate, {}, "auth_token")
+
+
+def test_an_explicit_null_format_means_the_default():
+    # It used to leak through: filename "shot.None", format None.
+    snapshot = methods.take_snapshot({"device": "c", "filename": "shot", "format": None})
+    assert (snapshot["filename"], snapshot["format"]) == ("shot.jpg", "jpg")
+    recording = methods.start_recording({"device": "c", "filename": "clip", "format": None})
+    assert (recording["filename"], recording["format"]) == ("clip.mp4", "mp4")
