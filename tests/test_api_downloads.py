@@ -29,6 +29,10 @@ from tests.test_files_http import TRAVERSALS
 pytestmark = pytest.mark.slow
 
 BODY = os.urandom(300_000)
+# The large-download test calls as fast as ten clients can for as long as the download
+# lasts: on a fast machine that outruns one identity's token bucket, which is not what
+# these tests are about (tests/test_gateway_security.py covers the limit).
+UNLIMITED = {"security.rate_limit": 1e6, "security.rate_burst": 1_000_000}
 SNAP = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
 
 
@@ -78,7 +82,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 def plain():
-    with Service(simulate=1, **{"files.http_port": None, "server.cors_origins": ["https://app.example"]}) as svc:
+    settings = {"files.http_port": None, "server.cors_origins": ["https://app.example"], **UNLIMITED}
+    with Service(simulate=1, **settings) as svc:
         yield Api(svc, "http", True)
 
 
@@ -87,7 +92,7 @@ def tls(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
-    settings = {"files.http_port": None, "server.tls.cert_file": cert, "server.tls.key_file": key}
+    settings = {"files.http_port": None, "server.tls.cert_file": cert, "server.tls.key_file": key, **UNLIMITED}
     with Service(simulate=1, **settings) as svc:
         yield Api(svc, "https", cert)
 
