@@ -265,20 +265,30 @@ def json_costs(n: int = 20000) -> dict:
     return out
 
 
-def run(step_s: float, progress: Progress, quick: bool = False, cameras: int = 4) -> dict:
-    rounds = 1 if quick else 2
+def run(
+    step_s: float,
+    progress: Progress,
+    quick: bool = False,
+    cameras: int = 4,
+    target: Target | None = None,
+    rounds: int | None = None,
+) -> dict:
+    """The cost cases on ``target`` (a service started for them when None), then the other event loop's."""
+    rounds = rounds or (1 if quick else 2)
+    own = target is None
     port = common.free_port()
     baseline = common.start_baseline(port)
     baseline_url = f"ws://127.0.0.1:{port}/ws"
     out: dict = {}
     try:
-        target = Target.start(cameras)
+        target = target or Target.start(cameras)
         try:
             out["cases"] = cases(target, baseline.pid, baseline_url, step_s, rounds, progress)
             progress.note("cost: profiling the gateway (py-spy, strace)")
             parts, sys_calls = profile(target, step_s)
         finally:
-            target.close()
+            if own:
+                target.close()
         st = out["cases"]["status"]
         gw_us = (st.get("per_process_us") or {}).get("gateway-0")
         if parts and gw_us:
@@ -297,7 +307,7 @@ def run(step_s: float, progress: Progress, quick: bool = False, cameras: int = 4
                 target = Target.start(cameras, **{"gateway.event_loop": other})
                 try:
                     progress.note(f"cost: the same with the gateway on {other}")
-                    alt = cases(target, baseline.pid, baseline_url, step_s, 1, progress)
+                    alt = cases(target, baseline.pid, baseline_url, step_s, rounds, progress)
                 finally:
                     target.close()
                 variants[other] = {k: alt[k]["service_us"] for k in CASES}

@@ -66,6 +66,7 @@ from tests.harness import Service
 from . import common, load  # load: FastConnection, split
 from .common import FAST_LIMITS, on_sigterm
 from .common import latency_summary as summary
+from .target import mint_token, stop_service
 
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]
 
@@ -260,7 +261,7 @@ def run_hotplug(args) -> dict:
     clients = None
     try:
         service.start()
-        token = service.token("viewer")
+        token = mint_token(service, "viewer")
         supervisor = service.supervisor_pid()
         state_dir = service.state_dir
         topics = None if args.topics == "none" else TOPICS
@@ -355,7 +356,7 @@ def run_hotplug(args) -> dict:
     finally:
         if clients is not None:
             clients.stop()
-        service.cleanup()
+        stop_service(service)
 
 
 # ------------------------------------------------------------------ start-up mode
@@ -401,7 +402,7 @@ def run_startup(args, emit: bool = True) -> list[dict]:
     for attempt in range(args.repeat):
         service = Service(simulate=args.startup, **FAST_LIMITS)
         try:
-            token = service.token("viewer")  # signs with the configured secret; no service needed
+            token = mint_token(service, "viewer")  # signs with the configured secret; no service needed
             cmd = [sys.executable, "-m", "camservice.cli", "start"]
             t0 = time.monotonic()
             proc = subprocess.Popen(
@@ -424,7 +425,7 @@ def run_startup(args, emit: bool = True) -> list[dict]:
             if emit:
                 common.print_json(rows[-1])
         finally:
-            service.cleanup()
+            stop_service(service)
     lists = sorted(r["start_to_list_s"] for r in rows if r["start_to_list_s"] is not None)
     disc = sorted(r["discovery_started_ms"] for r in rows if r["discovery_started_ms"] is not None)
     if not emit:

@@ -483,6 +483,14 @@ def section_cost(co: dict) -> str:
     return "\n".join(out)
 
 
+def walltime_section(wall: dict) -> str:
+    """Seconds per category and, within it, per kind of work (the rest is calls, set-up and fixed waits)."""
+    kinds = sorted({k for acc in wall.values() for k in acc.get("kinds", {})} - {"other"}) + ["other"]
+    rows = [[cat, acc.get("total_s"), *[acc.get("kinds", {}).get(k) for k in kinds]] for cat, acc in wall.items()]
+    rows.append(["all", round(sum(acc.get("total_s") or 0 for acc in wall.values()), 1), *[""] * len(kinds)])
+    return "<h3>Wall time, s</h3>" + table(["category", "total", *kinds], rows)
+
+
 def render(results: dict) -> str:
     m = results.get("machine", {})
     parts = [
@@ -515,6 +523,8 @@ def render(results: dict) -> str:
                 parts.append(f"<h2>{key}</h2><p class=note>could not render: {esc(repr(exc))}</p>")
         if (results.get("failures") or {}).get(key):
             parts.append(f"<h2>{key}</h2><p class=note>failed: {esc(results['failures'][key])}</p>")
+    if results.get("walltime"):
+        parts.append(walltime_section(results["walltime"]))
     parts.append("</body></html>")
     return "\n".join(parts)
 
