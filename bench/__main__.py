@@ -100,7 +100,7 @@ def parse_args(argv=None):
         "--rounds",
         type=int,
         default=None,
-        help="cost: alternating baseline/service rounds per case (default 2; 1 with --quick)",
+        help="cost: alternating rounds per case (default 3; 2 in all, 1 with --quick)",
     )
     args = ap.parse_args(argv)
     if args.category == "compare" and len(args.dirs) != 2:
@@ -203,7 +203,7 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
             progress=progress,
             quick=args.quick,
             target=session.shared(args.cameras),
-            rounds=args.rounds,
+            rounds=args.rounds or (1 if args.quick else 2 if args.category == "all" else 3),
         )
     raise ValueError(name)
 
@@ -267,6 +267,15 @@ def main(argv=None) -> int:
         print(
             f"{mark}  {r['id']}  {r['what']}: {r['measured']} {r['unit']} (threshold {r['comparison']} {r['threshold']}, target {r['target']})"
         )
+    if results["categories"].get("cost", {}).get("cases"):
+        from .cost import report_lines
+
+        print("\n".join(report_lines(results["categories"]["cost"])))
+    print(
+        "wall time: "
+        + ", ".join(f"{name} {acc['total_s']:.0f} s" for name, acc in results["walltime"].items())
+        + f"; all {results['elapsed_s']:.0f} s"
+    )
     return status or (2 if failed else 0)
 
 

@@ -129,7 +129,7 @@ def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
             value = _decoder.decode(data)
         except (ValueError, RecursionError, UnicodeDecodeError):
             return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
-        lone = _has_lone_surrogate(data, value)  # type: ignore[arg-type]
+        lone = _has_lone_surrogate(data, value)
     else:
         lone = False
     if lone:
