@@ -1,6 +1,6 @@
 """camservice's performance suite: ``python -m bench CATEGORY [options]``.
 
-Categories: baseline, load, stress, endurance, scaling, cost, all; and
+Categories: baseline, load, stress, endurance, scaling, cost, mqtt, all; and
 ``compare BASELINE_DIR RESULT_DIR`` (the regression gate), ``tolerances
 RUN_DIR...`` (measure each figure's noise from repeated runs into
 bench/baselines/tolerances.json). Each run writes
@@ -38,11 +38,11 @@ from . import common, regress, report, requirements, walltime
 from .phases import Progress
 from .target import Target
 
-CATEGORIES = ("baseline", "load", "stress", "endurance", "scaling", "cost")
+CATEGORIES = ("baseline", "load", "stress", "endurance", "scaling", "cost", "mqtt")
 # The order of ``all``: the categories that can share one started service first (baseline, load, a
 # fault-free endurance run, cost), then those that need services of their own (stress abuses its
-# service; scaling starts one per configuration).
-ALL_ORDER = ("baseline", "load", "endurance", "cost", "stress", "scaling")
+# service; scaling starts one per configuration; the MQTT bridge needs a broker and a service of its own).
+ALL_ORDER = ("baseline", "load", "endurance", "cost", "stress", "scaling", "mqtt")
 
 
 def machine() -> dict:
@@ -205,6 +205,13 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
             target=session.shared(args.cameras),
             rounds=args.rounds or (1 if args.quick else 2 if args.category == "all" else 3),
         )
+    if name == "mqtt":
+        from . import mqtt_bridge
+
+        if args.url:
+            return {"skipped": "the MQTT bridge needs a broker and a service of its own: not with --url"}
+        session.close()
+        return mqtt_bridge.run(duration or 60, progress, quick=args.quick)
     raise ValueError(name)
 
 

@@ -9,9 +9,11 @@ and subscribed to every client topic (the default set). Then K times
 in the figure) and measures, for every client, the time from just before
 that call (the node file appears at its end, ~0.1 ms later) to the arrival
 of the ``camera_status_update`` CONNECTED for that device; then unplugs it
-and measures the same for DISCONNECTED. A random pause (0 to 2 poll
-intervals) before each change decorrelates it from the discovery worker's
-50 ms polling of the node folder. Prints ONE JSON line:
+and measures the same for DISCONNECTED. The discovery worker learns of node
+files by inotify (it polls, every ``cameras.poll_interval``, only where
+inotify is unavailable); a random pause (0 to 100 ms) before each change
+keeps the changes from falling into step with any periodic work. Prints
+ONE JSON line:
 
     {"bench": "hotplug", "clients", "events", "pairs", "missed",
      "p50_ms", "p95_ms", "p99_ms", "max_ms", "connected": {...},
@@ -275,7 +277,7 @@ def run_hotplug(args) -> dict:
         opened = sum(msg[1] for msg in ready)
         open_s = time.monotonic() - t_open
         time.sleep(1.0)  # let the handshake burst settle
-        poll = 0.05  # cameras.poll_interval default (the harness does not change it)
+        poll = 0.05  # the random pause's scale (cameras.poll_interval's default, where polling is used)
         index = args.simulate  # sim:0..simulate-1 exist: plug the next index every time
         device = f"sim:{index}"
         lat = {"CONNECTED": [], "DISCONNECTED": []}

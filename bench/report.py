@@ -502,6 +502,49 @@ def section_cost(co: dict) -> str:
     return "\n".join(out)
 
 
+def section_mqtt(mq: dict) -> str:
+    out = ["<h2>MQTT bridge</h2>"]
+    if mq.get("skipped"):
+        return out[0] + f"<p class=note>{esc(mq['skipped'])}</p>"
+    hp, bu, ss = mq.get("hotplug", {}), mq.get("burst", {}), mq.get("sigstop", {})
+    rows = [
+        [
+            "hot-plug to retained state (CONNECTED / DISCONNECTED)",
+            hp.get("n"),
+            hp.get("p50_ms"),
+            hp.get("p95_ms"),
+            hp.get("max_ms"),
+            f"missed {hp.get('missed')}",
+        ],
+        [
+            "QoS 1 burst, publish to receipt",
+            (bu.get("latency") or {}).get("n"),
+            (bu.get("latency") or {}).get("p50_ms"),
+            (bu.get("latency") or {}).get("p95_ms"),
+            (bu.get("latency") or {}).get("max_ms"),
+            f"sent {bu.get('sent')}, lost {bu.get('lost')}, dropped {bu.get('dropped_in_bridge')}",
+        ],
+        [
+            "get_status, broker running",
+            (ss.get("broker_running") or {}).get("n"),
+            (ss.get("broker_running") or {}).get("p50_ms"),
+            (ss.get("broker_running") or {}).get("p95_ms"),
+            (ss.get("broker_running") or {}).get("max_ms"),
+            "",
+        ],
+        [
+            "get_status, broker SIGSTOPped",
+            (ss.get("broker_stopped") or {}).get("n"),
+            (ss.get("broker_stopped") or {}).get("p50_ms"),
+            (ss.get("broker_stopped") or {}).get("p95_ms"),
+            (ss.get("broker_stopped") or {}).get("max_ms"),
+            f"dropped {ss.get('dropped_in_bridge')}",
+        ],
+    ]
+    out.append(table(["figure", "n", "P50 ms", "P95 ms", "max ms", ""], rows))
+    return "\n".join(out)
+
+
 def walltime_section(wall: dict) -> str:
     """Seconds per category and, within it, per kind of work (the rest is calls, set-up and fixed waits)."""
     kinds = sorted({k for acc in wall.values() for k in acc.get("kinds", {})} - {"other"}) + ["other"]
@@ -534,6 +577,7 @@ def render(results: dict) -> str:
         ("endurance", section_endurance),
         ("scaling", section_scaling),
         ("cost", section_cost),
+        ("mqtt", section_mqtt),
     ):
         if cats.get(key):
             try:

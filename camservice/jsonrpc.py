@@ -10,8 +10,8 @@ protocol core apart from its asyncio layer.
 Where orjson is installed (the ``fast`` extra) it decodes and encodes on a
 fast path that gives the same results and the same errors as the standard
 library, because everything it would treat differently goes to the
-standard library instead: input with a run of 19 or more digits (orjson
-reads integers beyond 64 bits as floats), anything orjson refuses (NaN and
+standard library instead: any frame holding a float (orjson reads integers
+beyond 64 bits as floats), anything orjson refuses (NaN and
 Infinity, 1e400, unpaired surrogates, nesting too deep, non-string keys,
 integers beyond 64 bits, ``str``/``int``/``dict``/``list`` subclasses,
 dataclasses, dates) and any encoding that printed a ``null`` (orjson writes
@@ -19,7 +19,7 @@ NaN and infinities as ``null`` where json refuses them). Encoded text may
 spell a float differently (``1e-05`` against ``0.00001``): the same number.
 Out of scope: ``enum.Enum`` members and ``uuid.UUID`` objects, which
 orjson encodes and json refuses; no message carries one (results are
-msgpack-decoded or built from plain types). ``tests/test_jsonrpc.py``
+msgpack-decoded or built from plain types). ``tests/test_jsonrpc_orjson.py``
 checks both paths against each other with hypothesis.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,22 +98,39 @@ def _has_lone_surrogate(text: str, value: Any) -> bool:
     return False
 
 
-#: A number orjson might read differently: integers beyond 64 bits become floats there.
-_LONG_DIGITS = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
 #: What _fast_loads returns when the standard library must decide.
 _SLOW = object()
 
 
+def _has_float(value: Any) -> bool:
+    """Whether a float is anywhere in ``value`` (dicts and lists as orjson returns them)."""
+    if type(value) is dict:
+        items: Any = value.values()
+    elif type(value) is list:
+        items = value
+    else:
+        return type(value) is float
+    for item in items:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _has_float(item)):
+            return True
+    return False
+
+
 def _fast_loads(data: str | bytes) -> Any:
-    """orjson's reading of ``data``, or ``_SLOW`` when it might differ from json's or fails."""
+    """orjson's reading of ``data``, or ``_SLOW`` when it might differ from json's or fails.
+
+    Any float sends the frame to the standard library: orjson reads an
+    integer beyond 64 bits as a float, and the two need not round every
+    float literal alike. Requests hardly ever carry floats; checking the
+    parsed value costs less than scanning the text for long numbers.
+    """
     if orjson is None:
         return _SLOW
-    if (_LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS).search(data) is not None:  # type: ignore[arg-type]
-        return _SLOW
     try:
-        return orjson.loads(data)
-    except Exception:  # noqa: BLE001  (whatever orjson refuses, json decides: its verdict is the contract)
+        value = orjson.loads(data)
+        return _SLOW if _has_float(value) else value
+    except Exception:  # noqa: BLE001  (whatever orjson refuses, json decides; RecursionError of a deep value too)
         return _SLOW
 
 
