@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.harness import Service
 
@@ -251,10 +252,22 @@ def run_cases(args, folder: Path, n: int, cases: list[tuple[str, str, int, int]]
         settings["gateway.processes"] = args.gateways
     if args.concurrency is not None:
         settings["workers.files_concurrency"] = args.concurrency
-    service = start_service(folder, settings)
-    try:
+    for attempt in range(3):
+        service = start_service(folder, settings)
         token = mint_token(service, "viewer")
-        index_s = wait_index(service, token, args.files)
+        try:
+            index_s = wait_index(service, token, args.files)
+            break
+        except InvalidStatus as exc:
+            # Free ports are picked before the service binds them: on a busy machine another program
+            # (or the service's own file server, picked the same free port) may answer on ours. New ports.
+            stop_service(service)
+            if attempt == 2:
+                raise RuntimeError(f"the service's WebSocket port answered {exc}: three times") from exc
+        except BaseException:
+            stop_service(service)
+            raise
+    try:
         named = service.pids()
         supervisor = service.supervisor_pid()
         time.sleep(1.0)  # let start-up work (ids, first storage check) finish
