@@ -265,7 +265,10 @@ def test_a_slowed_new_generation_is_rolled_back_automatically():
         assert "reload" in reasons and "rollback" in reasons, reasons
         log = (svc.state_dir / "logs" / "supervisor.log").read_text()
         assert "canary_failed" in log and '"rollback"' in log
-        print(f"\nrollback: {rollback} (seen by the test {noticed:.1f}s after the switch)")
+        print(
+            f"\nrollback: {rollback} (seen by the test {noticed:.1f}s after the switch)\n"
+            f"its phases: {status['last_reload']}"
+        )
 
 
 def test_a_crash_looping_new_generation_is_rolled_back_by_the_canary():
