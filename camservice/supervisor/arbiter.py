@@ -392,6 +392,11 @@ class Arbiter:
                         watcher.ready = True
                         answer["processes"] = sampling.process_table(generation.watchers, self.samples)
             return answer
+        if command == "parked":  # a gateway drained for a canary-watched reload (supervisor.reload)
+            for watcher in self.watchers:
+                if watcher.pid is not None and watcher.pid == request.get("pid"):
+                    watcher.parked = True
+            return {"ok": True}
         handler = self.commands.get(command)
         if handler is not None:
             return handler(self, request, reply)
