@@ -144,6 +144,8 @@ class Arbiter:
         self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
         #: Every generation's RSS by age: the canary's RSS criterion compares them like for like.
         self.rss = canary.RssHistory()
+        #: Set whenever a gateway's canary figures arrive.
+        self.figures_arrived = asyncio.Event()
         self.reloader = Reloader(self)
         #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
         self.commands: dict = {"reload": self.reloader.command}
@@ -282,6 +284,7 @@ class Arbiter:
                     self.windows.add(watcher.generation, pid, figures, now)
                 except (KeyError, TypeError):
                     logger.warning("bad_canary_figures", pid=pid)
+                self.figures_arrived.set()  # the canary looks at once (reload.Reloader.watch)
                 return
 
     def generation_rss(self, generation: Generation) -> int | None:

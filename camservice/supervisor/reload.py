@@ -61,7 +61,8 @@ log = structlog.get_logger("supervisor")
 #: Seconds a parked gateway has beyond its drain (bounded by stop_timeout / 2) to say so: its
 #: clients' close handshakes (3 s) and the control request.
 PARK_TIMEOUT = 5.0
-#: Seconds between two looks of the canary at the new generation's figures.
+#: Longest wait between two looks of the canary at the new generation's figures (it also
+#: looks as soon as a gateway's figures arrive: arbiter.figures_arrived).
 CANARY_TICK = 0.5
 
 #: Keys a running service cannot take from a reload (the processes that hold them
@@ -229,7 +230,11 @@ class Reloader:
         state = {"state": "watching", "generation": new.number, "remaining_s": window, "baseline": baseline}
         arbiter.upgrade_state["canary"] = state
         while time.monotonic() - switched < window:
-            await asyncio.sleep(CANARY_TICK)
+            arbiter.figures_arrived.clear()
+            try:
+                await asyncio.wait_for(arbiter.figures_arrived.wait(), CANARY_TICK)
+            except asyncio.TimeoutError:
+                pass  # restarts and RSS change without figures
             if new.state != SERVING:
                 return
             figures = arbiter.windows.total(new.number, switched).figures()
