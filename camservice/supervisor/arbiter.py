@@ -37,7 +37,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import psutil
 import structlog
@@ -45,6 +44,7 @@ import zmq
 
 from camservice import __version__, comms, log, process, topics
 from camservice import config as config_module
+from camservice.drain import Drain
 from camservice.envelope import Event
 
 from . import canary, liveness, sampling
@@ -142,6 +142,10 @@ class Arbiter:
         self.reloads = 0
         #: Every gateway's canary figures, per generation (camservice.supervisor.canary).
         self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
+        #: Every generation's RSS by age: the canary's RSS criterion compares them like for like.
+        self.rss = canary.RssHistory()
+        #: Set whenever a gateway's canary figures arrive.
+        self.figures_arrived = asyncio.Event()
         self.reloader = Reloader(self)
         #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
         self.commands: dict = {"reload": self.reloader.command}
@@ -163,6 +167,7 @@ class Arbiter:
     def new_generation(self, config: config_module.Config, env: dict[str, str], executable: str) -> Generation:
         number = self.generations[-1].number + 1 if self.generations else 0
         generation = Generation(number, config, env, executable, self._on_exit, self._on_start)
+        self.rss.forget_before(number - 1)
         self.generations.append(generation)
         return generation
 
@@ -179,11 +184,12 @@ class Arbiter:
         self.heartbeats.setsockopt(zmq.LINGER, 0)
         for topic in HEARTBEAT_TOPICS:
             self.heartbeats.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        # getsockopt is typed int | bytes; FD and EVENTS are ints.
-        loop.add_reader(cast(int, self.heartbeats.getsockopt(zmq.FD)), self._on_heartbeats)
+        self._heartbeats = Drain(self.heartbeats, self._on_heartbeat, multipart=True, name="heartbeats")
+        self._heartbeats.start(loop)
         self.control = comms.router(self.ctx)
         self.control.bind(self.control_endpoint)
-        loop.add_reader(cast(int, self.control.getsockopt(zmq.FD)), self._on_control)
+        self._control = Drain(self.control, self._on_control, multipart=True, name="control")
+        self._control.start(loop)
         first = self.generations[0]
         self.open(first)
         first.start()
@@ -194,7 +200,7 @@ class Arbiter:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
-                self._on_control()  # the ZeroMQ FD is edge-triggered
+                self._control.drain()  # belt and braces: connect/disconnect may take an edge too
         for task in background:
             task.cancel()
         await self.shutdown()
@@ -224,10 +230,9 @@ class Arbiter:
         for generation in self.generations:
             if generation.state != STOPPED:
                 self.close(generation)
-        loop = asyncio.get_running_loop()
-        for sock in (self.control, self.heartbeats):
-            loop.remove_reader(cast(int, sock.getsockopt(zmq.FD)))
-            sock.close(linger=0)
+        for reader in (self._control, self._heartbeats):
+            reader.stop()
+            reader.sock.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
 
@@ -258,23 +263,19 @@ class Arbiter:
 
     # --- liveness (issue 11 §5: a frozen process is replaced) --------------------------------
 
-    def _on_heartbeats(self) -> None:
-        now = time.monotonic()
-        while cast(int, self.heartbeats.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            try:
-                frames = self.heartbeats.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                event = Event.from_frames(frames)
-                pid = event.data.get("pid")
-            except Exception:  # noqa: BLE001, S112 - a malformed event is not a heartbeat
-                continue
-            if isinstance(pid, int):
-                self.liveness.beat(pid, now)
-                figures = event.data.get("canary")
-                if isinstance(figures, dict):
-                    self._canary_figures(pid, figures, now)
+    def _on_heartbeat(self, frames: list[bytes]) -> None:
+        """One stats event (the heartbeats' drain): a beat of its ``pid``, and a gateway's canary figures."""
+        try:
+            event = Event.from_frames(frames)
+            pid = event.data.get("pid")
+        except Exception:  # noqa: BLE001 - a malformed event is not a heartbeat
+            return
+        if isinstance(pid, int):
+            now = time.monotonic()
+            self.liveness.beat(pid, now)
+            figures = event.data.get("canary")
+            if isinstance(figures, dict):
+                self._canary_figures(pid, figures, now)
 
     def _canary_figures(self, pid: int, figures: dict, now: float) -> None:
         for watcher in self.watchers:
@@ -283,21 +284,39 @@ class Arbiter:
                     self.windows.add(watcher.generation, pid, figures, now)
                 except (KeyError, TypeError):
                     logger.warning("bad_canary_figures", pid=pid)
+                self.figures_arrived.set()  # the canary looks at once (reload.Reloader.watch)
                 return
 
-    def generation_rss(self, generation: Generation) -> int:
-        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample."""
+    def generation_rss(self, generation: Generation) -> int | None:
+        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample.
+
+        None unless every running process of the generation is in that sample: a
+        partial sum (a process started since) is no figure to compare.
+        """
         total = 0
         for watcher in generation.watchers:
+            if watcher.pid is None:
+                continue
             row = self.samples.get(watcher.key)
-            if row and row.get("pid") == watcher.pid:
-                total += row["rss_bytes"] + row["children_rss_bytes"]
-        return total
+            if not row or row.get("pid") != watcher.pid:
+                return None
+            total += row["rss_bytes"] + row["children_rss_bytes"]
+        return total or None
+
+    def _record_rss(self) -> None:
+        """Each live generation's complete RSS total, by age, for the canary (canary.RssHistory)."""
+        now = time.monotonic()
+        for generation in self.generations:
+            if generation.state == STOPPED or generation.started is None:
+                continue
+            total = self.generation_rss(generation)
+            if total is not None:
+                self.rss.add(generation.number, now - generation.started, total)
 
     async def _watch_liveness(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_TICK)
-            self._on_heartbeats()
+            self._heartbeats.drain()  # beats waiting behind a missed edge count before any verdict
             now = time.monotonic()
             for watcher in self.watchers:
                 pid = watcher.pid
@@ -314,12 +333,17 @@ class Arbiter:
     async def _sample_forever(self) -> None:
         while True:
             try:
-                rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
-                self.samples, self.host = rows, host
+                await self.sample_now()
                 self.publish_stats()
             except Exception:
                 logger.exception("sample_failed")
             await asyncio.sleep(self.config.runtime.sample_interval)
+
+    async def sample_now(self) -> None:
+        """Sample every process (in a thread); a reload also calls it at the switch, where both generations run."""
+        rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
+        self.samples, self.host = rows, host
+        self._record_rss()
 
     def publish_stats(self) -> None:
         """The serving generation's process table (names repeat across generations) and the upgrade figures."""
@@ -334,28 +358,27 @@ class Arbiter:
 
     # --- control socket ----------------------------------------------------------------------
 
-    def _on_control(self) -> None:
-        while cast(int, self.control.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            try:
-                identity, _empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                request = json.loads(payload)
-                command = request.get("command")
-            except (ValueError, AttributeError):
-                request, command = {}, None
-            answer = self.command(command, request, functools.partial(self._answer, identity))
-            if answer is not None:
-                self._answer(identity, answer)
+    def _on_control(self, frames: list[bytes]) -> None:
+        """One control request (the control socket's drain): ``[identity, b"", json]``."""
+        try:
+            identity, _empty, payload = frames
+        except ValueError:
+            return
+        try:
+            request = json.loads(payload)
+            command = request.get("command")
+        except (ValueError, AttributeError):
+            request, command = {}, None
+        answer = self.command(command, request, functools.partial(self._answer, identity))
+        if answer is not None:
+            self._answer(identity, answer)
 
     def _answer(self, identity: bytes, answer: dict) -> None:
         try:
             self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass
+            return
+        self._control.after_send()
 
     def command(self, command: str | None, request: dict, reply: Callable[[dict], None]) -> dict | None:
         """Answer a control command now (a dict) or later through ``reply`` (returns None)."""
@@ -372,6 +395,11 @@ class Arbiter:
                         watcher.ready = True
                         answer["processes"] = sampling.process_table(generation.watchers, self.samples)
             return answer
+        if command == "parked":  # a gateway drained for a canary-watched reload (supervisor.reload)
+            for watcher in self.watchers:
+                if watcher.pid is not None and watcher.pid == request.get("pid"):
+                    watcher.parked = True
+            return {"ok": True}
         handler = self.commands.get(command)
         if handler is not None:
             return handler(self, request, reply)

@@ -8,7 +8,9 @@ generations never share a bus or a request socket (see
 its clients, unchanged, until it is drained.
 
 States: ``starting`` (new, not serving yet), ``serving``, ``draining`` (its
-gateways are telling clients to move), ``stopped``.
+gateways are telling clients to move), ``parked`` (drained, kept alive during
+the canary window after a reload so that a rollback only resumes it:
+:meth:`camservice.supervisor.reload.Reloader.resume`), ``stopped``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from camservice.methods import WORKER_KINDS
 from .bus import Bus
 from .watcher import Watcher
 
-STARTING, SERVING, DRAINING, STOPPED = "starting", "serving", "draining", "stopped"
+STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
 
 
 class Generation:
@@ -53,6 +55,8 @@ class Generation:
         self.endpoints = comms.Endpoints.from_config(config, number)
         self.state = STARTING
         self.created = time.time()
+        #: time.monotonic() of the first start (ages of its RSS samples count from it).
+        self.started: float | None = None
         self.bus: Bus | None = None
         counts = {
             "gateway": config.gateway.processes,
@@ -86,6 +90,8 @@ class Generation:
         self.bus.start()
 
     def start(self, roles: tuple[str, ...] | None = None) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
         for watcher in self.watchers:
             if roles is None or watcher.role in roles:
                 watcher.start()

@@ -72,6 +72,7 @@ class Watcher:
         on_start: Callable[[Watcher, int], None] | None = None,
         generation: int = 0,
         executable: str | None = None,
+        command: list[str] | None = None,
     ):
         self.role = role
         self.index = index
@@ -84,10 +85,16 @@ class Watcher:
         #: Unique across generations (names repeat in each).
         self.key = f"g{generation}/{self.name}"
         self.executable = executable or sys.executable
+        #: The argv each start runs: the role's entry point (``camservice.process``) unless given.
+        self.command = command or [self.executable, "-m", "camservice.process", role, str(index)]
         #: Why the supervisor killed the current process (a hang), or None.
         self.hung: str | None = None
         #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
         self.ready = False
+        #: A gateway said it is parked (drained, not listening): see camservice.supervisor.reload.
+        self.parked = False
+        #: Set on the processes of a parked generation: an exit is final, not followed by a restart.
+        self.hold = False
         # The first restart after a stable run is immediate (``immediate=1``); a loop backs off.
         self.backoff = Backoff(
             initial=min(0.25, policy.restart_backoff_max),
@@ -115,7 +122,7 @@ class Watcher:
         self._loop = loop = asyncio.get_running_loop()
         self._exited.clear()
         self.popen = subprocess.Popen(
-            [self.executable, "-m", "camservice.process", self.role, str(self.index)],
+            self.command,
             env=self.env,
             stdin=subprocess.DEVNULL,
             preexec_fn=_gateway_setup if self.role == "gateway" else _child_setup,
@@ -126,6 +133,7 @@ class Watcher:
         self.state = RUNNING
         self.hung = None
         self.ready = False
+        self.parked = False
         log.info("process_started", process=self.name, pid=self.popen.pid, generation=self.generation)
         if self.on_start is not None:
             self.on_start(self, self.popen.pid)
@@ -152,9 +160,9 @@ class Watcher:
         self._exited.set()
         if self.on_exit is not None:
             self.on_exit(self, pid)
-        if self.state == STOPPING:
+        if self.state == STOPPING or self.hold:
             self.state = STOPPED
-            log.info("process_stopped", process=self.name, pid=pid, code=code)
+            log.info("process_stopped", process=self.name, pid=pid, code=code, held=self.hold)
             return
         ran = time.monotonic() - self.started_at
         if ran >= self.policy.stable_after:
