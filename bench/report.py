@@ -403,9 +403,10 @@ def section_scaling(sc: dict) -> str:
             rows = [
                 [
                     s["cameras"],
-                    s["cpu_percent_of_host"],
-                    s["frames_ratio_min"],
-                    ", ".join(s.get("refused") or []) or "–",
+                    s.get("cpu_percent_of_host"),
+                    s.get("frames_ratio_min"),
+                    ", ".join(s.get("refused") or [])
+                    or (f"not listed: {', '.join(s['not_listed'])}" if s.get("not_listed") else "–"),
                     f'<td class="{"pass" if s["ok"] else "fail"}">{"ok" if s["ok"] else "over"}</td>',
                 ]
                 for s in c["steps"]
