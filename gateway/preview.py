@@ -94,15 +94,15 @@ class Feed:
         self.viewers -= 1
 
     async def next(self, after: int, timeout: float) -> tuple[int, bytes]:
-        """The first frame newer than version ``after``; raises FeedEnded or TimeoutError."""
-        async with asyncio.timeout(timeout):
-            while True:
-                if self.ended is not None:
-                    raise self.ended
-                if self.version > after and self.frame is not None:
-                    return self.version, self.frame
-                self._changed.clear()
-                await self._changed.wait()
+        """The first frame newer than version ``after``; raises FeedEnded or asyncio.TimeoutError."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.ended is not None:
+                raise self.ended
+            if self.version > after and self.frame is not None:
+                return self.version, self.frame
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
 
     def _notify(self) -> None:
         self._changed.set()
@@ -213,7 +213,7 @@ class Previews:
             version, frame = await feed.next(0 if feed.frame is None else feed.version - 1, FIRST_FRAME_TIMEOUT)
         except FeedEnded as ended:
             return HttpResponse.text(ended.status, ended.reason + "\n", {"Retry-After": "5"})
-        except TimeoutError:
+        except asyncio.TimeoutError:
             return HttpResponse.text(503, "the camera delivered no picture in time\n", {"Retry-After": "5"})
         finally:
             # The stream joins again when it starts: a response never sent must not count as a viewer.
@@ -241,7 +241,7 @@ class Previews:
                 yield b"\r\n"
                 try:
                     version, frame = await feed.next(version, FRAME_TIMEOUT)
-                except (FeedEnded, TimeoutError):
+                except (FeedEnded, asyncio.TimeoutError):
                     break
             yield f"--{BOUNDARY}--\r\n".encode()
         finally:
