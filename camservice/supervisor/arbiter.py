@@ -142,6 +142,8 @@ class Arbiter:
         self.reloads = 0
         #: Every gateway's canary figures, per generation (camservice.supervisor.canary).
         self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
+        #: Every generation's RSS by age: the canary's RSS criterion compares them like for like.
+        self.rss = canary.RssHistory()
         self.reloader = Reloader(self)
         #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
         self.commands: dict = {"reload": self.reloader.command}
@@ -163,6 +165,7 @@ class Arbiter:
     def new_generation(self, config: config_module.Config, env: dict[str, str], executable: str) -> Generation:
         number = self.generations[-1].number + 1 if self.generations else 0
         generation = Generation(number, config, env, executable, self._on_exit, self._on_start)
+        self.rss.forget_before(number - 1)
         self.generations.append(generation)
         return generation
 
@@ -285,14 +288,31 @@ class Arbiter:
                     logger.warning("bad_canary_figures", pid=pid)
                 return
 
-    def generation_rss(self, generation: Generation) -> int:
-        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample."""
+    def generation_rss(self, generation: Generation) -> int | None:
+        """Total RSS of a generation's processes and their children (ffmpeg), from the last sample.
+
+        None unless every running process of the generation is in that sample: a
+        partial sum (a process started since) is no figure to compare.
+        """
         total = 0
         for watcher in generation.watchers:
+            if watcher.pid is None:
+                continue
             row = self.samples.get(watcher.key)
-            if row and row.get("pid") == watcher.pid:
-                total += row["rss_bytes"] + row["children_rss_bytes"]
-        return total
+            if not row or row.get("pid") != watcher.pid:
+                return None
+            total += row["rss_bytes"] + row["children_rss_bytes"]
+        return total or None
+
+    def _record_rss(self) -> None:
+        """Each live generation's complete RSS total, by age, for the canary (canary.RssHistory)."""
+        now = time.monotonic()
+        for generation in self.generations:
+            if generation.state == STOPPED or generation.started is None:
+                continue
+            total = self.generation_rss(generation)
+            if total is not None:
+                self.rss.add(generation.number, now - generation.started, total)
 
     async def _watch_liveness(self) -> None:
         while True:
@@ -314,12 +334,17 @@ class Arbiter:
     async def _sample_forever(self) -> None:
         while True:
             try:
-                rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
-                self.samples, self.host = rows, host
+                await self.sample_now()
                 self.publish_stats()
             except Exception:
                 logger.exception("sample_failed")
             await asyncio.sleep(self.config.runtime.sample_interval)
+
+    async def sample_now(self) -> None:
+        """Sample every process (in a thread); a reload also calls it at the switch, where both generations run."""
+        rows, host = await asyncio.to_thread(sampling.sample, self.watchers, self._psutil)
+        self.samples, self.host = rows, host
+        self._record_rss()
 
     def publish_stats(self) -> None:
         """The serving generation's process table (names repeat across generations) and the upgrade figures."""

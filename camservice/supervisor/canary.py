@@ -14,7 +14,13 @@ tolerances and names the first figure that crossed its tolerance:
   more than ``upgrade.error_rate_increase``;
 * restarts: any process of the new generation restarting more than
   ``upgrade.max_restarts`` times;
-* RSS: the new generation's total above ``upgrade.rss_ratio`` times the old one's.
+* RSS: the new generation's total above ``upgrade.rss_ratio`` times the old one's,
+  compared like for like (:class:`RssHistory`): the old generation's peak over
+  its whole life against the new generation's peak *at the same ages*, from
+  complete samples only (every process of the generation measured). A reload
+  right after a start would otherwise compare an old generation whose
+  processes were still importing (or not sampled yet: 34 MiB) with a warm new
+  one (80 MiB) and roll back a healthy reload.
 
 A latency figure needs ``MIN_CALLS`` calls on both sides to be judged.
 """
@@ -107,6 +113,48 @@ class Windows:
             if since <= moment <= until:
                 result.add(delta)
         return result
+
+
+class RssHistory:
+    """Total RSS of each generation by age (seconds since it started), from complete samples.
+
+    A generation's reference is its peak. The new generation is judged on its
+    peak over the ages the old one reached (the old one is sampled until it is
+    drained, so that span covers the reload and, for any old generation older
+    than the canary window, the whole window): both sides then went through
+    the same start-up, imports and first calls.
+    """
+
+    #: Samples kept per generation (with a 2 s sample interval: more than an hour of ages).
+    KEEP = 2048
+
+    def __init__(self) -> None:
+        self._series: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        self._peak: dict[int, int] = {}
+        self._age: dict[int, float] = {}
+
+    def add(self, generation: int, age: float, rss: int) -> None:
+        series = self._series[generation]
+        if len(series) < self.KEEP:  # the early ages are the ones compared; the peak covers the rest
+            series.append((age, rss))
+        self._peak[generation] = max(self._peak.get(generation, 0), rss)
+        self._age[generation] = age
+
+    def forget_before(self, generation: int) -> None:
+        """Drop generations older than ``generation`` (only the last reload's two are ever compared)."""
+        for table in (self._series, self._peak, self._age):
+            for number in [n for n in table if n < generation]:
+                del table[number]
+
+    def compare(self, old: int, new: int) -> tuple[int, int] | None:
+        """(old peak, new peak over the ages the old one reached), or None without samples of both."""
+        oldest = self._age.get(old)
+        if oldest is None or not self._peak.get(old):
+            return None
+        same_ages = [rss for age, rss in self._series.get(new, ()) if age <= oldest]
+        if not same_ages:
+            return None
+        return self._peak[old], max(same_ages)
 
 
 @dataclass(frozen=True)

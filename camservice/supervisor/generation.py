@@ -53,6 +53,8 @@ class Generation:
         self.endpoints = comms.Endpoints.from_config(config, number)
         self.state = STARTING
         self.created = time.time()
+        #: time.monotonic() of the first start (ages of its RSS samples count from it).
+        self.started: float | None = None
         self.bus: Bus | None = None
         counts = {
             "gateway": config.gateway.processes,
@@ -86,6 +88,8 @@ class Generation:
         self.bus.start()
 
     def start(self, roles: tuple[str, ...] | None = None) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
         for watcher in self.watchers:
             if roles is None or watcher.role in roles:
                 watcher.start()

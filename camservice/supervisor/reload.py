@@ -131,7 +131,6 @@ class Reloader:
             self._canary.cancel()  # a newer reload: the canary of the previous one has nothing to judge
         window = config.upgrade.canary_seconds
         baseline = arbiter.windows.total(old.number, began - window).figures()
-        old_rss = arbiter.generation_rss(old)
         log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
         new = arbiter.new_generation(config, arbiter.env, executable)
         arbiter.open(new)
@@ -167,6 +166,11 @@ class Reloader:
             arbiter.count_rollback(str(exc))
             return result
         ready_s = time.monotonic() - began
+        # Both generations are complete now: one sample gives the canary's RSS criterion ages it can compare.
+        try:
+            await arbiter.sample_now()
+        except Exception:  # noqa: BLE001 - the periodic sampling logs its own failures; the reload goes on
+            log.warning("sample_failed", exc_info=True)
         old.state = DRAINING
         drain_signal = signal.SIGUSR2 if reason == "rollback" else signal.SIGUSR1
         drain_began = time.monotonic()
@@ -198,13 +202,13 @@ class Reloader:
         arbiter.publish_stats()
         log.info("reload_done", **result)
         if window > 0 and reason == "reload":
-            self._canary = asyncio.ensure_future(self.watch(new, baseline, old_rss, config, time.monotonic()))
+            self._canary = asyncio.ensure_future(self.watch(new, old.number, baseline, config, time.monotonic()))
         else:
             arbiter.upgrade_state["canary"] = None
         return result
 
     async def watch(
-        self, new: Generation, baseline: dict, old_rss: int, config: config_module.Config, switched: float
+        self, new: Generation, old: int, baseline: dict, config: config_module.Config, switched: float
     ) -> None:
         """The canary: compare ``new`` with the old generation's ``baseline``; roll back on a regression."""
         arbiter = self.arbiter
@@ -219,8 +223,12 @@ class Reloader:
                 return
             figures = arbiter.windows.total(new.number, switched).figures()
             restarts = sum(w.restarts for w in new.watchers) - restarts_before
-            reason = canary.judge(baseline, figures, restarts, old_rss, arbiter.generation_rss(new), limits)
-            state.update(figures=figures, remaining_s=round(window - (time.monotonic() - switched), 1))
+            old_rss, new_rss = arbiter.rss.compare(old, new.number) or (0, 0)
+            reason = canary.judge(baseline, figures, restarts, old_rss, new_rss, limits)
+            state.update(
+                figures={**figures, "old_rss_bytes": old_rss, "rss_bytes": new_rss},
+                remaining_s=round(window - (time.monotonic() - switched), 1),
+            )
             if reason is None:
                 continue
             decided = time.monotonic()
