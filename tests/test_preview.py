@@ -16,6 +16,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 
@@ -297,3 +298,25 @@ def test_unplugged_camera_ends_the_stream(plain):
         stream.close()
     gone = plain.get(f"/cameras/{camera}/preview", plain.bearer())
     assert gone.status_code == 503 and "disconnected" in gone.text
+
+
+def test_a_kept_alive_download_connection_gives_other_paths_back(plain):
+    """A connection handed to a file worker never gets a file worker's 404 for a gateway path:
+    it is closed unanswered, so that browsers send the request again on a new connection."""
+    shot = plain.call("take_snapshot", {"device": "camera0"})["filename"]
+    head = f"Host: 127.0.0.1\r\nAuthorization: Bearer {plain.viewer}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", plain.svc.port), timeout=30) as sock:
+        sock.sendall(f"GET /files/snapshots/{shot} HTTP/1.1\r\n{head}".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        top, _, body = answer.partition(b"\r\n\r\n")
+        assert top.startswith(b"HTTP/1.1 200")
+        length = int(re.search(rb"(?i)content-length: (\d+)", top).group(1))
+        while len(body) < length:
+            body += sock.recv(65536)
+        assert body.startswith(b"\xff\xd8") and len(body) == length
+        sock.sendall(f"GET /cameras/camera0/preview/link HTTP/1.1\r\n{head}".encode())
+        assert sock.recv(65536) == b""  # closed, nothing answered
+    # On a new connection the gateway answers it.
+    assert plain.get("/cameras/camera0/preview/link", plain.bearer()).status_code == 200
