@@ -3,13 +3,14 @@
 import asyncio
 import os
 import random
+import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from camservice.supervisor import arbiter
-from camservice.supervisor.watcher import FAILED, RUNNING, STOPPED, Watcher
+from camservice.supervisor.watcher import FAILED, STOPPED, Watcher
 
 
 def policy(**overrides):
@@ -51,28 +52,23 @@ def test_crash_loop_gives_up_visibly():
 
 def test_stop_sends_sigterm_then_sigkill(tmp_path):
     """A child that ignores SIGTERM is killed after the timeout; nothing is left."""
+    ready = tmp_path / "ready"
+    # Stand-in child: a Python process that ignores SIGTERM, then says so by creating ``ready``.
+    child = [
+        sys.executable,
+        "-c",
+        "import signal,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'x').close(); time.sleep(60)",
+        str(ready),
+    ]
 
     async def scenario():
-        watcher = Watcher("x", 0, dict(os.environ), policy())
-        # Stand-in child: a Python process that ignores SIGTERM.
-        import subprocess
-        import sys
-
-        watcher._loop = asyncio.get_running_loop()
-        watcher.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "print('ready', flush=True); time.sleep(60)",
-            ],
-            stdout=subprocess.PIPE,
-        )
-        watcher.popen.stdout.readline()
-        watcher.started_at = time.monotonic()
-        watcher.state = RUNNING
-        watcher._pidfd = os.pidfd_open(watcher.popen.pid)
-        watcher._loop.add_reader(watcher._pidfd, watcher._reap)
+        watcher = Watcher("x", 0, dict(os.environ), policy(), command=child)
+        watcher.start()
+        deadline = time.monotonic() + 30.0
+        while not ready.exists():  # the child's SIGTERM handler is in place once the file is there
+            assert time.monotonic() < deadline, "the stand-in child never started"
+            await asyncio.sleep(0.01)
         await watcher.stop(timeout=0.5)
         return watcher
 

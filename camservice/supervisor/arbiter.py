@@ -37,7 +37,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import psutil
 import structlog
@@ -45,6 +44,7 @@ import zmq
 
 from camservice import __version__, comms, log, process, topics
 from camservice import config as config_module
+from camservice.drain import Drain
 from camservice.envelope import Event
 
 from . import canary, liveness, sampling
@@ -182,11 +182,12 @@ class Arbiter:
         self.heartbeats.setsockopt(zmq.LINGER, 0)
         for topic in HEARTBEAT_TOPICS:
             self.heartbeats.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        # getsockopt is typed int | bytes; FD and EVENTS are ints.
-        loop.add_reader(cast(int, self.heartbeats.getsockopt(zmq.FD)), self._on_heartbeats)
+        self._heartbeats = Drain(self.heartbeats, self._on_heartbeat, multipart=True, name="heartbeats")
+        self._heartbeats.start(loop)
         self.control = comms.router(self.ctx)
         self.control.bind(self.control_endpoint)
-        loop.add_reader(cast(int, self.control.getsockopt(zmq.FD)), self._on_control)
+        self._control = Drain(self.control, self._on_control, multipart=True, name="control")
+        self._control.start(loop)
         first = self.generations[0]
         self.open(first)
         first.start()
@@ -197,7 +198,7 @@ class Arbiter:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
-                self._on_control()  # the ZeroMQ FD is edge-triggered
+                self._control.drain()  # belt and braces: connect/disconnect may take an edge too
         for task in background:
             task.cancel()
         await self.shutdown()
@@ -227,10 +228,9 @@ class Arbiter:
         for generation in self.generations:
             if generation.state != STOPPED:
                 self.close(generation)
-        loop = asyncio.get_running_loop()
-        for sock in (self.control, self.heartbeats):
-            loop.remove_reader(cast(int, sock.getsockopt(zmq.FD)))
-            sock.close(linger=0)
+        for reader in (self._control, self._heartbeats):
+            reader.stop()
+            reader.sock.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
 
@@ -261,23 +261,19 @@ class Arbiter:
 
     # --- liveness (issue 11 §5: a frozen process is replaced) --------------------------------
 
-    def _on_heartbeats(self) -> None:
-        now = time.monotonic()
-        while cast(int, self.heartbeats.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            try:
-                frames = self.heartbeats.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                event = Event.from_frames(frames)
-                pid = event.data.get("pid")
-            except Exception:  # noqa: BLE001, S112 - a malformed event is not a heartbeat
-                continue
-            if isinstance(pid, int):
-                self.liveness.beat(pid, now)
-                figures = event.data.get("canary")
-                if isinstance(figures, dict):
-                    self._canary_figures(pid, figures, now)
+    def _on_heartbeat(self, frames: list[bytes]) -> None:
+        """One stats event (the heartbeats' drain): a beat of its ``pid``, and a gateway's canary figures."""
+        try:
+            event = Event.from_frames(frames)
+            pid = event.data.get("pid")
+        except Exception:  # noqa: BLE001 - a malformed event is not a heartbeat
+            return
+        if isinstance(pid, int):
+            now = time.monotonic()
+            self.liveness.beat(pid, now)
+            figures = event.data.get("canary")
+            if isinstance(figures, dict):
+                self._canary_figures(pid, figures, now)
 
     def _canary_figures(self, pid: int, figures: dict, now: float) -> None:
         for watcher in self.watchers:
@@ -317,7 +313,7 @@ class Arbiter:
     async def _watch_liveness(self) -> None:
         while True:
             await asyncio.sleep(LIVENESS_TICK)
-            self._on_heartbeats()
+            self._heartbeats.drain()  # beats waiting behind a missed edge count before any verdict
             now = time.monotonic()
             for watcher in self.watchers:
                 pid = watcher.pid
@@ -359,28 +355,27 @@ class Arbiter:
 
     # --- control socket ----------------------------------------------------------------------
 
-    def _on_control(self) -> None:
-        while cast(int, self.control.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            try:
-                identity, _empty, payload = self.control.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                request = json.loads(payload)
-                command = request.get("command")
-            except (ValueError, AttributeError):
-                request, command = {}, None
-            answer = self.command(command, request, functools.partial(self._answer, identity))
-            if answer is not None:
-                self._answer(identity, answer)
+    def _on_control(self, frames: list[bytes]) -> None:
+        """One control request (the control socket's drain): ``[identity, b"", json]``."""
+        try:
+            identity, _empty, payload = frames
+        except ValueError:
+            return
+        try:
+            request = json.loads(payload)
+            command = request.get("command")
+        except (ValueError, AttributeError):
+            request, command = {}, None
+        answer = self.command(command, request, functools.partial(self._answer, identity))
+        if answer is not None:
+            self._answer(identity, answer)
 
     def _answer(self, identity: bytes, answer: dict) -> None:
         try:
             self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass
+            return
+        self._control.after_send()
 
     def command(self, command: str | None, request: dict, reply: Callable[[dict], None]) -> dict | None:
         """Answer a control command now (a dict) or later through ``reply`` (returns None)."""

@@ -72,6 +72,7 @@ class Watcher:
         on_start: Callable[[Watcher, int], None] | None = None,
         generation: int = 0,
         executable: str | None = None,
+        command: list[str] | None = None,
     ):
         self.role = role
         self.index = index
@@ -84,6 +85,8 @@ class Watcher:
         #: Unique across generations (names repeat in each).
         self.key = f"g{generation}/{self.name}"
         self.executable = executable or sys.executable
+        #: The argv each start runs: the role's entry point (``camservice.process``) unless given.
+        self.command = command or [self.executable, "-m", "camservice.process", role, str(index)]
         #: Why the supervisor killed the current process (a hang), or None.
         self.hung: str | None = None
         #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
@@ -115,7 +118,7 @@ class Watcher:
         self._loop = loop = asyncio.get_running_loop()
         self._exited.clear()
         self.popen = subprocess.Popen(
-            [self.executable, "-m", "camservice.process", self.role, str(self.index)],
+            self.command,
             env=self.env,
             stdin=subprocess.DEVNULL,
             preexec_fn=_gateway_setup if self.role == "gateway" else _child_setup,
