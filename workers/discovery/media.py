@@ -27,7 +27,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from camservice import topics
 from camservice.cameras import CONNECTED, Camera
 from camservice.mediamtx import MediaMTXClient
 
@@ -37,7 +36,6 @@ from .registry import CameraRegistry
 RECONCILE_INTERVAL = 15.0
 #: Seconds one MediaMTX operation may take before it counts as failed.
 CALL_TIMEOUT = 10.0
-MEDIA_STATUS_TOPIC = topics.MEDIA_STATUS
 
 
 class StreamSync:

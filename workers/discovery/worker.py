@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camservice import simnodes
+from camservice import simnodes, topics
 from camservice.camera_ids import FILENAME as IDS_FILENAME
 from camservice.cameras import CONNECTED, Camera
 from camservice.envelope import Event
@@ -31,7 +31,7 @@ from camservice.errors import camera_not_found, invalid_params
 
 from ..base import CallContext, Worker, run_worker
 from .ids import IdStore
-from .media import MEDIA_STATUS_TOPIC, StreamSync
+from .media import StreamSync
 from .registry import SIM, V4L2, CameraRegistry, Found
 from .v4l2 import V4L2Scanner
 from .watch import SimDirWatcher, V4L2Watcher
@@ -41,8 +41,6 @@ INITIAL_V4L2_TIMEOUT = 5.0
 #: The cameras listed in this service run, kept across discovery restarts. It
 #: lives in the simulator folder because that folder is reset with every run.
 LISTING_FILE = ".listed.json"
-CAMERA_TOPIC = "camera_status_update"
-RECORDING_TOPIC = "recording_status_update"
 
 
 def load_listing(path: Path) -> list[dict[str, Any]]:
@@ -77,7 +75,7 @@ def run_owner() -> str:
 
 class DiscoveryWorker(Worker):
     kind = "discovery"
-    subscriptions = (RECORDING_TOPIC,)
+    subscriptions = (topics.RECORDING_STATUS,)
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
@@ -122,7 +120,7 @@ class DiscoveryWorker(Worker):
             self.registry,
             self._publish,
             self.log,
-            on_status=lambda data: self.publish(MEDIA_STATUS_TOPIC, data),
+            on_status=lambda data: self.publish(topics.MEDIA_STATUS, data),
         )
         # Ids of new cameras are handed out (and cameras.json written) in the
         # scanning threads, so merging on the loop never touches the disk.
@@ -187,7 +185,7 @@ class DiscoveryWorker(Worker):
         event = super().publish(topic, data)
         # Sequence numbers are per topic: the snapshot's seq is that of the
         # last camera event, the topic replicas follow.
-        if topic == "camera_status_update":
+        if topic == topics.CAMERA_STATUS:
             self.last_seq = event.seq
         return event
 
@@ -202,7 +200,7 @@ class DiscoveryWorker(Worker):
         }
 
     def _publish(self, camera: Camera) -> None:
-        self.publish(CAMERA_TOPIC, camera.to_state())
+        self.publish(topics.CAMERA_STATUS, camera.to_state())
         self._listing_dirty = True
         if self._listing_task is None or self._listing_task.done():
             self._listing_task = self.spawn(self._write_listing())
@@ -218,7 +216,7 @@ class DiscoveryWorker(Worker):
                 return
 
     async def on_event(self, event: Event) -> None:
-        if event.topic != RECORDING_TOPIC:
+        if event.topic != topics.RECORDING_STATUS:
             return
         data = event.data or {}
         device = data.get("device")

@@ -21,6 +21,7 @@ from typing import Any
 
 from camservice.workers.base import CallContext
 
+from camservice import topics
 from camservice.active_files import ActiveFiles
 from camservice.errors import SERVICE_BUSY, RpcError
 
@@ -78,7 +79,7 @@ class Upkeep:
         usage = await asyncio.wait_for(asyncio.to_thread(self._usage), THREAD_WAIT_CAP)
         data = self.monitor.update(usage)
         if data is not None:
-            self.publish("storage_status_update", data)
+            self.publish(topics.STORAGE_STATUS, data)
             log = self.log.warning if data["low_space_warning"] else self.log.info
             log("storage_level", **data)
         return data

@@ -38,7 +38,7 @@ from typing import Any
 
 from camservice.workers.base import Worker, run_worker
 
-from camservice import handoff, tls
+from camservice import handoff, tls, topics
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.auth import load_or_create_secret
 from camservice.cors import CorsPolicy
@@ -67,7 +67,7 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
     """
 
     kind = "files"
-    subscriptions = ("_file_update", "camera_status_update")
+    subscriptions = (topics.FILE_UPDATE, topics.CAMERA_STATUS)
     #: Rescans, retention and storage checks on a timer; unit tests turn them off.
     background_jobs = True
 
@@ -178,9 +178,9 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
     # --- events ------------------------------------------------------------------------------
 
     async def on_event(self, event: Event) -> None:
-        if event.topic == "_file_update":
+        if event.topic == topics.FILE_UPDATE:
             await asyncio.wait_for(asyncio.to_thread(self._apply_file_update, event.data), THREAD_WAIT_CAP)
-        elif event.topic == "camera_status_update":
+        elif event.topic == topics.CAMERA_STATUS:
             self.cameras.on_event(event)
 
     def _apply_file_update(self, data: dict) -> None:

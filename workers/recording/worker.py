@@ -26,7 +26,7 @@ from typing import Any
 
 from camservice.workers.base import CallContext, Worker, run_worker
 
-from camservice import process
+from camservice import process, topics
 from camservice.envelope import Event, Native
 from camservice.errors import SERVICE_BUSY, RpcError
 from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
@@ -40,7 +40,7 @@ REPLY_MARGIN = 0.5
 
 class RecordingWorker(Worker):
     kind = "recording"
-    subscriptions = ("camera_status_update",)
+    subscriptions = (topics.CAMERA_STATUS,)
 
     def __init__(self, config, index: int = 0):
         super().__init__(config, index)
@@ -109,7 +109,7 @@ class RecordingWorker(Worker):
         self.manager.camera_changed(change.camera)
 
     async def on_event(self, event: Event) -> None:
-        if event.topic == "camera_status_update" and self._ready is not None:
+        if event.topic == topics.CAMERA_STATUS and self._ready is not None:
             self.cameras.on_event(event)
 
     async def _await_ready(self, ctx: CallContext) -> None:
