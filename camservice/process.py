@@ -29,6 +29,11 @@ except (OSError, AttributeError):  # not Linux/glibc: the parent-pid watchdogs s
 #: before it listens: it queues their calls until they register.
 TAKES_OVER_ENV = "CAMSERVICE_TAKES_OVER"
 
+#: The supervisor parks a gateway (a reload watched by a canary: drain, stay alive, not listening)...
+PARK_SIGNAL = signal.SIGRTMIN + 1
+#: ...and resumes it (a rollback: listen again). See camservice.gateway.restarting.
+RESUME_SIGNAL = signal.SIGRTMIN + 2
+
 ROLES = {
     "gateway": "camservice.gateway.server:main",
     "discovery": "camservice.workers.discovery.worker:main",

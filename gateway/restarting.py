@@ -13,6 +13,13 @@ supervisor lost    SIGHUP from   ``stop``     1012: the supervisor died (PDEATHS
                    the kernel                 (or the operator) starts the service again
 =================  ============  ===========  ================================================
 
+A reload watched by a canary does not stop the old gateways: it *parks* them
+(``camservice.process.PARK_SIGNAL``): they drain exactly as for a reload (``server_restarting``
+reason ``reload``, close 1012) but stay alive, not listening, with their
+workers, replica and event bus, and tell the supervisor (``parked``). A
+rollback *resumes* them (``RESUME_SIGNAL``): they listen again and say
+``hello``, so the previous generation serves again without any process start.
+
 Every open connection gets the contract's ``server_restarting`` notification
 (whatever its topics) with a ``reconnect_after_ms`` spread over a window, so
 that hundreds of clients do not reconnect in the same millisecond; calls

@@ -39,6 +39,7 @@ from .downloads import Downloads
 from .events import EventRelay
 from .exchange import HttpExchange
 from .pool import WorkerPool
+from .preview import Previews
 from .routes import HttpRequest, HttpResponse, RouteTable
 
 logger = structlog.get_logger("gateway")
@@ -86,7 +87,11 @@ class GatewayServer:
         #: Connections still sending their opening request head (slowloris defence).
         self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
         #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
-        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, LinkSigner(load_or_create_secret(config)))
+        signer = LinkSigner(load_or_create_secret(config))
+        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, signer)
+        #: GET /cameras/{id}/preview: live MJPEG from the recording worker's capture (issue 14).
+        self.previews = Previews(config, self.pool.call, self.gateway.cameras, self.guard, signer)
+        self.previews.register(self.routes)
         #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
         self.stats_sources: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.max_batch = config.server.max_in_flight
@@ -102,6 +107,8 @@ class GatewayServer:
         self._server: asyncio.AbstractServer | None = None
         #: How this gateway leaves (gateway.restarting): set by the signal that stops it.
         self._exit = restarting.STOP
+        #: The last park or resume (gateway.restarting): the next one waits for it.
+        self._steps: asyncio.Future | None = None
 
     def _worker_ready(self, worker) -> None:
         if worker.kind == "discovery":
@@ -253,7 +260,27 @@ class GatewayServer:
                 self._keepalive(),
             )
         ]
+        loop.add_signal_handler(process.PARK_SIGNAL, self._standby, self._park)
+        loop.add_signal_handler(process.RESUME_SIGNAL, self._standby, self._resume)
         await self._until_ready()
+        await self._listen()
+        background.append(asyncio.ensure_future(self._hello()))
+        parent = os.getppid()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if not process.parent_alive(parent):
+                    logger.warning("parent_gone")
+                    break
+        if not process.parent_alive(parent):
+            # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
+            # service is being restarted, not stopped, so clients hear 1012.
+            self._exit = restarting.SUPERVISOR_LOST
+        await self.shutdown(background)
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
         tls = tls_module.server_context(self.config)
         self._server = await loop.create_server(
             lambda: Connection(self, self.limits),
@@ -270,20 +297,30 @@ class GatewayServer:
             pid=os.getpid(),
             tls=tls is not None,
         )
-        background.append(asyncio.ensure_future(self._hello()))
-        parent = os.getppid()
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if not process.parent_alive(parent):
-                    logger.warning("parent_gone")
-                    break
-        if not process.parent_alive(parent):
-            # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
-            # service is being restarted, not stopped, so clients hear 1012.
-            self._exit = restarting.SUPERVISOR_LOST
-        await self.shutdown(background)
+
+    def _standby(self, step: Callable[[], Any]) -> None:
+        """Park or resume (gateway.restarting), one at a time, never while leaving."""
+        if not self._stop.is_set():
+            self._steps = asyncio.ensure_future(self._after(self._steps, step))
+
+    async def _after(self, previous: asyncio.Future | None, step: Callable[[], Any]) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        if not self._stop.is_set():
+            await step()
+
+    async def _park(self) -> None:
+        if self._server is None:
+            return
+        await restarting.drain(self, restarting.RELOAD, self.config.runtime.stop_timeout * 0.5)
+        self._server = None
+        logger.info("gateway_parked", pid=os.getpid())
+        await asyncio.to_thread(control.request, self.endpoints.control, "parked", 2.0, pid=os.getpid())
+
+    async def _resume(self) -> None:
+        if self._server is None:
+            await self._listen()
+        await asyncio.to_thread(control.request, self.endpoints.control, "hello", 2.0, pid=os.getpid())
 
     def _leave(self, how: restarting.Exit) -> None:
         if not self._stop.is_set():

@@ -144,6 +144,8 @@ class Arbiter:
         self.windows = canary.Windows(horizon=max(2 * config.upgrade.canary_seconds, 60.0))
         #: Every generation's RSS by age: the canary's RSS criterion compares them like for like.
         self.rss = canary.RssHistory()
+        #: Set whenever a gateway's canary figures arrive.
+        self.figures_arrived = asyncio.Event()
         self.reloader = Reloader(self)
         #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
         self.commands: dict = {"reload": self.reloader.command}
@@ -282,6 +284,7 @@ class Arbiter:
                     self.windows.add(watcher.generation, pid, figures, now)
                 except (KeyError, TypeError):
                     logger.warning("bad_canary_figures", pid=pid)
+                self.figures_arrived.set()  # the canary looks at once (reload.Reloader.watch)
                 return
 
     def generation_rss(self, generation: Generation) -> int | None:
@@ -392,6 +395,11 @@ class Arbiter:
                         watcher.ready = True
                         answer["processes"] = sampling.process_table(generation.watchers, self.samples)
             return answer
+        if command == "parked":  # a gateway drained for a canary-watched reload (supervisor.reload)
+            for watcher in self.watchers:
+                if watcher.pid is not None and watcher.pid == request.get("pid"):
+                    watcher.parked = True
+            return {"ok": True}
         handler = self.commands.get(command)
         if handler is not None:
             return handler(self, request, reply)

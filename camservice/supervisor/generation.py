@@ -8,7 +8,9 @@ generations never share a bus or a request socket (see
 its clients, unchanged, until it is drained.
 
 States: ``starting`` (new, not serving yet), ``serving``, ``draining`` (its
-gateways are telling clients to move), ``stopped``.
+gateways are telling clients to move), ``parked`` (drained, kept alive during
+the canary window after a reload so that a rollback only resumes it:
+:meth:`camservice.supervisor.reload.Reloader.resume`), ``stopped``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from camservice.methods import WORKER_KINDS
 from .bus import Bus
 from .watcher import Watcher
 
-STARTING, SERVING, DRAINING, STOPPED = "starting", "serving", "draining", "stopped"
+STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
 
 
 class Generation:

@@ -46,10 +46,10 @@ import structlog
 
 from camservice import config as config_module
 from camservice import process
-from camservice.process import TAKES_OVER_ENV
+from camservice.process import PARK_SIGNAL, RESUME_SIGNAL, TAKES_OVER_ENV
 
 from . import canary
-from .generation import DRAINING, SERVING
+from .generation import DRAINING, PARKED, SERVING
 from .watcher import BACKOFF, FAILED
 
 if TYPE_CHECKING:
@@ -58,7 +58,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("supervisor")
 
-#: Seconds between two looks of the canary at the new generation's figures.
+#: Seconds a parked gateway has beyond its drain (bounded by stop_timeout / 2) to say so: its
+#: clients' close handshakes (3 s) and the control request.
+PARK_TIMEOUT = 5.0
+#: Longest wait between two looks of the canary at the new generation's figures (it also
+#: looks as soon as a gateway's figures arrive: arbiter.figures_arrived).
 CANARY_TICK = 0.5
 
 #: Keys a running service cannot take from a reload (the processes that hold them
@@ -129,6 +133,7 @@ class Reloader:
         began = time.monotonic()
         if self._canary is not None and reason != "rollback":
             self._canary.cancel()  # a newer reload: the canary of the previous one has nothing to judge
+        await self.retire_parked(config.runtime.stop_timeout / 2)
         window = config.upgrade.canary_seconds
         baseline = arbiter.windows.total(old.number, began - window).figures()
         log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
@@ -172,17 +177,23 @@ class Reloader:
         except Exception:  # noqa: BLE001 - the periodic sampling logs its own failures; the reload goes on
             log.warning("sample_failed", exc_info=True)
         old.state = DRAINING
-        drain_signal = signal.SIGUSR2 if reason == "rollback" else signal.SIGUSR1
         drain_began = time.monotonic()
-        await asyncio.gather(*(w.stop(stop_timeout, drain_signal) for w in old.role("gateway")))
+        # Watched by a canary, the old generation is parked (kept warm) so that a rollback only resumes it.
+        park = window > 0 and reason == "reload" and await self._park(old, PARK_TIMEOUT + stop_timeout)
+        if not park:
+            drain_signal = signal.SIGUSR2 if reason == "rollback" else signal.SIGUSR1
+            await asyncio.gather(*(w.stop(stop_timeout, drain_signal) for w in old.role("gateway")))
         drained_s = time.monotonic() - drain_began
         # Recording handover (see the module docstring): a kill keeps the journal.
         handover_began = time.monotonic()
         await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in old.role("recording")))
         for watcher in new.role("recording", "gateway"):
             watcher.env = new.env  # a later restart takes nothing over
-        await old.stop(stop_timeout, roles=("discovery", "files"))
-        arbiter.close(old)
+        if park:
+            old.state = PARKED
+        else:
+            await old.stop(stop_timeout)  # discovery, files, mqtt (gateways and recorders are gone)
+            arbiter.close(old)
         new.state = SERVING
         self.previous = (old.config, old.executable)
         arbiter.config = config
@@ -192,6 +203,7 @@ class Reloader:
             "generation": new.number,
             "previous_generation": old.number,
             "executable": executable,
+            "parked": park,
             "ready_s": round(ready_s, 3),
             "drain_s": round(drained_s, 3),
             "handover_s": round(time.monotonic() - handover_began, 3),
@@ -202,13 +214,13 @@ class Reloader:
         arbiter.publish_stats()
         log.info("reload_done", **result)
         if window > 0 and reason == "reload":
-            self._canary = asyncio.ensure_future(self.watch(new, old.number, baseline, config, time.monotonic()))
+            self._canary = asyncio.ensure_future(self.watch(new, old, baseline, config, time.monotonic()))
         else:
             arbiter.upgrade_state["canary"] = None
         return result
 
     async def watch(
-        self, new: Generation, old: int, baseline: dict, config: config_module.Config, switched: float
+        self, new: Generation, old: Generation, baseline: dict, config: config_module.Config, switched: float
     ) -> None:
         """The canary: compare ``new`` with the old generation's ``baseline``; roll back on a regression."""
         arbiter = self.arbiter
@@ -218,12 +230,16 @@ class Reloader:
         state = {"state": "watching", "generation": new.number, "remaining_s": window, "baseline": baseline}
         arbiter.upgrade_state["canary"] = state
         while time.monotonic() - switched < window:
-            await asyncio.sleep(CANARY_TICK)
+            arbiter.figures_arrived.clear()
+            try:
+                await asyncio.wait_for(arbiter.figures_arrived.wait(), CANARY_TICK)
+            except asyncio.TimeoutError:
+                pass  # restarts and RSS change without figures
             if new.state != SERVING:
                 return
             figures = arbiter.windows.total(new.number, switched).figures()
             restarts = sum(w.restarts for w in new.watchers) - restarts_before
-            old_rss, new_rss = arbiter.rss.compare(old, new.number) or (0, 0)
+            old_rss, new_rss = arbiter.rss.compare(old.number, new.number) or (0, 0)
             reason = canary.judge(baseline, figures, restarts, old_rss, new_rss, limits)
             state.update(
                 figures={**figures, "old_rss_bytes": old_rss, "rss_bytes": new_rss},
@@ -240,7 +256,10 @@ class Reloader:
                 await asyncio.sleep(0.05)
             self.busy = True
             try:
-                result = await self.run(previous_config, previous_executable, "rollback")
+                if old.state == PARKED:
+                    result = await self.resume(old, new, config.runtime.stop_timeout / 2)
+                else:
+                    result = await self.run(previous_config, previous_executable, "rollback")
             finally:
                 self.busy = False
             arbiter.upgrade_state["last_rollback"] = {
@@ -254,7 +273,94 @@ class Reloader:
             arbiter.upgrade_state["canary"] = dict(state)
             return
         state.update(state="passed", remaining_s=0)
+        await self.retire_parked(config.runtime.stop_timeout / 2)
         log.info("canary_passed", generation=new.number, figures=state.get("figures"), baseline=baseline)
+
+    # --- parked generation: the rollback's warm standby -----------------------------------------
+
+    async def _park(self, old: Generation, timeout: float) -> bool:
+        """Park ``old``'s gateways (drained, alive, not listening); False if one did not say so in time."""
+        gateways = old.role("gateway")
+        for watcher in old.watchers:
+            watcher.hold = True  # a parked process that exits is not restarted: it would listen again
+        for watcher in gateways:
+            watcher.parked = False
+            watcher.signal(PARK_SIGNAL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(w.parked for w in gateways):
+                return True
+            if any(w.pid is None for w in gateways):
+                break
+            await asyncio.sleep(0.02)
+        log.warning("park_failed", generation=old.number, parked=[w.name for w in gateways if w.parked])
+        for watcher in old.watchers:
+            watcher.hold = False
+        return False
+
+    async def retire_parked(self, timeout: float) -> None:
+        """Stop every parked generation: the canary passed, or a newer reload replaces the standby."""
+        for generation in [g for g in self.arbiter.generations if g.state == PARKED]:
+            await generation.stop(timeout)
+            self.arbiter.close(generation)
+            log.info("parked_generation_stopped", generation=generation.number)
+
+    async def resume(self, old: Generation, bad: Generation, stop_timeout: float) -> dict:
+        """The rollback from a parked generation: ``old`` listens again, ``bad`` drains and stops.
+
+        No process starts but the old recording workers (they were handed over):
+        the previous code serves again as soon as its gateways listen.
+        """
+        arbiter = self.arbiter
+        began = time.monotonic()
+        log.info("rollback_resume", generation=old.number, from_generation=bad.number)
+        gateways = old.role("gateway")
+        for watcher in old.watchers:
+            watcher.hold = False
+        for watcher in gateways:
+            watcher.ready = False
+            watcher.signal(RESUME_SIGNAL)
+        deadline = time.monotonic() + old.config.runtime.start_timeout
+        waiting = [w for w in old.watchers if w.role != "recording"]
+        while not all(w.ready for w in gateways) and time.monotonic() < deadline:
+            if any(w.pid is None for w in waiting):
+                break
+            await asyncio.sleep(0.02)
+        if not all(w.ready and w.pid for w in gateways) or any(w.pid is None for w in waiting):
+            # A parked process is gone (it is not restarted while parked): start the previous code afresh.
+            log.error("resume_failed", generation=old.number, missing=[w.name for w in waiting if w.pid is None])
+            await old.stop(stop_timeout)
+            arbiter.close(old)
+            return await self.run(old.config, old.executable, "rollback")
+        resumed_s = time.monotonic() - began
+        old.state, bad.state = SERVING, DRAINING
+        await asyncio.gather(*(w.stop(stop_timeout, signal.SIGUSR2) for w in bad.role("gateway")))
+        drained_s = time.monotonic() - began - resumed_s
+        await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in bad.role("recording")))
+        for watcher in old.role("recording"):  # resumes the journaled sessions, as after a crash
+            watcher.env = old.env
+            watcher.start()
+        handover_s = time.monotonic() - began - resumed_s - drained_s
+        await bad.stop(stop_timeout)
+        arbiter.close(bad)
+        arbiter.config = old.config
+        self.previous = None
+        result = {
+            "ok": True,
+            "reason": "rollback",
+            "generation": old.number,
+            "previous_generation": bad.number,
+            "executable": old.executable,
+            "resumed": True,
+            "ready_s": round(resumed_s, 3),
+            "drain_s": round(drained_s, 3),
+            "handover_s": round(handover_s, 3),
+            "total_s": round(time.monotonic() - began, 3),
+        }
+        arbiter.upgrade_state["last_reload"] = {"time": time.time(), **result}
+        arbiter.publish_stats()
+        log.info("rollback_done", **result)
+        return result
 
     async def _wait_ready(self, generation: Generation, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -91,6 +91,10 @@ class Watcher:
         self.hung: str | None = None
         #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.
         self.ready = False
+        #: A gateway said it is parked (drained, not listening): see camservice.supervisor.reload.
+        self.parked = False
+        #: Set on the processes of a parked generation: an exit is final, not followed by a restart.
+        self.hold = False
         # The first restart after a stable run is immediate (``immediate=1``); a loop backs off.
         self.backoff = Backoff(
             initial=min(0.25, policy.restart_backoff_max),
@@ -129,6 +133,7 @@ class Watcher:
         self.state = RUNNING
         self.hung = None
         self.ready = False
+        self.parked = False
         log.info("process_started", process=self.name, pid=self.popen.pid, generation=self.generation)
         if self.on_start is not None:
             self.on_start(self, self.popen.pid)
@@ -155,9 +160,9 @@ class Watcher:
         self._exited.set()
         if self.on_exit is not None:
             self.on_exit(self, pid)
-        if self.state == STOPPING:
+        if self.state == STOPPING or self.hold:
             self.state = STOPPED
-            log.info("process_stopped", process=self.name, pid=pid, code=code)
+            log.info("process_stopped", process=self.name, pid=pid, code=code, held=self.hold)
             return
         ran = time.monotonic() - self.started_at
         if ran >= self.policy.stable_after:

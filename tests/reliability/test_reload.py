@@ -142,8 +142,12 @@ def test_reload_under_load_moves_every_client_and_keeps_the_recording():
         after = svc.status()
         assert reloaded["ok"] and reloaded["generation"] == before["generation"] + 1
         assert after["generation"] == reloaded["generation"]
-        assert {p["generation"] for p in after["processes"]} == {reloaded["generation"]}
-        assert not {p["pid"] for p in before["processes"]} & {p["pid"] for p in after["processes"]}
+        serving = [p for p in after["processes"] if p["generation"] == reloaded["generation"]]
+        assert serving and not {p["pid"] for p in before["processes"]} & {p["pid"] for p in serving}
+        # Watched by the canary, the old generation is parked (drained, alive) for a rollback to resume.
+        assert reloaded["parked"], reloaded
+        states = {g["number"]: g["state"] for g in after["generations"]}
+        assert states == {before["generation"]: "parked", reloaded["generation"]: "serving"}, states
         # No call failed; the only thing clients saw was the documented reconnect.
         assert load.errors == [], load.errors[:5]
         assert load.told and all(t["reason"] == "reload" and t["reconnect_after_ms"] >= 0 for t in load.told)
@@ -216,6 +220,7 @@ def test_a_slowed_new_generation_is_rolled_back_automatically():
     with Service(simulate=0, **{"upgrade.canary_seconds": 30}) as svc:
         admin = svc.token("admin")
         good = svc.config_path.read_text()
+        before = svc.status()
         told: list[dict] = []
 
         async def hammer(stop: asyncio.Event) -> None:
@@ -256,7 +261,12 @@ def test_a_slowed_new_generation_is_rolled_back_automatically():
         rollback = status["last_rollback"]
         assert "status-call P95" in rollback["reason"], rollback
         assert rollback["from_generation"] == reloaded["generation"]
-        assert status["generation"] == rollback["to_generation"] == reloaded["generation"] + 1
+        # The parked previous generation was resumed: no process of it was started again.
+        assert status["generation"] == rollback["to_generation"] == reloaded["previous_generation"]
+        assert status["last_reload"]["resumed"], status["last_reload"]
+        assert [g["number"] for g in status["generations"]] == [reloaded["previous_generation"]]
+        gateways = {p["pid"] for p in before["processes"] if p["role"] == "gateway"}
+        assert gateways == {p["pid"] for p in status["processes"] if p["role"] == "gateway"}
         assert status["canary"]["state"] == "failed"
         # The generation serving now runs the configuration from before the reload.
         serving = yaml.safe_load((svc.state_dir / "run" / f"config-g{status['generation']}.yaml").read_text())
@@ -265,7 +275,10 @@ def test_a_slowed_new_generation_is_rolled_back_automatically():
         assert "reload" in reasons and "rollback" in reasons, reasons
         log = (svc.state_dir / "logs" / "supervisor.log").read_text()
         assert "canary_failed" in log and '"rollback"' in log
-        print(f"\nrollback: {rollback} (seen by the test {noticed:.1f}s after the switch)")
+        print(
+            f"\nrollback: {rollback} (seen by the test {noticed:.1f}s after the switch)\n"
+            f"its phases: {status['last_reload']}"
+        )
 
 
 def test_a_crash_looping_new_generation_is_rolled_back_by_the_canary():
@@ -288,7 +301,8 @@ def test_a_crash_looping_new_generation_is_rolled_back_by_the_canary():
 
         reloaded, status = run(scenario())
         assert "restarts" in status["last_rollback"]["reason"], status["last_rollback"]
-        assert status["generation"] == reloaded["generation"] + 1
+        assert status["generation"] == reloaded["previous_generation"]
+        assert [g["state"] for g in status["generations"]] == ["serving"]
 
 
 def test_a_healthy_reload_right_after_start_passes_the_canary_with_default_tolerances():
