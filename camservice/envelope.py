@@ -89,6 +89,17 @@ class Reply(NamedTuple):
         return pack(self)
 
 
+class Native(NamedTuple):
+    """A handler's result sent as msgpack (``encoded`` False), not as JSON text.
+
+    For internal calls whose result carries bytes (a preview's JPEG frame)
+    and is read by the gateway itself, never spliced into a JSON-RPC
+    response: JSON would need base64 (a third larger, and encoded twice).
+    """
+
+    value: Any
+
+
 class Goodbye(NamedTuple):
     pid: int
 

@@ -66,6 +66,8 @@ class HttpExchange(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._detached = False
+        self._task: asyncio.Task | None = None  # the request being answered
+        self._streaming = False  # its streamed body is being sent
 
     def start(self, initial: bytes) -> None:
         """Take over the transport, with the bytes its previous protocol had read."""
@@ -99,6 +101,9 @@ class HttpExchange(asyncio.Protocol):
         self._writable.set()
         if self._timer is not None:
             self._timer.cancel()
+        if self._streaming and self._task is not None:
+            # A streamed body waiting for its next chunk (a live preview) ends now, not at that chunk.
+            self._task.cancel()
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback()
@@ -160,6 +165,7 @@ class HttpExchange(asyncio.Protocol):
             answer = HttpResponse.text(500, "internal error\n")
         task = asyncio.ensure_future(self._finish(request, answer))
         task.add_done_callback(_log_failure)
+        self._task = task
 
     async def _finish(self, request: HttpRequest, answer: Any) -> None:
         try:
@@ -203,13 +209,22 @@ class HttpExchange(asyncio.Protocol):
         if isinstance(body, (bytes, bytearray)):
             if body and not head_only:
                 self._write(self.conn.send(h11.Data(data=bytes(body))))
-        elif not head_only:
-            async for chunk in body:
-                if self._closed:
-                    raise ConnectionResetError
-                if chunk:
-                    self._write(self.conn.send(h11.Data(data=chunk)))
-                    await asyncio.wait_for(self._writable.wait(), self.stall_timeout)
+        else:
+            try:
+                self._streaming = True
+                if not head_only:
+                    async for chunk in body:
+                        if self._closed:
+                            raise ConnectionResetError
+                        if chunk:
+                            self._write(self.conn.send(h11.Data(data=chunk)))
+                            await asyncio.wait_for(self._writable.wait(), self.stall_timeout)
+            finally:
+                self._streaming = False
+                # A generator's cleanup (a preview's viewer count) runs now, not whenever it is collected.
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()
         self._write(self.conn.send(h11.EndOfMessage()))
 
     def _closing_after(self, request: HttpRequest) -> bool:

@@ -39,6 +39,7 @@ from .downloads import Downloads
 from .events import EventRelay
 from .exchange import HttpExchange
 from .pool import WorkerPool
+from .preview import Previews
 from .routes import HttpRequest, HttpResponse, RouteTable
 
 logger = structlog.get_logger("gateway")
@@ -86,7 +87,11 @@ class GatewayServer:
         #: Connections still sending their opening request head (slowloris defence).
         self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
         #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
-        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, LinkSigner(load_or_create_secret(config)))
+        signer = LinkSigner(load_or_create_secret(config))
+        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, signer)
+        #: GET /cameras/{id}/preview: live MJPEG from the recording worker's capture (issue 14).
+        self.previews = Previews(config, self.pool.call, self.gateway.cameras, self.guard, signer)
+        self.previews.register(self.routes)
         #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
         self.stats_sources: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
         self.max_batch = config.server.max_in_flight

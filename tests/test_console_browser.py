@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from camservice import simnodes
+
 from .harness import REPO, Client, RpcFailure, Service, run, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -216,6 +218,34 @@ def test_snapshot_is_shown_at_once(page, svc):
     page.keyboard.press("Escape")
     expect(page.get_by_role("dialog")).to_have_count(0)
     shoot(page, "cameras")
+
+
+def sim_device_free(svc: Service, index: int) -> bool:
+    """Whether nobody reads simulated camera ``index`` (its one-reader lock can be taken)."""
+    try:
+        fd = simnodes.open_sim_device(simnodes.node_path(svc.state_dir, index))
+    except simnodes.DeviceBusy:
+        return False
+    os.close(fd)
+    return True
+
+
+def test_live_preview_shows_and_stops(page, svc):
+    login(page, svc, svc.keys["viewer"])  # the preview is a viewer's: an API key, and no control
+    camera = card(page, "camera1")
+    camera.get_by_role("button", name="Live view").click()
+    image = camera.locator("img.live-preview")
+    expect(image).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_function("img => img.naturalWidth > 0", arg=image.element_handle(), timeout=WAIT_MS)
+    assert image.evaluate("img => img.naturalWidth") == 320
+    assert image.get_attribute("src").startswith("/cameras/camera1/preview?expires=")
+    expect(camera.locator(".live-badge")).to_have_text("LIVE")
+    assert not sim_device_free(svc, 1)  # the service's preview capture reads the camera
+    shoot(page, "cameras-live-preview")
+    camera.get_by_role("button", name="Close live view").click()
+    expect(image).to_have_count(0)
+    # Closing drops the stream: the service stops the capture once nobody watches.
+    wait_for(lambda: sim_device_free(svc, 1), 30, message="the preview capture to stop")
 
 
 def test_timed_recording_completes_and_plays_with_seeking(page, svc):

@@ -52,6 +52,7 @@ from camservice.envelope import (
     Event,
     Goodbye,
     Kind,
+    Native,
     Ready,
     Reply,
     Request,
@@ -351,14 +352,17 @@ class Worker:
 
     def _reply(self, link: _Link, seq: int, error: RpcError | None, result: Any = None) -> None:
         """Queue an answer for this tick's frame; results travel as JSON text."""
-        if error is None:
+        encoded = error is None
+        if isinstance(result, Native):  # bytes inside: msgpack as is (envelope.Native)
+            result, encoded = result.value, False
+        elif error is None:
             try:
                 result = _encode_json(result)
             except (TypeError, ValueError):
                 self.log.error("reply_unserialisable", seq=seq)
-                error, result = RpcError(INTERNAL_ERROR), None
+                error, result, encoded = RpcError(INTERNAL_ERROR), None, False
         wire_error = error.to_dict() if error is not None else None
-        link.outbox.append((Kind.REPLY, seq, wire_error, result, error is None))
+        link.outbox.append((Kind.REPLY, seq, wire_error, result, encoded))
         self._schedule_flush(link)
 
     def _schedule_flush(self, link: _Link) -> None:

@@ -236,6 +236,7 @@ class DownloadServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         if initial:
             conn.receive_data(initial)
+        served = 0
         try:
             while True:
                 try:
@@ -250,6 +251,12 @@ class DownloadServer:
                         ticket = None
                 if request is None:
                     return
+                if initial and served and not request.target.startswith(b"/files/"):
+                    # A handed-off connection kept alive, now asking for something of the gateway's
+                    # (the console's next fetch, a preview): close unanswered, and the client sends
+                    # it again on a new connection (RFC 9110 9.2.2), which the gateway serves.
+                    return
+                served += 1
                 if not await self._respond(conn, writer, request, peer):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

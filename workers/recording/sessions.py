@@ -41,6 +41,7 @@ from .backend import FfmpegBackend, MediaBackend
 from .capture import CameraGone, CaptureError
 from .journal import Journal, SessionRecord
 from .mediamtx_backend import MediaMTXBackend, MediaMTXUnavailable
+from .preview import Previews
 from .session import COMPLETED, FAILED, STARTED, STOPPED, SUSPENDED, Session
 
 __all__ = ["COMPLETED", "FAILED", "STARTED", "STOPPED", "RecordingManager", "Session", "make_backend"]
@@ -81,6 +82,8 @@ class RecordingManager:
         self.active = ActiveFiles(active_files_path(config.state_dir))
         self.slots: dict[str, Slot] = {}
         self.sessions: dict[str, Session] = {}
+        #: Short-lived preview captures of idle cameras (GET /cameras/{id}/preview).
+        self.previews = Previews(self)
         self._pending: list[SessionRecord] = []
         self._closed = False
         self._ffmpeg: str | None = None  # for probes, found on first use
@@ -270,6 +273,7 @@ class RecordingManager:
         session = Session(self, record, camera)
         async with slot.lock:
             try:
+                await self.previews.release(camera.id)  # one reader: the recording's run takes over the preview
                 await session.start_run(check_folder=False)  # checked just before
             except CaptureError as exc:
                 raise self.media_error(exc, params["device"], "recordings") from None
@@ -319,6 +323,7 @@ class RecordingManager:
 
     def camera_changed(self, camera: Camera) -> None:
         """A camera's record changed (discovery event): fail its recording if it went away."""
+        self.previews.camera_changed(camera, camera.status == CONNECTED)
         slot = self.slots.get(camera.id)
         if slot is None or slot.session is None:
             return
@@ -329,6 +334,7 @@ class RecordingManager:
     async def close(self, reason: str = "service stopped", suspend: bool = False) -> None:
         """End every session: stopped (journal entries removed), or suspended (kept, resumed next start)."""
         self._closed = True
+        await self.previews.close()
         sessions = list(self.sessions.values())
         for session in sessions:
             session.ask(SUSPENDED if suspend else STOPPED, reason)

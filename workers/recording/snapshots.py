@@ -3,7 +3,8 @@
 One device, one reader: under the camera's slot lock, an idle camera is
 opened by the backend for one picture; a recording camera is never opened a
 second time, its session's run provides the picture (the ffmpeg backend
-keeps a preview frame). A snapshot that meets a session while it restarts
+keeps a preview frame); so is a camera a live preview holds (:mod:`.preview`), whose
+frame is copied the same way. A snapshot that meets a session while it restarts
 its capture waits for the next run; one that meets a session ending (a timed
 recording reaching its deadline, a stop) waits for the end and then takes
 the picture from the device, which is free again.
@@ -48,7 +49,11 @@ async def take_snapshot(owner: RecordingManager, params: dict[str, Any], timeout
                 async with slot.lock:
                     session = slot.session
                     if session is None:
-                        await owner.backend.snapshot(camera, temp, fmt, deadline - time.monotonic())
+                        preview = owner.previews.running(camera.id)
+                        if preview is not None:  # a live preview holds the device: copy its frame
+                            await owner.backend.snapshot_from_run(preview, temp, fmt, deadline - time.monotonic())
+                        else:
+                            await owner.backend.snapshot(camera, temp, fmt, deadline - time.monotonic())
                         break
                 if await _from_session(owner, session, temp, fmt, deadline):
                     break

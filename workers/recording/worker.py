@@ -27,7 +27,7 @@ from typing import Any
 from camservice.workers.base import CallContext, Worker, run_worker
 
 from camservice import process, topics
-from camservice.envelope import Event
+from camservice.envelope import Event, Native
 from camservice.errors import SERVICE_BUSY, RpcError
 from camservice.histogram import RECORDING_BUCKETS, SNAPSHOT_BUCKETS, Histogram
 from camservice.replica import CameraReplica, Change
@@ -72,6 +72,7 @@ class RecordingWorker(Worker):
             "failed_recordings": self._failed,
             "snapshot_seconds": self._snapshot_seconds.export(),
             "recording_seconds": self._recording_seconds.export(),
+            "preview_captures": len(self.manager.previews.captures),
         }
 
     def handlers(self):
@@ -79,6 +80,8 @@ class RecordingWorker(Worker):
             "take_snapshot": self.take_snapshot,
             "start_recording": self.start_recording,
             "stop_recording": self.stop_recording,
+            # Internal (gateways' GET /cameras/{id}/preview), not in the public method table.
+            "preview_frame": self.preview_frame,
         }
 
     async def start(self) -> None:
@@ -131,6 +134,12 @@ class RecordingWorker(Worker):
     async def stop_recording(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         await self._await_ready(ctx)
         return await self.manager.stop_recording(params, timeout=self._budget(ctx))
+
+    async def preview_frame(self, params: dict[str, Any], ctx: CallContext) -> Native:
+        """The next live preview frame of a camera (see :mod:`.preview`); the wait fits the deadline."""
+        await self._await_ready(ctx)
+        wait = min(float(params.get("wait", 1.0)), max(0.0, ctx.remaining() - REPLY_MARGIN))
+        return Native(await self.manager.previews.frame({**params, "wait": wait}))  # JPEG bytes: msgpack, not JSON
 
 
 def _supervisor_alive(parent: int) -> bool:

@@ -1,6 +1,6 @@
 // Cameras page: a grid of cards kept live by the shell's notification-fed state,
 // with snapshot, record (unlimited or timed), stop, stream URLs and live view.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { Modal, can, copyText, errorText, formatDuration, html, signedLink, useTick } from "./util.js";
 
 const UNITS = {
@@ -130,6 +130,40 @@ function LiveDialog({ camera, onClose }) {
   <//>`;
 }
 
+/**
+ * The service's MJPEG preview (GET /cameras/{id}/preview) for a camera the media backend
+ * does not stream: an <img> on a signed link (an <img> cannot send credentials), fetched
+ * with this session's headers. Unmounting drops the src, which ends the stream at once;
+ * the service stops an idle camera's capture a few seconds after its last viewer left.
+ */
+function LivePreview({ rpc, camera, onEnded }) {
+  const ref = useRef(null);
+  const [url, setUrl] = useState(null);
+  const [problem, setProblem] = useState("");
+  useEffect(() => {
+    let gone = false;
+    fetch(`/cameras/${encodeURIComponent(camera.id)}/preview/link?expires_in=300`, {
+      headers: rpc.authHeaders(),
+      cache: "no-store",
+    })
+      .then(async (response) => {
+        if (!response.ok) throw new Error((await response.text()).trim() || `answered ${response.status}`);
+        const link = await response.json();
+        const signed = new URL(link.url, window.location.href); // same origin: path and query only
+        if (!gone) setUrl(signed.pathname + signed.search);
+      })
+      .catch((err) => !gone && setProblem(`Live preview unavailable: ${err.message}`));
+    return () => {
+      gone = true;
+      if (ref.current) ref.current.removeAttribute("src"); // aborts the multipart request now
+    };
+  }, [camera.id]);
+  if (problem) return html`<div class="placeholder" role="status">${problem}</div>`;
+  if (!url) return html`<div class="placeholder">Starting live preview…</div>`;
+  return html`<img ref=${ref} class="live-preview" src=${url} alt=${`Live preview of ${camera.name || camera.id}`}
+    onError=${() => onEnded("Live preview ended")} />`;
+}
+
 function CameraCard({ rpc, role, camera, snapshot, onSnapshot }) {
   const [dialog, setDialog] = useState(null);
   const [message, setMessage] = useState("");
@@ -137,6 +171,9 @@ function CameraCard({ rpc, role, camera, snapshot, onSnapshot }) {
   const connected = camera.status === "CONNECTED";
   const operator = can(role, "operator");
   const live = camera.streams && (camera.streams.webrtc || camera.streams.hls);
+  // No stream from the media backend (the ffmpeg backend): the service's own MJPEG preview.
+  const [previewing, setPreviewing] = useState(false);
+  const showPreview = previewing && connected && !live;
 
   async function act(what, fn) {
     setBusy(true);
@@ -168,9 +205,15 @@ function CameraCard({ rpc, role, camera, snapshot, onSnapshot }) {
   return html`<article class="card camera" aria-labelledby=${`cam-${camera.id}`} data-camera=${camera.id}
       data-status=${camera.status}>
     <div class="thumb">
-      ${snapshot?.url
-        ? html`<img src=${snapshot.url} alt=${`Latest snapshot of ${camera.name || camera.id}`} />`
-        : html`<div class="placeholder">${snapshot ? snapshot.filename : "No snapshot yet"}</div>`}
+      ${showPreview
+        ? html`<${LivePreview} rpc=${rpc} camera=${camera} onEnded=${(text) => {
+            setPreviewing(false);
+            setMessage(text);
+          }} />`
+        : snapshot?.url
+          ? html`<img src=${snapshot.url} alt=${`Latest snapshot of ${camera.name || camera.id}`} />`
+          : html`<div class="placeholder">${snapshot ? snapshot.filename : "No snapshot yet"}</div>`}
+      ${showPreview && html`<span class="live-badge">LIVE</span>`}
       ${camera.recording &&
       html`<span class="rec" role="status">
         <span aria-hidden="true">●</span> REC${camera.since ? ` ${formatDuration((Date.now() - camera.since) / 1000)}` : ""}
@@ -194,7 +237,10 @@ function CameraCard({ rpc, role, camera, snapshot, onSnapshot }) {
           ${camera.recording
             ? html`<button class="danger" onClick=${stop} disabled=${busy}>Stop recording</button>`
             : html`<button onClick=${() => setDialog("record")} disabled=${busy || !connected}>Record…</button>`}`}
-        ${live && html`<button onClick=${() => setDialog("live")} disabled=${!connected}>Live view</button>`}
+        ${live
+          ? html`<button onClick=${() => setDialog("live")} disabled=${!connected}>Live view</button>`
+          : html`<button aria-pressed=${showPreview} onClick=${() => setPreviewing(!showPreview)}
+              disabled=${!connected}>${showPreview ? "Close live view" : "Live view"}</button>`}
         <button onClick=${() => setDialog("streams")}>Stream URLs</button>
       </div>
       <p class="message" role="status" aria-live="polite">${message}</p>
