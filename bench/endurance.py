@@ -151,6 +151,32 @@ def check_recordings(folder: Path | None, made: list[str] | None = None) -> dict
     return {"checked": len(files), "playable": len(files) - len(bad), "bad": bad}
 
 
+def report_lines(en: dict) -> list[str]:
+    """The endurance figures to report, as ``python -m bench endurance`` prints them."""
+    lines = [
+        f"endurance: {en.get('duration_s')} s of the steady mix, {en.get('clients')} clients, "
+        f"{en.get('cameras')} cameras; growth fitted after the first 20 % (limit 5 MB/hour); "
+        f"load average at the end {en.get('loadavg_end')}"
+    ]
+    for name, g in (en.get("growth") or {}).items():
+        lines.append(
+            f"  {name:<14} {g['verdict']:<9} RSS {g['rss_mb_per_hour']:+.2f} MB/h "
+            f"({g['rss_start_mb']} -> {g['rss_end_mb']} MB), fds {g['fds_per_hour']:+.1f}/h "
+            f"({g['fds_start']} -> {g['fds_end']}), over {g['minutes']} min"
+        )
+    d, p = en.get("drift") or {}, en.get("playable") or {}
+    lines.append(
+        f"  latency drift: P95 {d.get('first_p95_ms')} ms (first tenth) -> {d.get('last_p95_ms')} ms (last tenth); "
+        f"hung {en.get('hung')}; recordings {p.get('made')} made, {p.get('checked')} checked, "
+        f"{p.get('playable')} playable"
+    )
+    for f in en.get("faults") or []:
+        lines.append(
+            f"  fault at {f.get('at_s')} s: {f.get('fault')} of {f.get('target')}, healed {f.get('healed_s')} s"
+        )
+    return lines
+
+
 def drift(windows, names) -> dict:
     if not windows:
         return {}
