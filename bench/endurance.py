@@ -48,16 +48,20 @@ FAULTS = [
 
 
 class Injector(threading.Thread):
-    def __init__(self, target: Target, every: float, progress: Progress):
+    def __init__(self, target: Target, every: float, progress: Progress, duration: float = float("inf")):
         super().__init__(daemon=True)
         self.target, self.every, self.progress = target, every, progress
         self.stop = threading.Event()
         self.log: list[dict] = []
         self.t0 = time.time()
+        # No new fault in the run's last 10 s: each must have time to heal while the mix still runs.
+        self.last_at = self.t0 + duration - 10
 
     def run(self) -> None:
         i = 0
         while not self.stop.wait(self.every if i else self.every / 2):
+            if time.time() > self.last_at:
+                return
             fault, role = FAULTS[i % len(FAULTS)]
             i += 1
             try:
@@ -69,7 +73,7 @@ class Injector(threading.Thread):
 
     def _wait_new(self, role: str, old: int, limit: float = 30.0) -> float | None:
         t0 = time.time()
-        while time.time() - t0 < limit and not self.stop.is_set():
+        while time.time() - t0 < limit:  # bounded; the run's end waits for it (join), so healing is seen
             pid = self.target.role_pids().get(role)
             if pid and pid != old:
                 return round(time.time() - t0, 2)
@@ -206,7 +210,7 @@ def run(
     monitor = Monitor(target, interval=2.0).start()
     actors = Actors(target, operators=cameras)
     mix = MixClients(target.url, target.token, read_mix(cameras), hang_s=30)
-    injector = Injector(target, fault_every, progress) if faults and target.local else None
+    injector = Injector(target, fault_every, progress, duration) if faults and target.local else None
     try:
         if injector:
             injector.start()
