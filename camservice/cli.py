@@ -216,17 +216,55 @@ def upgrade_lines(answer: dict) -> list[str]:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--supervisor", "supervisor", is_flag=True, help="Re-exec the supervisor in place first (its own new code)."
+)
+@click.option(
+    "--supervisor-only", "supervisor_only", is_flag=True, help="Only re-exec the supervisor; no process restarts."
+)
 @click.pass_context
-def reload(ctx: click.Context, as_json: bool) -> None:
+def reload(ctx: click.Context, as_json: bool, supervisor: bool, supervisor_only: bool) -> None:
     """Re-read the configuration and the installed code without downtime.
 
     A new generation of processes starts beside the running one; once it
     serves, the old gateways tell their clients to reconnect (server_restarting,
     close 1012) and the old generation stops. A bad configuration is refused
-    before anything changes.
+    before anything changes. With --supervisor (or --supervisor-only) the
+    supervisor first re-executes itself in place: same pid, its processes
+    adopted, not restarted.
     """
     config = _load(ctx)  # refuse a bad file here already, with the key named
-    _reload(config, {}, as_json)
+    if supervisor or supervisor_only:
+        _reexec(config, as_json and supervisor_only)
+    if not supervisor_only:
+        _reload(config, {}, as_json)
+
+
+def _reexec(config: config_module.Config, as_json: bool) -> None:
+    if not arbiter.lock_is_held(config.state_dir):
+        raise click.ClickException("camservice is not running")
+    answer = control(config, "reexec", timeout=40.0)
+    if answer is None:
+        raise click.ClickException("the supervisor did not answer")
+    if not answer.get("ok"):
+        raise click.ClickException(answer.get("error", "re-exec failed"))
+    deadline = time.monotonic() + config.runtime.start_timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = control(config, "status", timeout=1.0)
+        if status and status.get("execs") == answer["execs"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise click.ClickException(f"the supervisor did not come back within {config.runtime.start_timeout}s")
+    assert status is not None
+    if as_json:
+        click.echo(json.dumps({**answer, "processes": len(status["processes"])}))
+    else:
+        click.echo(
+            f"supervisor re-executed in place: pid {status['pid']} ({answer['executable']}), "
+            f"{len(status['processes'])} processes kept"
+        )
 
 
 @main.command()

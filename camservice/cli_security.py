@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import click
 
 from . import config as config_module
-from .auth import KeyStore, KeyStoreError, issue_token, load_or_create_secret
+from .apikeys import KeyStore, KeyStoreError
 from .methods import ROLES
+from .tokens import issue_token, load_or_create_secret
 
 T = TypeVar("T")
 

@@ -89,5 +89,10 @@ def storage_error(reason: str) -> RpcError:
     return RpcError(STORAGE_ERROR, data={"reason": reason})
 
 
+def auth_failed(reason: str) -> RpcError:
+    """A -32001 error; ``reason`` is a fixed string, never text taken from a credential."""
+    return RpcError(AUTH_REQUIRED, data={"reason": reason})
+
+
 def file_not_found(filename: str) -> RpcError:
     return RpcError(FILE_NOT_FOUND, data={"filename": filename})

@@ -26,11 +26,11 @@ from websockets.http11 import Request, Response
 
 from camservice import comms, control, eventloop, handoff, jsonrpc, process, topics
 from camservice import tls as tls_module
-from camservice.auth import load_or_create_secret
 from camservice.connlimits import PendingLimiter
 from camservice.cors import CorsPolicy
 from camservice.httpauth import HttpGuard, LinkSigner
 from camservice.runtime import boot
+from camservice.tokens import load_or_create_secret
 
 from . import canary, console, http, metrics, restarting
 from .connection import Connection, Limits

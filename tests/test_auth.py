@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from camservice import auth, config, methods
-from camservice.auth import Authenticator, Identity, KeyStore, issue_token, load_or_create_secret
+from camservice import apikeys, auth, config, methods, tokens
+from camservice.apikeys import KeyStore
+from camservice.auth import Authenticator, Identity
 from camservice.errors import AUTH_REQUIRED, RpcError
+from camservice.tokens import issue_token, load_or_create_secret
 from tests.harness import Clock
 
 NOW = 1_700_000_000.0
@@ -222,7 +224,7 @@ def test_arbitrary_signed_claims_never_crash(shared_authn, payload):
         return
     # Accepted: then it must really be a valid token.
     assert payload["role"] in methods.ROLES and isinstance(payload["sub"], str) and payload["sub"]
-    assert payload["exp"] > NOW - auth.LEEWAY
+    assert payload["exp"] > NOW - tokens.LEEWAY
     auth.authenticate_result(identity)  # serialisable expiry
 
 
@@ -400,10 +402,10 @@ def test_api_key_lifecycle(authn):
 
 def test_store_holds_only_a_hash(tmp_path, authn):
     _, key = authn.keys.create("viewer")
-    text = (tmp_path / "state" / auth.KEYS_FILE).read_text()
+    text = (tmp_path / "state" / apikeys.KEYS_FILE).read_text()
     assert key not in text and key[4:] not in text
-    assert auth.hash_key(key) in text
-    assert stat.S_IMODE(os.stat(tmp_path / "state" / auth.KEYS_FILE).st_mode) == 0o600
+    assert apikeys.hash_key(key) in text
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / apikeys.KEYS_FILE).st_mode) == 0o600
 
 
 def test_unknown_and_malformed_keys(authn):
@@ -416,24 +418,24 @@ def test_key_names(authn):
     assert authn.keys.create("viewer")[0] == "viewer-2"
     authn.keys.create("admin", "viewer-3")
     assert authn.keys.create("viewer")[0] == "viewer-4"
-    with pytest.raises(auth.KeyStoreError, match="already exists"):
+    with pytest.raises(apikeys.KeyStoreError, match="already exists"):
         authn.keys.create("viewer", "viewer-1")
     for bad in ("", "-x", "a/b", "x" * 65, "ä"):
-        with pytest.raises(auth.KeyStoreError):
+        with pytest.raises(apikeys.KeyStoreError):
             authn.keys.create("viewer", bad)
-    with pytest.raises(auth.KeyStoreError, match="unknown role"):
+    with pytest.raises(apikeys.KeyStoreError, match="unknown role"):
         authn.keys.create("root")
 
 
 def test_revoked_names_stay_taken(authn):
     authn.keys.create("viewer", "k")
     authn.keys.revoke("k")
-    with pytest.raises(auth.KeyStoreError):
+    with pytest.raises(apikeys.KeyStoreError):
         authn.keys.create("viewer", "k")
 
 
 def test_revoke_unknown_name(authn):
-    with pytest.raises(auth.KeyStoreError, match="no API key named"):
+    with pytest.raises(apikeys.KeyStoreError, match="no API key named"):
         authn.keys.revoke("ghost")
 
 
@@ -450,61 +452,61 @@ def test_list_shows_no_secrets(authn):
 def test_revocation_by_another_process_noticed_within_interval(tmp_path, authn, mono):
     name, key = authn.keys.create("operator")
     identity = authn.authenticate(key)
-    cli = KeyStore(tmp_path / "state" / auth.KEYS_FILE)  # the CLI's own instance
+    cli = KeyStore(tmp_path / "state" / apikeys.KEYS_FILE)  # the CLI's own instance
     mono.now += 5
     assert authn.still_valid(identity)  # re-read: still active
     cli.revoke(name)
     mono.now += 0.5  # within the interval the cached answer may stand
     assert authn.still_valid(identity)
-    mono.now += auth.KeyStore.REFRESH_INTERVAL  # one interval later it must be gone
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL  # one interval later it must be gone
     assert not authn.still_valid(identity)
 
 
 def test_new_key_from_another_process_works_at_once(tmp_path, authn, mono):
     authn.keys.create("viewer", "first")
     authn.still_valid(authn.authenticate(authn.keys.create("viewer", "warm")[1]))
-    _, key = KeyStore(tmp_path / "state" / auth.KEYS_FILE).create("admin", "late")
+    _, key = KeyStore(tmp_path / "state" / apikeys.KEYS_FILE).create("admin", "late")
     assert authn.authenticate(key).role == "admin"  # no clock advance needed
 
 
 def test_change_noticed_even_with_identical_mtime(tmp_path, authn, mono):
-    path = tmp_path / "state" / auth.KEYS_FILE
+    path = tmp_path / "state" / apikeys.KEYS_FILE
     name, key = authn.keys.create("viewer")
     identity = authn.authenticate(key)
     before = os.stat(path)
     KeyStore(path).revoke(name)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    mono.now += auth.KeyStore.REFRESH_INTERVAL
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL
     assert not authn.still_valid(identity)
 
 
 def test_deleted_store_revokes_everything(tmp_path, authn, mono):
     _, key = authn.keys.create("viewer")
     identity = authn.authenticate(key)
-    os.unlink(tmp_path / "state" / auth.KEYS_FILE)
-    mono.now += auth.KeyStore.REFRESH_INTERVAL
+    os.unlink(tmp_path / "state" / apikeys.KEYS_FILE)
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL
     assert not authn.still_valid(identity)
 
 
 def test_recreated_name_does_not_revive_old_session(tmp_path, authn, mono):
-    path = tmp_path / "state" / auth.KEYS_FILE
+    path = tmp_path / "state" / apikeys.KEYS_FILE
     _, key = authn.keys.create("viewer", "cam")
     identity = authn.authenticate(key)
     os.unlink(path)  # an operator wipes the store by hand...
     KeyStore(path).create("viewer", "cam")  # ...and reuses the name for a new key
-    mono.now += auth.KeyStore.REFRESH_INTERVAL
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL
     assert not authn.still_valid(identity)
 
 
 def test_corrupt_store_fails_closed_and_is_not_overwritten(tmp_path, authn, mono):
-    path = tmp_path / "state" / auth.KEYS_FILE
+    path = tmp_path / "state" / apikeys.KEYS_FILE
     _, key = authn.keys.create("viewer")
     identity = authn.authenticate(key)
     path.write_text("{not json")
-    mono.now += auth.KeyStore.REFRESH_INTERVAL
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL
     assert not authn.still_valid(identity)
     rejected(authn, key)
-    with pytest.raises(auth.KeyStoreError, match="corrupt"):
+    with pytest.raises(apikeys.KeyStoreError, match="corrupt"):
         KeyStore(path).create("viewer")
     assert path.read_text() == "{not json"
 
@@ -515,7 +517,7 @@ def test_corrupt_store_fails_closed_and_is_not_overwritten(tmp_path, authn, mono
 def test_configured_secret_wins(tmp_path):
     cfg = make_config(tmp_path)
     assert load_or_create_secret(cfg) == SECRET
-    assert not (tmp_path / "state" / auth.SECRET_FILE).exists()
+    assert not (tmp_path / "state" / tokens.SECRET_FILE).exists()
 
 
 def test_secret_from_environment(tmp_path):
@@ -534,11 +536,11 @@ def test_short_configured_secret_refused(tmp_path):
 def test_generated_secret_private_and_reused(tmp_path):
     cfg = make_config(tmp_path, secret=None)
     first = load_or_create_secret(cfg)
-    path = tmp_path / "state" / auth.SECRET_FILE
+    path = tmp_path / "state" / tokens.SECRET_FILE
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert len(first) >= 64
     assert load_or_create_secret(cfg) == first
-    assert os.listdir(tmp_path / "state") == [auth.SECRET_FILE]  # no temporary files left
+    assert os.listdir(tmp_path / "state") == [tokens.SECRET_FILE]  # no temporary files left
     # A token issued by one process (the CLI) is accepted by another (a gateway).
     assert Authenticator(cfg).authenticate(issue_token(first, "viewer", "x", 60)).role == "viewer"
 
@@ -546,7 +548,7 @@ def test_generated_secret_private_and_reused(tmp_path):
 def test_empty_secret_file_refused(tmp_path):
     cfg = make_config(tmp_path, secret=None)
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / auth.SECRET_FILE).write_text("\n")
+    (tmp_path / "state" / tokens.SECRET_FILE).write_text("\n")
     with pytest.raises(config.ConfigError):
         load_or_create_secret(cfg)
 
@@ -568,7 +570,7 @@ def test_concurrent_first_start_agrees_on_one_secret(tmp_path):
     for proc in procs:
         proc.join(timeout=60)
     assert len(set(secrets_seen)) == 1
-    assert secrets_seen[0] == (tmp_path / "state" / auth.SECRET_FILE).read_text().strip()
+    assert secrets_seen[0] == (tmp_path / "state" / tokens.SECRET_FILE).read_text().strip()
 
 
 # --- identities ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import jwt
 import pytest
 from click.testing import CliRunner
 
-from camservice import auth, config
+from camservice import apikeys, config, tokens
 from camservice.auth import Authenticator
 from camservice.cli_security import register
 from camservice.errors import RpcError
@@ -74,14 +74,14 @@ def test_token_is_accepted_by_the_service(run, cfg, tmp_path):
     assert "\n" not in encoded
     identity = Authenticator(cfg).authenticate(encoded)
     assert (identity.role, identity.subject) == ("operator", "robot")
-    claims = jwt.decode(encoded, auth.load_or_create_secret(cfg), algorithms=["HS256"])
+    claims = jwt.decode(encoded, tokens.load_or_create_secret(cfg), algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == 120
-    assert (tmp_path / "state" / auth.SECRET_FILE).exists()  # generated on first use
+    assert (tmp_path / "state" / tokens.SECRET_FILE).exists()  # generated on first use
 
 
 def test_token_defaults(run, cfg):
     encoded = run("token", "--role", "viewer").stdout.strip()
-    claims = jwt.decode(encoded, auth.load_or_create_secret(cfg), algorithms=["HS256"])
+    claims = jwt.decode(encoded, tokens.load_or_create_secret(cfg), algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == 3600
     assert claims["sub"]
 
@@ -118,7 +118,7 @@ def test_config_from_environment(config_file, tmp_path):
         make_group(), ["keys", "create", "--role", "viewer"], env={"CAMSERVICE_CONFIG": str(config_file)}
     )
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "state" / auth.KEYS_FILE).exists()
+    assert (tmp_path / "state" / apikeys.KEYS_FILE).exists()
 
 
 def test_key_lifecycle(run, cfg):
@@ -146,7 +146,7 @@ def test_key_lifecycle(run, cfg):
 
     revoked = run("keys", "revoke", "front-door")
     assert revoked.exit_code == 0 and "revoked" in revoked.output
-    mono.now += auth.KeyStore.REFRESH_INTERVAL
+    mono.now += apikeys.KeyStore.REFRESH_INTERVAL
     assert not gateway.still_valid(identity)
     with pytest.raises(RpcError):
         gateway.authenticate(key)
@@ -198,7 +198,7 @@ def test_revoke_unknown_name(run):
 
 def test_corrupt_store_is_reported_not_overwritten(run, tmp_path):
     (tmp_path / "state").mkdir()
-    store = tmp_path / "state" / auth.KEYS_FILE
+    store = tmp_path / "state" / apikeys.KEYS_FILE
     store.write_text("[]")
     result = run("keys", "create", "--role", "viewer")
     assert result.exit_code == 1 and "corrupt" in result.output
@@ -251,8 +251,8 @@ def test_console_script_end_to_end(config_file, tmp_path):
     gateway = Authenticator(config.load(config_file, environ={}))
     assert gateway.authenticate(key).role == "admin"
     assert gateway.authenticate(encoded).role == "viewer"
-    assert oct(os.stat(tmp_path / "state" / auth.KEYS_FILE).st_mode & 0o777) == "0o600"
-    assert oct(os.stat(tmp_path / "state" / auth.SECRET_FILE).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(tmp_path / "state" / apikeys.KEYS_FILE).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(tmp_path / "state" / tokens.SECRET_FILE).st_mode & 0o777) == "0o600"
 
     cli("keys", "revoke", "ops")
     with pytest.raises(RpcError):

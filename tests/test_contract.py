@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from camservice.auth import LEEWAY, issue_token
 from camservice.errors import (
     AUTH_REQUIRED,
     CAMERA_NOT_FOUND,
@@ -48,6 +47,7 @@ from camservice.errors import (
     PERMISSION_DENIED,
     RATE_LIMITED,
 )
+from camservice.tokens import LEEWAY, issue_token
 
 from .harness import Client, Service, run, wait_for
 

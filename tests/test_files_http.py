@@ -352,7 +352,8 @@ def test_worker_serves_downloads_to_viewers_only(tmp_path):
     """The contract: viewer role needed; 401 without credentials, 403 with a bad one."""
     import asyncio
 
-    from camservice.auth import KeyStore, issue_token, load_or_create_secret
+    from camservice.apikeys import KeyStore
+    from camservice.tokens import issue_token, load_or_create_secret
     from tests.test_files_support import run, running
 
     config = make_config(tmp_path)
@@ -438,7 +439,8 @@ def test_tls_when_the_service_has_a_certificate(folders, tmp_path):
 def test_viewer_authorizer_follows_the_contract(folders, tmp_path):
     from camservice.workers.files.auth import make_authorizer
 
-    from camservice.auth import Authenticator, issue_token, load_or_create_secret
+    from camservice.auth import Authenticator
+    from camservice.tokens import issue_token, load_or_create_secret
 
     config = make_config(tmp_path)
     authorize = make_authorizer(config, Authenticator(config))

@@ -7,7 +7,6 @@ from camservice.gateway.core import PENDING, RequestPipeline
 
 from camservice import config as config_module
 from camservice import jsonrpc
-from camservice.auth import issue_token, load_or_create_secret
 from camservice.cameras import Camera
 from camservice.errors import (
     AUTH_REQUIRED,
@@ -19,6 +18,7 @@ from camservice.errors import (
     RpcError,
 )
 from camservice.methods import GATEWAY, METHODS, ROLES, role_allows
+from camservice.tokens import issue_token, load_or_create_secret
 
 
 class Recorder:

@@ -39,9 +39,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from camservice import config as config_module
 from camservice import jsonrpc
-from camservice.auth import KeyStore, issue_token, load_or_create_secret
+from camservice.apikeys import KeyStore
 from camservice.cameras import Camera
 from camservice.envelope import Event
+from camservice.tokens import issue_token, load_or_create_secret
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "metrics-test-secret-" + "y" * 32

@@ -27,16 +27,13 @@ Signal handlers only set an event; the loop does the work.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import functools
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 import structlog
@@ -47,9 +44,12 @@ from camservice import config as config_module
 from camservice.drain import Drain
 from camservice.envelope import Event
 
-from . import canary, liveness, sampling
+from . import canary, liveness, reexec, sampling
 from .generation import SERVING, STARTING, STOPPED, Generation
 from .liveness import Liveness
+from .lock import AlreadyRunning, acquire_lock, lock_is_held, port_in_use, read_pid
+
+__all__ = ["AlreadyRunning", "Arbiter", "acquire_lock", "lock_is_held", "main", "port_in_use", "read_pid"]
 from .reload import Reloader
 from .watcher import FAILED, RUNNING, Watcher
 
@@ -59,62 +59,6 @@ logger = structlog.get_logger("supervisor")
 HEARTBEAT_TOPICS = (topics.WORKER_STATS, topics.GATEWAY_STATS)
 #: Seconds between liveness checks.
 LIVENESS_TICK = 0.5
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-def acquire_lock(state_dir: Path) -> int:
-    """Hold ``camservice.lock`` for the life of this process; raise if taken."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "camservice.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        pid = read_pid(state_dir)
-        raise AlreadyRunning(f"camservice already runs on {state_dir} (pid {pid})") from None
-    return fd
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something already listens on ``host:port``.
-
-    Gateways bind with SO_REUSEPORT so that several of them share the port;
-    the same option would let them silently share it with *another* instance
-    (same user) as well, splitting its clients between two services. So the
-    port must be bindable without the option before any gateway starts.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def read_pid(state_dir: Path) -> int | None:
-    try:
-        return int((state_dir / "camservice.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def lock_is_held(state_dir: Path) -> bool:
-    try:
-        fd = os.open(state_dir / "camservice.lock", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 class Arbiter:
@@ -148,7 +92,12 @@ class Arbiter:
         self.figures_arrived = asyncio.Event()
         self.reloader = Reloader(self)
         #: Control commands beyond status/stop/hello: name -> handler(arbiter, request, reply).
-        self.commands: dict = {"reload": self.reloader.command}
+        self.commands: dict = {"reload": self.reloader.command, "reexec": reexec.command}
+        #: Re-execs of this supervisor so far (its pid stays); the interpreter to exec into once the loop ends.
+        self.execs = 0
+        self.exec_into: str | None = None
+        #: (watcher, pid, saved row) of children a former image started: adopted once the loop runs.
+        self.adopting: list = []
         self.new_generation(config, self.env, sys.executable)
 
     @property
@@ -190,11 +139,19 @@ class Arbiter:
         self.control.bind(self.control_endpoint)
         self._control = Drain(self.control, self._on_control, multipart=True, name="control")
         self._control.start(loop)
-        first = self.generations[0]
-        self.open(first)
-        first.start()
-        first.state = SERVING
-        logger.info("supervisor_started", pid=os.getpid(), processes=len(first.watchers), version=__version__)
+        if self.adopting:
+            for generation in self.generations:
+                self.open(generation, fresh=False)  # the gateways' own endpoints stay: they still listen
+            for watcher, pid, row in self.adopting:
+                reexec.adopt(watcher, pid, row)
+            logger.info("supervisor_adopted", pid=os.getpid(), processes=len(self.adopting), execs=self.execs)
+            self.adopting = []
+        else:
+            first = self.generations[0]
+            self.open(first)
+            first.start()
+            first.state = SERVING
+            logger.info("supervisor_started", pid=os.getpid(), processes=len(first.watchers), version=__version__)
         background = [asyncio.ensure_future(self._sample_forever()), asyncio.ensure_future(self._watch_liveness())]
         while not self._stop.is_set():
             try:
@@ -203,11 +160,14 @@ class Arbiter:
                 self._control.drain()  # belt and braces: connect/disconnect may take an edge too
         for task in background:
             task.cancel()
-        await self.shutdown()
+        if self.exec_into is not None:
+            await self.release()
+        else:
+            await self.shutdown()
 
-    def open(self, generation: Generation) -> None:
+    def open(self, generation: Generation, fresh: bool = True) -> None:
         """Bind ``generation``'s bus and connect the supervisor's publisher and heartbeat listener to it."""
-        generation.open_bus(self.ctx)
+        generation.open_bus(self.ctx, fresh)
         self._pubs[generation.number] = comms.publisher(self.ctx, generation.endpoints)
         self.heartbeats.connect(generation.endpoints.events_out)
 
@@ -235,6 +195,21 @@ class Arbiter:
             reader.sock.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
+
+    async def release(self) -> None:
+        """Before a re-exec: close every socket and bus of this image, stop no child (supervisor.reexec)."""
+        for generation in self.generations:
+            if generation.state != STOPPED:
+                pub = self._pubs.pop(generation.number, None)
+                if pub is not None:
+                    pub.close(linger=0)
+                generation.close_bus()
+        for reader in (self._control, self._heartbeats):
+            reader.stop()
+        self.heartbeats.close(linger=0)
+        self.control.close(linger=2000)  # the re-exec's answer is on its way
+        await asyncio.to_thread(self.ctx.term)
+        logger.info("supervisor_released", execs=self.execs)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -409,6 +384,7 @@ class Arbiter:
         return {
             "ok": True,
             "pid": os.getpid(),
+            "execs": self.execs,
             "version": __version__,
             "uptime": round(time.time() - self.started, 1),
             "state_dir": str(self.state_dir),
@@ -432,30 +408,46 @@ class Arbiter:
         return any(w.state == FAILED for w in self.serving.watchers)
 
 
-def main(foreground: bool = False) -> int:
-    """Run a supervisor in this process until SIGTERM/SIGINT; returns an exit code."""
+def main(foreground: bool = False, adopt: bool = False) -> int:
+    """Run a supervisor in this process until SIGTERM/SIGINT; returns an exit code.
+
+    ``adopt``: this image replaces a supervisor that re-executed itself
+    (:mod:`.reexec`): same pid and lock, its children are adopted, not started.
+    """
     config = config_module.load()
     process.set_title("camservice: supervisor")
     log.setup("supervisor", config.state_dir / "logs", config.logging.level, console=foreground)
-    try:
-        lock_fd = acquire_lock(config.state_dir)
-    except AlreadyRunning as exc:
-        logger.error("already_running", error=str(exc))
-        return 2
-    for key, port in (("server.port", config.server.port), ("files.http_port", config.files.http_port)):
-        if port and port_in_use(config.server.host, port):
-            message = f"{key}: port {port} on {config.server.host} is already in use by another program"
-            logger.error("port_in_use", key=key, port=port)
-            print(message, file=sys.stderr, flush=True)
-            os.close(lock_fd)
+    state = None
+    if adopt:
+        state = reexec.read_state(config.state_dir)
+        lock_fd = state["lock_fd"]
+        os.set_inheritable(lock_fd, False)
+    else:
+        try:
+            lock_fd = acquire_lock(config.state_dir)
+        except AlreadyRunning as exc:
+            logger.error("already_running", error=str(exc))
             return 2
+        for key, port in (("server.port", config.server.port), ("files.http_port", config.files.http_port)):
+            if port and port_in_use(config.server.host, port):
+                message = f"{key}: port {port} on {config.server.host} is already in use by another program"
+                logger.error("port_in_use", key=key, port=port)
+                print(message, file=sys.stderr, flush=True)
+                os.close(lock_fd)
+                return 2
     pid_file = config.state_dir / "camservice.pid"
     pid_file.write_text(f"{os.getpid()}\n")
-    env = dict(os.environ)
+    env = dict(os.environ) if state is None else state["env"]
     if foreground:
         env["CAMSERVICE_FOREGROUND"] = "1"
+    arbiter = Arbiter(config, env)
+    if state is not None:
+        arbiter.adopting = reexec.restore(arbiter, state)
     try:
-        asyncio.run(Arbiter(config, env).run())
+        asyncio.run(arbiter.run())
+        if arbiter.exec_into is not None:
+            reexec.write_state(arbiter, lock_fd)
+            reexec.exec_image(arbiter.exec_into, lock_fd, arbiter.env)  # does not return
     finally:
         pid_file.unlink(missing_ok=True)
         os.close(lock_fd)
@@ -463,4 +455,6 @@ def main(foreground: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(foreground=os.environ.get("CAMSERVICE_FOREGROUND") == "1"))
+    raise SystemExit(
+        main(foreground=os.environ.get("CAMSERVICE_FOREGROUND") == "1", adopt=reexec.ADOPT_ARG in sys.argv[1:])
+    )

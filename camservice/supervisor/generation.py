@@ -77,13 +77,15 @@ class Generation:
     def role(self, *roles: str) -> list[Watcher]:
         return [w for w in self.watchers if w.role in roles]
 
-    def open_bus(self, ctx: zmq.Context) -> None:
+    def open_bus(self, ctx: zmq.Context, fresh: bool = True) -> None:
+        """Bind the bus; ``fresh`` (no process of this generation runs yet) also clears stale endpoints."""
         comms.prepare_ipc_dir(self.config)
         self.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tree = config_module._unflatten(dict(self.config.flat))
         self.config_file.touch(mode=0o600)  # it may hold security.jwt_secret
         self.config_file.write_text(yaml.safe_dump(tree, sort_keys=True))
-        for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *self.endpoints.gateways):
+        gateways = self.endpoints.gateways if fresh else ()  # after a re-exec the gateways still listen there
+        for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *gateways):
             if endpoint.startswith("ipc://"):
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
         self.bus = Bus(ctx, self.endpoints)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 import structlog
 
@@ -59,6 +59,19 @@ def _gateway_setup() -> None:
     # the kernel sends PDEATHSIG when the *thread* that forked dies, and while
     # the supervisor's other threads live it still reports the same parent.
     die_with_parent(signal.SIGHUP)
+
+
+class Child(Protocol):
+    """A supervised process: a ``subprocess.Popen``, or an adopted one (camservice.supervisor.reexec.Adopted)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
 
 
 class Watcher:
@@ -104,7 +117,7 @@ class Watcher:
             jitter=0.5,
         )
         self.state = STOPPED
-        self.popen: subprocess.Popen | None = None
+        self.popen: Child | None = None
         self.started_at = 0.0
         self.restarts = 0
         self.crashes_in_a_row = 0
@@ -135,6 +148,22 @@ class Watcher:
         self.ready = False
         self.parked = False
         log.info("process_started", process=self.name, pid=self.popen.pid, generation=self.generation)
+        self._watch(loop)
+
+    def adopt(self, child: Child, started_at: float, ready: bool) -> None:
+        """Watch a child the supervisor's former image started (camservice.supervisor.reexec)."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._exited.clear()
+        self.popen = child
+        self.started_at = started_at  # time.monotonic() is system-wide: it survives the exec
+        self.backoff.started()
+        self.state = RUNNING
+        self.ready = ready
+        log.info("process_adopted", process=self.name, pid=child.pid, generation=self.generation)
+        self._watch(loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.popen is not None
         if self.on_start is not None:
             self.on_start(self, self.popen.pid)
         try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
-from camservice.auth import Authenticator, load_or_create_secret
+from camservice.auth import Authenticator
 from camservice.httpauth import Denial, HttpGuard, LinkSigner
 from camservice.ratelimit import AuthFailureThrottle
+from camservice.tokens import load_or_create_secret
 
 Authorizer = Callable[[str, Mapping[str, str], str, str], Denial | None | Awaitable[Denial | None]]
 

@@ -40,11 +40,11 @@ from camservice.workers.base import Worker, run_worker
 
 from camservice import handoff, tls, topics
 from camservice.active_files import ActiveFiles, active_files_path
-from camservice.auth import load_or_create_secret
 from camservice.cors import CorsPolicy
 from camservice.envelope import Event
 from camservice.httpauth import LinkSigner
 from camservice.replica import CameraReplica
+from camservice.tokens import load_or_create_secret
 
 from .auth import make_authorizer
 from .blocking import THREAD_WAIT_CAP

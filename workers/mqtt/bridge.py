@@ -37,7 +37,7 @@ import aiomqtt
 import structlog
 import zmq
 
-from camservice import auth, comms, log, process
+from camservice import comms, log, process, tokens
 from camservice import config as config_module
 from camservice import topics as bus
 from camservice.envelope import EnvelopeError, Event
@@ -84,11 +84,11 @@ class Bridge:
         )
         self.model = Model(self.topics, self.discovery)
         self.outbox = Outbox(mqtt.queue_size)
-        secret = auth.load_or_create_secret(config)
+        secret = tokens.load_or_create_secret(config)
         url, context = api_url(config)
         self.api = ServiceApi(
             url,
-            lambda: auth.issue_token(secret, "admin", SUBJECT, TOKEN_TTL),
+            lambda: tokens.issue_token(secret, "admin", SUBJECT, TOKEN_TTL),
             context,
             timeout=config.gateway.request_timeout + 5.0,
         )
