@@ -320,9 +320,9 @@ class ServiceCollector(Collector):
                 yield histogram
         previews = _number(stats.get("preview_captures"))
         if previews is not None:
-            family = _gauge("camservice_preview_captures", "Live preview captures of idle cameras running.")
-            family.add_metric([], previews)
-            yield family
+            captures = _gauge("camservice_preview_captures", "Live preview captures of idle cameras running.")
+            captures.add_metric([], previews)
+            yield captures
         failed = _number(stats.get("failed_recordings"))
         if failed is not None:
             family = _counter("camservice_recordings_failed", "Recordings that ended FAILED.")
