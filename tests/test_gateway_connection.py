@@ -17,7 +17,8 @@ import struct
 
 import pytest
 import websockets
-from camservice.gateway.connection import Connection, Limits, next_frame, text_frame
+from camservice.gateway.connection import Connection, Limits
+from camservice.gateway.frames import next_frame, text_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
