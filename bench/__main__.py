@@ -1,6 +1,6 @@
 """camservice's performance suite: ``python -m bench CATEGORY [options]``.
 
-Categories: baseline, load, stress, endurance, scaling, cost, all; and
+Categories: baseline, load, stress, endurance, scaling, cost, mqtt, all; and
 ``compare BASELINE_DIR RESULT_DIR`` (the regression gate), ``tolerances
 RUN_DIR...`` (measure each figure's noise from repeated runs into
 bench/baselines/tolerances.json). Each run writes
@@ -34,11 +34,15 @@ from pathlib import Path
 
 import psutil
 
-from . import common, regress, report, requirements
+from . import common, regress, report, requirements, walltime
 from .phases import Progress
 from .target import Target
 
-CATEGORIES = ("baseline", "load", "stress", "endurance", "scaling", "cost")
+CATEGORIES = ("baseline", "load", "stress", "endurance", "scaling", "cost", "mqtt")
+# The order of ``all``: the categories that can share one started service first (baseline, load, a
+# fault-free endurance run, cost), then those that need services of their own (stress abuses its
+# service; scaling starts one per configuration; the MQTT bridge needs a broker and a service of its own).
+ALL_ORDER = ("baseline", "load", "endurance", "cost", "stress", "scaling", "mqtt")
 
 
 def machine() -> dict:
@@ -92,6 +96,12 @@ def parse_args(argv=None):
         "--max-connections", type=int, default=10000, help="stress: connection ramp ceiling (default 10000)"
     )
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="cost: alternating rounds per case (default 3; 2 in all, 1 with --quick)",
+    )
     args = ap.parse_args(argv)
     if args.category == "compare" and len(args.dirs) != 2:
         ap.error("compare needs BASELINE_DIR RESULT_DIR")
@@ -160,8 +170,9 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
     if name == "endurance":
         from . import endurance
 
-        session.close()
-        target = session.fresh(args.cameras)
+        # Faults kill and freeze the service's processes: a service of its own. Fault-free, the shared
+        # one (already warm from baseline and load, which suits the leak fit after warm-up).
+        target = session.fresh(args.cameras) if args.faults else session.shared(args.cameras)
         try:
             return endurance.run(
                 target,
@@ -173,7 +184,8 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
                 fault_every=args.fault_every,
             )
         finally:
-            target.close()
+            if target is not session._shared:
+                target.close()
     if name == "scaling":
         from . import scale
 
@@ -186,8 +198,20 @@ def run_category(name: str, args, session: Session, progress: Progress) -> dict:
 
         if args.url:
             return {"skipped": "the cost breakdown starts services of its own: not with --url"}
+        return cost.run(
+            step_s=4.0 if args.quick else 5.0,
+            progress=progress,
+            quick=args.quick,
+            target=session.shared(args.cameras),
+            rounds=args.rounds or (1 if args.quick else 2 if args.category == "all" else 3),
+        )
+    if name == "mqtt":
+        from . import mqtt_bridge
+
+        if args.url:
+            return {"skipped": "the MQTT bridge needs a broker and a service of its own: not with --url"}
         session.close()
-        return cost.run(step_s=4.0 if args.quick else 5.0, progress=progress, quick=args.quick)
+        return mqtt_bridge.run(duration or 60, progress, quick=args.quick)
     raise ValueError(name)
 
 
@@ -204,7 +228,7 @@ def main(argv=None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"bench-results/{args.category}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
-    names = list(CATEGORIES) if args.category == "all" else [args.category]
+    names = list(ALL_ORDER) if args.category == "all" else [args.category]
     results = {
         "suite": "camservice-bench",
         "format": 1,
@@ -214,6 +238,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "categories": {},
         "failures": {},
+        "walltime": {},
     }
     t0 = time.monotonic()
     session = Session(args)
@@ -223,6 +248,8 @@ def main(argv=None) -> int:
         for name in names:
             progress.category = name
             progress.note(f"starting ({time.monotonic() - t0:.0f} s into the run)")
+            walltime.reset()
+            t_cat = time.monotonic()
             try:
                 results["categories"][name] = run_category(name, args, session, progress)
             except KeyboardInterrupt:
@@ -234,6 +261,8 @@ def main(argv=None) -> int:
                 results["failures"][name] = f"{type(exc).__name__}: {exc}"
                 status = 1
             finally:
+                results["walltime"][name] = walltime.account(time.monotonic() - t_cat)
+                progress.note(_walltime_line(results["walltime"][name]))
                 _write(out, results, t0)
     finally:
         session.close()
@@ -245,7 +274,21 @@ def main(argv=None) -> int:
         print(
             f"{mark}  {r['id']}  {r['what']}: {r['measured']} {r['unit']} (threshold {r['comparison']} {r['threshold']}, target {r['target']})"
         )
+    if results["categories"].get("cost", {}).get("cases"):
+        from .cost import report_lines
+
+        print("\n".join(report_lines(results["categories"]["cost"])))
+    print(
+        "wall time: "
+        + ", ".join(f"{name} {acc['total_s']:.0f} s" for name, acc in results["walltime"].items())
+        + f"; all {results['elapsed_s']:.0f} s"
+    )
     return status or (2 if failed else 0)
+
+
+def _walltime_line(acc: dict) -> str:
+    kinds = ", ".join(f"{k} {v:.0f} s" for k, v in acc["kinds"].items() if v >= 0.5)
+    return f"took {acc['total_s']:.0f} s: {kinds}"
 
 
 def _write(out: Path, results: dict, t0: float) -> None:

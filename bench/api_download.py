@@ -20,7 +20,7 @@ both ways can be compared:
 With ``--tls`` the service gets an openssl-made certificate and everything
 runs over https/wss (the gateway relays: see README, "Downloads").
 
-Example: ``python bench/api_download.py --size-mib 1024``
+Example: ``python -m bench.api_download --size-mib 1024``
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ naive service does per request -- json.loads, build a response dict,
 json.dumps -- and nothing else, so "service / baseline" throughput and CPU per
 request show what the real service's architecture (auth, workers, IPC) costs.
 
-    python bench/baseline_server.py --port 8012     # runs until SIGINT/SIGTERM
+    python -m bench.baseline_server --port 8012     # runs until SIGINT/SIGTERM
 
 From other scripts: ``common.start_baseline(port)``.
 """

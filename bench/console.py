@@ -13,7 +13,7 @@ Prints one JSON object per line:
   ``--idle-seconds`` with no console open and then with ``--consoles`` open on
   the cameras page, as % of one core.
 
-    python bench/console.py --files 100000 --consoles 20 --idle-seconds 60
+    python -m bench.console --files 100000 --consoles 20 --idle-seconds 60
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from playwright.sync_api import sync_playwright
 

@@ -18,10 +18,12 @@ the two cases. Then the status case once more with the gateway sampled:
   the gateway's own ``get_metrics`` around the window; strace slows the
   gateway down, the counts per request stay valid).
 
-Variants: the same two cases with the gateway on the other event loop
-(``gateway.event_loop``: the default is uvloop where installed, so asyncio's
-own loop; or uvloop when the default fell back to asyncio), and the
-in-process cost of the gateway's JSON with the standard library against orjson.
+Variants: a second service, its gateway on the other event loop
+(``gateway.event_loop``: asyncio by default, uvloop where installed), runs
+alongside and takes its turn in the same rounds (baseline, default loop,
+other loop, baseline, ...), so that the A/B comparison sees the same
+co-tenants; and the in-process cost of the gateway's JSON with the standard
+library against orjson (the JSON-RPC layer's fast path where installed).
 py-spy sees Python frames only: time in C (uvloop, syscalls) counts to the
 Python function that called it, so with uvloop the "event loop" part shrinks
 and "WebSocket framing" includes the writes and reads it makes.
@@ -91,52 +93,65 @@ def one_run(url, token, method, pid_args, step_s, pids=None) -> dict:
     return res
 
 
-def cases(target: Target, baseline_pid: int, baseline_url: str, step_s: float, rounds: int, progress: Progress) -> dict:
-    pids = {k: v for k, v in target.role_pids().items()}
-    out = {}
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return round(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2, 1)
+
+
+def cases(
+    targets: dict[str, Target], baseline_pid: int, baseline_url: str, step_s: float, rounds: int, progress: Progress
+) -> dict[str, dict]:
+    """Per variant (one started service each) and case: CPU per request, rounds alternating.
+
+    Each round runs the bare websockets baseline, then every variant in turn
+    (A/B/A/B...), so that whatever else the machine does hits all of them
+    alike. The figure of each is its least disturbed round (smallest CPU per
+    request: co-tenants only ever add); the median and every round are kept.
+    """
+    pids = {name: t.role_pids() for name, t in targets.items()}
+    base_args = ["--pid", str(baseline_pid)]
+    out: dict[str, dict] = {name: {} for name in targets}
     for case, method in CASES.items():
-        load_run(baseline_url, target.token, method, 100, Namespace(processes=2), ["--pid", str(baseline_pid)], 1.5)
-        load_run(
-            target.url,
-            target.token,
-            method,
-            100,
-            Namespace(processes=2),
-            ["--pid-tree", str(target.supervisor_pid)],
-            1.5,
-        )
-        runs = {"baseline": [], "service": []}
+        # Warm-up: first-run costs (allocator, caches) out of the figures.
+        load_run(baseline_url, targets[next(iter(targets))].token, method, 100, Namespace(processes=2), base_args, 1.5)
+        for t in targets.values():
+            load_run(t.url, t.token, method, 100, Namespace(processes=2), ["--pid-tree", str(t.supervisor_pid)], 1.5)
+        runs: dict[str, list] = {"baseline": [], **{name: [] for name in targets}}
         for r in range(rounds):
-            progress.note(f"cost {case}: round {r + 1}/{rounds}")
-            b = one_run(
-                baseline_url, target.token, method, ["--pid", str(baseline_pid)], step_s, {"baseline": baseline_pid}
-            )
-            s = one_run(target.url, target.token, method, ["--pid-tree", str(target.supervisor_pid)], step_s, pids)
-            runs["baseline"].append(b)
-            runs["service"].append(s)
-        # The least disturbed round of each (smallest CPU per request: co-tenants only ever add).
-        best_s = min(runs["service"], key=lambda x: x["server_cpu_us_per_req"] or 1e9)
+            progress.note(f"cost {case}: round {r + 1}/{rounds} ({', '.join(['baseline', *targets])})")
+            token = targets[next(iter(targets))].token
+            runs["baseline"].append(one_run(baseline_url, token, method, base_args, step_s, {"baseline": baseline_pid}))
+            for name, t in targets.items():
+                pid_args = ["--pid-tree", str(t.supervisor_pid)]
+                runs[name].append(one_run(t.url, t.token, method, pid_args, step_s, pids[name]))
         best_b = min(runs["baseline"], key=lambda x: x["server_cpu_us_per_req"] or 1e9)
-        out[case] = {
-            "method": method,
-            "connections": 100,
-            "rps": best_s["throughput_rps"],
-            "baseline_rps": best_b["throughput_rps"],
-            "service_us": best_s["server_cpu_us_per_req"],
-            "baseline_us": best_b["server_cpu_us_per_req"],
-            "ratio_us": round(best_s["server_cpu_us_per_req"] / best_b["server_cpu_us_per_req"], 2)
-            if best_s["server_cpu_us_per_req"] and best_b["server_cpu_us_per_req"]
-            else None,
-            "user_us": best_s.get("user_us"),
-            "system_us": best_s.get("system_us"),
-            "baseline_user_us": best_b.get("user_us"),
-            "baseline_system_us": best_b.get("system_us"),
-            "per_process_us": best_s.get("per_process_us"),
-            "p95_ms": best_s["p95_ms"],
-            "errors": sum(x["errors"] for x in runs["service"]),
-            "rounds": {k: [x["server_cpu_us_per_req"] for x in v] for k, v in runs.items()},
-            "other_cpu_s": [x["other_cpu_s"] for x in runs["service"]],
-        }
+        for name in targets:
+            best_s = min(runs[name], key=lambda x: x["server_cpu_us_per_req"] or 1e9)
+            out[name][case] = {
+                "method": method,
+                "connections": 100,
+                "rps": best_s["throughput_rps"],
+                "baseline_rps": best_b["throughput_rps"],
+                "service_us": best_s["server_cpu_us_per_req"],
+                "baseline_us": best_b["server_cpu_us_per_req"],
+                "service_us_median": _median([x["server_cpu_us_per_req"] for x in runs[name]]),
+                "baseline_us_median": _median([x["server_cpu_us_per_req"] for x in runs["baseline"]]),
+                "ratio_us": round(best_s["server_cpu_us_per_req"] / best_b["server_cpu_us_per_req"], 2)
+                if best_s["server_cpu_us_per_req"] and best_b["server_cpu_us_per_req"]
+                else None,
+                "user_us": best_s.get("user_us"),
+                "system_us": best_s.get("system_us"),
+                "baseline_user_us": best_b.get("user_us"),
+                "baseline_system_us": best_b.get("system_us"),
+                "per_process_us": best_s.get("per_process_us"),
+                "p95_ms": best_s["p95_ms"],
+                "errors": sum(x["errors"] for x in runs[name]),
+                "rounds": {k: [x["server_cpu_us_per_req"] for x in runs[k]] for k in ("baseline", name)},
+                "other_cpu_s": [x["other_cpu_s"] for x in runs[name]],
+            }
     return out
 
 
@@ -265,69 +280,126 @@ def json_costs(n: int = 20000) -> dict:
     return out
 
 
-def run(step_s: float, progress: Progress, quick: bool = False, cameras: int = 4) -> dict:
-    rounds = 1 if quick else 2
+def default_loop() -> str:
+    """The loop a service runs with the default ``gateway.event_loop`` on this machine."""
+    from camservice.config import SCHEMA
+    from camservice.eventloop import loop_factory
+
+    choice = next(x.default for x in SCHEMA if x.key == "gateway.event_loop")
+    if choice == "auto":
+        return "uvloop" if loop_factory("auto") else "asyncio"
+    return choice
+
+
+def run(
+    step_s: float,
+    progress: Progress,
+    quick: bool = False,
+    cameras: int = 4,
+    target: Target | None = None,
+    rounds: int | None = None,
+) -> dict:
+    """The cost cases on ``target`` (a service started for them when None) and, alternating with it, on a
+    service running the other event loop; then the gateway's profile and the JSON costs."""
+    from camservice.eventloop import loop_factory
+
+    rounds = rounds or (1 if quick else 2)
+    own = target is None
+    default = default_loop()
+    other = "asyncio" if default == "uvloop" else "uvloop"
     port = common.free_port()
     baseline = common.start_baseline(port)
     baseline_url = f"ws://127.0.0.1:{port}/ws"
-    out: dict = {}
+    out: dict = {"loadavg_start": [round(x, 2) for x in os.getloadavg()], "rounds": rounds}
+    started: list[Target] = []
     try:
-        target = Target.start(cameras)
-        try:
-            out["cases"] = cases(target, baseline.pid, baseline_url, step_s, rounds, progress)
-            progress.note("cost: profiling the gateway (py-spy, strace)")
-            parts, sys_calls = profile(target, step_s)
-        finally:
-            target.close()
+        target = target or Target.start(cameras)
+        if own:
+            started.append(target)
+        targets = {default: target}
+        if other == "asyncio" or loop_factory("auto"):
+            try:
+                targets[other] = Target.start(cameras, **{"gateway.event_loop": other})
+                started.append(targets[other])
+            except Exception as exc:  # noqa: BLE001  (the variant failing is a finding, not the end of the run)
+                out["variant_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        by_variant = cases(targets, baseline.pid, baseline_url, step_s, rounds, progress)
+        out["cases"] = by_variant[default]
+        out["default_loop"] = default
+        if other in by_variant:
+            out[f"{other}_cases"] = by_variant[other]
+        progress.note("cost: profiling the gateway (py-spy, strace)")
+        parts, sys_calls = profile(target, step_s)
         st = out["cases"]["status"]
         gw_us = (st.get("per_process_us") or {}).get("gateway-0")
         if parts and gw_us:
             out["breakdown"] = {k: {"share_percent": v, "us": round(v / 100 * gw_us, 1)} for k, v in parts.items()}
         out["syscalls"] = sys_calls
         out["json"] = json_costs()
-        # The other loop than the one the service runs by default (gateway.event_loop auto: uvloop where installed).
-        from camservice.eventloop import loop_factory
-
-        default = "uvloop" if loop_factory("auto") else "asyncio"
-        other = "asyncio" if default == "uvloop" else "uvloop"
-        variants = {f"{default} (default)": {k: out["cases"][k]["service_us"] for k in CASES}}
-        variants[f"{default} (default)"].update({f"{k}_rps": out["cases"][k]["rps"] for k in CASES})
-        if other == "asyncio" or loop_factory("auto"):
-            try:
-                target = Target.start(cameras, **{"gateway.event_loop": other})
-                try:
-                    progress.note(f"cost: the same with the gateway on {other}")
-                    alt = cases(target, baseline.pid, baseline_url, step_s, 1, progress)
-                finally:
-                    target.close()
-                variants[other] = {k: alt[k]["service_us"] for k in CASES}
-                variants[other].update({f"{k}_rps": alt[k]["rps"] for k in CASES})
-                out[f"{other}_cases"] = alt
-            except Exception as exc:  # noqa: BLE001  (the variant failing is a finding, not the end of the run)
-                out["variant_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         out["variants"] = {
-            k: {
-                "status_us": v["status"],
-                "worker_us": v["worker"],
-                "status_rps": v.get("status_rps"),
-                "worker_rps": v.get("worker_rps"),
+            (f"{name} (default)" if name == default else name): {
+                "status_us": figures["status"]["service_us"],
+                "worker_us": figures["worker"]["service_us"],
+                "status_us_median": figures["status"]["service_us_median"],
+                "worker_us_median": figures["worker"]["service_us_median"],
+                "status_rps": figures["status"]["rps"],
+                "worker_rps": figures["worker"]["rps"],
             }
-            for k, v in variants.items()
+            for name, figures in by_variant.items()
         }
     finally:
+        for t in started:
+            t.close()
         baseline.terminate()
         baseline.wait(10)
-    wk = out["cases"]["worker"]
-    j = out["json"]
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    st, wk, j = out["cases"]["status"], out["cases"]["worker"], out["json"]
+    jsonpath = "orjson fast path" if _orjson_on() else "standard library json"
     out["summary"] = (
         f"Status read: {st['service_us']} µs of server CPU per request over all service processes "
         f"(user {st['user_us']}, kernel {st['system_us']}), against {st['baseline_us']} µs for the bare websockets "
         f"server in the same run (ratio {st['ratio_us']}). Worker hop: {wk['service_us']} µs "
         f"(baseline {wk['baseline_us']}); the hop itself (ZeroMQ both ways, the worker's handling) costs "
         f"{round((wk['service_us'] or 0) - (st['service_us'] or 0), 1)} µs more than a status read. "
+        f"Gateway loop {default}, JSON-RPC layer on the {jsonpath}. "
         f"JSON in the gateway (in-process): a status request's json.loads {j.get('stdlib_json_loads_us')} µs "
         f"(orjson {j.get('orjson_loads_us')}), a worker reply's encoding {j.get('stdlib_encode_worker_reply_us')} µs "
-        f"(orjson {j.get('orjson_encode_worker_reply_us')}): orjson would save {j.get('orjson_saves_us_status')} µs "
-        f"per status read and {j.get('orjson_saves_us_worker')} µs per worker-hop call."
+        f"(orjson {j.get('orjson_encode_worker_reply_us')})."
     )
     return out
+
+
+def _orjson_on() -> bool:
+    from camservice import jsonrpc
+
+    return jsonrpc.orjson is not None
+
+
+TARGETS = {"status": 30.0, "worker": 60.0}
+
+
+def report_lines(co: dict) -> list[str]:
+    """The figures to report, as ``python -m bench cost`` prints them."""
+    lines = [
+        f"cost per request, 100 connections, {co.get('rounds')} alternating rounds; load average "
+        f"{co.get('loadavg_start')} -> {co.get('loadavg_end')} (1/5/15 min)"
+    ]
+    variants = {co.get("default_loop", "default"): co.get("cases", {})}
+    for key, value in co.items():
+        if key.endswith("_cases") and isinstance(value, dict):
+            variants[key[: -len("_cases")]] = value
+    for loop, figures in variants.items():
+        for case, c in figures.items():
+            target = TARGETS.get(case)
+            mark = (
+                "" if target is None or not c.get("service_us") else ("  OK" if c["service_us"] <= target else "  OVER")
+            )
+            lines.append(
+                f"  {loop:<8} {case:<7} service {c.get('service_us')} µs (median {c.get('service_us_median')}, rounds "
+                f"{(c.get('rounds') or {}).get(loop)}) vs bare websockets {c.get('baseline_us')} µs "
+                f"(rounds {(c.get('rounds') or {}).get('baseline')}), ratio {c.get('ratio_us')}; "
+                f"target <= {target} µs{mark}"
+            )
+    if co.get("variant_error"):
+        lines.append(f"  variant failed: {co['variant_error']}")
+    return lines

@@ -9,9 +9,11 @@ and subscribed to every client topic (the default set). Then K times
 in the figure) and measures, for every client, the time from just before
 that call (the node file appears at its end, ~0.1 ms later) to the arrival
 of the ``camera_status_update`` CONNECTED for that device; then unplugs it
-and measures the same for DISCONNECTED. A random pause (0 to 2 poll
-intervals) before each change decorrelates it from the discovery worker's
-50 ms polling of the node folder. Prints ONE JSON line:
+and measures the same for DISCONNECTED. The discovery worker learns of node
+files by inotify (it polls, every ``cameras.poll_interval``, only where
+inotify is unavailable); a random pause (0 to 100 ms) before each change
+keeps the changes from falling into step with any periodic work. Prints
+ONE JSON line:
 
     {"bench": "hotplug", "clients", "events", "pairs", "missed",
      "p50_ms", "p95_ms", "p99_ms", "max_ms", "connected": {...},
@@ -66,6 +68,7 @@ from tests.harness import Service
 from . import common, load  # load: FastConnection, split
 from .common import FAST_LIMITS, on_sigterm
 from .common import latency_summary as summary
+from .target import mint_token, stop_service
 
 TOPICS = ["camera_status_update", "recording_status_update", "storage_status_update"]
 
@@ -260,7 +263,7 @@ def run_hotplug(args) -> dict:
     clients = None
     try:
         service.start()
-        token = service.token("viewer")
+        token = mint_token(service, "viewer")
         supervisor = service.supervisor_pid()
         state_dir = service.state_dir
         topics = None if args.topics == "none" else TOPICS
@@ -274,7 +277,7 @@ def run_hotplug(args) -> dict:
         opened = sum(msg[1] for msg in ready)
         open_s = time.monotonic() - t_open
         time.sleep(1.0)  # let the handshake burst settle
-        poll = 0.05  # cameras.poll_interval default (the harness does not change it)
+        poll = 0.05  # the random pause's scale (cameras.poll_interval's default, where polling is used)
         index = args.simulate  # sim:0..simulate-1 exist: plug the next index every time
         device = f"sim:{index}"
         lat = {"CONNECTED": [], "DISCONNECTED": []}
@@ -355,7 +358,7 @@ def run_hotplug(args) -> dict:
     finally:
         if clients is not None:
             clients.stop()
-        service.cleanup()
+        stop_service(service)
 
 
 # ------------------------------------------------------------------ start-up mode
@@ -401,7 +404,7 @@ def run_startup(args, emit: bool = True) -> list[dict]:
     for attempt in range(args.repeat):
         service = Service(simulate=args.startup, **FAST_LIMITS)
         try:
-            token = service.token("viewer")  # signs with the configured secret; no service needed
+            token = mint_token(service, "viewer")  # signs with the configured secret; no service needed
             cmd = [sys.executable, "-m", "camservice.cli", "start"]
             t0 = time.monotonic()
             proc = subprocess.Popen(
@@ -424,7 +427,7 @@ def run_startup(args, emit: bool = True) -> list[dict]:
             if emit:
                 common.print_json(rows[-1])
         finally:
-            service.cleanup()
+            stop_service(service)
     lists = sorted(r["start_to_list_s"] for r in rows if r["start_to_list_s"] is not None)
     disc = sorted(r["discovery_started_ms"] for r in rows if r["discovery_started_ms"] is not None)
     if not emit:

@@ -1,9 +1,12 @@
-"""MQTT bridge figures (issue 17): hot-plug latency, a QoS 1 event burst, status latency with the broker stopped.
+"""Category ``mqtt``: the MQTT bridge's figures (issue 17): hot-plug latency, a QoS 1 event burst, status latency with the broker stopped.
 
-Standalone: starts its own Mosquitto (``tests/mqtt_broker.py``: password file,
-ACL, a free port) and the service (``camservice start`` with one simulated
-camera and the bridge pointed at that broker), then runs three phases and
-prints ONE JSON line per phase:
+Part of the suite (``python -m bench mqtt``; in ``all`` when Mosquitto is
+installed) and runnable on its own (``python -m bench.mqtt_bridge``, one
+JSON line per phase). It starts its own Mosquitto (``tests/mqtt_broker.py``:
+password file, ACL, a free port) and the service (``camservice start`` with
+one simulated camera and the bridge pointed at that broker): the bridge is
+configured per broker, so it cannot share the other categories' service.
+Three phases:
 
 * ``hotplug``: K times (``--cycles``, default 20) plugs a simulated camera
   (``simulator.plug``, no CLI start-up in the figure) and measures the time
@@ -22,8 +25,9 @@ prints ONE JSON line per phase:
   Reports P50/P95/P99 of each phase and the events the bridge dropped (its
   bounded queue) meanwhile. Target: P95 unchanged within noise.
 
-    python bench/mqtt_bridge.py                    # all three phases
-    python bench/mqtt_bridge.py --phases hotplug --cycles 50
+    python -m bench mqtt --duration 60             # in the suite: results.json, report.html
+    python -m bench.mqtt_bridge                    # all three phases, JSON lines
+    python -m bench.mqtt_bridge --phases hotplug --cycles 50
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncio
 import json
 import random
 import re
+import shutil
 import threading
 import time
 import urllib.request
@@ -47,18 +52,15 @@ from camservice.envelope import Event
 from tests.harness import Client, Service
 from tests.mqtt_broker import USERS, Broker
 
+from . import common
+from .target import mint_token, stop_service
+
 PREFIX = "camservice/bench"
 
 
-def percentiles(values: list[float]) -> dict:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-
-    def at(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))], 2)
-
-    return {"n": len(ordered), "p50_ms": at(50), "p95_ms": at(95), "p99_ms": at(99), "max_ms": round(ordered[-1], 2)}
+def percentiles(values_ms: list[float]) -> dict:
+    """The suite's latency summary (nearest rank) of latencies in milliseconds."""
+    return common.latency_summary(int(v * 1e6) for v in values_ms)
 
 
 class Recorder:
@@ -191,7 +193,7 @@ def burst(service: Service, broker: Broker, rate: int, seconds: float) -> dict:
 
 async def status_latencies(service: Service, seconds: float, publisher: BusPublisher, run: str) -> list[float]:
     latencies = []
-    async with Client(service.url, service.token("admin")) as client:
+    async with Client(service.url, mint_token(service, "admin")) as client:
         deadline = time.monotonic() + seconds
         next_event = time.monotonic()
         while time.monotonic() < deadline:
@@ -225,6 +227,50 @@ def sigstop(service: Service, broker: Broker, seconds: float) -> dict:
     }
 
 
+def available() -> bool:
+    """Whether a Mosquitto broker can be started here (the category needs one of its own)."""
+    from tests.mqtt_broker import MOSQUITTO, MOSQUITTO_PASSWD
+
+    return all(shutil.which(path) for path in (MOSQUITTO, MOSQUITTO_PASSWD))
+
+
+def start(queue_size: int = 1000) -> tuple[Broker, Service]:
+    broker = Broker().start()
+    settings = broker.settings(PREFIX) | {"mqtt.queue_size": queue_size, "mqtt.homeassistant.discovery": False}
+    service = Service(simulate=1, **settings, **{"security.rate_limit": 100000.0, "security.rate_burst": 100000})
+    try:
+        service.start()
+    except BaseException:
+        service.cleanup()
+        broker.cleanup()
+        raise
+    return broker, service
+
+
+def run(duration: float, progress=None, quick: bool = False) -> dict:
+    """The three phases, scaled to ``duration`` (the burst a sixth of it, each sigstop half a quarter)."""
+    if not available():
+        return {"skipped": "Mosquitto is not installed: the MQTT bridge needs a broker of its own"}
+    cycles = 5 if quick else 20
+    seconds = max(2.0, min(10.0, duration / 6))
+    stop_seconds = max(2.0, min(30.0, duration / 4))
+    broker, service = start()
+    try:
+        out = {}
+        for name, phase in (
+            ("hotplug", lambda: hotplug(service, broker, cycles)),
+            ("burst", lambda: burst(service, broker, 100, seconds)),
+            ("sigstop", lambda: sigstop(service, broker, stop_seconds)),
+        ):
+            if progress is not None:
+                progress.note(f"mqtt: {name}")
+            out[name] = phase()
+        return out
+    finally:
+        stop_service(service)
+        broker.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", default="hotplug,burst,sigstop")
@@ -234,11 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-seconds", type=float, default=30.0)
     parser.add_argument("--queue-size", type=int, default=1000)
     args = parser.parse_args(argv)
-    broker = Broker().start()
-    settings = broker.settings(PREFIX) | {"mqtt.queue_size": args.queue_size, "mqtt.homeassistant.discovery": False}
-    service = Service(simulate=1, **settings, **{"security.rate_limit": 100000.0, "security.rate_burst": 100000})
+    broker, service = start(args.queue_size)
     try:
-        service.start()
         phases = args.phases.split(",")
         if "hotplug" in phases:
             print(json.dumps(hotplug(service, broker, args.cycles)), flush=True)
@@ -247,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if "sigstop" in phases:
             print(json.dumps(sigstop(service, broker, args.stop_seconds)), flush=True)
     finally:
-        service.cleanup()
+        stop_service(service)
         broker.cleanup()
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from . import walltime
 from .mix import MixClients, summarize
 from .monitor import Monitor, usage
 
@@ -77,6 +78,11 @@ def run_phase(
 
     ``stop_when(last_second_summary)`` may end the phase early (True).
     """
+    with walltime.spent(walltime.MEASURED):
+        return _run_phase(clients, monitor, progress, name, mode, connections, seconds, rate, depth, settle, stop_when)
+
+
+def _run_phase(clients, monitor, progress, name, mode, connections, seconds, rate, depth, settle, stop_when) -> dict:
     # Paced: a few requests may queue on a connection (an open loop sheds only when the server is behind).
     depth = depth or (1 if mode == "closed" else 8)
     clients.phase(name, mode, connections, rate, depth)

@@ -403,9 +403,10 @@ def section_scaling(sc: dict) -> str:
             rows = [
                 [
                     s["cameras"],
-                    s["cpu_percent_of_host"],
-                    s["frames_ratio_min"],
-                    ", ".join(s.get("refused") or []) or "–",
+                    s.get("cpu_percent_of_host"),
+                    s.get("frames_ratio_min"),
+                    ", ".join(s.get("refused") or [])
+                    or (f"not listed: {', '.join(s['not_listed'])}" if s.get("not_listed") else "–"),
                     f'<td class="{"pass" if s["ok"] else "fail"}">{"ok" if s["ok"] else "over"}</td>',
                 ]
                 for s in c["steps"]
@@ -473,14 +474,84 @@ def section_cost(co: dict) -> str:
         )
     if co.get("variants"):
         rows = [
-            [k, v.get("status_us"), v.get("worker_us"), v.get("status_rps"), v.get("worker_rps")]
+            [
+                k,
+                v.get("status_us"),
+                v.get("status_us_median"),
+                v.get("worker_us"),
+                v.get("worker_us_median"),
+                v.get("status_rps"),
+                v.get("worker_rps"),
+            ]
             for k, v in co["variants"].items()
         ]
         out.append(
-            "<h3>uvloop and orjson</h3>"
-            + table(["variant", "status µs/req", "worker µs/req", "status req/s", "worker req/s"], rows)
+            "<h3>Event loops, alternating rounds (least disturbed round; median)</h3>"
+            + table(
+                [
+                    "gateway loop",
+                    "status µs/req",
+                    "median",
+                    "worker µs/req",
+                    "median",
+                    "status req/s",
+                    "worker req/s",
+                ],
+                rows,
+            )
         )
     return "\n".join(out)
+
+
+def section_mqtt(mq: dict) -> str:
+    out = ["<h2>MQTT bridge</h2>"]
+    if mq.get("skipped"):
+        return out[0] + f"<p class=note>{esc(mq['skipped'])}</p>"
+    hp, bu, ss = mq.get("hotplug", {}), mq.get("burst", {}), mq.get("sigstop", {})
+    rows = [
+        [
+            "hot-plug to retained state (CONNECTED / DISCONNECTED)",
+            hp.get("n"),
+            hp.get("p50_ms"),
+            hp.get("p95_ms"),
+            hp.get("max_ms"),
+            f"missed {hp.get('missed')}",
+        ],
+        [
+            "QoS 1 burst, publish to receipt",
+            (bu.get("latency") or {}).get("n"),
+            (bu.get("latency") or {}).get("p50_ms"),
+            (bu.get("latency") or {}).get("p95_ms"),
+            (bu.get("latency") or {}).get("max_ms"),
+            f"sent {bu.get('sent')}, lost {bu.get('lost')}, dropped {bu.get('dropped_in_bridge')}",
+        ],
+        [
+            "get_status, broker running",
+            (ss.get("broker_running") or {}).get("n"),
+            (ss.get("broker_running") or {}).get("p50_ms"),
+            (ss.get("broker_running") or {}).get("p95_ms"),
+            (ss.get("broker_running") or {}).get("max_ms"),
+            "",
+        ],
+        [
+            "get_status, broker SIGSTOPped",
+            (ss.get("broker_stopped") or {}).get("n"),
+            (ss.get("broker_stopped") or {}).get("p50_ms"),
+            (ss.get("broker_stopped") or {}).get("p95_ms"),
+            (ss.get("broker_stopped") or {}).get("max_ms"),
+            f"dropped {ss.get('dropped_in_bridge')}",
+        ],
+    ]
+    out.append(table(["figure", "n", "P50 ms", "P95 ms", "max ms", ""], rows))
+    return "\n".join(out)
+
+
+def walltime_section(wall: dict) -> str:
+    """Seconds per category and, within it, per kind of work (the rest is calls, set-up and fixed waits)."""
+    kinds = sorted({k for acc in wall.values() for k in acc.get("kinds", {})} - {"other"}) + ["other"]
+    rows = [[cat, acc.get("total_s"), *[acc.get("kinds", {}).get(k) for k in kinds]] for cat, acc in wall.items()]
+    rows.append(["all", round(sum(acc.get("total_s") or 0 for acc in wall.values()), 1), *[""] * len(kinds)])
+    return "<h3>Wall time, s</h3>" + table(["category", "total", *kinds], rows)
 
 
 def render(results: dict) -> str:
@@ -507,6 +578,7 @@ def render(results: dict) -> str:
         ("endurance", section_endurance),
         ("scaling", section_scaling),
         ("cost", section_cost),
+        ("mqtt", section_mqtt),
     ):
         if cats.get(key):
             try:
@@ -515,6 +587,8 @@ def render(results: dict) -> str:
                 parts.append(f"<h2>{key}</h2><p class=note>could not render: {esc(repr(exc))}</p>")
         if (results.get("failures") or {}).get(key):
             parts.append(f"<h2>{key}</h2><p class=note>failed: {esc(results['failures'][key])}</p>")
+    if results.get("walltime"):
+        parts.append(walltime_section(results["walltime"]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -49,12 +49,14 @@ import time
 from pathlib import Path
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.harness import Service
 
-from . import common
+from . import common, walltime
 from . import files as files_bench  # the recordings generator
 from .common import FAST_LIMITS, on_sigterm
+from .target import mint_token, stop_service
 
 # ------------------------------------------------------------------ recordings folder
 
@@ -116,7 +118,8 @@ async def _wait_index(url: str, token: str, count: int, timeout: float) -> float
 
 def wait_index(service: Service, token: str, count: int, timeout: float = 600) -> float:
     """Seconds until list_recordings reports `count` files (the index is complete)."""
-    return asyncio.run(_wait_index(service.url, token, count, timeout))
+    with walltime.spent(walltime.INDEX):
+        return asyncio.run(_wait_index(service.url, token, count, timeout))
 
 
 def start_service(folder: Path, settings: dict, simulate: int = 4) -> Service:
@@ -127,7 +130,8 @@ def start_service(folder: Path, settings: dict, simulate: int = 4) -> Service:
         **settings,
     )
     try:
-        service.start()
+        with walltime.spent(walltime.SERVICE_START):
+            service.start()
     except BaseException:
         service.cleanup()
         raise
@@ -213,6 +217,11 @@ def run_load(
         "--pid-tree",
         str(supervisor),
     )
+    with walltime.spent(walltime.MEASURED):
+        return _run_load(cmd, named, args)
+
+
+def _run_load(cmd: list[str], named: dict[str, int], args) -> tuple[dict, dict]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=common.REPO)
     sampler = CpuSampler(named, proc.pid).start()
     launched = time.monotonic()
@@ -232,41 +241,63 @@ def run_load(
 
 
 def run_one(args, folder: Path, n: int) -> dict:
+    """One service with ``n`` workers of ``args.kind``, measured with ``args.method``."""
+    return run_cases(args, folder, n, [(args.method, args.params, args.connections, args.pipeline)])[0]
+
+
+def run_cases(args, folder: Path, n: int, cases: list[tuple[str, str, int, int]]) -> list[dict]:
+    """One service, several measurements in turn: (method, params, connections, pipeline) each."""
     settings = {f"workers.{args.kind}": n}
     if args.gateways != 1:
         settings["gateway.processes"] = args.gateways
     if args.concurrency is not None:
         settings["workers.files_concurrency"] = args.concurrency
-    service = start_service(folder, settings)
+    for attempt in range(3):
+        service = start_service(folder, settings)
+        token = mint_token(service, "viewer")
+        try:
+            index_s = wait_index(service, token, args.files)
+            break
+        except InvalidStatus as exc:
+            # Free ports are picked before the service binds them: on a busy machine another program
+            # (or the service's own file server, picked the same free port) may answer on ours. New ports.
+            stop_service(service)
+            if attempt == 2:
+                raise RuntimeError(f"the service's WebSocket port answered {exc}: three times") from exc
+        except BaseException:
+            stop_service(service)
+            raise
     try:
-        token = service.token("viewer")
-        index_s = wait_index(service, token, args.files)
         named = service.pids()
         supervisor = service.supervisor_pid()
         time.sleep(1.0)  # let start-up work (ids, first storage check) finish
-        result, cpu = run_load(
-            service, token, supervisor, named, args, args.method, args.params, args.connections, args.pipeline
-        )
-        return {
-            "bench": "scaling",
-            "kind": args.kind,
-            "n": n,
-            "files": args.files,
-            "files_concurrency": args.concurrency,
-            "index_ready_s": round(index_s, 1),
-            "throughput_rps": result["throughput_rps"],
-            "p50_ms": result["p50_ms"],
-            "p95_ms": result["p95_ms"],
-            "p99_ms": result["p99_ms"],
-            "errors": result["errors"],
-            "server_cpu_us_per_req": result["server_cpu_us_per_req"],
-            "client_cpu_us_per_req": result["client_cpu_us_per_req"],
-            "other_cpu_s": result["other_cpu_s"],
-            "cpu_percent": cpu,
-            "load": result,
-        }
+        rows = []
+        for method, params, connections, pipeline in cases:
+            result, cpu = run_load(service, token, supervisor, named, args, method, params, connections, pipeline)
+            rows.append(
+                {
+                    "bench": "scaling",
+                    "kind": args.kind,
+                    "n": n,
+                    "method": method,
+                    "files": args.files,
+                    "files_concurrency": args.concurrency,
+                    "index_ready_s": round(index_s, 1),
+                    "throughput_rps": result["throughput_rps"],
+                    "p50_ms": result["p50_ms"],
+                    "p95_ms": result["p95_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "errors": result["errors"],
+                    "server_cpu_us_per_req": result["server_cpu_us_per_req"],
+                    "client_cpu_us_per_req": result["client_cpu_us_per_req"],
+                    "other_cpu_s": result["other_cpu_s"],
+                    "cpu_percent": cpu,
+                    "load": result,
+                }
+            )
+        return rows
     finally:
-        service.cleanup()
+        stop_service(service)
 
 
 def main(argv=None) -> int:

@@ -11,13 +11,19 @@ supervisor's pid) adds per-process accounting when it runs on this host.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
+import yaml
 
-from tests.harness import Service
+from tests.harness import Service, alive, process_tree
 
+from . import walltime
 from .common import FAST_LIMITS
 
 
@@ -51,8 +57,9 @@ class Target:
         for attempt in range(3):
             service = Service(simulate=cameras, **{**tree, **settings})
             try:
-                service.start()
-                return cls(service.url, service.token("admin"), service.supervisor_pid(), service)
+                with walltime.spent(walltime.SERVICE_START):
+                    service.start()
+                return cls(service.url, mint_token(service, "admin"), service.supervisor_pid(), service)
             except AssertionError as exc:
                 service.cleanup()
                 # Free ports are picked before the service binds them: on a busy machine another
@@ -107,4 +114,42 @@ class Target:
 
     def close(self) -> None:
         if self.service is not None:
-            self.service.cleanup()
+            stop_service(self.service)
+            self.service = None
+
+
+def mint_token(service: Service, role: str) -> str:
+    """A JWT for ``service``, signed in this process: ``service.token()`` starts a CLI process for it (1-2 s)."""
+    from camservice.auth import issue_token
+
+    secret = yaml.safe_load(service.config_path.read_text())["security"]["jwt_secret"]
+    return issue_token(secret, role, "bench", 24 * 3600)
+
+
+def stop_service(service: Service, timeout: float = 30.0) -> None:
+    """What ``camservice stop`` does (SIGTERM to the supervisor, recordings finalised), without a CLI process.
+
+    Waits for every process of the service's tree to exit (the CLI waits for
+    the lock only); after ``timeout`` the leftovers are killed. Then the
+    service's folder is removed.
+    """
+    with walltime.spent(walltime.SERVICE_STOP):
+        try:
+            pid = service.supervisor_pid()
+        except (OSError, ValueError):  # never started, or gone: nothing to stop
+            service.cleanup()
+            return
+        tree = process_tree([pid])
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for leftover in alive(tree):
+            try:
+                os.kill(leftover, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(service.root, ignore_errors=True)

@@ -32,7 +32,8 @@ import sys
 
 from tests.harness import Service
 
-from . import common
+from . import common, walltime
+from .target import mint_token
 
 DEFAULT_CASES = [
     "get_camera_status:10",
@@ -63,7 +64,8 @@ def load(url: str, token: str, method: str, connections: int, args, pid_args: li
         str(args.processes),
         *pid_args,
     )
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 180, cwd=common.REPO)
+    with walltime.spent(walltime.MEASURED):
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=duration + 180, cwd=common.REPO)
     return common.load_result(done.stdout, done.stderr, done.returncode)
 
 
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         port = common.free_port()
         baseline = common.start_baseline(port)
         service = Service(simulate=args.simulate, **common.FAST_LIMITS).start()
-        token = service.token("admin")
+        token = mint_token(service, "admin")
         for case in args.case or DEFAULT_CASES:
             summary = run_case(case, service, baseline.pid, f"ws://127.0.0.1:{port}/ws", token, args)
             failed |= bool(summary["errors"])

@@ -6,6 +6,21 @@ build replies; :func:`encode` serialises them. Nothing here knows about
 sockets, so it is unit-tested and benchmarked on its own
 (``tests/test_jsonrpc.py``), the way the ``websockets`` library keeps its
 protocol core apart from its asyncio layer.
+
+Where orjson is installed (the ``fast`` extra) it decodes and encodes on a
+fast path that gives the same results and the same errors as the standard
+library, because everything it would treat differently goes to the
+standard library instead: any frame holding a float (orjson reads integers
+beyond 64 bits as floats), anything orjson refuses (NaN and
+Infinity, 1e400, unpaired surrogates, nesting too deep, non-string keys,
+integers beyond 64 bits, ``str``/``int``/``dict``/``list`` subclasses,
+dataclasses, dates) and any encoding that printed a ``null`` (orjson writes
+NaN and infinities as ``null`` where json refuses them). Encoded text may
+spell a float differently (``1e-05`` against ``0.00001``): the same number.
+Out of scope: ``enum.Enum`` members and ``uuid.UUID`` objects, which
+orjson encodes and json refuses; no message carries one (results are
+msgpack-decoded or built from plain types). ``tests/test_jsonrpc_orjson.py``
+checks both paths against each other with hypothesis.
 """
 
 from __future__ import annotations
@@ -16,6 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import INVALID_REQUEST, PARSE_ERROR, RpcError
+
+try:
+    import orjson
+except ImportError:  # optional: the standard library does all of it, more slowly
+    orjson = None  # type: ignore[assignment]
 
 #: Marks a call without ``id`` (a notification): nothing is sent back.
 NO_ID = object()
@@ -78,15 +98,57 @@ def _has_lone_surrogate(text: str, value: Any) -> bool:
     return False
 
 
+#: What _fast_loads returns when the standard library must decide.
+_SLOW = object()
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a float is anywhere in ``value`` (dicts and lists as orjson returns them)."""
+    if type(value) is dict:
+        items: Any = value.values()
+    elif type(value) is list:
+        items = value
+    else:
+        return type(value) is float
+    for item in items:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _has_float(item)):
+            return True
+    return False
+
+
+def _fast_loads(data: str | bytes) -> Any:
+    """orjson's reading of ``data``, or ``_SLOW`` when it might differ from json's or fails.
+
+    Any float sends the frame to the standard library: orjson reads an
+    integer beyond 64 bits as a float, and the two need not round every
+    float literal alike. Requests hardly ever carry floats; checking the
+    parsed value costs less than scanning the text for long numbers.
+    """
+    if orjson is None:
+        return _SLOW
+    try:
+        value = orjson.loads(data)
+        return _SLOW if _has_float(value) else value
+    except Exception:  # noqa: BLE001  (whatever orjson refuses, json decides; RecursionError of a deep value too)
+        return _SLOW
+
+
 def parse_frame(data: str | bytes, max_batch: int = 1000) -> Frame:
     """Parse one frame; never raises."""
-    try:
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
-        value = _decoder.decode(data)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
-    if _has_lone_surrogate(data, value):
+    value = _fast_loads(data)
+    # orjson refuses unpaired surrogate escapes, so only the standard library's reading needs the check.
+    if value is _SLOW:
+        try:
+            if isinstance(data, bytes):
+                data = data.decode("utf-8")
+            value = _decoder.decode(data)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            return Frame([error_response(None, RpcError(PARSE_ERROR))], batch=False)
+        lone = _has_lone_surrogate(data, value)
+    else:
+        lone = False
+    if lone:
         return Frame(
             [
                 error_response(
@@ -161,13 +223,36 @@ def notification(method: str, params: Any) -> dict:
     return {"jsonrpc": "2.0", "method": method, "params": params}
 
 
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)  # orjson: leave it to json (and json's verdict)
+
+
+if orjson is not None:
+    _ORJSON_OPTIONS = (
+        orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+    )
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text of ``value``: orjson's when it is sure to mean what json's would, else json's."""
+    if orjson is not None:
+        try:
+            out = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+        except TypeError:  # orjson.JSONEncodeError included
+            pass
+        else:
+            if b"null" not in out:  # a null may be a NaN or an infinity that json refuses
+                return out.decode()
+    return _encoder.encode(value)
+
+
 def encode(message: Any) -> str:
     """Serialise a response, batch or notification to compact JSON text."""
     if isinstance(message, dict):
         result = message.get("result")
         if isinstance(result, Raw):
-            return f'{{"jsonrpc":"2.0","result":{result},"id":{_encoder.encode(message["id"])}}}'
-        return _encoder.encode(message)
+            return f'{{"jsonrpc":"2.0","result":{result},"id":{_dumps(message["id"])}}}'
+        return _dumps(message)
     if isinstance(message, list):
         return "[" + ",".join(encode(item) for item in message) + "]"
-    return _encoder.encode(message)
+    return _dumps(message)

@@ -12,6 +12,7 @@ connections over them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from camservice import tls as tls_module
 from camservice.connlimits import PendingLimiter
 from camservice.cors import CorsPolicy
 from camservice.httpauth import HttpGuard, LinkSigner
-from camservice.runtime import boot
+from camservice.runtime import Lifetime, boot
 from camservice.tokens import load_or_create_secret
 
 from . import canary, console, http, metrics, restarting
@@ -246,8 +247,8 @@ class GatewayServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig, how in restarting.SIGNALS.items():
-            loop.add_signal_handler(sig, self._leave, how)
+        lifetime = Lifetime(self._stop)  # the signal that stops the gateway also says how it leaves
+        lifetime.install({sig: functools.partial(self._leave, how) for sig, how in restarting.SIGNALS.items()})
         self.pool.start(loop)
         self.events.start(loop)
         background = [
@@ -265,15 +266,8 @@ class GatewayServer:
         await self._until_ready()
         await self._listen()
         background.append(asyncio.ensure_future(self._hello()))
-        parent = os.getppid()
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if not process.parent_alive(parent):
-                    logger.warning("parent_gone")
-                    break
-        if not process.parent_alive(parent):
+        await lifetime.wait(logger)
+        if not lifetime.parent_alive():
             # The supervisor died (its SIGTERM came from the kernel, PDEATHSIG): the
             # service is being restarted, not stopped, so clients hear 1012.
             self._exit = restarting.SUPERVISOR_LOST
@@ -325,7 +319,7 @@ class GatewayServer:
     def _leave(self, how: restarting.Exit) -> None:
         if not self._stop.is_set():
             self._exit = how
-            self._stop.set()
+            self._stop.set()  # the Lifetime's event: run() goes on to drain
 
     async def _until_ready(self) -> None:
         """Listen only once the camera replica is loaded and every worker kind has been heard.

@@ -17,7 +17,8 @@ import struct
 
 import pytest
 import websockets
-from camservice.gateway.connection import Connection, Limits, next_frame, text_frame
+from camservice.gateway.connection import Connection, Limits
+from camservice.gateway.frames import next_frame, text_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
@@ -230,6 +231,8 @@ def test_frames_sent_together_with_the_handshake_are_answered():
         (client_frame(Opcode.TEXT, b"x", rsv1=True), 1002),  # RSV1 without an extension
         (client_frame(Opcode.PING, b"p" * 126), 1002),  # control frame over 125 bytes
     ],
+    # Named ids: the frames carry random masks, and every pytest-xdist worker must collect the same ids.
+    ids=["bad-utf8", "unmasked", "stray-continuation", "unfinished-then-text", "rsv1", "long-ping"],
 )
 def test_protocol_violations_close_with_the_rfc_code(payload, code):
     async def scenario():
