@@ -120,7 +120,7 @@ class Target:
 
 def mint_token(service: Service, role: str) -> str:
     """A JWT for ``service``, signed in this process: ``service.token()`` starts a CLI process for it (1-2 s)."""
-    from camservice.auth import issue_token
+    from camservice.tokens import issue_token
 
     secret = yaml.safe_load(service.config_path.read_text())["security"]["jwt_secret"]
     return issue_token(secret, role, "bench", 24 * 3600)
