@@ -172,7 +172,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"running": True, **answer}))
         return
-    click.echo(f"supervisor pid {answer['pid']}, up {answer['uptime']}s, state_dir {answer['state_dir']}")
+    execs = f", re-executed {answer['execs']}x" if answer.get("execs") else ""
+    click.echo(f"supervisor pid {answer['pid']}, up {answer['uptime']}s{execs}, state_dir {answer['state_dir']}")
     click.echo(
         f"{'PROCESS':<14}{'ROLE':<11}{'PID':>8}  {'STATE':<9}{'CPU%':>6}{'RSS':>10}{'RESTARTS':>10}{'UPTIME':>10}"
     )

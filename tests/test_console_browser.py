@@ -10,11 +10,14 @@ under ``tests/artifacts/console/`` (git-ignored) for a human to look at.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from camservice import simnodes
 
@@ -339,7 +342,11 @@ def test_retention_form_and_clean_up(page, svc):
     login(page, svc, svc.token("admin"), "#/storage")
     expect(page.get_by_role("meter", name="Disk usage")).to_be_visible(timeout=WAIT_MS)
     form = page.get_by_role("form", name="Retention policy")
+    # The form starts from the policy in force: the service's default is disabled.
+    expect(form.get_by_role("status")).to_have_text("Showing the policy in force.", timeout=WAIT_MS)
+    expect(form.get_by_label("Enabled")).not_to_be_checked()
     form.get_by_label("Policy").select_option("age")
+    form.get_by_label("Enabled").check()
     form.get_by_label("Maximum age (days)").fill("7")
     form.get_by_role("button", name="Save policy").click()
     expect(form.get_by_role("status")).to_have_text("Retention policy updated", timeout=WAIT_MS)
@@ -353,6 +360,31 @@ def test_retention_form_and_clean_up(page, svc):
     form.get_by_role("button", name="Save policy").click()
     assert size.evaluate("input => input.validity.rangeUnderflow") is True
     expect(form.get_by_role("status")).to_have_text("Retention policy updated")
+
+
+def test_storage_page_shows_thresholds_and_the_policy_in_force(page, svc):
+    call(svc, "set_retention_policy", {"policy_type": "age", "enabled": True, "max_age_days": 12})
+
+    # The file worker reports the policy with its statistics (every two seconds): wait for /metrics to say so.
+    def reported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{svc.port}/metrics", timeout=10).text
+        return any(
+            sample.name == "camservice_retention_max_age_seconds" and sample.value == 12 * 86400
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        )
+
+    wait_for(reported, 30, message="the policy in /metrics")
+    login(page, svc, svc.token("admin"), "#/storage")  # a fresh tab: nothing saved in it
+    expect(page.locator(".thresholds")).to_contain_text("Warning at 80%, critical at 90%", timeout=WAIT_MS)
+    assert page.locator(".meter .mark-warn").evaluate("el => el.style.left") == "80%"
+    assert page.locator(".meter .mark-critical").evaluate("el => el.style.left") == "90%"
+    form = page.get_by_role("form", name="Retention policy")
+    expect(form.get_by_role("status")).to_have_text("Showing the policy in force.", timeout=WAIT_MS)
+    expect(form.get_by_label("Policy")).to_have_value("age")
+    expect(form.get_by_label("Maximum age (days)")).to_have_value("12")
+    expect(form.get_by_label("Enabled")).to_be_checked()
+    shoot(page, "storage-in-force")
 
 
 def test_system_page_updates_live(page, svc):
@@ -372,6 +404,11 @@ def test_system_page_updates_live(page, svc):
         "() => (document.querySelector('.chart polyline')?.getAttribute('points') || '').split(' ').length >= 2",
         timeout=WAIT_MS,
     )
+    # Uptime of every process, from the supervisor's samples in /metrics ([h:]mm:ss, never "–").
+    uptime = table.locator("tbody tr td:nth-child(7)")
+    expect(uptime.first).to_have_text(re.compile(r"^(\d+:)?\d\d:\d\d$"), timeout=WAIT_MS)
+    texts = uptime.all_inner_texts()
+    assert texts and all(re.fullmatch(r"(\d+:)?\d\d:\d\d", text) for text in texts), texts
     shoot(page, "system")
 
 

@@ -319,6 +319,7 @@ def test_worker_stats_render_what_is_present_and_nothing_else(make_server):
                 "failed_recordings": 2,
                 "snapshot_seconds": snapshot,
                 "recording_seconds": recording,
+                "preview_captures": 1,
             },
         },
     )
@@ -355,10 +356,36 @@ def test_worker_stats_render_what_is_present_and_nothing_else(make_server):
     assert value(found, "camservice_recording_duration_seconds_bucket", le="+Inf") == 3
     assert value(found, "camservice_recordings_failed_total") == 2
     assert value(found, "camservice_recordings_active") == 1
+    assert value(found, "camservice_preview_captures") == 1
     assert value(found, "camservice_storage_content_bytes", folder="recordings") == 5000
     assert value(found, "camservice_storage_files", folder="snapshots") == 1
     assert value(found, "camservice_camera_hotplug_events_total") == 9
     assert value(found, "camservice_worker_requests_in_flight", process="recording-0", kind="recording") == 2
+
+
+def test_storage_thresholds_and_the_newest_retention_policy(make_server):
+    server = make_server(**{"storage.warn_percent": 70.0, "storage.critical_percent": 95.0})
+    before = scrape(server)
+    assert value(before, "camservice_storage_warn_ratio") == pytest.approx(0.7)
+    assert value(before, "camservice_storage_critical_ratio") == pytest.approx(0.95)
+    assert "camservice_retention_policy_info" not in names(before)  # no file worker reported one yet
+    now = time.time()
+    policies = {
+        # files-1 saved a policy after the leader (files-0) last read the file: it wins.
+        "files-0": {"policy_type": "manual", "enabled": False, "max_age_days": None, "max_size_gb": None},
+        "files-1": {"policy_type": "age", "enabled": True, "max_age_days": 7, "max_size_gb": 1.5},
+    }
+    for index, (name, policy) in enumerate(policies.items()):
+        stats = {"recordings_bytes": 1, "retention": {**policy, "read_at": now - 10 + index}}
+        deliver(server, "_worker_stats", {"name": name, "kind": "files", "index": index, "pid": 9, "stats": stats})
+    found = scrape(server)
+    assert value(found, "camservice_retention_policy_info", policy_type="age", enabled="true") == 1
+    assert (
+        "camservice_retention_policy_info",
+        frozenset({"policy_type": "manual", "enabled": "false"}.items()),
+    ) not in found
+    assert value(found, "camservice_retention_max_age_seconds") == 7 * 86400
+    assert value(found, "camservice_retention_max_size_bytes") == 1.5e9
 
 
 def test_malformed_or_stale_worker_stats_render_nothing(make_server):

@@ -14,7 +14,7 @@ Responsibilities, in the spirit of Circus' arbiter:
   taken in a thread and published as ``_process_stats``; every exit is
   published as ``_process_exit`` (with ``hung`` when the supervisor killed a
   frozen process) so gateways fail over at once;
-* a control socket answering ``status``, ``stop`` and ``reload``
+* a control socket (:mod:`.control_socket`) answering ``status``, ``stop`` and ``reload``
   (``camservice status``, ``camservice reload``); gateways ask it for the
   process table when they start;
 * graceful stop: gateways first (they drain in-flight calls while workers
@@ -27,8 +27,6 @@ Signal handlers only set an event; the loop does the work.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import os
 import signal
 import sys
@@ -45,6 +43,7 @@ from camservice.drain import Drain
 from camservice.envelope import Event
 
 from . import canary, liveness, reexec, sampling
+from .control_socket import ControlSocket
 from .generation import SERVING, STARTING, STOPPED, Generation
 from .liveness import Liveness
 from .lock import AlreadyRunning, acquire_lock, lock_is_held, port_in_use, read_pid
@@ -135,10 +134,8 @@ class Arbiter:
             self.heartbeats.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._heartbeats = Drain(self.heartbeats, self._on_heartbeat, multipart=True, name="heartbeats")
         self._heartbeats.start(loop)
-        self.control = comms.router(self.ctx)
-        self.control.bind(self.control_endpoint)
-        self._control = Drain(self.control, self._on_control, multipart=True, name="control")
-        self._control.start(loop)
+        self.control = ControlSocket(self.ctx, self.control_endpoint, self.command)
+        self.control.start(loop)
         if self.adopting:
             for generation in self.generations:
                 self.open(generation, fresh=False)  # the gateways' own endpoints stay: they still listen
@@ -157,7 +154,7 @@ class Arbiter:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
             except asyncio.TimeoutError:
-                self._control.drain()  # belt and braces: connect/disconnect may take an edge too
+                self.control.drain()  # belt and braces: connect/disconnect may take an edge too
         for task in background:
             task.cancel()
         if self.exec_into is not None:
@@ -190,9 +187,9 @@ class Arbiter:
         for generation in self.generations:
             if generation.state != STOPPED:
                 self.close(generation)
-        for reader in (self._control, self._heartbeats):
-            reader.stop()
-            reader.sock.close(linger=0)
+        self.control.close()
+        self._heartbeats.stop()
+        self.heartbeats.close(linger=0)
         self.ctx.term()
         logger.info("supervisor_stopped")
 
@@ -204,8 +201,7 @@ class Arbiter:
                 if pub is not None:
                     pub.close(linger=0)
                 generation.close_bus()
-        for reader in (self._control, self._heartbeats):
-            reader.stop()
+        self._heartbeats.stop()
         self.heartbeats.close(linger=0)
         self.control.close(linger=2000)  # the re-exec's answer is on its way
         await asyncio.to_thread(self.ctx.term)
@@ -331,29 +327,7 @@ class Arbiter:
             [w for g in self.generations if g.state != STOPPED for w in g.watchers], self.samples
         )
 
-    # --- control socket ----------------------------------------------------------------------
-
-    def _on_control(self, frames: list[bytes]) -> None:
-        """One control request (the control socket's drain): ``[identity, b"", json]``."""
-        try:
-            identity, _empty, payload = frames
-        except ValueError:
-            return
-        try:
-            request = json.loads(payload)
-            command = request.get("command")
-        except (ValueError, AttributeError):
-            request, command = {}, None
-        answer = self.command(command, request, functools.partial(self._answer, identity))
-        if answer is not None:
-            self._answer(identity, answer)
-
-    def _answer(self, identity: bytes, answer: dict) -> None:
-        try:
-            self.control.send_multipart((identity, b"", json.dumps(answer).encode()), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return
-        self._control.after_send()
+    # --- control commands --------------------------------------------------------------------
 
     def command(self, command: str | None, request: dict, reply: Callable[[dict], None]) -> dict | None:
         """Answer a control command now (a dict) or later through ``reply`` (returns None)."""

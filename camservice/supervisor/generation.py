@@ -30,6 +30,9 @@ from camservice.methods import WORKER_KINDS
 from .bus import Bus
 from .watcher import Watcher
 
+#: Python's switch for "no working directory on sys.path" (ignored before 3.11).
+SAFE_PATH_ENV = "PYTHONSAFEPATH"
+
 STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
 
 
@@ -48,6 +51,10 @@ class Generation:
         self.executable = executable
         self.env = dict(env)
         self.env[comms.GENERATION_ENV] = str(number)
+        # ``python -m`` puts the working directory first on sys.path (Python >= 3.11 can be told not to):
+        # a supervisor started from a source checkout would make an upgraded generation import the
+        # checkout's camservice instead of its own virtualenv's.
+        self.env[SAFE_PATH_ENV] = "1"
         # The children read exactly the configuration the supervisor checked (a
         # rollback must not pick up the file that was edited for the reload).
         self.config_file = Path(config.runtime.state_dir) / "run" / f"config-g{number}.yaml"

@@ -51,7 +51,7 @@ import structlog
 
 from camservice import config as config_module
 
-from .generation import DRAINING, PARKED, STARTING, STOPPED, Generation
+from .generation import DRAINING, PARKED, SAFE_PATH_ENV, STARTING, STOPPED, Generation
 from .watcher import Watcher
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def check_executable(executable: str) -> None:
     try:
         proc = subprocess.run(
             [executable, "-c", "import camservice.supervisor.arbiter"],
+            env={**os.environ, SAFE_PATH_ENV: "1"},
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,
@@ -217,6 +218,8 @@ def exec_image(executable: str, lock_fd: int, env: dict[str, str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     log.info("supervisor_reexec", pid=os.getpid(), executable=executable)
+    # Not the working directory's camservice (a source checkout) but the target interpreter's own.
+    env = {**env, SAFE_PATH_ENV: "1"}
     os.execve(executable, [executable, "-m", "camservice.supervisor.arbiter", ADOPT_ARG], env)
 
 

@@ -267,6 +267,7 @@ class Reloader:
                 "from_generation": new.number,
                 "to_generation": result.get("generation"),
                 "reason": reason,
+                "decided_after_switch_s": round(decided - switched, 3),
                 "rollback_s": round(time.monotonic() - decided, 3),
             }
             arbiter.count_rollback(reason)

@@ -59,7 +59,10 @@ for values above ``bn`` -- what :meth:`camservice.histogram.Histogram.export` pr
   start), "snapshot_seconds": histogram (time to take a snapshot),
   "recording_seconds": histogram (length of each finished recording)}``
 * files: ``{"recordings_bytes": int, "snapshots_bytes": int,
-  "recordings_files": int, "snapshots_files": int}``
+  "recordings_files": int, "snapshots_files": int, "retention": {"policy_type",
+  "enabled", "max_age_days", "max_size_gb", "read_at"} (the policy as last read or
+  written by that worker; the newest over all file workers is rendered)}``
+* recording also sends ``"preview_captures": int`` (live preview captures running).
 * discovery: ``{"hotplug_events": int (plugs and unplugs seen since start)}``
 * mqtt (the bridge): ``{"connected": 0|1, "queued": int, "reconnects": int,
   "published": {kind: int}, "dropped": {kind: int}, "commands": {"ok": int, "error": int}}``

@@ -76,6 +76,8 @@ class ServiceCollector(Collector):
         yield from self._host(exporter.gateway.host_stats)
         yield from self._workers(exporter.worker_views(now))
         yield from self._storage(exporter.storage.values, exporter.worker_stats("files", now))
+        yield from self._thresholds(exporter.config.storage)
+        yield from self._retention(exporter.newest_retention(now))
         yield from self._cameras(exporter.gateway, exporter.worker_stats("recording", now))
         yield from self._recording(exporter.worker_stats("recording", now))
         yield from self._discovery(exporter.worker_stats("discovery", now))
@@ -260,6 +262,35 @@ class ServiceCollector(Collector):
             yield count
 
     @staticmethod
+    def _thresholds(storage) -> Iterator:
+        """The configured usage levels (the console marks them on its meter; alert rules can use them)."""
+        for level, percent in (("warn", storage.warn_percent), ("critical", storage.critical_percent)):
+            gauge = _gauge(f"camservice_storage_{level}_ratio", f"Usage (0-1) from which storage is reported {level}.")
+            gauge.add_metric([], percent / 100.0)
+            yield gauge
+
+    @staticmethod
+    def _retention(policy: Any) -> Iterator:
+        """The retention policy in force, as the file workers last read it (``set_retention_policy``'s fields)."""
+        if not isinstance(policy, dict):
+            return
+        info = _gauge(
+            "camservice_retention_policy_info", "The retention policy in force (always 1).", ["policy_type", "enabled"]
+        )
+        info.add_metric([str(policy.get("policy_type")), "true" if policy.get("enabled") else "false"], 1)
+        yield info
+        # Base units (seconds, bytes), as Prometheus names want; the API's days and GB (10^9 bytes) scaled.
+        for key, name, doc, scale in (
+            ("max_age_days", "camservice_retention_max_age_seconds", "Age limit of the retention policy.", 86400),
+            ("max_size_gb", "camservice_retention_max_size_bytes", "Size limit of the retention policy.", 10**9),
+        ):
+            limit = _number(policy.get(key))
+            if limit is not None:
+                gauge = _gauge(name, doc)
+                gauge.add_metric([], limit * scale)
+                yield gauge
+
+    @staticmethod
     def _cameras(gateway, recording: dict[str, Any]) -> Iterator:
         statuses = {CONNECTED: 0, DISCONNECTED: 0, ERROR: 0}
         recording_now = 0
@@ -287,6 +318,11 @@ class ServiceCollector(Collector):
                 histogram = HistogramMetricFamily(name, doc, labels=[])
                 histogram.add_metric([], parsed[0], parsed[1])
                 yield histogram
+        previews = _number(stats.get("preview_captures"))
+        if previews is not None:
+            captures = _gauge("camservice_preview_captures", "Live preview captures of idle cameras running.")
+            captures.add_metric([], previews)
+            yield captures
         failed = _number(stats.get("failed_recordings"))
         if failed is not None:
             family = _counter("camservice_recordings_failed", "Recordings that ended FAILED.")

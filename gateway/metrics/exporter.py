@@ -90,6 +90,18 @@ class MetricsExporter:
         reports = [w for w in self.worker_views(now) if w.get("kind") == kind and isinstance(w.get("stats"), dict)]
         return max(reports, key=lambda w: w["time"])["stats"] if reports else {}
 
+    def newest_retention(self, now: float) -> dict[str, Any] | None:
+        """The retention policy most recently read or written by any file worker (only the
+        leader re-reads the file on its own, another one knows what it saved)."""
+        policies = [
+            w["stats"]["retention"]
+            for w in self.worker_views(now)
+            if w.get("kind") == "files"
+            and isinstance(w.get("stats"), dict)
+            and isinstance(w["stats"].get("retention"), dict)
+        ]
+        return max(policies, key=lambda p: p.get("read_at") or 0.0) if policies else None
+
     # --- HTTP ------------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:

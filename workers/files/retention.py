@@ -133,23 +133,34 @@ class PolicyStore:
         self._key: tuple[int, int] | None = None
         self._policy = Policy()
         self._lock = threading.Lock()
+        #: Unix time the file was last read or written here (None: never): the newest wins across workers.
+        self.read_at: float | None = None
 
     def load(self) -> Policy:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return Policy()
+            with self._lock:
+                self._key, self._policy, self.read_at = None, Policy(), time.time()
+            return self._policy
         key = (st.st_ino, st.st_mtime_ns)
         with self._lock:
             if key == self._key:
+                self.read_at = time.time()
                 return self._policy
             try:
                 policy = Policy.from_dict(json.loads(self.path.read_text()))
             except (OSError, ValueError, TypeError):
                 # Unreadable: keep the last good policy; with none, the safe default (disabled).
                 return self._policy
-            self._key, self._policy = key, policy
+            self._key, self._policy, self.read_at = key, policy, time.time()
             return policy
+
+    def current(self) -> dict[str, Any] | None:
+        """The policy last loaded or saved here with ``read_at``, without touching the disk (for stats)."""
+        if self.read_at is None:
+            return None
+        return {**self._policy.to_dict(), "read_at": self.read_at}
 
     def save(self, policy: Policy) -> Policy:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +171,8 @@ class PolicyStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.path)
+        with self._lock:
+            self._key, self._policy, self.read_at = None, policy, time.time()  # re-read at the next load
         return policy
 
 

@@ -166,11 +166,15 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         """Totals for metrics: read from the trigger-maintained ``totals`` table
         (a handful of rows), so this costs microseconds on the loop."""
         try:
-            return {
+            figures: dict = {
                 f"{kind}s_{what}": (self.db.total_bytes(kind) if what == "bytes" else self.db.count(kind))
                 for kind in ("recording", "snapshot")
                 for what in ("bytes", "files")
             }
+            policy = self.policies.current()  # as last read or written: no disk access here
+            if policy is not None:
+                figures["retention"] = policy
+            return figures
         except sqlite3.Error as exc:
             self.log.warning("stats_unavailable", error=str(exc))
             return {}

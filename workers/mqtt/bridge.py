@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import socket
 import time
 from pathlib import Path
@@ -37,11 +36,12 @@ import aiomqtt
 import structlog
 import zmq
 
-from camservice import comms, log, process, tokens
-from camservice import config as config_module
+from camservice import comms, tokens
 from camservice import topics as bus
+from camservice.drain import Drain
 from camservice.envelope import EnvelopeError, Event
 from camservice.errors import SERVICE_BUSY, RpcError
+from camservice.runtime import Lifetime, boot
 from camservice.timestamps import utc_iso
 
 from . import commands
@@ -110,13 +110,14 @@ class Bridge:
         self._wake = asyncio.Event()
         self._resync = asyncio.Event()
         self._resync.set()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        lifetime = Lifetime(self._stop)
+        lifetime.install()
         endpoints = comms.Endpoints.from_config(self.config)
         self.ctx = zmq.Context()
         self.sub = comms.subscriber(self.ctx, endpoints, bus.CLIENT)
         self.pub = comms.publisher(self.ctx, endpoints)
-        loop.add_reader(self.sub.getsockopt(zmq.FD), self.drain)
+        self._events = Drain(self.sub, self._on_event_frames, multipart=True, name="mqtt-events")
+        self._events.start(loop)
         self._put(Message(self.topics.availability, b"online", True, "availability"))
         if self.discovery is not None:
             for topic, payload in self.discovery.service_configs():
@@ -131,20 +132,13 @@ class Bridge:
             asyncio.ensure_future(c)
             for c in (self._mqtt_forever(), self._cameras_forever(), self._health_forever(), self._stats_forever())
         ]
-        parent = os.getppid()
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                self.drain()  # the ZeroMQ FD is edge-triggered
-                if not process.parent_alive(parent):
-                    break
+        await lifetime.wait(logger)
         # Give the broker session a moment to say "offline" and disconnect cleanly.
         await asyncio.wait([tasks[0]], timeout=3.0)
         for task in (*tasks, *self._commands):
             task.cancel()
         await asyncio.gather(*tasks, *self._commands, return_exceptions=True)
-        loop.remove_reader(self.sub.getsockopt(zmq.FD))
+        self._events.stop()
         await self.api.close()
         self.sub.close(linger=0)
         self.pub.close(linger=0)
@@ -163,19 +157,17 @@ class Bridge:
 
     # --- the event bus -------------------------------------------------------------------
 
-    def drain(self) -> None:
-        while self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                event = Event.from_frames(self.sub.recv_multipart(flags=zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            except EnvelopeError as exc:
-                logger.warning("bad_event", error=str(exc))
-                continue
-            try:
-                self.on_event(event)
-            except Exception:
-                logger.exception("event_failed", topic=event.topic)
+    def _on_event_frames(self, frames: list[bytes]) -> None:
+        """One event from the bus (the subscription's :class:`~camservice.drain.Drain`)."""
+        try:
+            event = Event.from_frames(frames)
+        except EnvelopeError as exc:
+            logger.warning("bad_event", error=str(exc))
+            return
+        try:
+            self.on_event(event)
+        except Exception:
+            logger.exception("event_failed", topic=event.topic)
 
     def on_event(self, event: Event) -> None:
         now = time.monotonic()
@@ -388,12 +380,5 @@ def _read_capped(path: Path, limit: int) -> bytes | None:
 
 
 def main(index: int = 0) -> None:
-    config = config_module.load()
-    process.set_title(f"camservice: mqtt {index}")
-    log.setup(
-        f"mqtt-{index}",
-        config.state_dir / "logs",
-        config.logging.level,
-        console=os.environ.get("CAMSERVICE_FOREGROUND") == "1",
-    )
+    config = boot(f"mqtt-{index}", f"camservice: mqtt {index}")
     asyncio.run(Bridge(config, index).run())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from camservice import topics as bus
 from camservice.cameras import CONNECTED, NOTIFICATION_FIELDS
 
 from .homeassistant import Discovery, encode
@@ -64,7 +65,7 @@ class Model:
             return []
         self._changed_at[cid] = now
         messages = self._set(cid, camera_state(record))
-        messages.append(self.event("camera_status_update", notification(record)))
+        messages.append(self.event(bus.CAMERA_STATUS, notification(record)))
         return messages
 
     def recording_event(self, data: dict[str, Any], now: float) -> tuple[list[Message], bool]:
@@ -75,7 +76,7 @@ class Model:
             self._changed_at[cid] = now
             state = dict(self.cameras[cid], recording=data.get("status") == "STARTED")
             messages = self._set(cid, state)
-        messages.append(self.event("recording_status_update", data))
+        messages.append(self.event(bus.RECORDING_STATUS, data))
         return messages, cid is None
 
     def camera_list(self, cameras: list[dict[str, Any]], asked_at: float) -> list[Message]:

@@ -1,18 +1,61 @@
 // Storage page (admin): usage and its warning level, the retention policy form, "clean up now".
 import { useEffect, useState } from "preact/hooks";
-import { errorText, formatBytes, html } from "./util.js";
+import { errorText, fetchMetrics, formatBytes, html, metricSamples } from "./util.js";
 
 const POLICY_KEY = "camservice.console.retention";
 
-function Usage({ info, level }) {
+/**
+ * What the API's results do not carry, read from /metrics (admin, like this page):
+ * the warn/critical thresholds (config) and the retention policy in force.
+ */
+function useServiceSettings(rpc, generation) {
+  const [settings, setSettings] = useState({ loaded: false });
+  useEffect(() => {
+    if (!generation) return;
+    fetchMetrics(rpc).then(
+      (text) => {
+        const one = (name) => metricSamples(text, name)[0];
+        const ratio = (name) => (one(name) ? Math.round(one(name).value * 1000) / 10 : null);
+        const info = one("camservice_retention_policy_info");
+        let policy = null;
+        if (info) {
+          const age = one("camservice_retention_max_age_seconds");
+          const size = one("camservice_retention_max_size_bytes");
+          policy = {
+            policy_type: info.labels.policy_type,
+            enabled: info.labels.enabled === "true",
+            max_age_days: age ? age.value / 86400 : null,
+            max_size_gb: size ? size.value / 1e9 : null,
+          };
+        }
+        setSettings({
+          loaded: true,
+          warn: ratio("camservice_storage_warn_ratio"),
+          critical: ratio("camservice_storage_critical_ratio"),
+          policy,
+        });
+      },
+      () => setSettings({ loaded: true }),
+    );
+  }, [generation]);
+  return settings;
+}
+
+function Usage({ info, level, warn, critical }) {
   const percent = info.usage_percentage;
-  const state = level || (info.low_space_warning ? "warning" : "ok");
+  const measured = critical != null && percent >= critical ? "critical" : warn != null && percent >= warn ? "warning" : null;
+  const state = level || measured || (info.low_space_warning ? "warning" : "ok");
   return html`<div class="card pad">
     <h2>Usage</h2>
     <div class="meter" data-level=${state} role="meter" aria-label="Disk usage" aria-valuemin="0" aria-valuemax="100"
       aria-valuenow=${percent} aria-valuetext=${`${percent}% used`}>
       <div class="fill" style=${`width:${Math.min(100, percent)}%`}></div>
+      ${warn != null && html`<div class="mark mark-warn" style=${`left:${warn}%`} aria-hidden="true"></div>`}
+      ${critical != null && html`<div class="mark mark-critical" style=${`left:${critical}%`} aria-hidden="true"></div>`}
     </div>
+    ${warn != null &&
+    html`<p class="hint thresholds">Warning at ${warn}%, critical at ${critical}% (<code>storage.warn_percent</code>,
+      <code>storage.critical_percent</code>).</p>`}
     <p>
       <strong>${percent}%</strong> used: ${formatBytes(info.used_space)} of ${formatBytes(info.total_space)}${", "}
       ${formatBytes(info.available_space)} free.
@@ -31,12 +74,14 @@ function Usage({ info, level }) {
   </div>`;
 }
 
-function RetentionForm({ rpc }) {
+function RetentionForm({ rpc, current }) {
   const saved = JSON.parse(sessionStorage.getItem(POLICY_KEY) || "null");
   const [policy, setPolicy] = useState(
-    saved || { policy_type: "age", enabled: true, max_age_days: 30, max_size_gb: 100 },
+    current || saved || { policy_type: "age", enabled: true, max_age_days: 30, max_size_gb: 100 },
   );
-  const [message, setMessage] = useState(saved ? "Showing the policy last saved from this tab." : "");
+  const [message, setMessage] = useState(
+    current ? "Showing the policy in force." : saved ? "Showing the policy last saved from this tab." : "",
+  );
   const [error, setError] = useState("");
   const set = (key) => (e) =>
     setPolicy({ ...policy, [key]: e.currentTarget.type === "checkbox" ? e.currentTarget.checked : e.currentTarget.value });
@@ -111,6 +156,7 @@ export function StoragePage({ rpc, generation, storageEvent }) {
   const [info, setInfo] = useState(null);
   const [error, setError] = useState("");
   const [reload, setReload] = useState(0);
+  const settings = useServiceSettings(rpc, generation);
   useEffect(() => {
     if (!generation) return;
     rpc.call("get_storage_info").then(
@@ -125,9 +171,13 @@ export function StoragePage({ rpc, generation, storageEvent }) {
     <h1 id="storage-title">Storage and retention</h1>
     ${error && html`<p class="error" role="alert">${error}</p>`}
     <div class="columns">
-      ${info ? html`<${Usage} info=${info} level=${storageEvent?.level} />` : html`<p>Loading…</p>`}
+      ${info
+        ? html`<${Usage} info=${info} level=${storageEvent?.level} warn=${settings.warn} critical=${settings.critical} />`
+        : html`<p>Loading…</p>`}
       <div class="stack">
-        <${RetentionForm} rpc=${rpc} />
+        ${settings.loaded
+          ? html`<${RetentionForm} rpc=${rpc} current=${settings.policy} />`
+          : html`<p class="card pad">Loading the retention policy…</p>`}
         <${Cleanup} rpc=${rpc} onDone=${() => setReload((n) => n + 1)} />
       </div>
     </div>

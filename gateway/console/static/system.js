@@ -2,7 +2,7 @@
 // get_metrics every 2 s while shown), request rate and latency percentiles over
 // the last 15 minutes (from /metrics' latency histogram), and the event log.
 import { useEffect, useState } from "preact/hooks";
-import { errorText, formatBytes, formatDuration, formatTime, html } from "./util.js";
+import { errorText, fetchMetrics, formatBytes, formatDuration, formatTime, html, metricSamples } from "./util.js";
 
 const POLL_MS = 2000;
 const SCRAPE_MS = 5000;
@@ -88,11 +88,20 @@ function stateOf(components, name) {
   return components[role] || "–";
 }
 
+/** A process's uptime: from its row when the API gives one, else from the last /metrics scrape plus the time since. */
+function processUptime(row, uptimes, now) {
+  if (row.uptime !== undefined) return formatDuration(row.uptime);
+  const seconds = uptimes.of[row.name];
+  if (seconds === undefined) return "–";
+  return formatDuration(seconds > 0 ? seconds + Math.max(0, now - uptimes.at) / 1000 : 0);
+}
+
 export function SystemPage({ rpc, ready, events }) {
   const [status, setStatus] = useState(null);
   const [metrics, setMetrics] = useState(null);
   const [error, setError] = useState("");
   const [latencyNote, setLatencyNote] = useState("");
+  const [uptimes, setUptimes] = useState({ at: 0, of: {} });
   const [now, setNow] = useState(Date.now());
 
   useEffect(() => {
@@ -121,10 +130,15 @@ export function SystemPage({ rpc, ready, events }) {
     async function scrape() {
       if (document.visibilityState === "hidden") return;
       try {
-        const response = await fetch("/metrics", { headers: rpc.authHeaders(), cache: "no-store" });
-        if (!response.ok) throw new Error(`/metrics answered ${response.status}`);
-        const buckets = parseBuckets(await response.text());
+        const text = await fetchMetrics(rpc);
+        const buckets = parseBuckets(text);
         const t = Date.now();
+        // Process uptime: the supervisor's samples, which get_metrics' rows do not carry.
+        const uptime = {};
+        for (const { labels, value } of metricSamples(text, "camservice_process_uptime_seconds")) {
+          uptime[labels.process] = value;
+        }
+        if (!stopped) setUptimes({ at: t, of: uptime });
         if (history.lastBuckets) {
           for (const [key, q] of [["p50", 0.5], ["p95", 0.95], ["p99", 0.99]]) {
             const v = quantile(history.lastBuckets, buckets, q);
@@ -181,7 +195,7 @@ export function SystemPage({ rpc, ready, events }) {
               <td>${p.cpu_percent ?? "–"}</td>
               <td>${formatBytes(p.rss_bytes)}</td>
               <td>${p.restarts ?? 0}</td>
-              <td>${p.uptime !== undefined ? formatDuration(p.uptime) : "–"}</td>
+              <td>${processUptime(p, uptimes, now)}</td>
             </tr>`,
           )}
         </tbody>

@@ -131,3 +131,24 @@ export function Modal({ title, onClose, children, wide = false }) {
     ${children}
   </dialog>`;
 }
+
+/** The service's Prometheus text (GET /metrics, with this session's credentials). */
+export async function fetchMetrics(rpc) {
+  const response = await fetch("/metrics", { headers: rpc.authHeaders(), cache: "no-store" });
+  if (!response.ok) throw new Error(`/metrics answered ${response.status}`);
+  return response.text();
+}
+
+/** The samples of one metric family in Prometheus text: [{labels: {...}, value}]. */
+export function metricSamples(text, name) {
+  const found = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name) || (line[name.length] !== " " && line[name.length] !== "{")) continue;
+    const labels = {};
+    const braces = /\{(.*)\}/.exec(line);
+    if (braces) for (const [, key, raw] of braces[1].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[key] = raw;
+    const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (!Number.isNaN(value)) found.push({ labels, value });
+  }
+  return found;
+}
