@@ -23,10 +23,14 @@ import time
 import psutil
 import pytest
 import requests
+from camservice.gateway.server import GatewayServer
 
+from camservice import config as config_module
 from camservice import ffmpeg, simnodes
+from camservice.tokens import issue_token, load_or_create_secret
 from tests.harness import Client, Service, wait_for
 from tests.test_api_downloads import make_certificate
+from tests.test_metrics import SECRET, http_get
 
 pytestmark = pytest.mark.slow
 
@@ -320,3 +324,28 @@ def test_a_kept_alive_download_connection_gives_other_paths_back(plain):
         assert sock.recv(65536) == b""  # closed, nothing answered
     # On a new connection the gateway answers it.
     assert plain.get("/cameras/camera0/preview/link", plain.bearer()).status_code == 200
+
+
+@pytest.fixture
+def mediamtx_gateway(tmp_path):
+    """A gateway of the MediaMTX backend in this process (its routes, no workers)."""
+    settings = {
+        "runtime.state_dir": str(tmp_path / "state"),
+        "security.jwt_secret": SECRET,
+        "media.backend": "mediamtx",
+    }
+    server = GatewayServer(config_module.load(overrides=settings, environ={}), 0)
+    yield server
+    server.events.close()
+    server.pool.close()
+    server.ctx.term()
+
+
+def test_no_preview_where_the_media_backend_streams(mediamtx_gateway):
+    """With MediaMTX the backend streams every camera itself: 404 saying so, before any camera lookup."""
+    server = mediamtx_gateway
+    viewer = issue_token(load_or_create_secret(server.config), "viewer", "someone", 600)
+    for path in ("/cameras/camera0/preview", "/cameras/camera0/preview/link"):
+        answer = http_get(server, path, {"Authorization": f"Bearer {viewer}"})
+        assert answer.status_code == 404 and b"streams this camera itself" in answer.body
+        assert http_get(server, path).status_code == 401  # credentials are checked first

@@ -20,8 +20,7 @@ def policy(**overrides):
 
 
 def test_restart_delays_start_immediate_then_grow_with_jitter_to_the_ceiling():
-    watcher = Watcher("x", 0, dict(os.environ), policy(restart_backoff_max=30.0))
-    watcher.backoff._rng = random.Random(1)
+    watcher = Watcher("x", 0, dict(os.environ), policy(restart_backoff_max=30.0), rng=random.Random(1))
     delays = [watcher.backoff.failed() for _ in range(12)]
     assert delays[0] == 0.0  # a process that ran fine and crashed once is back at once
     for n, delay in enumerate(delays[1:]):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ class Watcher:
         generation: int = 0,
         executable: str | None = None,
         command: list[str] | None = None,
+        rng: random.Random | None = None,
     ):
         self.role = role
         self.index = index
@@ -115,6 +117,7 @@ class Watcher:
             factor=2.0,
             immediate=1,
             jitter=0.5,
+            rng=rng,  # the restart jitter's source: a seeded one makes the delays reproducible
         )
         self.state = STOPPED
         self.popen: Child | None = None
