@@ -274,6 +274,10 @@ def main(argv=None) -> int:
         print(
             f"{mark}  {r['id']}  {r['what']}: {r['measured']} {r['unit']} (threshold {r['comparison']} {r['threshold']}, target {r['target']})"
         )
+    if results["categories"].get("endurance", {}).get("growth") is not None:
+        from .endurance import report_lines as endurance_lines
+
+        print("\n".join(endurance_lines(results["categories"]["endurance"])))
     if results["categories"].get("cost", {}).get("cases"):
         from .cost import report_lines
 

@@ -48,16 +48,20 @@ FAULTS = [
 
 
 class Injector(threading.Thread):
-    def __init__(self, target: Target, every: float, progress: Progress):
+    def __init__(self, target: Target, every: float, progress: Progress, duration: float = float("inf")):
         super().__init__(daemon=True)
         self.target, self.every, self.progress = target, every, progress
         self.stop = threading.Event()
         self.log: list[dict] = []
         self.t0 = time.time()
+        # No new fault in the run's last 10 s: each must have time to heal while the mix still runs.
+        self.last_at = self.t0 + duration - 10
 
     def run(self) -> None:
         i = 0
         while not self.stop.wait(self.every if i else self.every / 2):
+            if time.time() > self.last_at:
+                return
             fault, role = FAULTS[i % len(FAULTS)]
             i += 1
             try:
@@ -69,7 +73,7 @@ class Injector(threading.Thread):
 
     def _wait_new(self, role: str, old: int, limit: float = 30.0) -> float | None:
         t0 = time.time()
-        while time.time() - t0 < limit and not self.stop.is_set():
+        while time.time() - t0 < limit:  # bounded; the run's end waits for it (join), so healing is seen
             pid = self.target.role_pids().get(role)
             if pid and pid != old:
                 return round(time.time() - t0, 2)
@@ -151,6 +155,32 @@ def check_recordings(folder: Path | None, made: list[str] | None = None) -> dict
     return {"checked": len(files), "playable": len(files) - len(bad), "bad": bad}
 
 
+def report_lines(en: dict) -> list[str]:
+    """The endurance figures to report, as ``python -m bench endurance`` prints them."""
+    lines = [
+        f"endurance: {en.get('duration_s')} s of the steady mix, {en.get('clients')} clients, "
+        f"{en.get('cameras')} cameras; growth fitted after the first 20 % (limit 5 MB/hour); "
+        f"load average at the end {en.get('loadavg_end')}"
+    ]
+    for name, g in (en.get("growth") or {}).items():
+        lines.append(
+            f"  {name:<14} {g['verdict']:<9} RSS {g['rss_mb_per_hour']:+.2f} MB/h "
+            f"({g['rss_start_mb']} -> {g['rss_end_mb']} MB), fds {g['fds_per_hour']:+.1f}/h "
+            f"({g['fds_start']} -> {g['fds_end']}), over {g['minutes']} min"
+        )
+    d, p = en.get("drift") or {}, en.get("playable") or {}
+    lines.append(
+        f"  latency drift: P95 {d.get('first_p95_ms')} ms (first tenth) -> {d.get('last_p95_ms')} ms (last tenth); "
+        f"hung {en.get('hung')}; recordings {p.get('made')} made, {p.get('checked')} checked, "
+        f"{p.get('playable')} playable"
+    )
+    for f in en.get("faults") or []:
+        lines.append(
+            f"  fault at {f.get('at_s')} s: {f.get('fault')} of {f.get('target')}, healed {f.get('healed_s')} s"
+        )
+    return lines
+
+
 def drift(windows, names) -> dict:
     if not windows:
         return {}
@@ -180,7 +210,7 @@ def run(
     monitor = Monitor(target, interval=2.0).start()
     actors = Actors(target, operators=cameras)
     mix = MixClients(target.url, target.token, read_mix(cameras), hang_s=30)
-    injector = Injector(target, fault_every, progress) if faults and target.local else None
+    injector = Injector(target, fault_every, progress, duration) if faults and target.local else None
     try:
         if injector:
             injector.start()

@@ -52,7 +52,7 @@ from camservice.envelope import Event
 from tests.harness import Client, Service
 from tests.mqtt_broker import USERS, Broker
 
-from . import common
+from . import common, walltime
 from .target import mint_token, stop_service
 
 PREFIX = "camservice/bench"
@@ -254,7 +254,8 @@ def run(duration: float, progress=None, quick: bool = False) -> dict:
     cycles = 5 if quick else 20
     seconds = max(2.0, min(10.0, duration / 6))
     stop_seconds = max(2.0, min(30.0, duration / 4))
-    broker, service = start()
+    with walltime.spent(walltime.SERVICE_START):
+        broker, service = start()
     try:
         out = {}
         for name, phase in (
@@ -264,7 +265,8 @@ def run(duration: float, progress=None, quick: bool = False) -> dict:
         ):
             if progress is not None:
                 progress.note(f"mqtt: {name}")
-            out[name] = phase()
+            with walltime.spent(walltime.MEASURED):
+                out[name] = phase()
         return out
     finally:
         stop_service(service)

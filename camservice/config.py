@@ -157,7 +157,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("gateway.processes", 1, int, "Gateway processes sharing server.port (SO_REUSEPORT).", _positive),
     Setting(
         "gateway.event_loop",
-        "asyncio",
+        "auto",
         str,
         "Gateway event loop: asyncio, uvloop, or auto (uvloop where installed).",
         _one_of("auto", "asyncio", "uvloop"),

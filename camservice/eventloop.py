@@ -1,13 +1,15 @@
 """Which asyncio event loop a process runs on (``gateway.event_loop``).
 
-``asyncio`` (the default) is the standard loop; ``uvloop`` uses uvloop (and
-fails loudly when it is missing); ``auto`` uses uvloop where installed
-(``pip install 'camservice[bench]'`` or ``uvloop`` alone). Measured by
-``python -m bench cost`` on the 2-core reference machine: uvloop cut the
-whole service's CPU per status read from ~48 to ~32 µs and per worker-hop
-call from ~95 to ~77 µs (bench/README.md). It is not yet the default: the
-full suite has not run through on it (see the bench note). Only the gateway
-uses it: the file workers' download server relies on ``loop.sendfile``.
+``auto`` (the default) uses uvloop where installed (``pip install
+'camservice[fast]'``, or ``uvloop`` alone) and the standard loop elsewhere;
+``asyncio`` forces the standard loop; ``uvloop`` insists on uvloop (and
+fails loudly when it is missing). Measured by ``python -m bench cost`` on
+the 2-core reference machine, both loops in the same alternating rounds,
+three runs: uvloop took less of the whole service's CPU per status read
+(least disturbed round: 35.7 -> 33.4, 42.1 -> 38.0, 34.3 -> 27.4 µs) and
+per worker-hop call (88.1 -> 72.9, 123.3 -> 117.9, 73.7 -> 56.2 µs) every
+time, medians alike (bench/README.md). Only the gateway uses it: the file
+workers' download server relies on ``loop.sendfile``.
 """
 
 from __future__ import annotations

@@ -233,8 +233,14 @@ if orjson is not None:
     )
 
 
-def _dumps(value: Any) -> str:
-    """Compact JSON text of ``value``: orjson's when it is sure to mean what json's would, else json's."""
+def dumps(value: Any) -> str:
+    """Compact JSON text of ``value``: orjson's when it is sure to mean what json's would, else json's.
+
+    Raises what ``json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False).encode`` raises (TypeError, ValueError), because every
+    value orjson refuses or might encode differently goes to that encoder.
+    Workers encode their results with it too.
+    """
     if orjson is not None:
         try:
             out = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
@@ -251,8 +257,8 @@ def encode(message: Any) -> str:
     if isinstance(message, dict):
         result = message.get("result")
         if isinstance(result, Raw):
-            return f'{{"jsonrpc":"2.0","result":{result},"id":{_dumps(message["id"])}}}'
-        return _dumps(message)
+            return f'{{"jsonrpc":"2.0","result":{result},"id":{dumps(message["id"])}}}'
+        return dumps(message)
     if isinstance(message, list):
         return "[" + ",".join(encode(item) for item in message) + "]"
-    return _dumps(message)
+    return dumps(message)

@@ -216,3 +216,17 @@ def test_the_fast_path_is_taken_for_plain_messages(monkeypatch):
     monkeypatch.setattr(jsonrpc._encoder, "encode", refuse)
     text = jsonrpc.encode(jsonrpc.response("~1", {"formats": ["YUYV"], "frame_rates": {"640x480": [30, 15]}}))
     assert json.loads(text)["result"]["frame_rates"] == {"640x480": [30, 15]}
+
+
+@settings(max_examples=400, derandomize=True)
+@given(messages)
+def test_dumps_the_workers_result_encoder_agrees_with_the_standard_library(value):
+    fast, slow = both(jsonrpc.dumps, value)
+    assert fast[0] == slow[0]
+    if fast[0] == "raised":
+        assert fast == slow
+    else:
+        try:
+            assert _read_back(fast) == _read_back(slow)
+        except ValueError:
+            assert fast == slow

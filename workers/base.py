@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 import zmq
 
-from camservice import comms, log, topics
+from camservice import comms, jsonrpc, log, topics
 from camservice import config as config_module
 from camservice.drain import Drain
 from camservice.envelope import (
@@ -69,8 +69,9 @@ Handler = Callable[[dict[str, Any], "CallContext"], Any]
 STATS_INTERVAL = 2.0
 
 # Results are JSON by the time they reach a client; NaN is refused here, in the
-# process that produced it, rather than as invalid JSON on the wire.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# process that produced it, rather than as invalid JSON on the wire. The
+# JSON-RPC layer's encoder: orjson's fast path where installed, same errors.
+_encode_json = jsonrpc.dumps
 
 
 @dataclass
