@@ -87,3 +87,14 @@ def test_a_reexec_into_an_interpreter_that_cannot_run_the_supervisor_is_refused(
         after = svc.status()
         assert after["execs"] == 0 and after["pid"] == before["pid"]
         assert {p["pid"] for p in after["processes"]} == {p["pid"] for p in before["processes"]}
+
+
+def test_reload_with_supervisor_re_execs_first_then_starts_the_new_generation():
+    with Service(simulate=0, **{"upgrade.canary_seconds": 0}) as svc:
+        before = svc.status()
+        reloaded = json.loads(svc.cli("reload", "--supervisor", "--json").stdout)
+        assert reloaded["ok"] and reloaded["generation"] == before["generation"] + 1, reloaded
+        after = svc.status()
+        assert after["pid"] == before["pid"] and after["execs"] == 1
+        assert after["generation"] == reloaded["generation"]
+        assert {p["generation"] for p in after["processes"]} == {reloaded["generation"]}
