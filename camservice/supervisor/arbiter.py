@@ -327,9 +327,13 @@ class Arbiter:
         self.publish(topics.PROCESS_STATS, {"processes": table, "host": self.host, "upgrade": upgrade})
 
     def process_table(self) -> list[dict]:
-        return sampling.process_table(
+        """Every live generation's processes; ``heard``: a heartbeat arrived since the start (or re-exec)."""
+        table = sampling.process_table(
             [w for g in self.generations if g.state != STOPPED for w in g.watchers], self.samples
         )
+        for row in table:
+            row["heard"] = bool(row["pid"]) and self.liveness.heard(row["pid"])
+        return table
 
     # --- control commands --------------------------------------------------------------------
 

@@ -29,6 +29,14 @@ def test_the_supervisor_re_execs_in_place_keeping_its_pid_its_processes_and_the_
                 out = await asyncio.to_thread(svc.cli, "reload", "--supervisor-only", "--json")
                 # The same connection keeps working...
                 second = await client.call("get_camera_list")
+                # Every child's publisher found the bus again: the new image heard each one's heartbeat.
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: all(p["heard"] for p in svc.status()["processes"]),
+                    60,
+                    0.2,
+                    "a heartbeat of every process after the re-exec",
+                )
                 # ...and events still travel over the bus the new image bound again.
                 camera_id = (await asyncio.to_thread(svc.cli, "camera", "plug")).stdout.strip()
                 plugged = await client.notification(
