@@ -236,12 +236,13 @@ def reload(ctx: click.Context, as_json: bool, supervisor: bool, supervisor_only:
     """
     config = _load(ctx)  # refuse a bad file here already, with the key named
     if supervisor or supervisor_only:
-        _reexec(config, as_json and supervisor_only)
+        # With --json and a reload after it, the reload's answer is the one JSON line printed.
+        _reexec(config, as_json, quiet=as_json and not supervisor_only)
     if not supervisor_only:
         _reload(config, {}, as_json)
 
 
-def _reexec(config: config_module.Config, as_json: bool) -> None:
+def _reexec(config: config_module.Config, as_json: bool, quiet: bool = False) -> None:
     if not arbiter.lock_is_held(config.state_dir):
         raise click.ClickException("camservice is not running")
     answer = control(config, "reexec", timeout=40.0)
@@ -259,6 +260,8 @@ def _reexec(config: config_module.Config, as_json: bool) -> None:
     else:
         raise click.ClickException(f"the supervisor did not come back within {config.runtime.start_timeout}s")
     assert status is not None
+    if quiet:
+        return
     if as_json:
         click.echo(json.dumps({**answer, "processes": len(status["processes"])}))
     else:

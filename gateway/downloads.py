@@ -7,7 +7,8 @@ The gateway's event loop never copies a file's bytes (README, "Downloads"):
   anything read after it; the worker parses, checks credentials, and sends
   the file with ``sendfile`` straight into the client's TCP connection. The
   gateway lets go of the connection at once (keep-alive requests that
-  follow are the worker's).
+  follow are the worker's; one for a path outside ``/files/`` is closed
+  unanswered, and clients send it again on a new connection).
 * **TLS**: the encryption state lives in this process, so the socket cannot
   move. The worker gets one end of a Unix socketpair instead, and answers
   exactly as above (``sendfile`` into the socketpair); the gateway relays

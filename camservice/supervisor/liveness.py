@@ -51,6 +51,11 @@ class Liveness:
         if entry is not None:
             entry.since, entry.heard = now, True
 
+    def heard(self, pid: int) -> bool:
+        """Whether a heartbeat of ``pid`` arrived since it started (or was adopted after a re-exec)."""
+        entry = self._entries.get(pid)
+        return entry is not None and entry.heard
+
     def verdict(self, pid: int, now: float, stopped: bool) -> str | None:
         """``STOPPED``, ``SILENT`` or None (fine) for ``pid`` at ``now``."""
         entry = self._entries.get(pid)

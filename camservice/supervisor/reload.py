@@ -356,6 +356,8 @@ class Reloader:
             "ready_s": round(resumed_s, 3),
             "drain_s": round(drained_s, 3),
             "handover_s": round(handover_s, 3),
+            # The previous code serves again, and the new gateways' clients were told to move to it.
+            "clients_moved_s": round(resumed_s + drained_s, 3),
             "total_s": round(time.monotonic() - began, 3),
         }
         arbiter.upgrade_state["last_reload"] = {"time": time.time(), **result}

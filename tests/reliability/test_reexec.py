@@ -29,6 +29,14 @@ def test_the_supervisor_re_execs_in_place_keeping_its_pid_its_processes_and_the_
                 out = await asyncio.to_thread(svc.cli, "reload", "--supervisor-only", "--json")
                 # The same connection keeps working...
                 second = await client.call("get_camera_list")
+                # Every child's publisher found the bus again: the new image heard each one's heartbeat.
+                await asyncio.to_thread(
+                    wait_for,
+                    lambda: all(p["heard"] for p in svc.status()["processes"]),
+                    60,
+                    0.2,
+                    "a heartbeat of every process after the re-exec",
+                )
                 # ...and events still travel over the bus the new image bound again.
                 camera_id = (await asyncio.to_thread(svc.cli, "camera", "plug")).stdout.strip()
                 plugged = await client.notification(
@@ -87,3 +95,14 @@ def test_a_reexec_into_an_interpreter_that_cannot_run_the_supervisor_is_refused(
         after = svc.status()
         assert after["execs"] == 0 and after["pid"] == before["pid"]
         assert {p["pid"] for p in after["processes"]} == {p["pid"] for p in before["processes"]}
+
+
+def test_reload_with_supervisor_re_execs_first_then_starts_the_new_generation():
+    with Service(simulate=0, **{"upgrade.canary_seconds": 0}) as svc:
+        before = svc.status()
+        reloaded = json.loads(svc.cli("reload", "--supervisor", "--json").stdout)
+        assert reloaded["ok"] and reloaded["generation"] == before["generation"] + 1, reloaded
+        after = svc.status()
+        assert after["pid"] == before["pid"] and after["execs"] == 1
+        assert after["generation"] == reloaded["generation"]
+        assert {p["generation"] for p in after["processes"]} == {reloaded["generation"]}
