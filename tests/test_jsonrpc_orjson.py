@@ -123,7 +123,7 @@ def json_texts(draw) -> str:
     return draw(st.text(max_size=30))
 
 
-@settings(max_examples=600, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_texts(), st.booleans())
 def test_parse_frame_agrees_with_the_standard_library(text, as_bytes):
     data = text.encode("utf-8", "surrogatepass") if as_bytes else text
@@ -141,7 +141,7 @@ def test_parse_frame_agrees_on_each_odd_literal(shape, literal):
     assert frame_repr(fast[1]) == frame_repr(slow[1])
 
 
-@settings(max_examples=300, derandomize=True)
+@settings(max_examples=300, derandomize=True, deadline=None)
 @given(st.binary(max_size=40))
 def test_parse_frame_agrees_on_arbitrary_bytes(data):
     fast, slow = both(jsonrpc.parse_frame, data)
@@ -169,7 +169,7 @@ def _read_back(outcome):
     return (kind, repr(json.loads(value))) if kind == "ok" else outcome
 
 
-@settings(max_examples=600, derandomize=True)
+@settings(max_examples=600, derandomize=True, deadline=None)
 @given(st.sampled_from(["response", "raw", "error", "batch", "bare"]), messages, messages)
 def test_encode_agrees_with_the_standard_library(shape, result, request_id):
     if shape == "response":
@@ -218,7 +218,7 @@ def test_the_fast_path_is_taken_for_plain_messages(monkeypatch):
     assert json.loads(text)["result"]["frame_rates"] == {"640x480": [30, 15]}
 
 
-@settings(max_examples=400, derandomize=True)
+@settings(max_examples=400, derandomize=True, deadline=None)
 @given(messages)
 def test_dumps_the_workers_result_encoder_agrees_with_the_standard_library(value):
     fast, slow = both(jsonrpc.dumps, value)
