@@ -551,7 +551,7 @@ def walltime_section(wall: dict) -> str:
     kinds = sorted({k for acc in wall.values() for k in acc.get("kinds", {})} - {"other"}) + ["other"]
     rows = [[cat, acc.get("total_s"), *[acc.get("kinds", {}).get(k) for k in kinds]] for cat, acc in wall.items()]
     rows.append(["all", round(sum(acc.get("total_s") or 0 for acc in wall.values()), 1), *[""] * len(kinds)])
-    return "<h3>Wall time, s</h3>" + table(["category", "total", *kinds], rows)
+    return "<h2>Wall time per category, s</h2>" + table(["category", "total", *kinds], rows)
 
 
 def render(results: dict) -> str:
