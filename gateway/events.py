@@ -114,7 +114,7 @@ class EventRelay:
         elif topic == topics.STORAGE_STATUS:
             self.notify(topic, event.data, event.time)
         elif topic == topics.PROCESS_EXIT:
-            self.pool.forget_pid(event.data["pid"], event.data.get("hung"))
+            self.pool.forget_pid(event.data["pid"], event.data.get("hung"), event.data.get("expect_within_s"))
         elif topic == topics.PROCESS_STATS:
             self.gateway.processes = event.data.get("processes", [])
             self.gateway.host_stats = event.data.get("host", {})

@@ -103,6 +103,9 @@ class WorkerPool:
         #: none for a heartbeat-timeout is down (crash loop, gave up): calls
         #: fail at once instead of waiting out their deadline.
         self._kind_seen: dict[str, float] = {kind: time.monotonic() for kind in WORKER_KINDS}
+        #: Monotonic time until which the supervisor said a replacement of a dead worker
+        #: is coming: its kind is restarting, not down, and its calls wait for it.
+        self._kind_expected: dict[str, float] = {}
         # Counters for metrics.
         self.timeouts: dict[str, int] = {kind: 0 for kind in WORKER_KINDS}
         self.worker_deaths = 0
@@ -149,7 +152,10 @@ class WorkerPool:
     def _kind_down(self, kind: str) -> bool:
         if kind not in self._kind_seen:
             return False
-        return time.monotonic() - self._kind_seen[kind] > self.heartbeat_timeout and not any(
+        now = time.monotonic()
+        if now < self._kind_expected.get(kind, 0.0):
+            return False
+        return now - self._kind_seen[kind] > self.heartbeat_timeout and not any(
             w.kind == kind and not w.draining for w in self.workers.values()
         )
 
@@ -344,10 +350,19 @@ class WorkerPool:
                     self._fail(queue.popleft(), f"no {kind} worker is running")
             self._pump(kind)
 
-    def forget_pid(self, pid: int, hung: str | None = None) -> None:
-        """The supervisor reports that ``pid`` exited (or was killed as ``hung``): fail over its calls now."""
+    def forget_pid(self, pid: int, hung: str | None = None, expect_within_s: float | None = None) -> None:
+        """The supervisor reports that ``pid`` exited (or was killed as ``hung``): fail over its calls now.
+
+        ``expect_within_s``: the supervisor restarts it, and the replacement checks in within
+        that many seconds or is killed. Until then the kind counts as restarting, not down, so
+        a retried idempotent call waits for the replacement however slowly the machine starts it.
+        """
         for worker in list(self.workers.values()):
             if worker.pid == pid:
+                if expect_within_s is None:  # stopped, or given up on after a crash loop
+                    self._kind_expected.pop(worker.kind, None)
+                else:
+                    self._kind_expected[worker.kind] = time.monotonic() + expect_within_s
                 self._worker_lost(worker, STOPPED_ANSWERING if hung else "process exited")
 
     def _worker_lost(self, worker: WorkerHandle, reason: str) -> None:

@@ -230,6 +230,10 @@ class Arbiter:
         self.liveness.forget(pid)
         data = {"pid": pid, "name": watcher.name, "role": watcher.role, "code": watcher.last_exit}
         data["hung"] = watcher.hung
+        if watcher.restart_in is not None:
+            # A replacement is on its way: it beats within this, or the liveness check kills it
+            # (and another exit is told). Gateways hold the role's calls that long, not fail them.
+            data["expect_within_s"] = watcher.restart_in + self.liveness.start_grace + self.liveness.silent_after
         self.publish(topics.PROCESS_EXIT, data, watcher.generation)
 
     # --- liveness (issue 11 §5: a frozen process is replaced) --------------------------------

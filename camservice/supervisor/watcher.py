@@ -125,6 +125,8 @@ class Watcher:
         self.restarts = 0
         self.crashes_in_a_row = 0
         self.last_exit: int | None = None
+        #: Seconds until the restart that follows the last exit, or None (stopped, held, failed).
+        self.restart_in: float | None = None
         self._pidfd: int | None = None
         self._restart_handle: asyncio.TimerHandle | None = None
         self._exited = asyncio.Event()
@@ -190,8 +192,14 @@ class Watcher:
         pid = self.popen.pid
         self.last_exit = code
         self._exited.set()
+        self._decide_after_exit(pid, code)
+        # Told after the decision, so that listeners see whether (and when) a restart follows.
         if self.on_exit is not None:
             self.on_exit(self, pid)
+
+    def _decide_after_exit(self, pid: int, code: int | None) -> None:
+        assert self._loop is not None  # only a started process exits
+        self.restart_in = None
         if self.state == STOPPING or self.hold:
             self.state = STOPPED
             log.info("process_stopped", process=self.name, pid=pid, code=code, held=self.hold)
@@ -217,6 +225,7 @@ class Watcher:
         # The first restart after a stable run is immediate; a loop backs off.
         delay = cast(float, self.backoff.failed())  # never None: this Backoff has no limit
         self.state = BACKOFF
+        self.restart_in = delay
         log.warning(
             "process_exited",
             process=self.name,
