@@ -8,8 +8,10 @@ the 2-core reference machine, both loops in the same alternating rounds,
 three runs: uvloop took less of the whole service's CPU per status read
 (least disturbed round: 35.7 -> 33.4, 42.1 -> 38.0, 34.3 -> 27.4 µs) and
 per worker-hop call (88.1 -> 72.9, 123.3 -> 117.9, 73.7 -> 56.2 µs) every
-time, medians alike (bench/README.md). Only the gateway uses it: the file
-workers' download server relies on ``loop.sendfile``.
+time, medians alike; a fourth run agreed on the hop (92.1 -> 71.5) but not on
+status reads (33.7 -> 39.0): within the loaded machine's noise
+(bench/README.md). Only the gateway uses it: the file workers' download
+server relies on ``loop.sendfile``.
 """
 
 from __future__ import annotations
