@@ -190,6 +190,9 @@ class Reloader:
         for watcher in new.role("recording", "gateway"):
             watcher.env = new.env  # a later restart takes nothing over
         if park:
+            # A parked MQTT bridge would publish the old generation's events beside the new one's (and
+            # fight it over a configured client id): it stops now and a rollback starts it again.
+            await asyncio.gather(*(w.stop(stop_timeout) for w in old.role("mqtt")))
             old.state = PARKED
         else:
             await old.stop(stop_timeout)  # discovery, files, mqtt (gateways and recorders are gone)
@@ -322,7 +325,7 @@ class Reloader:
             watcher.ready = False
             watcher.signal(RESUME_SIGNAL)
         deadline = time.monotonic() + old.config.runtime.start_timeout
-        waiting = [w for w in old.watchers if w.role != "recording"]
+        waiting = [w for w in old.watchers if w.role not in ("recording", "mqtt")]
         while not all(w.ready for w in gateways) and time.monotonic() < deadline:
             if any(w.pid is None for w in waiting):
                 break
@@ -338,7 +341,9 @@ class Reloader:
         await asyncio.gather(*(w.stop(stop_timeout, signal.SIGUSR2) for w in bad.role("gateway")))
         drained_s = time.monotonic() - began - resumed_s
         await asyncio.gather(*(w.stop(2.0, signal.SIGKILL) for w in bad.role("recording")))
-        for watcher in old.role("recording"):  # resumes the journaled sessions, as after a crash
+        await asyncio.gather(*(w.stop(stop_timeout) for w in bad.role("mqtt")))
+        # The recording worker resumes the journaled sessions, as after a crash; the bridge reconnects.
+        for watcher in old.role("recording", "mqtt"):
             watcher.env = old.env
             watcher.start()
         handover_s = time.monotonic() - began - resumed_s - drained_s

@@ -20,11 +20,13 @@ import signal
 import subprocess
 import time
 
+import pytest
 import websockets
 import yaml
 
 from camservice.ffmpeg import locate as find_ffmpeg
 
+from .. import mqtt_broker
 from ..harness import Client, Service, run, wait_for
 
 CONNECTIONS = 100
@@ -324,3 +326,40 @@ def test_a_healthy_reload_right_after_start_passes_the_canary_with_default_toler
         assert status["generation"] == reloaded["generation"]
         figures = status["canary"]["figures"]
         assert figures["old_rss_bytes"] > 0 and figures["rss_bytes"] > 0, figures  # the criterion was judged
+
+
+def test_a_parked_generation_has_no_mqtt_bridge_and_a_rollback_starts_its_own_again():
+    """Parked, the old bridge would publish the old generation's events beside the new one's."""
+    if not mqtt_broker.available():
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    prefix = "camservice/reload"
+    broker = mqtt_broker.Broker().start()
+    try:
+        with Service(simulate=0, **broker.settings(prefix), **{"upgrade.canary_seconds": 60}) as svc:
+            reloaded = json.loads(svc.cli("reload", "--json").stdout)
+            assert reloaded["parked"], reloaded
+            old, new = reloaded["previous_generation"], reloaded["generation"]
+            bridges = {p["generation"]: p for p in svc.status()["processes"] if p["role"] == "mqtt"}
+            assert bridges[old]["pid"] is None and bridges[new]["pid"], bridges
+            # A crash in the canary window (upgrade.max_restarts 0) rolls back: the old bridge runs again.
+            files = next(
+                p["pid"] for p in svc.status()["processes"] if p["name"] == "files-0" and p["generation"] == new
+            )
+            os.kill(files, signal.SIGKILL)
+            wait_for(
+                lambda: (
+                    (s := svc.status()).get("last_rollback")
+                    and [(p["generation"], p["state"]) for p in s["processes"] if p["role"] == "mqtt"]
+                    == [(old, "running")]
+                ),
+                60,
+                0.2,
+                "the rollback, with the old generation's bridge running",
+            )
+            listener = mqtt_broker.Listener(broker, "viewer", topics=(f"{prefix}/availability",))
+            try:
+                listener.wait(f"{prefix}/availability", lambda m: m.payload == b"online", timeout=60)
+            finally:
+                listener.close()
+    finally:
+        broker.cleanup()
