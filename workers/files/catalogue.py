@@ -61,6 +61,8 @@ class Catalogue:
     url_base: str
     _probes: dict[tuple[str, str, int], asyncio.Future]
     _folder_fds: dict[str, int]
+    #: Upkeep's: each folder's (inode, mtime) when this process last walked it.
+    _folder_stamps: dict[str, tuple[int, int] | None]
     #: Upkeep's (reconcile the index with the folders).
     rescan: Callable[..., Awaitable[list[ScanResult]]]
 
@@ -78,6 +80,7 @@ class Catalogue:
         device = params.get("device")
         camera_ids = await self._camera_ids(device, ctx) if device is not None else None
         await self._catch_up(kind)
+        await self._catch_up_entries(kind)
         if offset + limit <= INLINE_ROWS:
             rows, total = self.db.listing(kind, limit, offset, camera_ids)
         else:  # a deep OFFSET walks that many index entries: keep it off the loop
@@ -107,6 +110,25 @@ class Catalogue:
         except OSError:
             stale = True  # missing: whatever the index holds is gone
         if stale:
+            await self.rescan(full=False)
+
+    async def _catch_up_entries(self, kind: str) -> None:
+        """Files added or removed since this process last walked the folder: walk it now.
+
+        A new file is indexed when the recording worker's ``_file_update``
+        event arrives, but that event travels through the event bus, not
+        the caller's path: a client that took a snapshot and lists at once
+        could be answered before it. The folder's own mtime moves with every
+        entry added, removed or renamed, so one ``stat`` per listing tells
+        whether the index may lag; then the quick rescan (this folder only,
+        at most once per change and per process) brings it up to date, files
+        copied in by hand included.
+        """
+        try:
+            st = os.stat(self.folders[kind])
+        except OSError:
+            return  # missing: _catch_up has unlisted it
+        if self._folder_stamps.get(kind) != (st.st_ino, st.st_mtime_ns):
             await self.rescan(full=False)
 
     def _entry(self, row: Row, active: set[str] | None) -> dict:
