@@ -61,17 +61,17 @@ class Figures:
 def attach(server) -> Figures:
     """Chain onto the gateway's request observer (Prometheus keeps its own); apply the test knob."""
     figures = Figures()
-    previous = server.gateway.stats.observer
+    previous = server.pipeline.stats.observer
 
     if previous is None:
-        server.gateway.stats.observer = figures.observe
+        server.pipeline.stats.observer = figures.observe
     else:
 
         def observe(method: str, code: int, seconds: float) -> None:
             previous(method, code, seconds)
             figures.observe(method, code, seconds)
 
-        server.gateway.stats.observer = observe
+        server.pipeline.stats.observer = observe
     # Rides along in this gateway's _gateway_stats every two seconds.
     server.stats_sources.append(lambda counters: {"canary": figures.snapshot()})
     delay = server.config.upgrade.test_status_delay
@@ -81,7 +81,7 @@ def attach(server) -> Figures:
 
 
 def _slow_status(server, figures: Figures, delay: float) -> None:
-    handle = server.gateway.handle
+    handle = server.pipeline.handle
     loop_time = time.monotonic
     figures.status_elsewhere = True
 
@@ -101,4 +101,4 @@ def _slow_status(server, figures: Figures, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, later)
         return PENDING
 
-    server.gateway.handle = slowed
+    server.pipeline.handle = slowed

@@ -49,13 +49,13 @@ RECORDING_HOLD = 1.0
 
 
 class EventRelay:
-    def __init__(self, gateway: RequestPipeline, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
-        self.gateway = gateway
+    def __init__(self, pipeline: RequestPipeline, pool: WorkerPool, ctx: zmq.Context, endpoints: comms.Endpoints):
+        self.pipeline = pipeline
         self.pool = pool
         self.sub = comms.subscriber(ctx, endpoints)
         self.pub = comms.publisher(ctx, endpoints)
         self._reader = Drain(self.sub, self._on_frames, multipart=True, name="events")
-        self.replica = CameraReplica(self._fetch_snapshot, self._camera_changed, log, table=gateway.cameras)
+        self.replica = CameraReplica(self._fetch_snapshot, self._camera_changed, log, table=pipeline.cameras)
         #: Recording notifications waiting for the replica, per camera id, with their timer.
         self._waiting: dict[str, tuple[list[Event], asyncio.TimerHandle | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +80,7 @@ class EventRelay:
         self.pub.close(linger=0)
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
-        event = Event(topic, f"gateway-{self.gateway.index}", 0, data, time.time())
+        event = Event(topic, f"gateway-{self.pipeline.index}", 0, data, time.time())
         try:
             self.pub.send_multipart(event.frames(), flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -116,15 +116,15 @@ class EventRelay:
         elif topic == topics.PROCESS_EXIT:
             self.pool.forget_pid(event.data["pid"], event.data.get("hung"), event.data.get("expect_within_s"))
         elif topic == topics.PROCESS_STATS:
-            self.gateway.processes = event.data.get("processes", [])
-            self.gateway.host_stats = event.data.get("host", {})
-            self.gateway.upgrade = event.data.get("upgrade", {})
+            self.pipeline.processes = event.data.get("processes", [])
+            self.pipeline.host_stats = event.data.get("host", {})
+            self.pipeline.upgrade = event.data.get("upgrade", {})
         elif topic == topics.GATEWAY_STATS:
             index = event.data.get("index")
-            if index is not None and index != self.gateway.index:
-                self.gateway.gateway_stats[index] = event.data
+            if index is not None and index != self.pipeline.index:
+                self.pipeline.gateway_stats[index] = event.data
         elif topic == topics.MEDIA_STATUS:
-            self.gateway.media_status = event.data
+            self.pipeline.media_status = event.data
 
     # --- cameras -------------------------------------------------------------------------
 
@@ -144,7 +144,7 @@ class EventRelay:
             if not future.done():
                 future.set_result((error, result))
 
-        self.pool.call(Call("discovery", "discovery.snapshot", {}, 5.0, answered, f"g{self.gateway.index}-snapshot"))
+        self.pool.call(Call("discovery", "discovery.snapshot", {}, 5.0, answered, f"g{self.pipeline.index}-snapshot"))
         error, result = await future  # the pool answers every call by its deadline
         if error is not None:
             raise error
@@ -190,10 +190,10 @@ class EventRelay:
         # The role is bound to a connection only until its token expires (or
         # its API key is revoked): a connection that makes no further call
         # would otherwise keep hearing events with a dead credential.
-        still_valid = self.gateway.auth.still_valid
+        still_valid = self.pipeline.auth.still_valid
         recipients = [
             s.connection
-            for s in self.gateway.sessions
+            for s in self.pipeline.sessions
             if s.connection is not None and s.wants(topic) and still_valid(s.identity)
         ]
         if not recipients:

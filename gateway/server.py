@@ -72,15 +72,15 @@ class GatewayServer:
             config.runtime.heartbeat_interval,
             config.runtime.heartbeat_liveness,
         )
-        self.gateway = RequestPipeline(config, self.pool.call, index)
-        self.gateway.workers_alive = self.pool.alive
-        self.events = EventRelay(self.gateway, self.pool, self.ctx, self.endpoints)
+        self.pipeline = RequestPipeline(config, self.pool.call, index)
+        self.pipeline.workers_alive = self.pool.alive
+        self.events = EventRelay(self.pipeline, self.pool, self.ctx, self.endpoints)
         self.pool.on_worker_ready = self._worker_ready
         #: Plain HTTP on the API port: every endpoint registers here (health, /metrics, downloads, console).
         self.scheme = "https" if config.server.tls.cert_file else "http"
         self.routes = RouteTable()
         self.cors = CorsPolicy(config.server.cors_origins)
-        http.register(self.routes, self.gateway, self.cors)
+        http.register(self.routes, self.pipeline, self.cors)
         self.downloads = Downloads(handoff.Sender(config.state_dir / "run"), self.cors)
         self.downloads.register(self.routes)
         self.routes.add(("GET", "HEAD"), "/", self._console)  # the web console (issue 14)
@@ -89,9 +89,9 @@ class GatewayServer:
         self.pending = PendingLimiter(config.server.max_pending, config.server.max_pending_per_address)
         #: The credential check of every HTTP endpoint (one throttle with the WebSocket's authenticate).
         signer = LinkSigner(load_or_create_secret(config))
-        self.guard = HttpGuard(self.gateway.auth, self.gateway.auth_failures, signer)
+        self.guard = HttpGuard(self.pipeline.auth, self.pipeline.auth_failures, signer)
         #: GET /cameras/{id}/preview: live MJPEG from the recording worker's capture (issue 14).
-        self.previews = Previews(config, self.pool.call, self.gateway.cameras, self.guard, signer)
+        self.previews = Previews(config, self.pool.call, self.pipeline.cameras, self.guard, signer)
         self.previews.register(self.routes)
         #: Callables adding members to the ``_gateway_stats`` this gateway publishes (metrics' report).
         self.stats_sources: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
@@ -142,7 +142,7 @@ class GatewayServer:
         """A ``GET /ws`` handshake: None accepts it; 503 while stopping or at ``server.max_connections``."""
         if self._stop.is_set():
             return ws_response(HttpResponse.text(503, "server shutting down\n"))
-        if len(self.gateway.sessions) >= self.config.server.max_connections:
+        if len(self.pipeline.sessions) >= self.config.server.max_connections:
             return ws_response(HttpResponse.text(503, "too many connections\n", {"Retry-After": "5"}))
         return None
 
@@ -180,7 +180,7 @@ class GatewayServer:
 
     def connection_open(self, connection: Connection) -> None:
         peer = connection.remote_address[0] if connection.remote_address else "?"
-        connection.session = self.gateway.open_session(peer, connection)
+        connection.session = self.pipeline.open_session(peer, connection)
 
     def connection_lost(self, connection: Connection) -> None:
         if connection.admission is not None:
@@ -188,7 +188,7 @@ class GatewayServer:
             connection.admission = None
         self.connections.discard(connection)
         if connection.session is not None:
-            self.gateway.close_session(connection.session)
+            self.pipeline.close_session(connection.session)
 
     def message_received(self, connection: Connection, data: str | bytes) -> None:
         session = connection.session
@@ -206,7 +206,7 @@ class GatewayServer:
                 if message is not None:
                     connection.send(jsonrpc.encode(message))
 
-            response = self.gateway.handle(session, item, reply)
+            response = self.pipeline.handle(session, item, reply)
         if response is not None and response is not PENDING:
             connection.send(jsonrpc.encode(response))
 
@@ -235,7 +235,7 @@ class GatewayServer:
                 slots[position] = item
                 continue
             waiting[0] += 1
-            response = self.gateway.handle(session, item, filler(position))
+            response = self.pipeline.handle(session, item, filler(position))
             if response is not PENDING:
                 waiting[0] -= 1
                 slots[position] = response
@@ -332,9 +332,11 @@ class GatewayServer:
         """
         runtime = self.config.runtime
         deadline = time.monotonic() + runtime.heartbeat_interval * runtime.heartbeat_liveness + READY_GRACE
-        while not restarting.ready(self.gateway, self.pool) and not self._stop.is_set():
+        while not restarting.ready(self.pipeline, self.pool) and not self._stop.is_set():
             if time.monotonic() >= deadline:
-                logger.warning("listening_before_ready", workers=self.pool.alive(), cameras=self.gateway.cameras.source)
+                logger.warning(
+                    "listening_before_ready", workers=self.pool.alive(), cameras=self.pipeline.cameras.source
+                )
                 return
             await asyncio.sleep(READY_POLL)
 
@@ -365,12 +367,12 @@ class GatewayServer:
         process list from the start, not only after the first ``_process_stats``.
         """
         deadline = time.monotonic() + self.config.runtime.start_timeout
-        while self.gateway.cameras.source is None and time.monotonic() < deadline:
+        while self.pipeline.cameras.source is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         answer = await asyncio.to_thread(control.request, self.endpoints.control, "hello", 2.0, pid=os.getpid())
-        if answer and not self.gateway.processes:
-            self.gateway.processes = answer.get("processes", [])
-            self.gateway.host_stats = answer.get("host") or self.gateway.host_stats
+        if answer and not self.pipeline.processes:
+            self.pipeline.processes = answer.get("processes", [])
+            self.pipeline.host_stats = answer.get("host") or self.pipeline.host_stats
 
     async def _keepalive(self) -> None:
         interval = self.config.server.ping_interval
@@ -388,7 +390,7 @@ class GatewayServer:
 
     def publish_stats(self) -> None:
         """Publish this gateway's counters (``_gateway_stats``), extended by every ``stats_sources`` entry."""
-        counters = self.gateway.own_counters()
+        counters = self.pipeline.own_counters()
         counters["index"] = self.index
         for source in self.stats_sources:
             counters.update(source(counters))
@@ -399,7 +401,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(min(5.0, timeout / 2))
             now = time.monotonic()
-            for session in list(self.gateway.sessions):
+            for session in list(self.pipeline.sessions):
                 if session.identity is None and now - session.last_activity > timeout and session.connection:
                     session.connection.close(CloseCode.POLICY_VIOLATION, "authentication timeout")
 

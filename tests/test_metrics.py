@@ -114,7 +114,7 @@ def names(found) -> set[str]:
 
 
 def call(server: GatewayServer, session, method: str, params=None):
-    return server.gateway.handle(session, jsonrpc.Call(method, params, 1), lambda _: None)
+    return server.pipeline.handle(session, jsonrpc.Call(method, params, 1), lambda _: None)
 
 
 def process_rows() -> list[dict]:
@@ -204,7 +204,7 @@ def test_latency_histogram_matches_prometheus_client_bucket_for_bucket(make_serv
         + [0.0, 25.0]
     )
     for item in values:
-        server.gateway.stats.record("get_camera_list", 0, item)
+        server.pipeline.stats.record("get_camera_list", 0, item)
         reference.observe(item)
     ours = scrape(server)
     theirs = samples(generate_latest(reference_registry).decode())
@@ -226,7 +226,7 @@ def test_latency_histogram_matches_prometheus_client_bucket_for_bucket(make_serv
 
 def test_requests_counted_by_method_and_code_through_the_real_pipeline(make_server):
     server = make_server()
-    session = server.gateway.open_session("1.2.3.4")
+    session = server.pipeline.open_session("1.2.3.4")
     for _ in range(3):
         call(server, session, "ping")
     call(server, session, "no_such_method")  # -32601, recorded as "unknown"
@@ -269,7 +269,7 @@ def test_supervisor_samples_become_process_and_host_metrics(make_server):
     server = make_server()
     deliver(server, "_process_stats", {"processes": process_rows(), "host": HOST}, source="supervisor")
     found = scrape(server)
-    assert server.gateway.processes  # the relay's own handling still ran
+    assert server.pipeline.processes  # the relay's own handling still ran
     gw = {"process": "gateway-0", "role": "gateway"}
     rec = {"process": "recording-0", "role": "recording"}
     files = {"process": "files-0", "role": "files"}
@@ -288,7 +288,7 @@ def test_supervisor_samples_become_process_and_host_metrics(make_server):
     assert value(found, "camservice_host_load15") == 0.3
     assert value(found, "camservice_host_network_receive_bytes_total") == 2000
     # get_metrics reads the same table: the wrapper did not swallow the event.
-    assert [p["name"] for p in server.gateway.metrics()["processes"]] == ["gateway-0", "recording-0", "files-0"]
+    assert [p["name"] for p in server.pipeline.metrics()["processes"]] == ["gateway-0", "recording-0", "files-0"]
 
 
 def test_worker_stats_render_what_is_present_and_nothing_else(make_server):
@@ -426,7 +426,7 @@ def test_malformed_or_stale_worker_stats_render_nothing(make_server):
 
 def test_cameras_by_status_and_recordings_from_the_replica(make_server):
     server = make_server()
-    server.gateway.cameras.load_snapshot(
+    server.pipeline.cameras.load_snapshot(
         [
             Camera("camera0", "sim:0").to_state(),
             Camera("camera1", "sim:1", recording=True, readers=1).to_state(),
@@ -479,9 +479,9 @@ def test_each_gateway_exports_the_others_requests_and_histograms(make_server):
     g1 = make_server(1, attach_metrics=False, **{"gateway.processes": 2})
     outbox0, outbox1 = bus_recorder(g0), bus_recorder(g1)
     g0.exporter, g1.exporter = attach(g0), attach(g1)
-    g1.gateway.stats.record("take_snapshot", 0, 0.3)
-    g1.gateway.stats.record("take_snapshot", -32011, 10.5)
-    g0.gateway.stats.record("ping", 0, 0.0001)
+    g1.pipeline.stats.record("take_snapshot", 0, 0.3)
+    g1.pipeline.stats.record("take_snapshot", -32011, 10.5)
+    g0.pipeline.stats.record("ping", 0, 0.0001)
     deliver(g0, "_gateway_stats", publish_stats(g1, outbox1), source="gateway-1")
     deliver(g1, "_gateway_stats", publish_stats(g0, outbox0), source="gateway-0")
     for server in (g0, g1):
@@ -497,7 +497,7 @@ def test_each_gateway_exports_the_others_requests_and_histograms(make_server):
         )
         assert value(found, "camservice_requests_total", gateway="0", method="ping", code="0") == 1
     # get_metrics keeps summing over gateways from the same (extended) reports.
-    assert g0.gateway.metrics()["total_requests"] == 3
+    assert g0.pipeline.metrics()["total_requests"] == 3
 
 
 def test_counters_never_go_back_when_scrapes_alternate_between_gateways(make_server):
@@ -515,7 +515,7 @@ def test_counters_never_go_back_when_scrapes_alternate_between_gateways(make_ser
         decreases = []
         for step in range(12):
             for server in servers.values():
-                server.gateway.stats.record("get_camera_list", 0, 0.001)
+                server.pipeline.stats.record("get_camera_list", 0, 0.001)
             if step % 3 == 0:  # both publish now and then; the other hears it at once
                 for index, server in servers.items():
                     deliver(servers[1 - index], "_gateway_stats", publish_stats(server, outboxes[index]))
@@ -534,7 +534,7 @@ def test_counters_never_go_back_when_scrapes_alternate_between_gateways(make_ser
 def test_a_silent_gateway_disappears(make_server):
     g0 = make_server(0, **{"gateway.processes": 2})
     report = {"time": time.time() - STALE_AFTER - 1, "requests": [["ping", 0, 5]], "latency": {}}
-    g0.gateway.gateway_stats[1] = {
+    g0.pipeline.gateway_stats[1] = {
         "index": 1,
         "requests": 5,
         "errors": 0,
@@ -570,7 +570,7 @@ def test_metrics_require_admin_when_configured(make_server):
     admin = issue_token(secret, "admin", "ops", 600)
     viewer = issue_token(secret, "viewer", "someone", 600)
     _, key = KeyStore.for_config(server.config).create("admin", "prometheus")
-    server.gateway.auth.keys.refresh(force=True)
+    server.pipeline.auth.keys.refresh(force=True)
 
     response = http_get(server)
     assert response.status_code == 401 and "Bearer" in response.headers["WWW-Authenticate"]
@@ -592,7 +592,7 @@ def test_metrics_require_admin_when_configured(make_server):
 def test_disabled_metrics_install_nothing(make_server):
     server = make_server(**{"metrics.enabled": False})
     assert server.exporter is None
-    assert server.gateway.stats.observer is None
+    assert server.pipeline.stats.observer is None
     assert server.events.on_delivery is None
     assert "/metrics" not in server.routes.paths()
     response = http_get(server)
@@ -658,9 +658,9 @@ def test_real_disk_usage_of_the_storage_folders(make_server):
 def populated_server(make_server) -> GatewayServer:
     """A gateway that heard from every kind of process."""
     server = make_server()
-    server.gateway.stats.record("take_snapshot", 0, 0.2)
+    server.pipeline.stats.record("take_snapshot", 0, 0.2)
     server.events.on_delivery("camera_status_update", 1, 0.001)
-    server.gateway.cameras.load_snapshot([Camera("camera0", "sim:0").to_state()], 1, "discovery-0")
+    server.pipeline.cameras.load_snapshot([Camera("camera0", "sim:0").to_state()], 1, "discovery-0")
     deliver(server, "_process_stats", {"processes": process_rows(), "host": HOST})
     deliver(
         server,
@@ -732,17 +732,17 @@ def test_every_metric_used_by_the_ops_files_is_exported(make_server):
 def test_benchmark_record_with_observer(benchmark, make_server):
     """RequestStats.record as the gateway calls it per request, histogram included."""
     server = make_server()
-    record = server.gateway.stats.record
+    record = server.pipeline.stats.record
     benchmark(record, "get_camera_list", 0, 0.00042)
-    assert server.gateway.stats.total >= 1
+    assert server.pipeline.stats.total >= 1
 
 
 @pytest.mark.benchmark(group="request-stats")
 def test_benchmark_record_without_observer(benchmark, make_server):
     server = make_server(**{"metrics.enabled": False})
-    record = server.gateway.stats.record
+    record = server.pipeline.stats.record
     benchmark(record, "get_camera_list", 0, 0.00042)
-    assert server.gateway.stats.total >= 1
+    assert server.pipeline.stats.total >= 1
 
 
 @pytest.mark.benchmark(group="scrape")

@@ -105,7 +105,7 @@ def attach(server) -> MetricsExporter | None:
     if not server.config.metrics.enabled:
         return None
     exporter = MetricsExporter(server)
-    server.gateway.stats.observer = exporter.local.observe_request
+    server.pipeline.stats.observer = exporter.local.observe_request
     server.events.on_delivery = exporter.local.observe_delivery
     server.routes.add(("GET", "HEAD"), "/metrics", exporter.handle)
     server.stats_sources.append(exporter.extend_stats)

@@ -72,18 +72,18 @@ class ServiceCollector(Collector):
         info.add_metric([__version__], 1)
         yield info
         yield from self._gateways(exporter.gateway_views(now))
-        yield from self._processes(exporter.gateway.processes)
-        yield from self._host(exporter.gateway.host_stats)
+        yield from self._processes(exporter.pipeline.processes)
+        yield from self._host(exporter.pipeline.host_stats)
         yield from self._workers(exporter.worker_views(now))
         yield from self._storage(exporter.storage.values, exporter.worker_stats("files", now))
         yield from self._thresholds(exporter.config.storage)
         yield from self._retention(exporter.newest_retention(now))
-        yield from self._cameras(exporter.gateway, exporter.worker_stats("recording", now))
+        yield from self._cameras(exporter.pipeline, exporter.worker_stats("recording", now))
         yield from self._recording(exporter.worker_stats("recording", now))
         yield from self._discovery(exporter.worker_stats("discovery", now))
         yield from self._mqtt(exporter.worker_stats("mqtt", now))
-        yield from self._media(exporter.config.media.backend, exporter.gateway.media_status)
-        yield from self._upgrade(getattr(exporter.gateway, "upgrade", {}))
+        yield from self._media(exporter.config.media.backend, exporter.pipeline.media_status)
+        yield from self._upgrade(getattr(exporter.pipeline, "upgrade", {}))
 
     @staticmethod
     def _upgrade(figures: dict[str, Any]) -> Iterator:

@@ -29,7 +29,7 @@ class MetricsExporter:
 
     def __init__(self, server, storage: StorageProbe | None = None):
         self.server = server
-        self.gateway = server.gateway
+        self.pipeline = server.pipeline
         self.config = server.config
         self.local = LocalMetrics()
         self.multi_gateway = self.config.gateway.processes > 1
@@ -47,7 +47,7 @@ class MetricsExporter:
 
     def gateway_report(self) -> dict[str, Any]:
         """This gateway's figures in the shape other gateways render (``_gateway_stats["metrics"]``)."""
-        gateway, pool = self.gateway, self.server.pool
+        gateway, pool = self.pipeline, self.server.pool
         return {
             "time": time.time(),
             "pid": os.getpid(),
@@ -72,14 +72,14 @@ class MetricsExporter:
 
     def gateway_views(self, now: float) -> dict[int, dict[str, Any]]:
         views: dict[int, dict[str, Any]] = {}
-        for index, counters in list(self.gateway.gateway_stats.items()):
+        for index, counters in list(self.pipeline.gateway_stats.items()):
             report = counters.get("metrics") if isinstance(counters, dict) else None
-            if report is not None and index != self.gateway.index and _fresh(report, now):
+            if report is not None and index != self.pipeline.index and _fresh(report, now):
                 views[index] = report
         if self.multi_gateway and self.published is not None:
-            views[self.gateway.index] = self.published
+            views[self.pipeline.index] = self.published
         else:
-            views[self.gateway.index] = self.gateway_report()
+            views[self.pipeline.index] = self.gateway_report()
         return views
 
     def worker_views(self, now: float) -> list[dict[str, Any]]:
@@ -122,4 +122,4 @@ class MetricsExporter:
         await self.storage.refresh()
         body, content_type = self.render()
         # Which gateway answered: several share the port and the kernel picks one.
-        return HttpResponse(200, {"Content-Type": content_type, "X-Camservice-Gateway": str(self.gateway.index)}, body)
+        return HttpResponse(200, {"Content-Type": content_type, "X-Camservice-Gateway": str(self.pipeline.index)}, body)
