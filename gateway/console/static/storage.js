@@ -54,8 +54,7 @@ function Usage({ info, level, warn, critical }) {
       ${critical != null && html`<div class="mark mark-critical" style=${`left:${critical}%`} aria-hidden="true"></div>`}
     </div>
     ${warn != null &&
-    html`<p class="hint thresholds">Warning at ${warn}%, critical at ${critical}% (<code>storage.warn_percent</code>,
-      <code>storage.critical_percent</code>).</p>`}
+    html`<p class="hint thresholds">Warning at ${warn}%, critical at ${critical}% (<code>storage.warn_percent</code>, <code>storage.critical_percent</code>).</p>`}
     <p>
       <strong>${percent}%</strong> used: ${formatBytes(info.used_space)} of ${formatBytes(info.total_space)}${", "}
       ${formatBytes(info.available_space)} free.
