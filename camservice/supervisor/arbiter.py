@@ -404,6 +404,7 @@ def main(foreground: bool = False, adopt: bool = False) -> int:
         state = reexec.read_state(config.state_dir)
         lock_fd = state["lock_fd"]
         os.set_inheritable(lock_fd, False)
+        reexec.hold_for_test(state["env"])
     else:
         try:
             lock_fd = acquire_lock(config.state_dir)

@@ -65,6 +65,11 @@ STATE_FILE = Path("run") / "supervisor-state.json"
 ADOPT_ARG = "--adopt"
 #: Seconds the target interpreter has to show that it imports the supervisor.
 CHECK_TIMEOUT = 30.0
+#: Test-only: a path. The new image writes ``PATH.held`` and waits, before it binds anything, until
+#: ``PATH`` exists (at most :data:`HOLD_LIMIT` seconds), so that a test acts deterministically while
+#: the supervisor is mid-re-exec (tests/reliability/test_reexec.py).
+HOLD_ENV = "CAMSERVICE_TEST_REEXEC_HOLD"
+HOLD_LIMIT = 300.0
 
 
 class ReexecError(Exception):
@@ -230,6 +235,20 @@ def read_state(state_dir: Path) -> dict[str, Any]:
     if state.get("pid") != os.getpid():
         raise ReexecError(f"{path} belongs to pid {state.get('pid')}, not {os.getpid()}")
     return state
+
+
+def hold_for_test(environ: dict[str, str]) -> None:
+    """The test-only pause of :data:`HOLD_ENV` (nothing unless it is set)."""
+    path = environ.get(HOLD_ENV)
+    if not path:
+        return
+    held, release = Path(path + ".held"), Path(path)
+    held.write_text(f"{os.getpid()}\n")
+    log.warning("supervisor_reexec_held", release=str(release))
+    deadline = time.monotonic() + HOLD_LIMIT
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held.unlink(missing_ok=True)
 
 
 def restore(arbiter: Arbiter, state: dict[str, Any]) -> list[tuple[Watcher, int, dict]]:
