@@ -40,6 +40,7 @@ ROLES = {
     "recording": "camservice.workers.recording.worker:main",
     "files": "camservice.workers.files.worker:main",
     "mqtt": "camservice.workers.mqtt.bridge:main",
+    "bus": "camservice.supervisor.bus:main",
 }
 
 

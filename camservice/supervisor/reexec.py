@@ -8,9 +8,10 @@ Steps:
    and check that the target interpreter imports the supervisor at all (an
    image that cannot start would orphan every child).
 2. Answer the caller, then leave the event loop *without stopping any child*:
-   the control socket, the heartbeat listener, the publishers and the
-   generations' buses are closed (ZeroMQ delivers the answer before the
-   context ends).
+   the control socket, the heartbeat listener and the publishers are closed
+   (ZeroMQ delivers the answer before the context ends). The generations'
+   event buses are processes of their own (:mod:`.bus`): they, and every event
+   the workers and gateways publish on them, go on through the exec.
 3. Write :data:`STATE_FILE` (``state_dir/run/supervisor-state.json``): every
    live generation (number, state, interpreter, its checked configuration
    file ``config-gN.yaml``), every process slot (pid, start time, restarts,
@@ -23,12 +24,12 @@ Steps:
    ``waitpid`` exactly as a ``Popen`` would. Their parent-death signal does
    not fire: it follows the *thread* that forked them (the main thread), and
    ``execve`` ends the other threads only.
-5. The new image binds the control socket and each generation's bus again on
-   the same endpoints. The children's ZeroMQ sockets reconnect by
-   themselves; events published while no bus was bound (the exec, about the
-   time an interpreter takes to start) are lost, which every subscriber
-   already tolerates (the gateways resynchronise their camera replica).
-   WebSocket clients see nothing: no gateway stops.
+5. The new image binds the control socket again and connects to each
+   generation's bus (adopted with the other children). Only what the
+   supervisor itself does pauses for the exec (about the time an interpreter
+   takes to start): control requests wait in their senders' queues, a child
+   that exits meanwhile is reaped and told once the new image runs.
+   WebSocket clients see nothing: no gateway stops, no event is lost.
 
 The supervisor holds no listening socket of the service: the gateways own
 the WebSocket port (``SO_REUSEPORT``), so there is no listening descriptor to
