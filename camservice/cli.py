@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from . import __version__, comms
+from . import __version__, comms, process
 from . import config as config_module
 from . import control as control_client
 from .cli_security import register as _register_security
@@ -84,7 +84,7 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "supervisor.out", "ab") as out:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "camservice.supervisor.arbiter"],
+            process.command(sys.executable, "camservice.supervisor.arbiter"),  # never the cwd's camservice
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

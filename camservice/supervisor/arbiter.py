@@ -199,6 +199,10 @@ class Arbiter:
         bus = generation.bus
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if bus.last_exit is not None:  # a broken install: fail at once, like the other processes
+                raise BusNotReady(
+                    f"generation {generation.number}'s {bus.name} exited during start (code {bus.last_exit})"
+                )
             pid = bus.pid
             if pid is not None:
                 self._heartbeats.drain()

@@ -107,7 +107,7 @@ class Bus:
 
 def main(index: int) -> None:
     """The ``bus`` role's process (``camservice.process``): forward until SIGTERM or the supervisor is gone."""
-    config = runtime.boot(f"bus-{index}", f"camservice: bus g{os.environ.get(comms.GENERATION_ENV, '0')}")
+    config = runtime.boot(f"bus-{index}", f"camservice: bus {index}")
     endpoints = comms.Endpoints.from_config(config)
     parent = os.getppid()
     stop = threading.Event()

@@ -30,9 +30,6 @@ from camservice.methods import WORKER_KINDS
 
 from .watcher import Watcher
 
-#: Python's switch for "no working directory on sys.path" (ignored before 3.11).
-SAFE_PATH_ENV = "PYTHONSAFEPATH"
-
 STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
 
 
@@ -55,10 +52,9 @@ class Generation:
         self.executable = executable
         self.env = dict(env)
         self.env[comms.GENERATION_ENV] = str(number)
-        # ``python -m`` puts the working directory first on sys.path (Python >= 3.11 can be told not to):
-        # a supervisor started from a source checkout would make an upgraded generation import the
-        # checkout's camservice instead of its own virtualenv's.
-        self.env[SAFE_PATH_ENV] = "1"
+        # The children start through camservice.process.command, not ``python -m``: a supervisor started
+        # from a source checkout would otherwise make an upgraded generation import the checkout's
+        # camservice (first on sys.path) instead of its own virtualenv's.
         # The children read exactly the configuration the supervisor checked (a
         # rollback must not pick up the file that was edited for the reload).
         self.config_file = Path(config.runtime.state_dir) / "run" / f"config-g{number}.yaml"

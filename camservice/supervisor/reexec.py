@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from camservice import config as config_module
+from camservice import process
 
-from .generation import DRAINING, PARKED, SAFE_PATH_ENV, STARTING, STOPPED, Generation
+from .generation import DRAINING, PARKED, STARTING, STOPPED, Generation
 from .watcher import Watcher
 
 if TYPE_CHECKING:
@@ -147,8 +148,8 @@ def check_executable(executable: str) -> None:
     """Raise unless ``executable`` runs and imports the supervisor (blocking: run it in a thread)."""
     try:
         proc = subprocess.run(
-            [executable, "-c", "import camservice.supervisor.arbiter"],
-            env={**os.environ, SAFE_PATH_ENV: "1"},
+            [executable, "-c", process.SAFE_PATH + "import camservice.supervisor.arbiter"],
+            env=dict(os.environ),
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,
@@ -225,8 +226,7 @@ def exec_image(executable: str, lock_fd: int, env: dict[str, str]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     log.info("supervisor_reexec", pid=os.getpid(), executable=executable)
     # Not the working directory's camservice (a source checkout) but the target interpreter's own.
-    env = {**env, SAFE_PATH_ENV: "1"}
-    os.execve(executable, [executable, "-m", "camservice.supervisor.arbiter", ADOPT_ARG], env)
+    os.execve(executable, process.command(executable, "camservice.supervisor.arbiter", ADOPT_ARG), env)
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
