@@ -232,7 +232,9 @@ def reload(ctx: click.Context, as_json: bool, supervisor: bool, supervisor_only:
     close 1012) and the old generation stops. A bad configuration is refused
     before anything changes. With --supervisor (or --supervisor-only) the
     supervisor first re-executes itself in place: same pid, its processes
-    adopted, not restarted.
+    (and their event buses) adopted, not restarted. A re-exec is refused
+    while a reload is in progress or during the canary window after one
+    (upgrade.canary_seconds): the error says when to retry.
     """
     config = _load(ctx)  # refuse a bad file here already, with the key named
     if supervisor or supervisor_only:

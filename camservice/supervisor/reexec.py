@@ -111,12 +111,28 @@ class Adopted:
 
 
 def refusal(arbiter: Arbiter) -> str | None:
-    """Why a re-exec cannot happen now, or None."""
+    """Why a re-exec cannot happen now, and when to retry; or None.
+
+    Refused, not queued (README, design notes): a reload and its canary are
+    tasks of this image's event loop (a baseline, timers, a parked generation
+    held for a rollback), which an exec would cut in the middle; both end by
+    themselves within a known time, after which the re-exec is safe.
+    """
     if arbiter.reloader.busy:
-        return "a reload is in progress"
+        return (
+            "a reload (or a re-exec) is in progress; retry once it has answered "
+            f"(within runtime.start_timeout + runtime.stop_timeout, {arbiter.config.runtime.start_timeout:g} s + "
+            f"{arbiter.config.runtime.stop_timeout:g} s)"
+        )
     live = [g for g in arbiter.generations if g.state != STOPPED]
     if any(g.state in (STARTING, DRAINING, PARKED) for g in live):
-        return "a reload's canary is watching the new generation; retry once it has passed"
+        canary = arbiter.upgrade_state.get("canary") or {}
+        remaining = canary.get("remaining_s")
+        when = f"in about {remaining:g} s" if isinstance(remaining, (int, float)) else "in a moment"
+        return (
+            f"generation {arbiter.serving.number} is in its canary window after a reload (upgrade.canary_seconds); "
+            f"retry {when}, once the canary has passed or rolled back (camservice status shows it)"
+        )
     return None
 
 
