@@ -271,6 +271,20 @@ SCHEMA: tuple[Setting, ...] = (
         "Bytes per second one download may take (0: no limit); keeps a memory-speed copy from crowding out API calls.",
         _non_negative,
     ),
+    Setting(
+        "files.download_budget",
+        0,
+        int,
+        "Bytes per second all downloads together may take, shared out among them (0: no limit).",
+        _non_negative,
+    ),
+    Setting(
+        "files.download_priority",
+        "normal",
+        str,
+        "Scheduling class of the threads that send download bodies: normal, batch or idle (API calls first).",
+        _one_of("normal", "batch", "idle"),
+    ),
     # cameras
     Setting("cameras.simulate", 0, int, "Simulated cameras created at start (sim:0 ... sim:N-1).", _non_negative),
     Setting("cameras.sim_resolution", "640x480", str, "Resolution of simulated cameras.", _resolution),
