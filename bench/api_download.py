@@ -35,7 +35,9 @@ readers, kernel threads, the rest of the machine) and printed with the load
 average.
 
 A variant is ``NAME`` or ``NAME:key=value,key=value`` with dotted config
-keys (``files.download_budget=0``); ``--rate-limit`` and ``--budget`` set
+keys (``files.download_budget=0``), and ``python=PATH`` to run that
+variant's service with another interpreter (another tree's venv: A/B
+against a build before a change); ``--rate-limit`` and ``--budget`` set
 ``files.download_rate_limit`` and ``files.download_budget`` for variants
 that do not set them (omitted: the service's defaults).
 
@@ -81,8 +83,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def download(port: int, token: str, tls_ca: str | None) -> tuple[int, float]:
-    """One whole download into a fixed 1 MiB buffer: (bytes, seconds)."""
+def download(port: int, token: str, tls_ca: str | None, deadline: float | None = None) -> tuple[int, float]:
+    """One whole download into a fixed 1 MiB buffer, or as much as arrives before ``deadline`` (time.time()): (bytes, seconds)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=60)
     sock = raw
     if tls_ca:
@@ -110,6 +112,8 @@ def download(port: int, token: str, tls_ca: str | None) -> tuple[int, float]:
         if not count:
             break
         received += count
+        if deadline is not None and time.time() >= deadline:
+            break  # the phase is over: a reader stops mid-file, so its rate is the phase's
     sock.close()
     return received, time.perf_counter() - began
 
@@ -119,7 +123,7 @@ def _download_worker(args):
     port, token, ca, deadline = args
     total, began, count = 0, time.perf_counter(), 0
     while time.time() < deadline:
-        size, _ = download(port, token, ca)
+        size, _ = download(port, token, ca, deadline)
         total += size
         count += 1
     return total, time.perf_counter() - began, count
@@ -185,9 +189,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise argparse.ArgumentTypeError(f"{item!r}: expected section.key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+        if not sep or ("." not in key and key.strip() != "python"):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected section.key=value or python=PATH")
+        overrides[key.strip()] = value if key.strip() == "python" else yaml.safe_load(value)
     return name, overrides
 
 
@@ -196,11 +200,16 @@ class Service:
 
     def __init__(self, name: str, overrides: dict, args, root: Path):
         self.name = name
+        overrides = dict(overrides)
+        python = overrides.pop("python", sys.executable)
         self.root = root / name
         state = self.root / "state"
         (state / "recordings").mkdir(parents=True)
         with open(state / "recordings" / NAME, "wb") as handle:
             handle.truncate(args.size_mib << 20)
+        with open(state / "recordings" / NAME, "rb", buffering=0) as handle:
+            while handle.read(8 << 20):  # into the page cache now, not during the first measured download
+                pass
         self.port, self.files_port = free_port(), free_port()
         tree: dict = {
             "server": {"port": self.port},
@@ -229,19 +238,32 @@ class Service:
                 node = node.setdefault(part, {})
             node[key] = value
         self.settings = {k: v for k, v in tree["files"].items() if k != "http_port"}
+        if python != sys.executable:
+            self.settings["python"] = python
         (self.root / "c.yaml").write_text(yaml.safe_dump(tree))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CAMSERVICE_")}
         self.env["CAMSERVICE_CONFIG"] = str(self.root / "c.yaml")
-        self.cli = [sys.executable, "-m", "camservice.cli"]
+        self.cli = [python, "-m", "camservice.cli"]
         self.url = f"{'wss' if self.ca else 'ws'}://127.0.0.1:{self.port}/ws"
 
     def start(self) -> None:
-        subprocess.run([*self.cli, "start"], env=self.env, check=True, capture_output=True, timeout=120)
+        started = subprocess.run(
+            [*self.cli, "start"], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=180
+        )
+        if started.returncode:
+            raise RuntimeError(f"{self.name}: camservice start failed: {started.stdout}{started.stderr}")
         self.token = subprocess.run(
-            [*self.cli, "token", "--role", "viewer"], env=self.env, check=True, capture_output=True, text=True
+            [*self.cli, "token", "--role", "viewer"],
+            env=self.env,
+            cwd=self.root,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         status = json.loads(
-            subprocess.run([*self.cli, "status", "--json"], env=self.env, capture_output=True, text=True).stdout
+            subprocess.run(
+                [*self.cli, "status", "--json"], env=self.env, cwd=self.root, capture_output=True, text=True
+            ).stdout
         )
         self.roles: dict[int, str] = {}
         for entry in status["processes"]:
@@ -260,7 +282,7 @@ class Service:
             pass
 
     def stop(self) -> None:
-        subprocess.run([*self.cli, "stop"], env=self.env, capture_output=True, timeout=120, check=False)
+        subprocess.run([*self.cli, "stop"], env=self.env, cwd=self.root, capture_output=True, timeout=120, check=False)
 
 
 def loaded_phase(service: Service, args, mode: str, others: dict[int, str]) -> tuple[list[float], dict, list]:
@@ -337,7 +359,8 @@ def main(argv=None) -> int:
             every_role.update({pid: f"{role} [{service.name}]" for pid, role in service.roles.items()})
         data = {
             s.name: {"rates": {"api": [], "files_port": []}, "unloaded": [], "loaded": {m: [] for m in modes},
-                     "per_round": {m: [] for m in modes}, "cpu": {m: [] for m in modes}, "downloads": {m: [] for m in modes}}
+                     "per_round": {m: [] for m in modes}, "cpu": {m: [] for m in modes}, "downloads": {m: [] for m in modes},
+                     "files_cpu": {m: [] for m in modes}}
             for s in services
         }  # fmt: skip
         gateway_cpu: dict[str, tuple[float, float]] = {}
@@ -345,7 +368,8 @@ def main(argv=None) -> int:
             for service in services:
                 mine = data[service.name]
                 others = {pid: role for pid, role in every_role.items() if pid not in service.roles}
-                for label, p in (("api", service.port), ("files_port", service.files_port)):
+                ways = [("api", service.port), ("files_port", service.files_port)]
+                for label, p in ways if round_no % 2 == 0 else ways[::-1]:  # neither always goes first
                     size, seconds = download(p, service.token, service.ca)
                     mine["rates"][label].append(size / seconds / 1e6)
                 if round_no == 0:
@@ -365,7 +389,9 @@ def main(argv=None) -> int:
                         round(percentiles(loaded)["p95_ms"] / percentiles(unloaded)["p95_ms"], 3)
                     )
                     mine["cpu"][mode].append(split)
-                    mine["downloads"][mode].append(round(sum(s for s, _, _ in finished) / args.duration / 1e6))
+                    mine["downloads"][mode].append(round(sum(s / t for s, t, _ in finished) / 1e6))
+                    files_cores = split["cores_by_role"].get("service files", 0.0)
+                    mine["files_cpu"][mode].append(files_cores / max(1e-9, sum(s / t for s, t, _ in finished) / 1e9))
                 print(
                     f"round {round_no + 1} {service.name}: "
                     + ", ".join(f"{m} ratio {mine['per_round'][m][-1]}" for m in modes)
@@ -396,6 +422,7 @@ def main(argv=None) -> int:
                     "p95_ratio": round(loaded["p95_ms"] / unloaded["p95_ms"], 3),
                     "p95_ratio_per_round": mine["per_round"][mode],
                     "download_mb_s_all_readers": mine["downloads"][mode],
+                    "files_worker_cpu_s_per_gb": [round(x, 3) for x in mine["files_cpu"][mode]],
                     "cores_by_role_mean": {
                         r: round(statistics.fmean(c.get(r, 0.0) for c in cores), 3)
                         for r in sorted(roles, key=lambda r: -sum(c.get(r, 0.0) for c in cores))
@@ -431,7 +458,8 @@ def summary(report: dict) -> str:
             lines.append(
                 f"{name} [{mode} readers, {label}]: status P95 {entry['status_unloaded']['p95_ms']} ms unloaded,"
                 f" {r['status_during_downloads']['p95_ms']} ms loaded, ratio {r['p95_ratio']}"
-                f" (rounds {r['p95_ratio_per_round']}); downloads {r['download_mb_s_all_readers']} MB/s total;"
+                f" (rounds {r['p95_ratio_per_round']}); downloads {r['download_mb_s_all_readers']} MB/s total,"
+                f" files worker {r['files_worker_cpu_s_per_gb']} CPU s/GB;"
                 f" API/file port throughput {entry['api_vs_file_port']}; gateway CPU"
                 f" {entry['gateway_cpu_s_one_download']} s per download; settings {entry['settings']}"
             )

@@ -282,8 +282,8 @@ SCHEMA: tuple[Setting, ...] = (
         "files.download_priority",
         "normal",
         str,
-        "Scheduling class of the threads that send download bodies: normal, batch or idle (API calls first).",
-        _one_of("normal", "batch", "idle"),
+        "Scheduling class of the threads that send download bodies: normal, low (SCHED_BATCH, nice +10) or idle.",
+        _one_of("normal", "low", "idle"),
     ),
     # cameras
     Setting("cameras.simulate", 0, int, "Simulated cameras created at start (sim:0 ... sim:N-1).", _non_negative),

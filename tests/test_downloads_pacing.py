@@ -188,12 +188,14 @@ def test_a_cancel_stops_a_sender_blocked_on_a_full_socket(data_file, monkeypatch
 
 
 @pytest.mark.parametrize(
-    "priority, policy", [("normal", os.SCHED_OTHER), ("batch", os.SCHED_BATCH), ("idle", os.SCHED_IDLE)]
+    "priority, policy", [("normal", os.SCHED_OTHER), ("low", os.SCHED_BATCH), ("idle", os.SCHED_IDLE)]
 )
 def test_bulk_threads_run_at_the_configured_priority_and_only_they(priority, policy):
     senders = BulkSenders(2, priority)
     try:
         assert senders._pool.submit(os.sched_getscheduler, 0).result(30) == policy
+        nice = senders._pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result(30)
+        assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + (10 if priority == "low" else 0))
     finally:
         senders.shutdown()
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is untouched
@@ -255,7 +257,7 @@ def test_parallel_downloads_share_one_budget(recordings):
     less than the budget allows (a lower bound only: a loaded machine is slower, never faster)."""
     folders, body = recordings
     budget = 8 * MIB
-    srv = DownloadServer(folders, "127.0.0.1", 0, budget=budget, priority="batch")
+    srv = DownloadServer(folders, "127.0.0.1", 0, budget=budget, priority="low")
     srv.start()
     try:
         began = time.monotonic()

@@ -12,10 +12,13 @@ system call releases the GIL; the Python between two calls is a few lines.
 
 The cost of ``sendfile`` (and, over loopback, of the receiver's TCP work,
 which the kernel runs in the sender's context) lands in the thread that
-calls it. That thread runs at ``files.download_priority``: ``normal``,
-``batch`` (``SCHED_BATCH``: never preempts on waking), or ``idle``
-(``SCHED_IDLE``: runs when nothing else wants the core), so that API calls
-and recordings win the cores and bulk bytes take what is left. The thread
+calls it. That thread runs at ``files.download_priority``: ``normal``;
+``low`` (``SCHED_BATCH``, never preempting on waking, at nice 10: about a
+tenth of a core's share against a normal thread wanting it too); or
+``idle`` (``SCHED_IDLE``: only what nothing else wants; but a bulk thread
+preempted while it holds the GIL then holds up the worker's other threads
+until the core is free, so it is not the default). API calls and recordings
+win the cores; bulk bytes take what is left. The thread
 works on duplicates of the socket and file descriptors, which it closes
 itself: a connection closed under it can never make it write into a
 reused descriptor number.
@@ -40,7 +43,7 @@ CHUNK_BYTES = 512 * 1024
 #: ``files.download_priority`` -> (scheduling policy, nice) of a bulk thread.
 PRIORITIES: dict[str, tuple[int, int]] = {
     "normal": (os.SCHED_OTHER, 0),
-    "batch": (os.SCHED_BATCH, 0),
+    "low": (os.SCHED_BATCH, 10),
     "idle": (os.SCHED_IDLE, 0),
 }
 #: Longest single ``poll``: how soon a sender sees a cancel while the client is not reading.
@@ -56,8 +59,8 @@ def lower_priority(priority: str) -> None:
     policy, nice = PRIORITIES[priority]
     if policy != os.SCHED_OTHER:
         os.sched_setscheduler(0, policy, os.sched_param(0))
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if nice:  # per thread on Linux (0: the calling thread)
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
 
 
 def send_body(
