@@ -273,14 +273,14 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "files.download_budget",
-        0,
+        312_500_000,
         int,
-        "Bytes per second all downloads together may take, shared out among them (0: no limit).",
+        "Bytes per second all downloads together may take, shared out among them (0: no limit); default 2.5 Gbit/s.",
         _non_negative,
     ),
     Setting(
         "files.download_priority",
-        "normal",
+        "low",
         str,
         "Scheduling class of the threads that send download bodies: normal, low (SCHED_BATCH, nice +10) or idle.",
         _one_of("normal", "low", "idle"),

@@ -316,3 +316,16 @@ def test_tls_downloads_are_paced_on_the_loop(recordings, tmp_path):
     finally:
         srv.stop()
     assert slept and sum(slept) <= len(body) / rate
+
+
+def test_the_service_budget_is_divided_among_the_file_workers(tmp_path):
+    from camservice.workers.files.worker import FilesWorker
+
+    from tests.test_files_support import make_config
+
+    config = make_config(tmp_path, **{"files.download_budget": 900, "workers.files": 3})
+    worker = FilesWorker(config, 0)
+    assert worker.http.budget is not None and worker.http.budget.rate == 300
+    assert worker.http.priority == "low"  # the default
+    unpaced = FilesWorker(make_config(tmp_path / "b", **{"files.download_budget": 0}), 0)
+    assert unpaced.http.budget is None

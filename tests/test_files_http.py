@@ -350,7 +350,6 @@ def test_big_download_streams_with_bounded_memory(folders):
 
 def test_worker_serves_downloads_to_viewers_only(tmp_path):
     """The contract: viewer role needed; 401 without credentials, 403 with a bad one."""
-    import asyncio
 
     from camservice.apikeys import KeyStore
     from camservice.tokens import issue_token, load_or_create_secret
