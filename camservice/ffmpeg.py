@@ -140,6 +140,12 @@ def v4l2_input(
     return args + ["-i", device]
 
 
+#: H.264 as every reader takes it (RTSP, WebRTC, HLS, browsers, players):
+#: the cheapest preset, no frame reordering (zerolatency: no B-frames, no
+#: look-ahead), and 4:2:0, which a camera's 4:2:2 or RGB would not be.
+H264_ARGS = ("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p")
+
+
 class ProbeError(RuntimeError):
     pass
 

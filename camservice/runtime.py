@@ -11,6 +11,7 @@ without it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -30,7 +31,31 @@ def boot(name: str, title: str) -> config_module.Config:
     log.setup(
         name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"
     )
+    tune_gc()
     return config
+
+
+#: Tracked allocations (net of frees) between two young-generation collections.
+#: The default, 700, ran one every 100-200 worker calls in a busy gateway.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Cyclic garbage collection for a long-running service process; call once, after start-up.
+
+    ``gc.freeze`` moves what exists now (modules, classes, functions, the
+    configuration: most of the heap, and never garbage) out of the
+    collector's sight, so that a full collection no longer walks all of it:
+    in the gateway under the cost bench's worker-hop load one took ~25 ms
+    (~1.3 ms frozen), one every ~13,000 calls, and collections of all
+    generations cost ~3 µs per call. Reference counting still frees
+    everything; only reference cycles wait for a collection, and a young
+    generation of ``GC_YOUNG_THRESHOLD`` objects bounds how many pile up
+    (a connection's teardown leaves a few dozen).
+    """
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 class Lifetime:

@@ -24,7 +24,6 @@ carries dozens of calls.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import time
 from collections import deque
@@ -71,6 +70,7 @@ class PendingCall:
     seq: int
     call: Call
     deadline: float  # wall clock, travels to the worker
+    expires: float  # the same moment on the monotonic clock, which the sweep reads
     kind: str  # call.kind and call.callback, copied: read on every hop
     answer: ReplyCallback  # answer(error, result), exactly once
     worker: bytes | None = None
@@ -90,7 +90,8 @@ class WorkerPool:
         self._by_kind: dict[str, list[WorkerHandle]] = {kind: [] for kind in WORKER_KINDS}
         self.pending: dict[int, PendingCall] = {}
         self.queues: dict[str, deque[PendingCall]] = {kind: deque() for kind in WORKER_KINDS}
-        self._deadlines: list[tuple[float, int]] = []
+        #: Deadlines, one FIFO of seqs per distinct timeout (see :meth:`_expire`).
+        self._deadlines: dict[float, deque[int]] = {}
         self._seq = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader = Drain(self.socket, self._on_frame, multipart=True, after=self._pump_touched, name="pool")
@@ -137,10 +138,13 @@ class WorkerPool:
             call.callback(RpcError(SERVICE_BUSY, data={"reason": f"no {kind} worker is running"}), None)
             return
         seq = next(self._seq)
-        deadline = time.time() + call.timeout
-        pending = PendingCall(seq, call, deadline, kind, call.callback)
+        timeout = call.timeout
+        pending = PendingCall(seq, call, time.time() + timeout, time.monotonic() + timeout, kind, call.callback)
         self.pending[seq] = pending
-        heapq.heappush(self._deadlines, (deadline, seq))
+        fifo = self._deadlines.get(timeout)
+        if fifo is None:
+            fifo = self._deadlines[timeout] = deque()
+        fifo.append(seq)
         if not self._send(pending):
             queue = self.queues[kind]
             if len(queue) >= self.max_queue:
@@ -326,19 +330,8 @@ class WorkerPool:
 
     def sweep(self) -> None:
         """Expire deadlines and forget silent workers; call every ~100 ms."""
-        now = time.time()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, seq = heapq.heappop(self._deadlines)
-            call = self.pending.pop(seq, None)
-            if call is None:
-                continue
-            self.timeouts[call.kind] += 1
-            worker = self.workers.get(call.worker) if call.worker else None
-            if worker is not None:
-                worker.in_flight.discard(seq)
-            reason = "no worker answered in time" if call.worker else f"no {call.kind} worker available"
-            call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
         mono = time.monotonic()
+        self._expire(mono)
         for worker in list(self.workers.values()):
             if mono - worker.last_seen > self.heartbeat_timeout:
                 self._worker_lost(worker, STOPPED_ANSWERING)
@@ -349,6 +342,34 @@ class WorkerPool:
                 while queue:
                     self._fail(queue.popleft(), f"no {kind} worker is running")
             self._pump(kind)
+
+    def _expire(self, now: float) -> None:
+        """Answer -32011 for every call whose deadline passed; forget the answered ones.
+
+        Calls made with the same timeout expire in the order they were made,
+        so each FIFO is sorted by expiry and only its head needs looking at:
+        O(1) per call. A heap of every call sent kept each entry (and the
+        garbage collector's work on it) until its deadline, seconds after
+        the answer; here an answered head goes at the next sweep.
+        """
+        pending = self.pending
+        for timeout, fifo in list(self._deadlines.items()):
+            while fifo:
+                call = pending.get(fifo[0])
+                if call is not None and call.expires > now:
+                    break
+                seq = fifo.popleft()
+                if call is None:
+                    continue  # answered
+                del pending[seq]
+                self.timeouts[call.kind] += 1
+                worker = self.workers.get(call.worker) if call.worker else None
+                if worker is not None:
+                    worker.in_flight.discard(seq)
+                reason = "no worker answered in time" if call.worker else f"no {call.kind} worker available"
+                call.answer(RpcError(SERVICE_BUSY, data={"reason": reason}), None)
+            if not fifo:
+                del self._deadlines[timeout]
 
     def forget_pid(self, pid: int, hung: str | None = None, expect_within_s: float | None = None) -> None:
         """The supervisor reports that ``pid`` exited (or was killed as ``hung``): fail over its calls now.

@@ -3,6 +3,9 @@
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 from camservice.runtime import Lifetime
 
@@ -29,3 +32,25 @@ def test_a_handler_chooses_how_to_leave():
         return heard
 
     assert asyncio.run(scenario()) == ["hup"]
+
+
+def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles():
+    # In a child: freezing and thresholds are process-wide, not for the test runner to keep.
+    code = textwrap.dedent(
+        """
+        import gc
+        from camservice.runtime import GC_YOUNG_THRESHOLD, tune_gc
+        tune_gc()
+        assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        class Node:
+            pass
+        node = Node()
+        node.me = node  # a cycle: only the collector frees it
+        del node
+        assert gc.collect() >= 1
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -118,14 +118,7 @@ def capture_args(camera: Camera, config: Any) -> list[str]:
 #: (whatever the frame rate) bounds how long a new WebRTC/HLS reader waits for a picture.
 ENCODE_ARGS = (
     "-an",
-    "-c:v",
-    "libx264",
-    "-preset",
-    "ultrafast",
-    "-tune",
-    "zerolatency",
-    "-pix_fmt",
-    "yuv420p",
+    *ffmpeg.H264_ARGS,
     "-force_key_frames",
     "expr:gte(t,n_forced*1)",
 )

@@ -194,18 +194,7 @@ def _image_output(fmt: str) -> list[str]:
 def encode_args(fps: int) -> list[str]:
     """H.264 for a raw camera. A one-second GOP bounds both what a crash can
     lose (one fragment) and how late a time-based segment cut may come."""
-    return [
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        str(max(1, int(fps or 15))),
-    ]
+    return [*ffmpeg.H264_ARGS, "-g", str(max(1, int(fps or 15)))]
 
 
 def recording_argv(
@@ -255,8 +244,17 @@ def recording_argv(
         "-segment_list_type",
         "csv",
         str(staging / f"seg%03d.{fmt}"),
-        # The latest-frame JPEG that snapshots of a recording camera copy,
-        # replaced atomically so a reader never sees half a picture.
+        *latest_frame_output(frame_path),
+    ]
+
+
+def latest_frame_output(frame_path: Path) -> list[str]:
+    """Output options of the latest-frame JPEG (a recording's, or a preview's).
+
+    Snapshots of a recording camera and the live preview copy it; it is
+    replaced atomically so a reader never sees half a picture.
+    """
+    return [
         "-map",
         "0:v",
         "-vf",

@@ -82,21 +82,8 @@ def preview_argv(exe: str, device: capture.DeviceInput, frame_path: Path) -> lis
         "-stats_period",
         "0.02",  # notice SIGINT quickly: a recording waits for the device
         *device.args,
-        "-map",
-        "0:v",
-        "-vf",
-        f"fps={capture.PREVIEW_FPS}",
-        "-c:v",
-        "mjpeg",
-        "-q:v",
-        "2",  # as a recording's frame: a snapshot of a previewed camera copies it
-        "-f",
-        "image2",
-        "-update",
-        "1",
-        "-atomic_writing",
-        "1",
-        str(frame_path),
+        # As a recording's frame: a snapshot of a previewed camera copies it.
+        *capture.latest_frame_output(frame_path),
     ]
 
 
