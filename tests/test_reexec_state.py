@@ -69,3 +69,21 @@ def test_a_state_file_of_another_pid_is_refused(tmp_path):
     (tmp_path / reexec.STATE_FILE).write_text('{"pid": 1}')
     with pytest.raises(reexec.ReexecError, match="belongs to pid 1"):
         reexec.read_state(tmp_path)
+
+
+def test_a_re_exec_is_refused_during_a_reload_and_a_canary_window_saying_when_to_retry(tmp_path):
+    flat = {"runtime.state_dir": str(tmp_path / "state"), "security.jwt_secret": "x" * 40}
+    arbiter = Arbiter(config_module.load(overrides=flat, environ={}), {})
+    arbiter.generations[0].state = "serving"
+    assert reexec.refusal(arbiter) is None
+    arbiter.reloader.busy = True
+    assert "a reload (or a re-exec) is in progress; retry once it has answered" in reexec.refusal(arbiter)
+    arbiter.reloader.busy = False
+    # After a reload: the old generation parked, the new one watched by the canary.
+    arbiter.generations[0].state = "parked"
+    arbiter.new_generation(arbiter.config, {}, sys.executable).state = "serving"
+    arbiter.upgrade_state["canary"] = {"state": "watching", "generation": 1, "remaining_s": 12.5}
+    problem = reexec.refusal(arbiter)
+    assert "generation 1 is in its canary window" in problem and "retry in about 12.5 s" in problem, problem
+    answer = reexec.command(arbiter, {}, lambda answer: None)
+    assert answer == {"ok": False, "error": f"cannot re-exec the supervisor now: {problem}"}
