@@ -16,7 +16,11 @@ It keeps the generation's endpoints (:meth:`camservice.comms.Endpoints.from_conf
 nobody else changes. The supervisor checks it end to end: it publishes a
 :data:`~camservice.topics.BUS_PROBE` through each bus and hears it back (the
 bus's heartbeat, and its readiness before the generation's other processes
-start, see :meth:`~.arbiter.Arbiter.open`).
+start, see :meth:`~.arbiter.Arbiter.open`). Every generation's processes
+wait for it, so it starts in a blink: it reads no configuration (the
+generation hands it its two endpoints, :data:`IN_ENV` and :data:`OUT_ENV`)
+and imports nothing but ZeroMQ; it logs nothing either (the supervisor logs
+its starts and exits; a failure to bind goes to stderr, ``supervisor.out``).
 
 Why not one bus for the whole service, or one per gateway (issue 11 §2):
 every child gets SIGTERM from the kernel when the supervisor dies
@@ -32,16 +36,15 @@ import os
 import signal
 import threading
 
-import structlog
 import zmq
 
-from camservice import comms, process, runtime
+from camservice import comms, process
 
 _ids = itertools.count()
 #: Seconds between the bus process's checks that its parent still lives (PDEATHSIG's safety net).
 PARENT_CHECK = 1.0
-
-log = structlog.get_logger("bus")
+#: The endpoints a bus process binds (its generation's ``events_in`` and ``events_out``).
+IN_ENV, OUT_ENV = "CAMSERVICE_BUS_IN", "CAMSERVICE_BUS_OUT"
 
 
 class Bus:
@@ -107,8 +110,8 @@ class Bus:
 
 def main(index: int) -> None:
     """The ``bus`` role's process (``camservice.process``): forward until SIGTERM or the supervisor is gone."""
-    config = runtime.boot(f"bus-{index}", f"camservice: bus {index}")
-    endpoints = comms.Endpoints.from_config(config)
+    process.set_title(f"camservice: bus {index}")
+    endpoints = comms.Endpoints(gateways=(), events_in=os.environ[IN_ENV], events_out=os.environ[OUT_ENV], control="")
     parent = os.getppid()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,11 +119,8 @@ def main(index: int) -> None:
     ctx = zmq.Context()
     bus = Bus(ctx, endpoints)
     bus.start()
-    log.info("bus_started", pid=os.getpid(), events_in=endpoints.events_in, events_out=endpoints.events_out)
     while not stop.wait(PARENT_CHECK):
         if not process.parent_alive(parent):
-            log.warning("bus_parent_gone")
             break
     bus.close()
     ctx.term()
-    log.info("bus_stopped", pid=os.getpid())

@@ -29,6 +29,8 @@ from camservice import comms
 from camservice import config as config_module
 from camservice.methods import WORKER_KINDS
 
+from .bus import IN_ENV as BUS_IN_ENV
+from .bus import OUT_ENV as BUS_OUT_ENV
 from .watcher import Watcher
 
 STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
@@ -82,6 +84,8 @@ class Generation:
             python = sys.executable if role == "bus" else executable
             for index in range(counts[role]):
                 self.watchers.append(Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, python))
+        # The bus reads no configuration (camservice.supervisor.bus): it is handed its two endpoints.
+        self.bus.env = {**self.env, BUS_IN_ENV: self.endpoints.events_in, BUS_OUT_ENV: self.endpoints.events_out}
 
     def role(self, *roles: str) -> list[Watcher]:
         return [w for w in self.watchers if w.role in roles]
