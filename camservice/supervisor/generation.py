@@ -18,6 +18,7 @@ the canary window after a reload so that a rollback only resumes it:
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,10 +77,11 @@ class Generation:
         self.watchers: list[Watcher] = []
         # The bus first (everyone connects to it), then workers: a gateway that comes up finds them registering.
         for role in ("bus", *WORKER_KINDS, "gateway", "mqtt"):
+            # The bus runs the supervisor's own code (its interpreter): a generation of an older version
+            # (camservice upgrade --venv, a rollback) has no bus role, and the proxy is the same for all.
+            python = sys.executable if role == "bus" else executable
             for index in range(counts[role]):
-                self.watchers.append(
-                    Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, executable)
-                )
+                self.watchers.append(Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, python))
 
     def role(self, *roles: str) -> list[Watcher]:
         return [w for w in self.watchers if w.role in roles]
