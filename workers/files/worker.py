@@ -101,6 +101,9 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
             max_pending_per_address=config.server.max_pending_per_address,
             log=self.log.bind(part="http"),
             rate_limit=config.files.download_rate_limit,
+            # The budget is the service's: each file worker paces its share.
+            budget=-(-config.files.download_budget // config.workers.files),  # rounded up: 0 stays 0
+            priority=config.files.download_priority,
         )
         self.signer = LinkSigner(load_or_create_secret(config))
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
