@@ -18,7 +18,7 @@ from camservice.gateway.calls import Call
 from camservice.gateway.pool import WorkerPool
 
 from camservice import comms
-from camservice.envelope import Ready, Reply, pack, unpack
+from camservice.envelope import Ready, Reply, Request, pack, unpack
 
 IDENTITY = b"discovery-0:1"
 CALLS_PER_TICK = 5  # about what one event-loop tick of the gateway carries at 100 connections
@@ -75,3 +75,18 @@ def test_bench_pool_call_and_reply(pool_and_worker, benchmark):
     benchmark(tick)
     assert answers and all(error is None and str(result) == RESULT for error, result in answers)
     assert not pool.pending and not pool._deadlines
+
+
+@pytest.mark.parametrize("shape", ["requests", "replies"])
+def test_bench_envelope_unpack(benchmark, shape):
+    """One frame of five messages decoded: requests on the worker's side, replies on the gateway's."""
+    if shape == "requests":
+        caller = {"sub": "bench", "role": "viewer"}
+        messages = [
+            Request(i, "get_camera_capabilities", {"device": "camera0"}, 1.7e9, f"g0-{i}", caller) for i in range(5)
+        ]
+    else:
+        messages = [Reply(i, None, RESULT, True) for i in range(5)]
+    frame = pack(*messages)
+    decoded = benchmark(unpack, frame)
+    assert decoded == messages and all(type(m) is type(messages[0]) for m in decoded)
