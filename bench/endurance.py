@@ -5,8 +5,10 @@ recording and snapshotting, downloads, hot-plugs, get_metrics polling) runs
 for the whole duration while every process's RSS and open fds are sampled
 every 2 s. Reported:
 
-* growth: a linear fit of RSS (MB/hour) and fds (per hour) per process after
-  the first 20% (warm-up), with a verdict (growing above 5 MB/hour);
+* growth: per process a linear fit of RSS (MB/hour) and fds (per hour) after
+  its warm-up (the first 2 minutes after it or the load started), and per
+  role a verdict that also compares each restarted process with its
+  predecessor at the same age (:mod:`bench.growth`; growing above 5 MB/hour);
 * latency drift: P50/P95 of the first tenth against the last tenth;
 * hung calls (unanswered after 30 s) and errors;
 * every recording file in the recordings folder checked with ffmpeg
@@ -31,8 +33,9 @@ from pathlib import Path
 
 from . import walltime
 from .actors import Actors
+from .growth import LIMIT_MB_H, MIN_FIT_S, WARMUP_S, describe, growth
 from .mix import MixClients, per_second, summarize
-from .monitor import Monitor, growth
+from .monitor import Monitor
 from .phases import Progress, read_mix, run_phase
 from .target import Target
 
@@ -157,17 +160,15 @@ def check_recordings(folder: Path | None, made: list[str] | None = None) -> dict
 
 def report_lines(en: dict) -> list[str]:
     """The endurance figures to report, as ``python -m bench endurance`` prints them."""
+    rule = en.get("growth_rule") or {}
     lines = [
         f"endurance: {en.get('duration_s')} s of the steady mix, {en.get('clients')} clients, "
-        f"{en.get('cameras')} cameras; growth fitted after the first 20 % (limit 5 MB/hour); "
+        f"{en.get('cameras')} cameras; growth fitted per process after its warm-up "
+        f"({rule.get('warmup_s')} s after it or the load started; a verdict needs {rule.get('min_fit_s')} s "
+        f"fitted; limit {rule.get('limit_mb_h')} MB/hour; times are s into the mix); "
         f"load average at the end {en.get('loadavg_end')}"
     ]
-    for name, g in (en.get("growth") or {}).items():
-        lines.append(
-            f"  {name:<14} {g['verdict']:<9} RSS {g['rss_mb_per_hour']:+.2f} MB/h "
-            f"({g['rss_start_mb']} -> {g['rss_end_mb']} MB), fds {g['fds_per_hour']:+.1f}/h "
-            f"({g['fds_start']} -> {g['fds_end']}), over {g['minutes']} min"
-        )
+    lines += describe(en.get("growth") or {})
     d, p = en.get("drift") or {}, en.get("playable") or {}
     lines.append(
         f"  latency drift: P95 {d.get('first_p95_ms')} ms (first tenth) -> {d.get('last_p95_ms')} ms (last tenth); "
@@ -232,10 +233,15 @@ def run(
     playable["made"] = len(ops["recordings"])
     t_first = monitor.samples[0]["t"] if monitor.samples else 0
     rss_series: dict[str, list] = {}
+    pids: dict[str, int] = {}
     for s in monitor.samples[::5]:
         for name, p in s["procs"].items():
             if not name.startswith("ffmpeg"):
-                rss_series.setdefault(name, []).append((round(s["t"] - t_first, 1), round(p["rss"] / 2**20, 1)))
+                points = rss_series.setdefault(name, [])
+                if pids.setdefault(name, p["pid"]) != p["pid"]:
+                    pids[name] = p["pid"]
+                    points.append((round(s["t"] - t_first, 1), None))  # a restart: a gap in the plotted line
+                points.append((round(s["t"] - t_first, 1), round(p["rss"] / 2**20, 1)))
     steady.pop("resources", None)
     return {
         "duration_s": duration,
@@ -244,7 +250,8 @@ def run(
         "steady": {k: v for k, v in steady.items() if k != "methods"},
         "methods": steady["methods"],
         "endpoints": {**steady["methods"], **{op: row for op, row in ops["lat_summary"].items()}},
-        "growth": growth(monitor.between(*steady["window"])),
+        "growth": growth(monitor.between(*steady["window"]), load_start=steady["window"][0]),
+        "growth_rule": {"warmup_s": WARMUP_S, "min_fit_s": MIN_FIT_S, "limit_mb_h": LIMIT_MB_H},
         "rss_series": rss_series,
         "drift": drift(windows, mix.names),
         "series": per_second(windows, mix.names),

@@ -5,8 +5,8 @@ process of the service (by role name, ffmpeg captures included) its pid, CPU
 seconds (user and system apart), RSS and open fds; for the host the CPU of
 each core, memory in use, loopback network bytes and disk bytes written.
 :func:`usage` turns a time range of samples into rates (CPU %, MB/s, Mbit/s);
-:func:`growth` fits a line through each process's RSS and fds (MB/hour,
-fds/hour), per pid so that a process restarted by a fault starts a new series.
+:mod:`bench.growth` turns them into the leak verdict (each sample carries
+every process's start time for it).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Monitor:
                     cpu = proc.cpu_times()
                     procs[name] = {
                         "pid": proc.pid,
+                        "started": proc.create_time(),
                         "user": cpu.user,
                         "system": cpu.system,
                         "rss": proc.memory_info().rss,
@@ -124,55 +125,3 @@ def usage(samples: list[dict]) -> dict:
         "net_mbit_s": round((b["net_bytes"] - a["net_bytes"]) * 8 / dt / 1e6, 2),
         "disk_write_mb_s": round((b["disk_write_bytes"] - a["disk_write_bytes"]) / dt / 1e6, 2),
     }
-
-
-def fit(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (0 when undefined)."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
-
-
-def growth(samples: list[dict], warmup_fraction: float = 0.2, limit_mb_h: float = 5.0) -> dict:
-    """Per process: RSS MB/hour and fds/hour fitted after the warm-up, and a verdict.
-
-    The first ``warmup_fraction`` of the run is left out (caches, pools and
-    allocator arenas fill up then). A process whose pid changed (restarted by
-    a fault) is fitted over its longest series. ffmpeg captures come and go
-    with recordings and are not fitted.
-    """
-    if len(samples) < 3:
-        return {}
-    t_from = samples[0]["t"] + warmup_fraction * (samples[-1]["t"] - samples[0]["t"])
-    series: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
-    for s in samples:
-        if s["t"] < t_from:
-            continue
-        for name, p in s["procs"].items():
-            if not name.startswith("ffmpeg"):
-                series.setdefault((name, p["pid"]), []).append((s["t"], p["rss"], p["fds"]))
-    best: dict[str, list] = {}
-    for (name, _), points in series.items():
-        if len(points) > len(best.get(name, [])):
-            best[name] = points
-    out = {}
-    for name, points in sorted(best.items()):
-        hours = [(t - points[0][0]) / 3600 for t, _, _ in points]
-        minutes = hours[-1] * 60
-        mb_h = fit(hours, [rss / 2**20 for _, rss, _ in points])
-        fds_h = fit(hours, [fds for _, _, fds in points])
-        out[name] = {
-            "rss_mb_per_hour": round(mb_h, 2),
-            "fds_per_hour": round(fds_h, 1),
-            "rss_start_mb": round(points[0][1] / 2**20, 1),
-            "rss_end_mb": round(points[-1][1] / 2**20, 1),
-            "fds_start": points[0][2],
-            "fds_end": points[-1][2],
-            "minutes": round(minutes, 1),
-            # Under 5 minutes a page or two of RSS extrapolates to MB/hour: no verdict from that.
-            "verdict": "too short" if minutes < 5 else ("growing" if mb_h > limit_mb_h else "flat"),
-        }
-    return out

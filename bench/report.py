@@ -303,50 +303,87 @@ def section_stress(st: dict) -> str:
     return "\n".join(out)
 
 
+_VERDICT_CLASS = {"flat": "pass", "not larger": "pass", "growing": "fail", "larger": "fail"}
+
+
+def _verdict_cell(v: str) -> str:
+    return f'<td class="{_VERDICT_CLASS.get(v, "na")}">{esc(v)}</td>'
+
+
+def growth_tables(g: dict, rule: dict) -> str:
+    """The leak verdict per role, every process's fitted window, and restarts compared at the same age."""
+    if not g:
+        return "<p>No growth figures (no process was sampled).</p>"
+    out = [
+        f"<p>Per process, a linear fit of RSS and open fds after its warm-up: the first {fmt(rule.get('warmup_s'))} s "
+        f"after the process or the load started, whichever is later. A fit needs {fmt(rule.get('min_fit_s'))} s after "
+        f"the warm-up for a verdict (else <i>too short</i>); growing above {fmt(rule.get('limit_mb_h'))} MB/hour. "
+        "A restarted role is also judged across its processes: each replacement's RSS at the same ages (past the "
+        "warm-up) against its predecessor's and the role's first process's. Times are seconds into the mix "
+        "(bench/README.md, Growth verdicts).</p>"
+    ]
+    rows = []
+    for role, v in g.items():
+        judged = sum(p["verdict"] != "too short" for p in v["processes"])
+        rows.append(
+            [role, v["restarts"], judged, len(v["same_age"]), v["rss_mb_per_hour"], _verdict_cell(v["verdict"])]
+        )
+    out.append(
+        table(
+            ["role", "restarts", "processes fitted", "same-age comparisons", "MB/hour (longest fit)", "verdict"],
+            rows,
+            {5},
+        )
+    )
+    rows = [
+        [
+            role,
+            p["pid"],
+            p["started_s"],
+            f"{fmt(p['fit_from_s'])}–{fmt(p['fit_to_s'])}" if p["fit_to_s"] is not None else "none left",
+            p["minutes"],
+            p["rss_start_mb"],
+            p["rss_end_mb"],
+            p["rss_mb_per_hour"],
+            p["fds_start"],
+            p["fds_end"],
+            p["fds_per_hour"],
+            _verdict_cell(p["verdict"]),
+        ]
+        for role, v in g.items()
+        for p in v["processes"]
+    ]
+    headers = ["role", "pid", "started s", "fitted s", "minutes", "RSS start MB", "RSS end MB", "MB/hour"]
+    out.append(table([*headers, "fds start", "fds end", "fds/hour", "verdict"], rows, {11}))
+    rows = [
+        [
+            role,
+            c["pid"],
+            f"{c['against']} ({c['against_pid']})",
+            f"{c['ages_s'][0]}–{c['ages_s'][1]}",
+            c["median_excess_mb"],
+            c["max_excess_mb"],
+            _verdict_cell(c["verdict"]),
+        ]
+        for role, v in g.items()
+        for c in v["same_age"]
+    ]
+    if rows:
+        headers = ["role", "pid", "against", "ages s", "median excess MB", "max excess MB", "verdict"]
+        out.append(table(headers, rows, {6}))
+    return "\n".join(out)
+
+
 def section_endurance(en: dict) -> str:
     out = [
         f"<h2>Endurance: {fmt(en['duration_s'])} s of the steady mix{' with faults' if en.get('faults') else ''}</h2>"
     ]
-    g = en.get("growth", {})
-    rows = [
-        [
-            n,
-            v["rss_start_mb"],
-            v["rss_end_mb"],
-            v["rss_mb_per_hour"],
-            v["fds_start"],
-            v["fds_end"],
-            v["fds_per_hour"],
-            v["minutes"],
-            f'<td class="{ {"flat": "pass", "growing": "fail"}.get(v["verdict"], "na") }">{v["verdict"]}</td>',
-        ]
-        for n, v in g.items()
-    ]
-    out.append(
-        "<p>Linear fit of RSS and open fds per process after the first 20% (warm-up); verdict: growing above 5 MB/hour, "
-        "none (too short) when less than 5 minutes were fitted.</p>"
-    )
-    out.append(
-        table(
-            [
-                "process",
-                "RSS start MB",
-                "RSS end MB",
-                "MB/hour",
-                "fds start",
-                "fds end",
-                "fds/hour",
-                "minutes fitted",
-                "verdict",
-            ],
-            rows,
-            {8},
-        )
-    )
+    out.append(growth_tables(en.get("growth") or {}, en.get("growth_rule") or {}))
     if plt is not None and en.get("rss_series"):
         fig, ax = plt.subplots(figsize=(11, 3.4))
         for name, pts in sorted(en["rss_series"].items()):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+            # None marks a restart: NaN leaves a gap in the line
+            ax.plot([p[0] for p in pts], [float("nan") if p[1] is None else p[1] for p in pts], label=name)
         ax.set_xlabel("seconds")
         ax.set_ylabel("RSS MB")
         ax.legend(fontsize=8, ncol=4)

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from . import __version__, comms
+from . import __version__, comms, process
 from . import config as config_module
 from . import control as control_client
 from .cli_security import register as _register_security
@@ -84,7 +84,7 @@ def start(ctx: click.Context, simulate: int | None, foreground: bool) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "supervisor.out", "ab") as out:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "camservice.supervisor.arbiter"],
+            process.command(sys.executable, "camservice.supervisor.arbiter"),  # never the cwd's camservice
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -232,7 +232,9 @@ def reload(ctx: click.Context, as_json: bool, supervisor: bool, supervisor_only:
     close 1012) and the old generation stops. A bad configuration is refused
     before anything changes. With --supervisor (or --supervisor-only) the
     supervisor first re-executes itself in place: same pid, its processes
-    adopted, not restarted.
+    (and their event buses) adopted, not restarted. A re-exec is refused
+    while a reload is in progress or during the canary window after one
+    (upgrade.canary_seconds): the error says when to retry.
     """
     config = _load(ctx)  # refuse a bad file here already, with the key named
     if supervisor or supervisor_only:

@@ -271,6 +271,20 @@ SCHEMA: tuple[Setting, ...] = (
         "Bytes per second one download may take (0: no limit); keeps a memory-speed copy from crowding out API calls.",
         _non_negative,
     ),
+    Setting(
+        "files.download_budget",
+        312_500_000,
+        int,
+        "Bytes per second all downloads together may take, shared out among them (0: no limit); default 2.5 Gbit/s.",
+        _non_negative,
+    ),
+    Setting(
+        "files.download_priority",
+        "low",
+        str,
+        "Scheduling class of the threads that send download bodies: normal, low (SCHED_BATCH, nice +10) or idle.",
+        _one_of("normal", "low", "idle"),
+    ),
     # cameras
     Setting("cameras.simulate", 0, int, "Simulated cameras created at start (sim:0 ... sim:N-1).", _non_negative),
     Setting("cameras.sim_resolution", "640x480", str, "Resolution of simulated cameras.", _resolution),

@@ -1,8 +1,9 @@
 """What every child process does first: name itself, tie its life to its parent.
 
-The supervisor runs each role as ``python -m camservice.process ROLE INDEX``
-with the configuration in the environment, so a process starts from a clean
-interpreter (no inherited sockets, threads or ZeroMQ contexts).
+The supervisor runs each role as ``python -c LAUNCHER camservice.process ROLE
+INDEX`` (:func:`command`: ``-m`` without the working directory on
+``sys.path``) with the configuration in the environment, so a process starts
+from a clean interpreter (no inherited sockets, threads or ZeroMQ contexts).
 """
 
 from __future__ import annotations
@@ -40,7 +41,25 @@ ROLES = {
     "recording": "camservice.workers.recording.worker:main",
     "files": "camservice.workers.files.worker:main",
     "mqtt": "camservice.workers.mqtt.bridge:main",
+    "bus": "camservice.supervisor.bus:main",
 }
+
+
+#: Prepended to code run with ``python -c``, which (like ``-m``) puts the working directory first on
+#: ``sys.path`` (as ``''``): dropped before anything of ours is imported, so that a ``camservice``
+#: folder there (a source checkout) never shadows the interpreter's installed package. ``-P`` and
+#: ``PYTHONSAFEPATH`` do the same only on Python >= 3.11 (with them the entry is not there).
+SAFE_PATH = "import sys\nif sys.path[:1] == ['']:\n    del sys.path[0]\n"
+#: ``python -m MODULE ARGS...`` without the working directory: ``python -c LAUNCHER MODULE ARGS...``.
+LAUNCHER = (
+    SAFE_PATH
+    + "import runpy\nsys.argv = sys.argv[1:]\nrunpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+
+
+def command(executable: str, module: str, *args: str) -> list[str]:
+    """The argv that runs ``module`` as ``__main__`` with ``args`` in ``executable``, whatever the working directory."""
+    return [executable, "-c", LAUNCHER, module, *args]
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

@@ -22,4 +22,5 @@ PROCESS_STATS = "_process_stats"  # supervisor: the process table and host figur
 GATEWAY_STATS = "_gateway_stats"  # each gateway: its counters, for every gateway's get_metrics
 WORKER_STATS = "_worker_stats"  # each worker: Worker.stats(), for metrics
 MEDIA_STATUS = "_media_status"  # discovery: the media backend's state
+BUS_PROBE = "_bus_probe"  # supervisor: sent through each generation's bus and heard back (the bus's heartbeat)
 FILE_UPDATE = "_file_update"  # recording: a segment was written or closed (the file index)

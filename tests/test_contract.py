@@ -842,7 +842,7 @@ def test_status_metrics_and_server_info(api):
                 assert is_int(row["pid"]) and is_number(row["cpu_percent"]) and is_int(row["rss_bytes"])
                 assert is_int(row["restarts"]) and row["restarts"] == 0
             assert {r["name"]: r["pid"] for r in metrics["processes"]} == pids
-            assert set(pids) == {"gateway-0", "discovery-0", "recording-0", "files-0"}
+            assert set(pids) == {"bus-0", "gateway-0", "discovery-0", "recording-0", "files-0"}  # bus: the event bus
 
         async with api.client("viewer") as client:
             info = await client.call("get_server_info")

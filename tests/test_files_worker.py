@@ -7,9 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from camservice.workers.files.index import CACHE_KIB, FileIndex
 from camservice.workers.files.worker import FilesWorker
 
 from camservice import ffmpeg, methods
@@ -653,3 +656,47 @@ def test_a_follower_woken_by_a_policy_change_does_not_spin(tmp_path):
             assert attempts <= 2  # one wake-up, then back to the interval
 
     run(body())
+
+
+# --- memory: a fixed number of connections and bounded page caches ------------------------
+
+
+def test_blocking_work_runs_on_a_fixed_pool_of_threads(tmp_path):
+    """The index keeps one SQLite connection per thread that used it: a fixed pool keeps
+    their number (and their page caches and malloc arenas) fixed, however many calls wait."""
+    config = make_config(tmp_path)
+    tree(config, count=5)
+
+    async def body():
+        async with running(config) as worker:
+            pool = worker.capacity + 2
+            assert worker.db.connections() == pool  # opened at start, one per pool thread
+            release = threading.Event()
+            threads: set[str] = set()
+
+            def job():
+                threads.add(threading.current_thread().name)
+                worker.db.count("recording")
+                release.wait(30)
+
+            jobs = [asyncio.ensure_future(asyncio.to_thread(job)) for _ in range(4 * pool)]
+            deadline = time.monotonic() + 30
+            while len(threads) < pool and time.monotonic() < deadline:  # every pool thread holds a job
+                await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.wait_for(asyncio.gather(*jobs), 60)
+            assert len(threads) == pool and all(name.startswith("files-io") for name in threads)
+            assert worker.db.connections() <= pool + 1  # the pool's and the event loop's
+
+    run(body())
+
+
+def test_every_index_connection_caps_its_page_cache(tmp_path):
+    db = FileIndex(tmp_path / "index.sqlite3")
+    db.open()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            sizes = set(pool.map(lambda _: db._db().execute("PRAGMA cache_size").fetchone()[0], range(6)))
+        assert sizes == {-CACHE_KIB} and db.connections() >= 2
+    finally:
+        db.close()

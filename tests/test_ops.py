@@ -410,7 +410,7 @@ def test_prometheus_scrapes_the_live_service_and_every_expression_has_data(tmp_p
             snapshots = prometheus.query('sum(camservice_request_duration_seconds_count{method="take_snapshot"})')
             assert float(snapshots[0]["value"][1]) == 1
             processes = {s["metric"]["process"] for s in prometheus.query("camservice_process_up == 1")}
-            assert processes == {"gateway-0", "gateway-1", "discovery-0", "recording-0", "files-0"}
+            assert processes == {"bus-0", "gateway-0", "gateway-1", "discovery-0", "recording-0", "files-0"}
             assert float(prometheus.query('camservice_cameras{status="CONNECTED"}')[0]["value"][1]) == 2
         finally:
             prometheus.stop()

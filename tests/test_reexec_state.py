@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from camservice import config as config_module
+from camservice import process
 from camservice.supervisor import reexec
 from camservice.supervisor.arbiter import Arbiter
 
@@ -69,3 +70,33 @@ def test_a_state_file_of_another_pid_is_refused(tmp_path):
     (tmp_path / reexec.STATE_FILE).write_text('{"pid": 1}')
     with pytest.raises(reexec.ReexecError, match="belongs to pid 1"):
         reexec.read_state(tmp_path)
+
+
+def test_a_re_exec_is_refused_during_a_reload_and_a_canary_window_saying_when_to_retry(tmp_path):
+    flat = {"runtime.state_dir": str(tmp_path / "state"), "security.jwt_secret": "x" * 40}
+    arbiter = Arbiter(config_module.load(overrides=flat, environ={}), {})
+    arbiter.generations[0].state = "serving"
+    assert reexec.refusal(arbiter) is None
+    arbiter.reloader.busy = True
+    assert "a reload (or a re-exec) is in progress; retry once it has answered" in reexec.refusal(arbiter)
+    arbiter.reloader.busy = False
+    # After a reload: the old generation parked, the new one watched by the canary.
+    arbiter.generations[0].state = "parked"
+    arbiter.new_generation(arbiter.config, {}, sys.executable).state = "serving"
+    arbiter.upgrade_state["canary"] = {"state": "watching", "generation": 1, "remaining_s": 12.5}
+    problem = reexec.refusal(arbiter)
+    assert "generation 1 is in its canary window" in problem and "retry in about 12.5 s" in problem, problem
+    answer = reexec.command(arbiter, {}, lambda answer: None)
+    assert answer == {"ok": False, "error": f"cannot re-exec the supervisor now: {problem}"}
+
+
+def test_the_bus_runs_the_supervisors_interpreter_and_every_child_starts_through_the_launcher(tmp_path):
+    # A generation of another version (upgrade --venv, or a rollback to one) may have no bus role: the bus,
+    # the same proxy for all, runs the supervisor's own code; the generation's processes run its interpreter.
+    flat = {"runtime.state_dir": str(tmp_path / "state"), "security.jwt_secret": "x" * 40}
+    arbiter = Arbiter(config_module.load(overrides=flat, environ={}), {})
+    other = arbiter.new_generation(arbiter.config, {}, "/opt/other-venv/bin/python")
+    assert other.bus.role == "bus" and other.bus.command[0] == sys.executable
+    assert {w.command[0] for w in other.watchers if w.role != "bus"} == {"/opt/other-venv/bin/python"}
+    for watcher in other.watchers:
+        assert watcher.command[1:] == ["-c", process.LAUNCHER, "camservice.process", watcher.role, str(watcher.index)]

@@ -31,7 +31,7 @@ def test_start_status_and_camera_list(service):
     status = service.status()
     assert status["running"] is True
     roles = sorted(p["role"] for p in status["processes"])
-    assert roles == ["discovery", "files", "gateway", "recording"]
+    assert roles == ["bus", "discovery", "files", "gateway", "recording"]  # bus: the event bus process
     assert all(p["state"] == "running" and p["pid"] for p in status["processes"])
     for pid in service.pids().values():
         # setproctitle replaces the command line: "camservice: gateway 0", "camservice: files 0"...

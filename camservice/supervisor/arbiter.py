@@ -5,7 +5,8 @@ Responsibilities, in the spirit of Circus' arbiter:
 * one instance per ``state_dir``, guarded by an ``flock`` on
   ``state_dir/camservice.lock`` (not a racy pid-file check);
 * generations of processes (:mod:`.generation`), each with its own event bus
-  (:mod:`.bus`); ``camservice reload`` starts the next one (:mod:`.reload`);
+  process (:mod:`.bus`), started before the others and probed end to end;
+  ``camservice reload`` starts the next generation (:mod:`.reload`);
 * a :class:`~camservice.supervisor.watcher.Watcher` per process;
 * liveness: the two-second stats events every process publishes are its
   heartbeats; a process stopped (SIGSTOP) or silent for too long is killed
@@ -44,7 +45,7 @@ from camservice.envelope import Event
 
 from . import canary, liveness, reexec, sampling
 from .control_socket import ControlSocket
-from .generation import SERVING, STARTING, STOPPED, Generation
+from .generation import SERVING, STARTING, STOPPED, BusNotReady, Generation
 from .liveness import Liveness
 from .lock import AlreadyRunning, acquire_lock, lock_is_held, port_in_use, read_pid
 
@@ -54,10 +55,16 @@ from .watcher import FAILED, RUNNING, Watcher
 
 logger = structlog.get_logger("supervisor")
 
-#: Topics every gateway and worker publishes every two seconds from its event loop: heartbeats.
-HEARTBEAT_TOPICS = (topics.WORKER_STATS, topics.GATEWAY_STATS)
-#: Seconds between liveness checks.
+#: Topics every gateway and worker publishes every two seconds from its event loop: heartbeats; and the
+#: probe the supervisor sends through each bus every liveness tick: the bus's heartbeat.
+HEARTBEAT_TOPICS = (topics.WORKER_STATS, topics.GATEWAY_STATS, topics.BUS_PROBE)
+#: Seconds between liveness checks (and bus probes).
 LIVENESS_TICK = 0.5
+#: Seconds between probes while waiting for a new bus to carry them.
+BUS_PROBE_RETRY = 0.02
+#: A bus whose probe came back within this many seconds carries heartbeats; otherwise the silence of its
+#: generation's processes is excused (short: a frozen bus must not get them declared hung meanwhile).
+BUS_CARRIES_WITHIN = 4 * LIVENESS_TICK
 
 
 class Arbiter:
@@ -137,18 +144,28 @@ class Arbiter:
         self.control = ControlSocket(self.ctx, self.control_endpoint, self.command)
         self.control.start(loop)
         if self.adopting:
+            # The buses ran on through the exec (processes of their own): connect to them again.
             for generation in self.generations:
-                self.open(generation, fresh=False)  # the gateways' own endpoints stay: they still listen
+                self.connect(generation)
             for watcher, pid, row in self.adopting:
                 reexec.adopt(watcher, pid, row)
+            for generation in self.generations:
+                if generation.bus.pid is None and generation.bus.popen is None:
+                    # The former image ran its buses in threads (before they became processes): start one.
+                    generation.bus.start()
             logger.info("supervisor_adopted", pid=os.getpid(), processes=len(self.adopting), execs=self.execs)
             self.adopting = []
         else:
             first = self.generations[0]
-            self.open(first)
-            first.start()
-            first.state = SERVING
-            logger.info("supervisor_started", pid=os.getpid(), processes=len(first.watchers), version=__version__)
+            try:
+                await self.open(first)
+            except BusNotReady as exc:
+                logger.error("bus_not_ready", error=str(exc))
+                self._stop.set()
+            else:
+                first.start()
+                first.state = SERVING
+                logger.info("supervisor_started", pid=os.getpid(), processes=len(first.watchers), version=__version__)
         background = [asyncio.ensure_future(self._sample_forever()), asyncio.ensure_future(self._watch_liveness())]
         while not self._stop.is_set():
             try:
@@ -162,11 +179,39 @@ class Arbiter:
         else:
             await self.shutdown()
 
-    def open(self, generation: Generation, fresh: bool = True) -> None:
-        """Bind ``generation``'s bus and connect the supervisor's publisher and heartbeat listener to it."""
-        generation.open_bus(self.ctx, fresh)
+    async def open(self, generation: Generation) -> None:
+        """Start ``generation``'s bus; return once it carries events (:class:`BusNotReady` if it does not in time).
+
+        The generation's other processes start after it: their first events find it bound.
+        """
+        generation.prepare()
+        self.connect(generation)
+        generation.bus.start()
+        await self.bus_ready(generation, generation.config.runtime.start_timeout)
+
+    def connect(self, generation: Generation) -> None:
+        """Connect the supervisor's publisher and heartbeat listener to ``generation``'s bus."""
         self._pubs[generation.number] = comms.publisher(self.ctx, generation.endpoints)
         self.heartbeats.connect(generation.endpoints.events_out)
+
+    async def bus_ready(self, generation: Generation, timeout: float) -> None:
+        """Probe ``generation``'s bus until a probe comes back through it (both ends bound, forwarding)."""
+        bus = generation.bus
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if bus.last_exit is not None:  # a broken install: fail at once, like the other processes
+                raise BusNotReady(
+                    f"generation {generation.number}'s {bus.name} exited during start (code {bus.last_exit})"
+                )
+            pid = bus.pid
+            if pid is not None:
+                self._heartbeats.drain()
+                if self.liveness.heard(pid):
+                    return
+                # Until the subscription reached our publisher, ZeroMQ drops the probe: send it again.
+                self.publish(topics.BUS_PROBE, {"pid": pid}, generation.number)
+            await asyncio.sleep(BUS_PROBE_RETRY)
+        raise BusNotReady(f"generation {generation.number}'s event bus carried no probe within {timeout:g}s")
 
     def close(self, generation: Generation) -> None:
         generation.state = STOPPED
@@ -177,7 +222,6 @@ class Arbiter:
             self.heartbeats.disconnect(generation.endpoints.events_out)
         except zmq.ZMQError:
             pass
-        generation.close_bus()
 
     async def shutdown(self) -> None:
         logger.info("supervisor_stopping")
@@ -194,13 +238,12 @@ class Arbiter:
         logger.info("supervisor_stopped")
 
     async def release(self) -> None:
-        """Before a re-exec: close every socket and bus of this image, stop no child (supervisor.reexec)."""
+        """Before a re-exec: close every socket of this image, stop no child (the buses go on: supervisor.reexec)."""
         for generation in self.generations:
             if generation.state != STOPPED:
                 pub = self._pubs.pop(generation.number, None)
                 if pub is not None:
                     pub.close(linger=0)
-                generation.close_bus()
         self._heartbeats.stop()
         self.heartbeats.close(linger=0)
         self.control.close(linger=2000)  # the re-exec's answer is on its way
@@ -293,15 +336,25 @@ class Arbiter:
             await asyncio.sleep(LIVENESS_TICK)
             self._heartbeats.drain()  # beats waiting behind a missed edge count before any verdict
             now = time.monotonic()
-            for watcher in self.watchers:
-                pid = watcher.pid
-                if pid is None or watcher.state != RUNNING:
+            for generation in self.generations:
+                if generation.state == STOPPED:
                     continue
-                verdict = self.liveness.verdict(pid, now, sampling.stopped(pid))
-                if verdict == liveness.STOPPED:
-                    watcher.kill_hung(f"stopped (SIGSTOP) for {self.liveness.stopped_after:.1f}s")
-                elif verdict == liveness.SILENT:
-                    watcher.kill_hung(f"no heartbeat for {self.liveness.silent_after:.1f}s")
+                bus = generation.bus.pid
+                # Heartbeats travel over the bus: while it is down (a crash, a restart), silence proves nothing.
+                carried = bus is not None and self.liveness.heard_within(bus, now, BUS_CARRIES_WITHIN)
+                for watcher in generation.watchers:
+                    pid = watcher.pid
+                    if pid is None or watcher.state != RUNNING:
+                        continue
+                    if not carried and pid != bus:
+                        self.liveness.excuse(pid, now)
+                    verdict = self.liveness.verdict(pid, now, sampling.stopped(pid))
+                    if verdict == liveness.STOPPED:
+                        watcher.kill_hung(f"stopped (SIGSTOP) for {self.liveness.stopped_after:.1f}s")
+                    elif verdict == liveness.SILENT:
+                        watcher.kill_hung(f"no heartbeat for {self.liveness.silent_after:.1f}s")
+                if bus is not None:
+                    self.publish(topics.BUS_PROBE, {"pid": bus}, generation.number)
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -404,6 +457,7 @@ def main(foreground: bool = False, adopt: bool = False) -> int:
         state = reexec.read_state(config.state_dir)
         lock_fd = state["lock_fd"]
         os.set_inheritable(lock_fd, False)
+        reexec.hold_for_test(state["env"])
     else:
         try:
             lock_fd = acquire_lock(config.state_dir)

@@ -1,33 +1,52 @@
-"""The event bus of one generation: an XSUB/XPUB proxy in a thread of the supervisor.
+"""The event bus of one generation: an XSUB/XPUB proxy in a small process of its own (role ``bus``).
 
 Publishers (workers, gateways, the supervisor) connect to ``events_in``,
 subscribers to ``events_out``. ``zmq.proxy_steerable`` forwards in C without
-holding the GIL; the steering socket lets :meth:`Bus.close` end it cleanly
-(a generation that was drained or rolled back takes its bus with it).
+holding the GIL, in a thread of this process; the steering socket lets
+:meth:`Bus.close` end it cleanly on SIGTERM.
 
-Why the bus stays in the supervisor (issue 11 §2): every child gets SIGTERM
-from the kernel when the supervisor dies (PDEATHSIG), so a bus that outlived
-the supervisor would have nobody left to carry events for; what clients
-missed was being *told*, which the gateways now do (``server_restarting``,
-then close 1012). Binding a bus in each gateway instead would make every
-worker publish to and subscribe from every gateway, and every subscriber
-de-duplicate events by source and sequence: more sockets and more code for
-no gain in the failure that matters.
+Why a process and not a thread of the supervisor (issue 16): the supervisor
+re-executes itself in place (:mod:`.reexec`), and a bus inside it went down
+for the exec (about half a second), losing every event published meanwhile
+(a ``recording_status_update`` never reached its clients). As a child it is
+started and watched like the others (:class:`~.watcher.Watcher`: restarted on
+a crash with backoff), adopted by pid across a re-exec, and stopped last, after
+the generation's gateways and workers, so their final events get through.
+It keeps the generation's endpoints (:meth:`camservice.comms.Endpoints.from_config`):
+nobody else changes. The supervisor checks it end to end: it publishes a
+:data:`~camservice.topics.BUS_PROBE` through each bus and hears it back (the
+bus's heartbeat, and its readiness before the generation's other processes
+start, see :meth:`~.arbiter.Arbiter.open`).
+
+Why not one bus for the whole service, or one per gateway (issue 11 §2):
+every child gets SIGTERM from the kernel when the supervisor dies
+(PDEATHSIG), this one included, so a bus never outlives its supervisor; and
+a bus in each gateway would make every worker publish to and subscribe from
+every gateway, and every subscriber de-duplicate events.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 
+import structlog
 import zmq
 
-from camservice import comms
+from camservice import comms, process, runtime
 
 _ids = itertools.count()
+#: Seconds between the bus process's checks that its parent still lives (PDEATHSIG's safety net).
+PARENT_CHECK = 1.0
+
+log = structlog.get_logger("bus")
 
 
 class Bus:
+    """The XSUB/XPUB proxy in a thread; :meth:`start` returns once both ends are bound (or raises)."""
+
     def __init__(self, ctx: zmq.Context, endpoints: comms.Endpoints):
         self.ctx = ctx
         self.endpoints = endpoints
@@ -84,3 +103,24 @@ class Bus:
             self._thread.join(2.0)
             self._steer.close(linger=0)
             self._steer = None
+
+
+def main(index: int) -> None:
+    """The ``bus`` role's process (``camservice.process``): forward until SIGTERM or the supervisor is gone."""
+    config = runtime.boot(f"bus-{index}", f"camservice: bus {index}")
+    endpoints = comms.Endpoints.from_config(config)
+    parent = os.getppid()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ctx = zmq.Context()
+    bus = Bus(ctx, endpoints)
+    bus.start()
+    log.info("bus_started", pid=os.getpid(), events_in=endpoints.events_in, events_out=endpoints.events_out)
+    while not stop.wait(PARENT_CHECK):
+        if not process.parent_alive(parent):
+            log.warning("bus_parent_gone")
+            break
+    bus.close()
+    ctx.term()
+    log.info("bus_stopped", pid=os.getpid())

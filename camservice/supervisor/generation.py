@@ -1,11 +1,13 @@
-"""One generation: a full set of processes (workers and gateways) with its own event bus.
+"""One generation: a full set of processes (its event bus, workers and gateways).
 
 ``camservice start`` creates generation 0; every ``camservice reload`` starts
 the next one beside it, from the code installed then (``executable``: the
 Python of the active virtualenv) and the configuration read then. Two
 generations never share a bus or a request socket (see
 :meth:`camservice.comms.Endpoints.from_config`), so the old one keeps serving
-its clients, unchanged, until it is drained.
+its clients, unchanged, until it is drained. The bus is a process of the
+generation (:mod:`.bus`): started first (the arbiter waits until it carries
+events: :meth:`~.arbiter.Arbiter.open`), stopped last.
 
 States: ``starting`` (new, not serving yet), ``serving``, ``draining`` (its
 gateways are telling clients to move), ``parked`` (drained, kept alive during
@@ -16,24 +18,24 @@ the canary window after a reload so that a rollback only resumes it:
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-import zmq
 
 from camservice import comms
 from camservice import config as config_module
 from camservice.methods import WORKER_KINDS
 
-from .bus import Bus
 from .watcher import Watcher
 
-#: Python's switch for "no working directory on sys.path" (ignored before 3.11).
-SAFE_PATH_ENV = "PYTHONSAFEPATH"
-
 STARTING, SERVING, DRAINING, PARKED, STOPPED = "starting", "serving", "draining", "parked", "stopped"
+
+
+class BusNotReady(Exception):
+    """A generation's new event bus did not carry the supervisor's probe in time."""
 
 
 class Generation:
@@ -51,10 +53,9 @@ class Generation:
         self.executable = executable
         self.env = dict(env)
         self.env[comms.GENERATION_ENV] = str(number)
-        # ``python -m`` puts the working directory first on sys.path (Python >= 3.11 can be told not to):
-        # a supervisor started from a source checkout would make an upgraded generation import the
-        # checkout's camservice instead of its own virtualenv's.
-        self.env[SAFE_PATH_ENV] = "1"
+        # The children start through camservice.process.command, not ``python -m``: a supervisor started
+        # from a source checkout would otherwise make an upgraded generation import the checkout's
+        # camservice (first on sys.path) instead of its own virtualenv's.
         # The children read exactly the configuration the supervisor checked (a
         # rollback must not pick up the file that was edited for the reload).
         self.config_file = Path(config.runtime.state_dir) / "run" / f"config-g{number}.yaml"
@@ -64,8 +65,8 @@ class Generation:
         self.created = time.time()
         #: time.monotonic() of the first start (ages of its RSS samples count from it).
         self.started: float | None = None
-        self.bus: Bus | None = None
         counts = {
+            "bus": 1,
             "gateway": config.gateway.processes,
             "discovery": config.workers.discovery,
             "recording": config.workers.recording,
@@ -74,47 +75,48 @@ class Generation:
             "mqtt": 1 if config.mqtt.host else 0,
         }
         self.watchers: list[Watcher] = []
-        # Workers first: a gateway that comes up finds them registering.
-        for role in (*WORKER_KINDS, "gateway", "mqtt"):
+        # The bus first (everyone connects to it), then workers: a gateway that comes up finds them registering.
+        for role in ("bus", *WORKER_KINDS, "gateway", "mqtt"):
+            # The bus runs the supervisor's own code (its interpreter): a generation of an older version
+            # (camservice upgrade --venv, a rollback) has no bus role, and the proxy is the same for all.
+            python = sys.executable if role == "bus" else executable
             for index in range(counts[role]):
-                self.watchers.append(
-                    Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, executable)
-                )
+                self.watchers.append(Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, python))
 
     def role(self, *roles: str) -> list[Watcher]:
         return [w for w in self.watchers if w.role in roles]
 
-    def open_bus(self, ctx: zmq.Context, fresh: bool = True) -> None:
-        """Bind the bus; ``fresh`` (no process of this generation runs yet) also clears stale endpoints."""
+    @property
+    def bus(self) -> Watcher:
+        """The generation's event bus process (camservice.supervisor.bus)."""
+        return self.watchers[0]
+
+    def prepare(self) -> None:
+        """Write the checked configuration file and clear stale endpoints; before any process of it starts."""
         comms.prepare_ipc_dir(self.config)
         self.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tree = config_module._unflatten(dict(self.config.flat))
         self.config_file.touch(mode=0o600)  # it may hold security.jwt_secret
         self.config_file.write_text(yaml.safe_dump(tree, sort_keys=True))
-        gateways = self.endpoints.gateways if fresh else ()  # after a re-exec the gateways still listen there
-        for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *gateways):
+        for endpoint in (self.endpoints.events_in, self.endpoints.events_out, *self.endpoints.gateways):
             if endpoint.startswith("ipc://"):
                 Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
-        self.bus = Bus(ctx, self.endpoints)
-        self.bus.start()
 
     def start(self, roles: tuple[str, ...] | None = None) -> None:
+        """Start ``roles`` (default: every process but the bus, which the arbiter starts first)."""
         if self.started is None:
             self.started = time.monotonic()
         for watcher in self.watchers:
-            if roles is None or watcher.role in roles:
+            if (roles is None and watcher.role != "bus") or (roles is not None and watcher.role in roles):
                 watcher.start()
 
     async def stop(self, timeout: float, roles: tuple[str, ...] | None = None) -> None:
-        """Gateways first (they drain in-flight calls while workers still answer), then workers."""
+        """Gateways first (they drain in-flight calls while workers still answer), then workers, the bus last
+        (what the others publish as they stop still reaches the subscribers left)."""
         chosen = [w for w in self.watchers if roles is None or w.role in roles]
         await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role == "gateway"))
-        await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role != "gateway"))
-
-    def close_bus(self) -> None:
-        if self.bus is not None:
-            self.bus.close()
-            self.bus = None
+        await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role not in ("gateway", "bus")))
+        await asyncio.gather(*(w.stop(timeout) for w in chosen if w.role == "bus"))
 
     def describe(self) -> dict:
         return {

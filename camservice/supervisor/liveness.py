@@ -4,8 +4,11 @@ A process can be alive for the kernel and dead for its callers: SIGSTOPped,
 or stuck in a loop that never yields to its event loop. Every gateway and
 worker publishes its figures on the event bus every two seconds
 (``_gateway_stats``, ``_worker_stats``) from its event loop, so those events
-double as heartbeats the supervisor hears without a new channel. A process
-is declared hung when
+double as heartbeats the supervisor hears without a new channel. A bus
+process's heartbeat is the supervisor's own probe coming back through it
+(``_bus_probe``); while a generation's bus is not heard, its other processes'
+silence is excused (:meth:`Liveness.excuse`): their heartbeats had no way to
+arrive. A process is declared hung when
 
 * its kernel state is *stopped* (SIGSTOP, or a tracer) for longer than
   ``stopped_after`` seconds (the gateways' own view: heartbeat interval times
@@ -50,6 +53,17 @@ class Liveness:
         entry = self._entries.get(pid)
         if entry is not None:
             entry.since, entry.heard = now, True
+
+    def heard_within(self, pid: int, now: float, seconds: float) -> bool:
+        """Whether a heartbeat of ``pid`` arrived in the last ``seconds``."""
+        entry = self._entries.get(pid)
+        return entry is not None and entry.heard and now - entry.since < seconds
+
+    def excuse(self, pid: int, now: float) -> None:
+        """Count ``pid``'s silence from ``now`` at the earliest: its heartbeats had no way to arrive."""
+        entry = self._entries.get(pid)
+        if entry is not None:
+            entry.since = max(entry.since, now)
 
     def heard(self, pid: int) -> bool:
         """Whether a heartbeat of ``pid`` arrived since it started (or was adopted after a re-exec)."""

@@ -8,9 +8,10 @@ Steps:
    and check that the target interpreter imports the supervisor at all (an
    image that cannot start would orphan every child).
 2. Answer the caller, then leave the event loop *without stopping any child*:
-   the control socket, the heartbeat listener, the publishers and the
-   generations' buses are closed (ZeroMQ delivers the answer before the
-   context ends).
+   the control socket, the heartbeat listener and the publishers are closed
+   (ZeroMQ delivers the answer before the context ends). The generations'
+   event buses are processes of their own (:mod:`.bus`): they, and every event
+   the workers and gateways publish on them, go on through the exec.
 3. Write :data:`STATE_FILE` (``state_dir/run/supervisor-state.json``): every
    live generation (number, state, interpreter, its checked configuration
    file ``config-gN.yaml``), every process slot (pid, start time, restarts,
@@ -23,12 +24,12 @@ Steps:
    ``waitpid`` exactly as a ``Popen`` would. Their parent-death signal does
    not fire: it follows the *thread* that forked them (the main thread), and
    ``execve`` ends the other threads only.
-5. The new image binds the control socket and each generation's bus again on
-   the same endpoints. The children's ZeroMQ sockets reconnect by
-   themselves; events published while no bus was bound (the exec, about the
-   time an interpreter takes to start) are lost, which every subscriber
-   already tolerates (the gateways resynchronise their camera replica).
-   WebSocket clients see nothing: no gateway stops.
+5. The new image binds the control socket again and connects to each
+   generation's bus (adopted with the other children). Only what the
+   supervisor itself does pauses for the exec (about the time an interpreter
+   takes to start): control requests wait in their senders' queues, a child
+   that exits meanwhile is reaped and told once the new image runs.
+   WebSocket clients see nothing: no gateway stops, no event is lost.
 
 The supervisor holds no listening socket of the service: the gateways own
 the WebSocket port (``SO_REUSEPORT``), so there is no listening descriptor to
@@ -50,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from camservice import config as config_module
+from camservice import process
 
-from .generation import DRAINING, PARKED, SAFE_PATH_ENV, STARTING, STOPPED, Generation
+from .generation import DRAINING, PARKED, STARTING, STOPPED, Generation
 from .watcher import Watcher
 
 if TYPE_CHECKING:
@@ -65,6 +67,11 @@ STATE_FILE = Path("run") / "supervisor-state.json"
 ADOPT_ARG = "--adopt"
 #: Seconds the target interpreter has to show that it imports the supervisor.
 CHECK_TIMEOUT = 30.0
+#: Test-only: a path. The new image writes ``PATH.held`` and waits, before it binds anything, until
+#: ``PATH`` exists (at most :data:`HOLD_LIMIT` seconds), so that a test acts deterministically while
+#: the supervisor is mid-re-exec (tests/reliability/test_reexec.py).
+HOLD_ENV = "CAMSERVICE_TEST_REEXEC_HOLD"
+HOLD_LIMIT = 300.0
 
 
 class ReexecError(Exception):
@@ -104,12 +111,28 @@ class Adopted:
 
 
 def refusal(arbiter: Arbiter) -> str | None:
-    """Why a re-exec cannot happen now, or None."""
+    """Why a re-exec cannot happen now, and when to retry; or None.
+
+    Refused, not queued (README, design notes): a reload and its canary are
+    tasks of this image's event loop (a baseline, timers, a parked generation
+    held for a rollback), which an exec would cut in the middle; both end by
+    themselves within a known time, after which the re-exec is safe.
+    """
     if arbiter.reloader.busy:
-        return "a reload is in progress"
+        return (
+            "a reload (or a re-exec) is in progress; retry once it has answered "
+            f"(within runtime.start_timeout + runtime.stop_timeout, {arbiter.config.runtime.start_timeout:g} s + "
+            f"{arbiter.config.runtime.stop_timeout:g} s)"
+        )
     live = [g for g in arbiter.generations if g.state != STOPPED]
     if any(g.state in (STARTING, DRAINING, PARKED) for g in live):
-        return "a reload's canary is watching the new generation; retry once it has passed"
+        canary = arbiter.upgrade_state.get("canary") or {}
+        remaining = canary.get("remaining_s")
+        when = f"in about {remaining:g} s" if isinstance(remaining, (int, float)) else "in a moment"
+        return (
+            f"generation {arbiter.serving.number} is in its canary window after a reload (upgrade.canary_seconds); "
+            f"retry {when}, once the canary has passed or rolled back (camservice status shows it)"
+        )
     return None
 
 
@@ -141,8 +164,8 @@ def check_executable(executable: str) -> None:
     """Raise unless ``executable`` runs and imports the supervisor (blocking: run it in a thread)."""
     try:
         proc = subprocess.run(
-            [executable, "-c", "import camservice.supervisor.arbiter"],
-            env={**os.environ, SAFE_PATH_ENV: "1"},
+            [executable, "-c", process.SAFE_PATH + "import camservice.supervisor.arbiter"],
+            env=dict(os.environ),
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT,
@@ -219,8 +242,7 @@ def exec_image(executable: str, lock_fd: int, env: dict[str, str]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     log.info("supervisor_reexec", pid=os.getpid(), executable=executable)
     # Not the working directory's camservice (a source checkout) but the target interpreter's own.
-    env = {**env, SAFE_PATH_ENV: "1"}
-    os.execve(executable, [executable, "-m", "camservice.supervisor.arbiter", ADOPT_ARG], env)
+    os.execve(executable, process.command(executable, "camservice.supervisor.arbiter", ADOPT_ARG), env)
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
@@ -230,6 +252,20 @@ def read_state(state_dir: Path) -> dict[str, Any]:
     if state.get("pid") != os.getpid():
         raise ReexecError(f"{path} belongs to pid {state.get('pid')}, not {os.getpid()}")
     return state
+
+
+def hold_for_test(environ: dict[str, str]) -> None:
+    """The test-only pause of :data:`HOLD_ENV` (nothing unless it is set)."""
+    path = environ.get(HOLD_ENV)
+    if not path:
+        return
+    held, release = Path(path + ".held"), Path(path)
+    held.write_text(f"{os.getpid()}\n")
+    log.warning("supervisor_reexec_held", release=str(release))
+    deadline = time.monotonic() + HOLD_LIMIT
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held.unlink(missing_ok=True)
 
 
 def restore(arbiter: Arbiter, state: dict[str, Any]) -> list[tuple[Watcher, int, dict]]:

@@ -6,7 +6,8 @@ generation serving, untouched):
 1. Read and check the configuration again. A bad value is refused with its
    key named (``ConfigError``), and so is a change to a key that cannot
    change while running (:data:`FIXED_KEYS`): nothing has been started yet.
-2. Start the new generation's discovery and file workers and its gateways,
+2. Start the new generation's bus process (and wait until it carries
+   events), then its discovery and file workers and its gateways,
    from the code installed now (``executable``: the active virtualenv's
    Python), on their own bus and request sockets. Its gateways listen on the
    same port at once (``SO_REUSEPORT``), so from then on the kernel gives new
@@ -28,7 +29,7 @@ generation serving, untouched):
    reader at a time) and its sessions would be unknown to the new
    generation's workers, so stop_recording would fail for the rest of the
    recording. The gap is one segment boundary (figures in the README).
-6. Stop the old discovery and file workers, close the old bus.
+6. Stop the old discovery and file workers, then the old bus process.
 
 A rollback is a reload back to the previous generation's code and
 configuration, with ``reason: "rollback"`` (SIGUSR2 to the gateways).
@@ -49,7 +50,7 @@ from camservice import process
 from camservice.process import PARK_SIGNAL, RESUME_SIGNAL, TAKES_OVER_ENV
 
 from . import canary
-from .generation import DRAINING, PARKED, SERVING
+from .generation import DRAINING, PARKED, SERVING, BusNotReady
 from .watcher import BACKOFF, FAILED
 
 if TYPE_CHECKING:
@@ -138,7 +139,6 @@ class Reloader:
         baseline = arbiter.windows.total(old.number, began - window).figures()
         log.info("reload_started", reason=reason, old_generation=old.number, executable=executable)
         new = arbiter.new_generation(config, arbiter.env, executable)
-        arbiter.open(new)
         for watcher in new.role("gateway"):  # they listen before the recording workers took over
             watcher.env = {**new.env, TAKES_OVER_ENV: "recording"}
         # The new recording workers start now too, but wait (imports done) for the old ones to be
@@ -147,11 +147,12 @@ class Reloader:
         for position, watcher in enumerate(new.role("recording")):
             if position < len(old_recorders):
                 watcher.env = {**new.env, process.TAKE_OVER_ENV: str(old_recorders[position])}
-        new.start()
         stop_timeout = config.runtime.stop_timeout / 2
         try:
+            await arbiter.open(new)  # its bus first: the other processes' first events find it bound
+            new.start()
             await self._wait_ready(new, config.runtime.start_timeout)
-        except ReloadError as exc:
+        except (ReloadError, BusNotReady) as exc:
             log.error("reload_aborted", generation=new.number, error=str(exc))
             await new.stop(stop_timeout)
             arbiter.close(new)

@@ -35,6 +35,7 @@ import structlog
 
 from camservice.backoff import Backoff
 from camservice.config import Section
+from camservice.process import command as python_command
 from camservice.process import die_with_parent
 
 log = structlog.get_logger("supervisor")
@@ -101,7 +102,7 @@ class Watcher:
         self.key = f"g{generation}/{self.name}"
         self.executable = executable or sys.executable
         #: The argv each start runs: the role's entry point (``camservice.process``) unless given.
-        self.command = command or [self.executable, "-m", "camservice.process", role, str(index)]
+        self.command = command or python_command(self.executable, "camservice.process", role, str(index))
         #: Why the supervisor killed the current process (a hang), or None.
         self.hung: str | None = None
         #: A gateway said hello (listening, camera replica loaded): see the arbiter's ``hello``.

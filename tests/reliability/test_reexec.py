@@ -106,3 +106,54 @@ def test_reload_with_supervisor_re_execs_first_then_starts_the_new_generation():
         assert after["pid"] == before["pid"] and after["execs"] == 1
         assert after["generation"] == reloaded["generation"]
         assert {p["generation"] for p in after["processes"]} == {reloaded["generation"]}
+
+
+def test_events_published_while_the_supervisor_is_mid_re_exec_reach_websocket_clients():
+    """The new image is held before it binds anything (a test-only knob): a recording stopped and a
+    camera plugged in that window are told to a connected client while the supervisor is still held."""
+    from camservice import comms, control
+    from camservice import config as config_module
+    from camservice.supervisor import reexec
+
+    svc = Service(simulate=1)
+    hold = svc.root / "reexec-hold"
+    svc.env[reexec.HOLD_ENV] = str(hold)
+    with svc:
+        config = config_module.load(svc.config_path, environ={})
+        endpoint = comms.Endpoints.from_config(config, 0).control
+        before = svc.status()
+
+        async def scenario():
+            async with Client(svc.url, svc.token("operator")) as client:
+                started = await client.call("start_recording", {"device": "camera0"})
+                await client.notification(
+                    "recording_status_update", 60, lambda p: p["session_id"] == started["session_id"]
+                )
+                answer = await asyncio.to_thread(control.request, endpoint, "reexec", 40.0)
+                assert answer is not None and answer["ok"], answer
+                # The new image is up to its hold: nothing of the supervisor is bound (its control socket is silent).
+                await asyncio.to_thread(wait_for, (svc.root / "reexec-hold.held").exists, 60, 0.02, "the held image")
+                assert await asyncio.to_thread(control.request, endpoint, "status", 0.5) is None
+                # A worker publishes while the supervisor is mid-re-exec; the client still hears it.
+                stopped = await client.call("stop_recording", {"device": "camera0"})
+                told = await client.notification(
+                    "recording_status_update",
+                    60,
+                    lambda p: p["session_id"] == started["session_id"] and p["status"] == "STOPPED",
+                )
+                camera_id = (await asyncio.to_thread(svc.cli, "camera", "plug", "--timeout", "60")).stdout.strip()
+                plugged = await client.notification(
+                    "camera_status_update", 60, lambda p: p["id"] == camera_id and p["status"] == "CONNECTED"
+                )
+                # All of it while the supervisor was still held.
+                still_held = (svc.root / "reexec-hold.held").exists()
+                silent = await asyncio.to_thread(control.request, endpoint, "status", 0.5) is None
+                hold.touch()
+                return stopped, told, plugged, still_held, silent
+
+        stopped, told, plugged, still_held, silent = run(scenario())
+        assert still_held and silent
+        assert told["filename"] == stopped["filename"] and plugged["status"] == "CONNECTED"
+        after = wait_for(lambda: (s := svc.status()).get("execs") == 1 and s, 60, 0.1, "the released image")
+        assert after["pid"] == before["pid"]
+        assert {p["name"]: p["pid"] for p in after["processes"]} == {p["name"]: p["pid"] for p in before["processes"]}

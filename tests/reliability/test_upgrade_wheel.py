@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from camservice import process
+
 from ..harness import REPO, Service, wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,11 +48,11 @@ def test_upgrade_from_a_wheel_runs_the_new_generation_from_its_virtualenv_and_a_
         assert {p["generation"] for p in status["processes"] if p["role"] == "gateway"} == {upgraded["generation"]} | (
             {upgraded["previous_generation"]} if upgraded["parked"] else set()
         )
-        # That interpreter imports camservice from its own virtualenv (the children run with PYTHONSAFEPATH,
-        # so the working directory, here the source checkout, does not shadow it).
+        # That interpreter imports camservice from its own virtualenv (the children start through
+        # camservice.process.command, so the working directory, here the source checkout, does not shadow it).
         where = subprocess.run(
-            [str(python), "-c", "import camservice; print(camservice.__file__)"],
-            env={**svc.env, "PYTHONSAFEPATH": "1"},
+            [str(python), "-c", process.SAFE_PATH + "import camservice; print(camservice.__file__)"],
+            env=svc.env,
             capture_output=True,
             text=True,
             check=True,

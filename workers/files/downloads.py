@@ -10,11 +10,14 @@
   and relays the encrypted side (README, "Downloads");
 * on ``files.http_port``, when that option is set (off by default).
 
-Design: an asyncio loop on a dedicated thread, bodies sent with
-``loop.sendfile`` (``os.sendfile`` on the non-blocking socket: file pages go
-from the page cache to the socket without passing through Python, in
-constant memory). The worker's main loop (JSON-RPC, events) never runs a
-download, and the ``sendfile`` system call releases the GIL.
+Design: an asyncio loop on a dedicated thread reads requests and writes
+response heads; a body goes by ``os.sendfile`` (file pages go from the page
+cache to the socket without passing through Python, in constant memory),
+sent by a bulk thread at ``files.download_priority`` (:mod:`.bulk`) and
+paced per download and in total (:mod:`.pacing`). Over TLS (the optional
+file port with a certificate) asyncio's ``loop.sendfile`` reads and
+encrypts on the loop thread instead. The worker's main loop (JSON-RPC,
+events) never runs a download, and ``sendfile`` releases the GIL.
 
 HTTP/1.1 framing, keep-alive and error handling are ``h11``'s (a Sans-I/O
 library, the same model as the WebSocket layer); what a request means (its
@@ -51,13 +54,14 @@ from camservice.connlimits import PendingLimiter
 from camservice.cors import CorsPolicy
 
 from .auth import Authorizer, allow_all
+from .bulk import BulkSenders, send_on_loop
 from .names import Escape, admitted, content_type, resolve_inside
+from .pacing import Pacer, SharedPacer
 from .rules import ROUTES, HttpError, busy_response, parse_target, plan, response_event
 
 MAX_HEAD_BYTES = 16 * 1024
-#: Bytes per ``loop.sendfile`` call; a client must take this much within
-#: ``stall_timeout`` (about 8.7 KB/s at the defaults) or it is dropped.
-CHUNK_BYTES = 512 * 1024
+#: How far (seconds) the shared budget lets the downloads run ahead of it together.
+BUDGET_SLACK = 0.005
 READ_BYTES = 64 * 1024
 
 
@@ -98,6 +102,8 @@ class DownloadServer:
         ssl_context: ssl.SSLContext | None = None,
         log=None,
         rate_limit: int = 0,
+        budget: int = 0,
+        priority: str = "normal",
     ):
         self.folders = {url: Path(folders[kind]) for url, kind in ROUTES.items()}
         self.host = host
@@ -113,10 +119,13 @@ class DownloadServer:
         self.ssl_context = ssl_context
         #: Bytes per second per download (0: unpaced). Over loopback a download
         #: runs at memory speed and the copying alone doubled the P95 of
-        #: concurrent status calls (bench/download.py); paced at 500 MB/s it
-        #: does not, and no real network is faster.
+        #: concurrent status calls (bench/download.py).
         self.rate_limit = rate_limit
-        self._sleep = asyncio.sleep  # tests substitute a recorder
+        #: Bytes per second for all this server's downloads together (0: none).
+        self.budget = SharedPacer(budget, BUDGET_SLACK) if budget else None
+        self.priority = priority
+        self.bulk = BulkSenders(max_connections, priority)  # checks priority; start() makes a fresh pool
+        self._sleep = asyncio.sleep  # the TLS path's pacing waits; tests substitute a recorder
         self.log = log or structlog.get_logger("files.http")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -130,6 +139,7 @@ class DownloadServer:
     def start(self, timeout: float = 5.0) -> int | None:
         """Bind and serve; returns the TCP port (useful with port 0), None without one. Blocking."""
         ready = threading.Event()
+        self.bulk = BulkSenders(self.max_connections, self.priority)
         self._thread = threading.Thread(target=self._run, args=(ready,), name="files-http", daemon=True)
         self._thread.start()
         if not ready.wait(timeout):
@@ -144,6 +154,7 @@ class DownloadServer:
         if loop is not None and thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
+        self.bulk.shutdown()
 
     # --- server thread -------------------------------------------------------------------
 
@@ -383,22 +394,11 @@ class DownloadServer:
             return not close
 
     async def _sendfile(self, writer, file, offset: int, length: int) -> int:
-        loop = asyncio.get_running_loop()
-        sent = 0
-        began = loop.time()
-        while sent < length:
-            count = min(CHUNK_BYTES, length - sent)
-            done = await asyncio.wait_for(
-                loop.sendfile(writer.transport, file, offset + sent, count), self.stall_timeout
-            )
-            if done == 0:
-                break
-            sent += done
-            if self.rate_limit:
-                ahead = began + sent / self.rate_limit - loop.time()
-                if ahead > 0:
-                    await self._sleep(ahead)
-        return sent
+        own = (Pacer(self.rate_limit),) if self.rate_limit else ()
+        pacers = own + ((self.budget,) if self.budget is not None else ())
+        if writer.transport.get_extra_info("sslcontext") is not None:
+            return await send_on_loop(writer, file, offset, length, pacers, self.stall_timeout, self._sleep)
+        return await self.bulk.send(writer, file, offset, length, pacers, self.stall_timeout)
 
     async def _write(self, writer, data: bytes) -> None:
         if data:

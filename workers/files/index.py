@@ -19,7 +19,14 @@ Thread use: a :class:`FileIndex` hands each thread its own connection
 (sqlite3 connections must not be shared between threads). Writes take
 ``BEGIN IMMEDIATE`` and may wait up to ``busy_timeout`` for another
 process's write, so async callers run them in a thread; small indexed reads
-are fine inline (a WAL reader does not wait for writers).
+are fine inline (a WAL reader does not wait for writers). The file worker
+runs its blocking work on a fixed pool of threads (``workers.files_concurrency``
++ 2), so the index holds at most that many connections plus the event
+loop's.
+
+Memory: each connection's page cache is capped at :data:`CACHE_KIB` (see
+there). A rescan builds structures as large as the folder (one entry per
+file), which is why :class:`DiskFile` and :class:`Row` have slots.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ from .names import KINDS, admitted, parse_name
 from .schema import SCHEMA_VERSION, schema_statements
 
 BUSY_TIMEOUT_MS = 5000
+#: Page cache per connection, in KiB: a bounded cache, not a leak. In WAL mode a
+#: connection drops its whole cache when it starts reading after another connection
+#: (of any process) committed, and this index takes a write every few seconds, so a
+#: large cache buys little; bounded, the page caches of all connections together stay
+#: under CACHE_KIB x connections whatever the index's size (SQLite's default is 2000).
+CACHE_KIB = 1024
 #: Rows per write transaction during a rescan, so other processes' writes
 #: (a delete, an event) wait milliseconds, not the whole rescan.
 SCAN_BATCH = 2000
@@ -56,7 +69,7 @@ _COLUMNS = (
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM files"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     kind: str
     filename: str
@@ -80,7 +93,7 @@ def _row(values: tuple) -> Row:
     return Row(*head, bool(recording))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DiskFile:
     """What one ``stat`` says about a file in a folder."""
 
@@ -174,10 +187,16 @@ class FileIndex:
             # is durable enough for a cache and much cheaper per commit.
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
         return db
+
+    def connections(self) -> int:
+        """How many SQLite connections are open (one per thread that used the index)."""
+        with self._all_lock:
+            return len(self._all)
 
     class _write:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error)."""
@@ -372,28 +391,24 @@ class FileIndex:
         ``_file_update`` may have added it after the folder was listed.
         """
         disk = scan_folder(kind, folder)
-        indexed = {
-            name: (size, mtime_ns)
-            for name, size, mtime_ns in self._db().execute(
-                "SELECT filename, size, mtime_ns FROM files WHERE kind = ?", (kind,)
-            )
-        }
         result = ScanResult(kind, on_disk=len(disk))
         upserts = []
-        for name, found in disk.items():
-            known = indexed.get(name)
-            if known is None:
-                result.added += 1
-            elif known != (found.size, found.mtime_ns):
+        vanished = []
+        # The rows are streamed and matched against the folder one by one, not
+        # loaded into a second dict as large as the folder: this runs after every
+        # change of a folder, and its peak memory stays with the allocator.
+        for name, size, mtime_ns in self._db().execute(
+            "SELECT filename, size, mtime_ns FROM files WHERE kind = ?", (kind,)
+        ):
+            found = disk.pop(name, None)
+            if found is None:
+                vanished.append(name)
+            elif (found.size, found.mtime_ns) != (size, mtime_ns):
                 result.changed += 1
-            else:
-                continue
-            upserts.append(found)
-        gone = [
-            name
-            for name in indexed.keys() - disk.keys()
-            if name not in protect and not os.path.lexists(os.path.join(folder, name))
-        ]
+                upserts.append(found)
+        result.added = len(disk)  # what is left on disk has no row
+        upserts.extend(disk.values())
+        gone = [name for name in vanished if name not in protect and not os.path.lexists(os.path.join(folder, name))]
         result.removed = len(gone)
         # Primary-key order: each batch appends to the B-tree instead of
         # touching pages all over it (scandir order is the directory's hash order).

@@ -33,12 +33,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from camservice.workers.base import Worker, run_worker
 
-from camservice import handoff, tls, topics
+from camservice import allocator, handoff, memtrace, tls, topics
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.cors import CorsPolicy
 from camservice.envelope import Event
@@ -56,6 +57,9 @@ from .names import KINDS, RECORDING, SNAPSHOT, Escape, admitted, resolve_inside
 from .retention import FileLock, PolicyStore
 from .storage import ThresholdMonitor
 from .upkeep import Upkeep
+
+#: glibc malloc arenas the file worker's threads share (camservice.allocator).
+MALLOC_ARENAS = 2
 
 
 class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
@@ -97,6 +101,9 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
             max_pending_per_address=config.server.max_pending_per_address,
             log=self.log.bind(part="http"),
             rate_limit=config.files.download_rate_limit,
+            # The budget is the service's: each file worker paces its share.
+            budget=-(-config.files.download_budget // config.workers.files),  # rounded up: 0 stays 0
+            priority=config.files.download_priority,
         )
         self.signer = LinkSigner(load_or_create_secret(config))
         #: ``shutil.disk_usage``-like callable; tests substitute a fake disk.
@@ -135,9 +142,20 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Blocking work (SQLite, disk) runs on a fixed pool of threads, so the index
+        # keeps a fixed number of connections, and the threads share two malloc
+        # arenas: each rescan's peak (as large as the folder) is then reused instead
+        # of staying behind in every thread's own arena (camservice.allocator).
+        allocator.limit_arenas(MALLOC_ARENAS)
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(self.capacity + 2, thread_name_prefix="files-io")
+        )
         for folder in self.folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         await asyncio.wait_for(asyncio.to_thread(self.db.open), THREAD_WAIT_CAP)
+        await self._open_pool(self.capacity + 2)
+        # A debug knob (MEMTRACE_DIR): where this process's memory goes, over time.
+        memtrace.start_from_env(self.name, lambda: {"sqlite_connections": self.db.connections()})
         try:
             port = await asyncio.to_thread(self.http.start)
             self.log.info("download_server_started", port=port, handoff=str(self.http.handoff_path))
@@ -148,6 +166,23 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         if self.background_jobs:
             self._jobs = self.spawn(self._background_jobs())
         self.spawn(self.cameras.request_snapshot())  # retried until discovery answers
+
+    async def _open_pool(self, threads: int) -> None:
+        """Start every pool thread and open its index connection now, not one by one under load.
+
+        Each holds a job until all have started (a barrier), so the pool creates
+        all its threads; the memory they take is then part of the start-up.
+        """
+        barrier = threading.Barrier(threads)
+
+        def open_connection() -> None:
+            self.db.count(RECORDING)  # opens this thread's connection
+            try:
+                barrier.wait(THREAD_WAIT_CAP)
+            except threading.BrokenBarrierError:
+                pass  # a slow start: the pool grows under load instead, as it may
+
+        await asyncio.gather(*(asyncio.to_thread(open_connection) for _ in range(threads)))
 
     async def stop(self) -> None:
         self._closing.set()
