@@ -112,7 +112,7 @@ class Goodbye(NamedTuple):
 
 Message = Ready | Request | Reply | Goodbye
 
-_CLASSES = {Kind.READY: Ready, Kind.REQUEST: Request, Kind.REPLY: Reply, Kind.GOODBYE: Goodbye}
+_CLASSES: dict[Kind, Any] = {Kind.READY: Ready, Kind.REQUEST: Request, Kind.REPLY: Reply, Kind.GOODBYE: Goodbye}
 
 
 #: Message number -> (class, its number of fields).
