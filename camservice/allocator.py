@@ -6,7 +6,7 @@ that arena: a thread whose work peaks at a few MB now and then (the file
 worker's index rescans build structures as large as the index) keeps that
 peak's pages in its own arena, and the next peak in another thread's arena
 takes new ones. With six executor threads the process so keeps several
-copies of its largest peak, which grow with the index (bench/README.md,
+copies of its largest peak, which grow with the index (README.md, design notes,
 "The file worker's memory"). Fewer arenas share the freed memory instead.
 """
 

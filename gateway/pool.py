@@ -214,7 +214,9 @@ class WorkerPool:
             if frame is None:
                 continue
             try:
-                self.socket.send_multipart((identity, frame), flags=zmq.NOBLOCK)
+                # send_multipart's two sends, without its Python loop (0.8 µs a frame).
+                self.socket.send(identity, flags=zmq.NOBLOCK | zmq.SNDMORE)
+                self.socket.send(frame, flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 # EHOSTUNREACH (ROUTER_MANDATORY): the worker vanished; its calls fail over.
                 worker = self.workers.get(identity)

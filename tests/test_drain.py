@@ -68,3 +68,47 @@ def test_input_that_arrives_around_a_send_is_not_left_waiting(tmp_path):
             ctx.term()
 
     asyncio.run(scenario())
+
+
+# A ROUTER's messages are read without asking RCVMORE between the first two parts
+# (Drain._recv_routed): messages of two, three and four parts from different peers
+# must still arrive as exactly the parts sent.
+def test_a_router_drain_hands_over_each_message_with_exactly_its_parts(tmp_path):
+    got: list[list[bytes]] = []
+
+    async def scenario() -> None:
+        ctx = zmq.Context()
+        endpoint = f"ipc://{tmp_path}/drain.sock"
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, b"dealer")
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.IDENTITY, b"req")
+        drain = Drain(router, got.append, multipart=True)
+        try:
+            dealer.connect(endpoint)
+            req.connect(endpoint)
+            drain.start()
+            dealer.send(b"one")
+            dealer.send_multipart([b"two", b"three", b"four"])
+            req.send(b"five")  # REQ adds an empty delimiter: identity, b"", body
+            dealer.send(b"six")
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 10
+            while len(got) < 4 and loop.time() < end:
+                await asyncio.sleep(0.01)  # the loop's reader drains when the socket's FD fires
+        finally:
+            drain.stop()
+            for sock in (router, dealer, req):
+                sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+    by_peer: dict[bytes, list[list[bytes]]] = {}
+    for message in got:
+        by_peer.setdefault(message[0], []).append(message[1:])
+    assert by_peer == {
+        b"dealer": [[b"one"], [b"two", b"three", b"four"], [b"six"]],
+        b"req": [[b"", b"five"]],
+    }

@@ -17,7 +17,27 @@ from camservice.envelope import EnvelopeError, Event, Goodbye, Ready, Reply, Req
     ],
 )
 def test_round_trip(message):
-    assert unpack(message.pack()) == [message]
+    (decoded,) = unpack(message.pack())
+    assert decoded == message and type(decoded) is type(message)
+    assert decoded._asdict() == message._asdict()
+
+
+def test_a_reply_without_its_optional_field_gets_the_default():
+    (reply,) = unpack(msgpack.packb([[4, 7, None, "[]"]]))  # a sender from before ``encoded``
+    assert type(reply) is Reply and reply.seq == 7 and reply.encoded is False
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [4, 7, None, "[]", True, "extra"],  # a Reply with a field too many
+        [3, 1, "ping", {}],  # a Request with fields missing
+        [1, "files", 1, 2, 0, 0],  # a Ready with a field too many
+    ],
+)
+def test_a_message_of_the_wrong_length_raises_envelope_error(items):
+    with pytest.raises(EnvelopeError):
+        unpack(msgpack.packb([items]))
 
 
 def test_a_frame_carries_several_messages_in_order():

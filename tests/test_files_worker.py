@@ -670,6 +670,7 @@ def test_blocking_work_runs_on_a_fixed_pool_of_threads(tmp_path):
     async def body():
         async with running(config) as worker:
             pool = worker.capacity + 2
+            assert worker.db.connections() == pool  # opened at start, one per pool thread
             release = threading.Event()
             threads: set[str] = set()
 

@@ -36,9 +36,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .pacing import Pacer, wait_for
 
-#: Bytes per ``sendfile`` call (and per pacing step); a client must make room
-#: for more within ``stall_timeout`` or it is dropped.
-CHUNK_BYTES = 512 * 1024
+#: Bytes per ``sendfile`` call at most, and per pacing step: at 500 MB/s one
+#: wake-up per 4 ms. Measured against 512 KiB (four 500 MB/s downloads), the
+#: file worker's CPU per GB fell from 0.23 to 0.17 s and its context
+#: switches per GB from 3,500 to 930. A client must make room for more
+#: within ``stall_timeout`` or it is dropped.
+CHUNK_BYTES = 2 * 1024 * 1024
 
 #: ``files.download_priority`` -> (scheduling policy, nice) of a bulk thread.
 PRIORITIES: dict[str, tuple[int, int]] = {

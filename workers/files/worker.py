@@ -153,6 +153,7 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         for folder in self.folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         await asyncio.wait_for(asyncio.to_thread(self.db.open), THREAD_WAIT_CAP)
+        await self._open_pool(self.capacity + 2)
         # A debug knob (MEMTRACE_DIR): where this process's memory goes, over time.
         memtrace.start_from_env(self.name, lambda: {"sqlite_connections": self.db.connections()})
         try:
@@ -165,6 +166,23 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         if self.background_jobs:
             self._jobs = self.spawn(self._background_jobs())
         self.spawn(self.cameras.request_snapshot())  # retried until discovery answers
+
+    async def _open_pool(self, threads: int) -> None:
+        """Start every pool thread and open its index connection now, not one by one under load.
+
+        Each holds a job until all have started (a barrier), so the pool creates
+        all its threads; the memory they take is then part of the start-up.
+        """
+        barrier = threading.Barrier(threads)
+
+        def open_connection() -> None:
+            self.db.count(RECORDING)  # opens this thread's connection
+            try:
+                barrier.wait(THREAD_WAIT_CAP)
+            except threading.BrokenBarrierError:
+                pass  # a slow start: the pool grows under load instead, as it may
+
+        await asyncio.gather(*(asyncio.to_thread(open_connection) for _ in range(threads)))
 
     async def stop(self) -> None:
         self._closing.set()
