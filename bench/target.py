@@ -100,8 +100,13 @@ class Target:
                 title = " ".join(cmd)
                 if cmd and "ffmpeg" in Path(cmd[0]).name:
                     name, ffmpeg = f"ffmpeg-{ffmpeg}", ffmpeg + 1
-                else:  # process titles: "camservice: gateway 0" -> gateway-0
-                    name = title.split("camservice:")[-1].strip().replace(" ", "-") if "camservice:" in title else None
+                elif "camservice:" in title and child.ppid() == self.supervisor_pid:
+                    # process titles: "camservice: gateway 0" -> gateway-0. Roles are the
+                    # supervisor's children: a worker's child between fork and exec still
+                    # shows its parent's title, and would take the role's name for a sample.
+                    name = title.split("camservice:")[-1].strip().replace(" ", "-")
+                else:
+                    name = None
                 if name:
                     out[name] = child
             except psutil.Error:
