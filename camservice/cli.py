@@ -153,6 +153,9 @@ def stop(ctx: click.Context) -> None:
             os.kill(pid, signal.SIGKILL)  # its children get SIGTERM from the kernel (PDEATHSIG)
             pid = None
         time.sleep(0.05)
+    if pid:
+        # The lock goes with the supervisor's last step, before its interpreter has finished exiting.
+        process.wait_for_exit(pid, timeout=5.0)
     click.echo("camservice stopped")
 
 
