@@ -159,7 +159,7 @@ SCHEMA: tuple[Setting, ...] = (
         "gateway.event_loop",
         "auto",
         str,
-        "Gateway event loop: asyncio, uvloop, or auto (uvloop where installed).",
+        "Event loop of the gateway and the discovery worker: asyncio, uvloop, or auto (uvloop where installed).",
         _one_of("auto", "asyncio", "uvloop"),
     ),
     Setting(

@@ -10,8 +10,9 @@ three runs: uvloop took less of the whole service's CPU per status read
 per worker-hop call (88.1 -> 72.9, 123.3 -> 117.9, 73.7 -> 56.2 µs) every
 time, medians alike; a fourth run agreed on the hop (92.1 -> 71.5) but not on
 status reads (33.7 -> 39.0): within the loaded machine's noise
-(bench/README.md). Only the gateway uses it: the file workers' download
-server relies on ``loop.sendfile``.
+(bench/README.md). The gateway uses it, and the workers whose class sets
+``fast_loop`` (discovery); the file workers' download server relies on
+``loop.sendfile``, which uvloop lacks.
 """
 
 from __future__ import annotations

@@ -75,6 +75,7 @@ def run_owner() -> str:
 
 class DiscoveryWorker(Worker):
     kind = "discovery"
+    fast_loop = True  # answers most worker-hop calls; nothing it uses needs the standard loop
     subscriptions = (topics.RECORDING_STATUS,)
 
     def __init__(self, config, index: int = 0):
