@@ -976,6 +976,9 @@ def test_health_degrades_and_the_restarted_file_worker_reports_storage(api):
 
     async def scenario():
         async with api.client("admin") as client:
+            # A snapshot of its own: the replacement must list what was there
+            # before, whichever tests of this module ran first.
+            taken = await client.call("take_snapshot", {"device": "camera0"})
             files = api.svc.pids()["files-0"]
             os.kill(files, signal.SIGSTOP)
             try:
@@ -1008,6 +1011,7 @@ def test_health_degrades_and_the_restarted_file_worker_reports_storage(api):
                 wait_for, lambda: http_get(f"{base}/health/ready")[0] == 200, 20, 0.2, "/health/ready to recover"
             )
             assert (await client.call("get_status"))["status"] == "healthy"
-            assert (await client.call("list_snapshots", {"limit": 1}))["total"] > 0
+            listed = await client.call("list_snapshots", {"limit": 1000})
+            assert taken["filename"] in {entry["filename"] for entry in listed["files"]}
 
     run(scenario())
