@@ -301,6 +301,9 @@ def sanitize(text: str, allowed: Iterable[Path]) -> str:
 
 def _child_setup(parent: int) -> None:
     """Runs in the forked child before exec: no imports, no allocations to speak of."""
+    # Its own process group: a Ctrl-C at a terminal goes to the service, not
+    # straight to ffmpeg; the worker stops it (subprocess's process_group= is 3.11+).
+    os.setpgid(0, 0)
     die_with_parent(signal.SIGINT)  # SIGINT: ffmpeg finalises its file before exiting
     if os.getppid() != parent:  # the worker died between fork and prctl
         os.kill(os.getpid(), signal.SIGKILL)
@@ -325,7 +328,6 @@ class FfmpegProcess:
             stderr=asyncio.subprocess.PIPE,
             pass_fds=self.pass_fds,
             preexec_fn=lambda: _child_setup(parent),
-            process_group=0,
         )
         self._reader = asyncio.ensure_future(self._read_stderr())
 
