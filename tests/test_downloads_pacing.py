@@ -271,6 +271,9 @@ def test_parallel_downloads_share_one_budget(recordings, monkeypatch):
         elapsed = time.monotonic() - began
     finally:
         srv.stop()
+        # A sender charges a chunk after sendfile returned, so the client can
+        # have every byte before the last charge: wait for the senders.
+        srv.bulk.shutdown(wait=True)
     assert all(results[i] == (200, body) for i in range(4))
     total = 4 * len(body)
     # The shared clock moved on by every byte of all four downloads.

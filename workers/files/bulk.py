@@ -173,9 +173,13 @@ class BulkSenders:
         finally:
             cancel.set()  # a cancelled download (server stopping) stops its thread too
 
-    def shutdown(self) -> None:
-        """No new sends; running ones end at their next check of ``cancel`` (the caller sets it)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = False) -> None:
+        """No new sends; running ones end at their next check of ``cancel`` (the caller sets it).
+
+        ``wait``: return only once every thread is done (it charged its last
+        chunk to the pacers after the client had the bytes).
+        """
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 async def send_on_loop(
