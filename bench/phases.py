@@ -106,8 +106,15 @@ def _run_phase(clients, monitor, progress, name, mode, connections, seconds, rat
 
 
 def cpu_us_per_request(phase: dict) -> float | None:
-    """Server CPU (every service process) per answered request, from the phase's resource usage."""
+    """Server CPU (every role process) per answered request, from the phase's resource usage.
+
+    The operators' recordings' ffmpeg processes are left out: they encode
+    video whatever the request rate, and one counts only when it lived through
+    the whole window (a pid per name), so including them made the figure
+    depend on when the operators happened to restart their recordings.
+    """
     res = phase.get("resources") or {}
     if not res or not phase.get("rps"):
         return None
-    return round(res["service_cpu_percent"] / 100 / phase["rps"] * 1e6, 1)
+    roles = [p["cpu_percent"] for name, p in res["processes"].items() if not name.startswith("ffmpeg")]
+    return round(sum(roles) / 100 / phase["rps"] * 1e6, 1)

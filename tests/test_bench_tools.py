@@ -366,3 +366,15 @@ def test_tolerances_are_measured_from_the_spread_of_repeated_runs(tmp_path):
     assert tol["load.capacity.rps"] == round(max(0.25, 1.5 * (1100 / 900 - 1)), 2)
     assert tol["load.capacity.cpu_us_per_request"] == 0.25  # steady: the floor
     assert measured["spread"]["load.capacity.rps"] == [900.0, 1100.0]
+
+
+def test_cpu_per_request_counts_the_role_processes_not_the_recordings_ffmpeg():
+    from bench.phases import cpu_us_per_request
+
+    processes = {"gateway-0": {"cpu_percent": 60.0}, "files-0": {"cpu_percent": 40.0}}
+    phase = {"rps": 5000.0, "resources": {"processes": processes, "service_cpu_percent": 100.0}}
+    assert cpu_us_per_request(phase) == 200.0
+    processes["ffmpeg-0"] = {"cpu_percent": 25.0}  # a recording that lived through the window
+    phase["resources"]["service_cpu_percent"] = 125.0
+    assert cpu_us_per_request(phase) == 200.0
+    assert cpu_us_per_request({"rps": 0.0, "resources": {"processes": processes}}) is None
