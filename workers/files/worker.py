@@ -146,14 +146,14 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         # keeps a fixed number of connections, and the threads share two malloc
         # arenas: each rescan's peak (as large as the folder) is then reused instead
         # of staying behind in every thread's own arena (camservice.allocator).
+        # A thread per request it accepts at once, and two for what runs beside them (rescans, retention, probes).
+        threads = self.capacity + 2
         allocator.limit_arenas(MALLOC_ARENAS)
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(self.capacity + 2, thread_name_prefix="files-io")
-        )
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="files-io"))
         for folder in self.folders.values():
             folder.mkdir(parents=True, exist_ok=True)
         await asyncio.wait_for(asyncio.to_thread(self.db.open), THREAD_WAIT_CAP)
-        await self._open_pool(self.capacity + 2)
+        await self._open_pool(threads)
         # A debug knob (MEMTRACE_DIR): where this process's memory goes, over time.
         memtrace.start_from_env(self.name, lambda: {"sqlite_connections": self.db.connections()})
         try:
