@@ -409,6 +409,11 @@ def test_system_page_updates_live(page, svc):
     expect(uptime.first).to_have_text(re.compile(r"^(\d+:)?\d\d:\d\d$"), timeout=WAIT_MS)
     texts = uptime.all_inner_texts()
     assert texts and all(re.fullmatch(r"(\d+:)?\d\d:\d\d", text) for text in texts), texts
+    # A state for every process, the event bus included (it has no component in get_status).
+    bus = table.locator("tbody tr").filter(has=page.get_by_role("rowheader", name="bus-0"))
+    expect(bus.locator("td").nth(1)).to_have_text("running", timeout=WAIT_MS)
+    states = table.locator("tbody tr td:nth-child(3)").all_inner_texts()
+    assert states and all(state in ("running", "down") for state in states), states
     shoot(page, "system")
 
 

@@ -81,11 +81,16 @@ function Chart({ title, series, unit, now }) {
   </figure>`;
 }
 
-function stateOf(components, name) {
+/**
+ * A process's state: its role's component in get_status when the API reports one; a process with
+ * no component there (the event bus) is running while the supervisor gives it a pid.
+ */
+function stateOf(components, row) {
   if (!components) return "–";
-  if (components[name]) return components[name];
-  const role = name.split(/[-_: ]/)[0];
-  return components[role] || "–";
+  if (components[row.name]) return components[row.name];
+  const role = row.name.split(/[-_: ]/)[0];
+  if (components[role]) return components[role];
+  return row.pid ? "running" : "down";
 }
 
 /** A process's uptime: from its row when the API gives one, else from the last /metrics scrape plus the time since. */
@@ -191,7 +196,7 @@ export function SystemPage({ rpc, ready, events }) {
             (p) => html`<tr key=${p.name}>
               <th scope="row">${p.name}</th>
               <td>${p.pid ?? "–"}</td>
-              <td>${p.state || stateOf(status?.components, p.name)}</td>
+              <td>${p.state || stateOf(status?.components, p)}</td>
               <td>${p.cpu_percent ?? "–"}</td>
               <td>${formatBytes(p.rss_bytes)}</td>
               <td>${p.restarts ?? 0}</td>
