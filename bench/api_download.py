@@ -72,15 +72,9 @@ import psutil
 import websockets
 import yaml
 
-from . import cpusplit
+from . import common, cpusplit
 
 NAME = "camera0_2026-01-01_00-00-00.mp4"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def download(port: int, token: str, tls_ca: str | None, deadline: float | None = None) -> tuple[int, float]:
@@ -210,7 +204,7 @@ class Service:
         with open(state / "recordings" / NAME, "rb", buffering=0) as handle:
             while handle.read(8 << 20):  # into the page cache now, not during the first measured download
                 pass
-        self.port, self.files_port = free_port(), free_port()
+        self.port, self.files_port = common.free_port(), common.free_port()
         tree: dict = {
             "server": {"port": self.port},
             "runtime": {"state_dir": str(state)},

@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import psutil
 import websockets
 import yaml
+
+from bench.common import free_port  # one way to pick a port, for tests and benchmarks alike
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,12 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Service:

@@ -30,6 +30,7 @@ from camservice import errors, ffmpeg, methods
 from camservice import simnodes as simulator
 from camservice.cameras import DISCONNECTED, Camera
 from camservice.errors import RpcError
+from tests.harness import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -478,11 +479,7 @@ def test_mediamtx_backend_reads_the_stream_not_the_device(tmp_path: Path):
 
     # No MediaMTX here: an ffmpeg publishing H.264 over TCP to one reader stands
     # in for the camera's RTSP path, so the copy-into-segments pipeline runs for real.
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     publisher = subprocess.Popen(
         [
             ffmpeg.locate(),
@@ -571,7 +568,12 @@ def child(state: Path) -> None:
 
 def test_sigkill_mid_recording_then_resume(tmp_path: Path):
     state = tmp_path / "state"
-    proc = subprocess.Popen([sys.executable, __file__, "child", str(state)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.test_recording_ffmpeg", "child", str(state)],
+        cwd=Path(__file__).resolve().parent.parent,  # the checkout: tests/ and bench/ import as packages
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line, "the child did not start a recording"

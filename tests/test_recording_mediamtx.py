@@ -13,7 +13,6 @@ how fast the machine is.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from camservice.breaker import CLOSED, OPEN
 from camservice.errors import RpcError
 from camservice.mediamtx import UNREACHABLE, MediaMTXClient
 from tests.fakes.mediamtx import FakeMediaMTX
-from tests.harness import Clock
+from tests.harness import Clock, free_port
 from tests.test_recording_ffmpeg import SIZE, Harness, holders, probe, snap_params, start_params, until
 
 pytestmark = pytest.mark.slow
@@ -70,12 +69,6 @@ def setup(
     h.manager = RecordingManager(h.config, h.find, lambda t, d: h.events.append((t, d)), backend=backend)
     h.manager.stop_timeout = 3.0
     return h, backend
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -131,7 +124,12 @@ class Publishers:
         return f"tcp://127.0.0.1:{port}"
 
     async def ready(self) -> None:
-        await until(lambda: all(listening(port) for port in self.ports), timeout=20.0)
+        def settled() -> bool:
+            return all(listening(port) for port in self.ports) or any(p.poll() is not None for p in self.procs)
+
+        await until(settled, timeout=20.0)
+        dead = [port for proc, port in zip(self.procs, self.ports) if proc.poll() is not None]
+        assert not dead, f"publishers on ports {dead} exited before listening"
 
     def close(self) -> None:
         for proc in self.procs:
