@@ -155,9 +155,18 @@ def cases(
     return out
 
 
-async def _total_requests(target: Target) -> int:
-    async with Client(target.url, target.token) as c:
-        return (await c.call("get_metrics"))["total_requests"]
+async def _total_requests(target: Target, timeout: float = 30.0) -> int:
+    """The gateway's request count; retried while the gateway is not accepting (a gateway slowed
+    down by strace may miss its heartbeats and be restarted by the supervisor)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with Client(target.url, target.token) as c:
+                return (await c.call("get_metrics"))["total_requests"]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def profile(target: Target, step_s: float) -> tuple[dict | None, dict | None]:
@@ -335,7 +344,14 @@ def run(
         if other in by_variant:
             out[f"{other}_cases"] = by_variant[other]
         progress.note("cost: profiling the gateway (py-spy, strace)")
-        parts, sys_calls = profile(target, step_s)
+        gateway_pid = target.role_pids().get("gateway-0")
+        try:
+            parts, sys_calls = profile(target, step_s)
+        except Exception as exc:  # noqa: BLE001  (the profile is extra: the figures above stand without it)
+            parts = sys_calls = None
+            out["profile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if target.role_pids().get("gateway-0") != gateway_pid:
+            out["profile_note"] = "the gateway was restarted during the profile (strace slowed it past its heartbeat)"
         st = out["cases"]["status"]
         gw_us = (st.get("per_process_us") or {}).get("gateway-0")
         if parts and gw_us:
@@ -408,4 +424,7 @@ def report_lines(co: dict) -> list[str]:
             )
     if co.get("variant_error"):
         lines.append(f"  variant failed: {co['variant_error']}")
+    for key in ("profile_error", "profile_note"):
+        if co.get(key):
+            lines.append(f"  gateway profile: {co[key]}")
     return lines
