@@ -351,7 +351,7 @@ def run(
             parts = sys_calls = None
             out["profile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         if target.role_pids().get("gateway-0") != gateway_pid:
-            out["profile_note"] = "the gateway was restarted during the profile (strace slowed it past its heartbeat)"
+            out["profile_note"] = "the gateway was restarted during the profile (its pid changed)"
         st = out["cases"]["status"]
         gw_us = (st.get("per_process_us") or {}).get("gateway-0")
         if parts and gw_us:

@@ -12,7 +12,9 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,8 +24,6 @@ from pathlib import Path
 import psutil
 import websockets
 import yaml
-
-from bench.common import free_port  # one way to pick a port, for tests and benchmarks alike
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,43 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free now and stays free until a process of ours binds it.
+
+    Chosen at random *below* the kernel's ephemeral range, never by binding to port 0:
+    a port from bind-to-0 lies inside that range, so any outgoing connection (a client,
+    ffmpeg, a ZeroMQ socket) may take it as its source port before our server binds it,
+    and the server then fails with "Address already in use" (seen in CI). Below the
+    range only another caller of this function can take it; a port is never handed out
+    twice by one process, and the bind check skips ports in use.
+    """
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 12000 else 1024
+    for _ in range(1000):
+        port = random.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on {host} between {first} and {low}")
 
 
 class Service:
