@@ -86,6 +86,14 @@ class Camera:
             "uptime": round(now - self.connected_since, 3) if connected else 0,
         }
 
+    def metrics_json(self, now: float) -> str:
+        """``metrics(now)`` as compact JSON text, without the encoder: it runs on every status read."""
+        if self.status != CONNECTED:
+            return f'{{"bytes_sent":{self.bytes_sent},"readers":0,"uptime":0}}'
+        # repr() of a float is what json writes for it; both fields are plain ints.
+        uptime = round(now - self.connected_since, 3)
+        return f'{{"bytes_sent":{self.bytes_sent},"readers":{self.readers},"uptime":{uptime!r}}}'
+
     def to_status(self, now: float | None = None) -> dict[str, Any]:
         """The result of ``get_camera_status``: the camera object plus metrics."""
         result = self.to_api()
@@ -167,7 +175,7 @@ class CameraTable:
         api = self._api_json.get(camera.id)
         if api is None:
             api = self._api_json[camera.id] = _encode(camera.to_api())
-        return f'{api[:-1]},"metrics":{_encode(camera.metrics(now))}}}'
+        return f'{api[:-1]},"metrics":{camera.metrics_json(time.time() if now is None else now)}}}'
 
     def list_json(self) -> str:
         """``api_list()`` as JSON text, encoded once per change."""

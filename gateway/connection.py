@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as Interface
 
-from websockets.frames import CloseCode, Frame, Opcode
+# apply_mask from websockets.frames is the C speedup where built (websockets.utils has the pure-Python one).
+from websockets.frames import CloseCode, Frame, Opcode, apply_mask
 from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
-from websockets.utils import apply_mask
 
 from .frames import next_frame, text_frame
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 from camservice.gateway.core import PENDING, RequestPipeline
+from hypothesis import given
+from hypothesis import strategies as st
 
 from camservice import config as config_module
 from camservice import jsonrpc
@@ -240,6 +242,19 @@ def test_cached_status_json_matches_a_fresh_encoding_and_follows_changes(setup):
     table.put(Camera("camera0", "sim:0", status="DISCONNECTED"))
     fresh = json.loads(table.status_json(table.find("camera0")))
     assert fresh["status"] == "DISCONNECTED" and fresh["streams"] == {} and fresh["metrics"]["uptime"] == 0
+
+
+@given(
+    status=st.sampled_from(["CONNECTED", "DISCONNECTED", "ERROR"]),
+    bytes_sent=st.integers(min_value=0, max_value=2**63),
+    readers=st.integers(min_value=0, max_value=1000),
+    since=st.floats(min_value=0, max_value=4e9),
+    age=st.floats(min_value=0, max_value=1e8),
+)
+def test_hand_written_metrics_json_is_what_the_encoder_writes(status, bytes_sent, readers, since, age):
+    camera = Camera("camera0", "sim:0", status=status, bytes_sent=bytes_sent, readers=readers, connected_since=since)
+    text = camera.metrics_json(since + age)
+    assert text == json.dumps(camera.metrics(since + age), separators=(",", ":"))
 
 
 def test_repeated_auth_failures_from_one_address_are_throttled(tmp_path):
