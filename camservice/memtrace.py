@@ -2,7 +2,7 @@
 
 The endurance bench fits each process's RSS over time; when a process
 grows, this says where. With ``MEMTRACE_DIR=/some/dir`` in the service's
-environment a process that calls :func:`start_from_env` starts
+environment every service process (:func:`start_from_env`, called at boot) starts
 ``tracemalloc`` (one frame per allocation, to keep its cost down) and a
 daemon thread that appends one JSON line every ``MEMTRACE_EVERY`` seconds
 (default 60) to ``DIR/NAME-PID.jsonl``:
@@ -150,11 +150,23 @@ class MemTrace(threading.Thread):
             time.sleep(self.every)
 
 
+_tracer: MemTrace | None = None
+
+
 def start_from_env(name: str, extra: Callable[[], dict] | None = None) -> MemTrace | None:
-    """Start tracing when ``MEMTRACE_DIR`` is set (a debug knob; nothing happens otherwise)."""
+    """Start tracing when ``MEMTRACE_DIR`` is set (a debug knob; nothing happens otherwise).
+
+    Every process calls it once at boot (:func:`camservice.runtime.boot`); a
+    later call adds ``extra`` to the tracer already running.
+    """
+    global _tracer
     folder = os.environ.get(DIR_ENV)
     if not folder:
         return None
+    if _tracer is not None:
+        if extra is not None:
+            _tracer.extra = extra
+        return _tracer
     Path(folder).mkdir(parents=True, exist_ok=True)
     tracemalloc.start(int(os.environ.get(FRAMES_ENV) or 1))
     tracer = MemTrace(
@@ -164,4 +176,5 @@ def start_from_env(name: str, extra: Callable[[], dict] | None = None) -> MemTra
         extra,
     )
     tracer.start()
+    _tracer = tracer
     return tracer

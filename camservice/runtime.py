@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import config as config_module
-from . import log, process
+from . import log, memtrace, process
 
 #: Seconds between checks that the parent is still there.
 PARENT_POLL = 1.0
@@ -32,6 +32,7 @@ def boot(name: str, title: str) -> config_module.Config:
         name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"
     )
     tune_gc()
+    memtrace.start_from_env(name)  # a debug knob (MEMTRACE_DIR): where this process's memory goes
     return config
 
 
