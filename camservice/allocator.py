@@ -17,6 +17,12 @@ import ctypes.util
 
 #: mallopt's parameter number for the arena limit (glibc's malloc.h).
 M_ARENA_MAX = -8
+#: Arenas of every service process (set at boot, camservice.runtime): its
+#: threads (executor, ZeroMQ I/O, capture readers) mostly wait on the GIL or
+#: on I/O, so sharing two costs no contention worth measuring, while one
+#: arena per thread kept each thread's high-water mark apart and read as
+#: growth in the endurance runs.
+SERVICE_ARENAS = 2
 
 
 def limit_arenas(count: int) -> bool:

@@ -17,8 +17,8 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import allocator, log, memtrace, process
 from . import config as config_module
-from . import log, memtrace, process
 
 #: Seconds between checks that the parent is still there.
 PARENT_POLL = 1.0
@@ -27,6 +27,7 @@ PARENT_POLL = 1.0
 def boot(name: str, title: str) -> config_module.Config:
     """Configuration, process title and logging of a child process called ``name``."""
     config = config_module.load()
+    allocator.limit_arenas(allocator.SERVICE_ARENAS)  # before any thread of the process starts
     process.set_title(title)
     log.setup(
         name, config.state_dir / "logs", config.logging.level, console=os.environ.get("CAMSERVICE_FOREGROUND") == "1"

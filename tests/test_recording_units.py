@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from camservice.workers.recording import capture, naming
+from camservice.workers.recording import capture, naming, storage
 from camservice.workers.recording.journal import Journal, SessionRecord
 
 from camservice.active_files import ActiveFiles, atomic_write_json
@@ -35,11 +35,21 @@ def test_segment_name_of_a_long_name_stays_within_255_bytes():
     assert len(later.encode()) <= 255 and later.endswith("_part007.mp4")
 
 
-def test_segment_glob_matches_later_segments_only(tmp_path: Path):
-    for name in ("rec.mp4", "rec_part001.mp4", "rec_part1000.mp4", "record.mp4", "rec_partial.mp4"):
-        (tmp_path / name).touch()
-    matches = sorted(p.name for p in tmp_path.glob(naming.segment_glob("rec.mp4")))
-    assert matches == ["rec_part001.mp4", "rec_part1000.mp4"]
+def test_later_segments_are_told_apart_from_other_names():
+    later = ["rec_part001.mp4", "rec_part1000.mp4", "rec_part123x.mp4", naming.segment_name("rec.mp4", 42)]
+    other = ["rec.mp4", "record.mp4", "rec_partial.mp4", "rec_part01.mp4", "rec_part001.mkv", "xrec_part001.mp4"]
+    other += ["rec_part١٢٣.mp4", "rec_part001mp4", "rec_part.mp4"]  # Arabic-Indic digits are not [0-9]
+    assert [name for name in later + other if naming.is_later_segment("rec.mp4", name)] == later
+
+
+def test_a_name_whose_segments_exist_is_taken(tmp_path: Path):
+    assert not storage.name_taken(tmp_path / "missing", "rec.mp4")
+    (tmp_path / "record_part001.mp4").touch()
+    assert not storage.name_taken(tmp_path, "rec.mp4")
+    (tmp_path / "rec_part002.mp4").touch()  # the first segments may be gone to retention
+    assert storage.name_taken(tmp_path, "rec.mp4") and not storage.name_taken(tmp_path, "rec.mkv")
+    (tmp_path / "clip.mkv").touch()
+    assert storage.name_taken(tmp_path, "clip.mkv")
 
 
 def test_sanitize_keeps_storage_paths_and_devices_only(tmp_path: Path):

@@ -39,7 +39,7 @@ from typing import Any
 
 from camservice.workers.base import Worker, run_worker
 
-from camservice import allocator, handoff, memtrace, tls, topics
+from camservice import handoff, memtrace, tls, topics
 from camservice.active_files import ActiveFiles, active_files_path
 from camservice.cors import CorsPolicy
 from camservice.envelope import Event
@@ -57,9 +57,6 @@ from .names import KINDS, RECORDING, SNAPSHOT, Escape, admitted, resolve_inside
 from .retention import FileLock, PolicyStore
 from .storage import ThresholdMonitor
 from .upkeep import Upkeep
-
-#: glibc malloc arenas the file worker's threads share (camservice.allocator).
-MALLOC_ARENAS = 2
 
 
 class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
@@ -148,7 +145,6 @@ class FilesWorker(Catalogue, Deletion, Upkeep, Worker):
         # of staying behind in every thread's own arena (camservice.allocator).
         # A thread per request it accepts at once, and two for what runs beside them (rescans, retention, probes).
         threads = self.capacity + 2
-        allocator.limit_arenas(MALLOC_ARENAS)
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads, thread_name_prefix="files-io"))
         for folder in self.folders.values():
             folder.mkdir(parents=True, exist_ok=True)

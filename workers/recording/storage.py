@@ -91,4 +91,10 @@ def unlink_quietly(path: Path) -> None:
 
 def name_taken(folder: Path, filename: str) -> bool:
     """A recording name is refused if it, or a segment derived from it, exists."""
-    return (folder / filename).exists() or any(folder.glob(naming.segment_glob(filename)))
+    if (folder / filename).exists():
+        return True
+    try:
+        with os.scandir(folder) as entries:
+            return any(naming.is_later_segment(filename, entry.name) for entry in entries)
+    except FileNotFoundError:
+        return False
