@@ -20,6 +20,11 @@ daemon thread that appends one JSON line every ``MEMTRACE_EVERY`` seconds
 
 ``MEMTRACE_FRAMES=N`` keeps N frames per allocation (default 1) and adds
 ``stacks``: the five tracebacks that grew most, innermost frame last.
+``MEMTRACE_TYPES=1`` adds ``types``: the ten types whose live objects (as
+the garbage collector tracks them) grew most in number since the first
+line (after a full collection: live objects, not garbage waiting for one),
+tuples by length and first items: what holds memory, where tracemalloc
+says only where it was made.
 ``MEMTRACE_TRIM=1`` calls ``malloc_trim(0)`` before each line: RSS that
 drops then was free memory glibc kept, not live data.
 
@@ -32,12 +37,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import linecache
 import os
 import threading
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,7 @@ DIR_ENV = "MEMTRACE_DIR"
 EVERY_ENV = "MEMTRACE_EVERY"
 TRIM_ENV = "MEMTRACE_TRIM"
 FRAMES_ENV = "MEMTRACE_FRAMES"
+TYPES_ENV = "MEMTRACE_TYPES"
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -91,6 +99,7 @@ class MemTrace(threading.Thread):
             self.sqlite.sqlite3_memory_highwater.restype = ctypes.c_int64
         self.libc.mallinfo2.restype = _Mallinfo2
         self.first: tracemalloc.Snapshot | None = None
+        self.first_types: Counter[str] | None = None
         self.t0 = time.time()
 
     def line(self) -> dict:
@@ -132,6 +141,13 @@ class MemTrace(threading.Thread):
                 {"grew_kb": round(d.size_diff / 1024, 1), "count_diff": d.count_diff, "stack": d.traceback.format()}
                 for d in snap.compare_to(self.first, "traceback")[:5]
             ]
+        if os.environ.get(TYPES_ENV) == "1":
+            gc.collect()  # live objects only, not the cycles the next collection frees
+            counts = Counter(_kind(o) for o in gc.get_objects())
+            if self.first_types is None:
+                self.first_types = counts
+            counts.subtract(self.first_types)
+            out["types"] = dict(counts.most_common(10))
         if self.sqlite is not None:
             out["sqlite_kb"] = self.sqlite.sqlite3_memory_used() // 1024
             out["sqlite_peak_kb"] = self.sqlite.sqlite3_memory_highwater(0) // 1024
@@ -151,6 +167,13 @@ class MemTrace(threading.Thread):
 
 
 _tracer: MemTrace | None = None
+
+
+def _kind(obj: object) -> str:
+    """A type name; a tuple's says its length and what its first items are (tuples are most objects)."""
+    if type(obj) is tuple:
+        return f"tuple/{len(obj)}({','.join(type(item).__name__ for item in obj[:4])})"
+    return type(obj).__qualname__
 
 
 def start_from_env(name: str, extra: Callable[[], dict] | None = None) -> MemTrace | None:

@@ -26,12 +26,20 @@ def test_limit_arenas_takes_effect_on_glibc():
 def test_memtrace_writes_where_the_memory_is(tmp_path):
     script = (
         "import time; from camservice import memtrace\n"
+        "class Kept: pass\n"
         "keep = []\n"
-        "memtrace.start_from_env('probe', lambda: {'extra_figure': 7})\n"
+        "from camservice import runtime; runtime.tune_gc()\n"  # as at boot: imports out of the counts
+        "memtrace.start_from_env('probe')\n"  # at boot
+        "memtrace.start_from_env('probe', lambda: {'extra_figure': 7})\n"  # a worker adds its figures
         "for _ in range(600):\n"
-        "    keep.append(bytearray(10000)); time.sleep(0.05)\n"
+        "    keep.append((bytearray(10000), Kept())); time.sleep(0.05)\n"
     )
-    env = {"PATH": "/usr/bin:/bin", memtrace.DIR_ENV: str(tmp_path), memtrace.EVERY_ENV: "0.2"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        memtrace.DIR_ENV: str(tmp_path),
+        memtrace.EVERY_ENV: "0.2",
+        memtrace.TYPES_ENV: "1",
+    }
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
         lines: list[dict] = []
@@ -49,6 +57,8 @@ def test_memtrace_writes_where_the_memory_is(tmp_path):
     assert last["rss_kb"] > 0 and last["anon_kb"] > 0 and last["malloc"]["used_kb"] > 0
     assert last["py_kb"] > lines[0]["py_kb"]  # the bytearrays kept
     assert any("<string>" in t["where"] and t["grew_kb"] > 0 for t in last["top"])
+    assert last["types"]["Kept"] > 0  # the objects kept, by type
+    assert len(list(tmp_path.glob("probe-*.jsonl"))) == 1  # one tracer, however often it is asked for
 
 
 def test_memtrace_is_off_without_its_variable(monkeypatch):
