@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from camservice.workers.files.index import CACHE_KIB, FileIndex
+from camservice.workers.files.index import CACHE_KIB, LOOKUP_BATCH, FileIndex
 from camservice.workers.files.worker import FilesWorker
 
 from camservice import ffmpeg, methods
@@ -700,3 +700,58 @@ def test_every_index_connection_caps_its_page_cache(tmp_path):
         assert sizes == {-CACHE_KIB} and db.connections() >= 2
     finally:
         db.close()
+
+
+def test_reconcile_makes_the_rows_match_the_folder(tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for name, size in (("a.mp4", 1), ("b.mp4", 2), ("notes.txt", 3)):
+        (folder / name).write_bytes(b"x" * size)
+    (folder / "c.mp4").symlink_to(folder / "a.mp4")  # links are not what the service stores
+    db = FileIndex(tmp_path / "index.sqlite3")
+    db.open()
+    try:
+        first = db.reconcile("recording", folder)
+        assert (first.on_disk, first.added, first.changed, first.removed) == (2, 2, 0, 0)
+        (folder / "a.mp4").unlink()
+        (folder / "b.mp4").write_bytes(b"x" * 20)
+        (folder / "d.mp4").write_bytes(b"x")
+        db.upsert("recording", "e.mp4", size=0, mtime_ns=0)  # being recorded: no file yet
+        second = db.reconcile("recording", folder, protect={"e.mp4"})
+        assert (second.on_disk, second.added, second.changed, second.removed) == (2, 1, 1, 1)
+        assert db.get("recording", "a.mp4") is None and db.get("recording", "b.mp4").size == 20
+        assert db.get("recording", "e.mp4") is not None and db.get("recording", "c.mp4") is None
+        again = db.reconcile("recording", folder, protect={"e.mp4"})
+        assert (again.added, again.changed, again.removed) == (0, 0, 0)
+        assert db.reconcile("recording", folder).removed == 1  # e.mp4, no longer protected
+    finally:
+        db.close()
+
+
+def test_a_rescan_needs_no_memory_in_proportion_to_the_folder(tmp_path):
+    """The quick rescan runs after every change of a folder; a peak as large as the folder
+    stayed with the allocator, and the worker's RSS grew with the number of files."""
+    import tracemalloc
+
+    def peak_of_rescan(files: int) -> int:
+        folder = tmp_path / f"f{files}"
+        folder.mkdir()
+        for i in range(files):
+            (folder / f"camera0_2026-01-01_00-00-00_{i:06d}.mp4").touch()
+        db = FileIndex(tmp_path / f"index{files}.sqlite3")
+        db.open()
+        try:
+            db.reconcile("recording", folder)  # indexed: the next one finds nothing new
+            tracemalloc.start()
+            try:
+                db.reconcile("recording", folder)
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        finally:
+            db.close()
+
+    # Files are looked up a batch at a time: past two batches the peak is the batch's.
+    small, large = peak_of_rescan(2 * LOOKUP_BATCH), peak_of_rescan(16 * LOOKUP_BATCH)
+    # Eight times the files: a peak per file would be ~8x (about 1.6 MB at 8,000 files).
+    assert large < 1.5 * small, (small, large)

@@ -31,6 +31,7 @@ file), which is why :class:`DiskFile` and :class:`Row` have slots.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -52,6 +53,9 @@ CACHE_KIB = 1024
 #: Rows per write transaction during a rescan, so other processes' writes
 #: (a delete, an event) wait milliseconds, not the whole rescan.
 SCAN_BATCH = 2000
+#: Files of a folder walk looked up in the index by one query (below SQLite's
+#: oldest limit of 999 bound parameters).
+LOOKUP_BATCH = 500
 
 _COLUMNS = (
     "kind",
@@ -112,17 +116,16 @@ class ScanResult:
     skipped: bool = False  # the folder had not changed since the last scan
 
 
-def scan_folder(kind: str, folder: Path) -> dict[str, DiskFile]:
-    """Every admitted regular file directly in ``folder`` (blocking: run in a thread).
+def walk_folder(kind: str, folder: Path) -> Iterator[DiskFile]:
+    """Every admitted regular file directly in ``folder``, one at a time (blocking: run in a thread).
 
     Symlinks are skipped: the index lists what the service stores, and a
-    link could point anywhere.
+    link could point anywhere. A missing folder has no files.
     """
-    found: dict[str, DiskFile] = {}
     try:
         entries = os.scandir(folder)
     except FileNotFoundError:
-        return found
+        return
     with entries:
         for entry in entries:
             if not admitted(kind, entry.name):
@@ -133,8 +136,7 @@ def scan_folder(kind: str, folder: Path) -> dict[str, DiskFile]:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # deleted while we looked
                 continue
-            found[entry.name] = DiskFile(entry.name, st.st_size, st.st_mtime_ns)
-    return found
+            yield DiskFile(entry.name, st.st_size, st.st_mtime_ns)
 
 
 class FileIndex:
@@ -390,25 +392,42 @@ class FileIndex:
         vanished is checked once more on disk before removal, because a
         ``_file_update`` may have added it after the folder was listed.
         """
-        disk = scan_folder(kind, folder)
-        result = ScanResult(kind, on_disk=len(disk))
-        upserts = []
-        vanished = []
-        # The rows are streamed and matched against the folder one by one, not
-        # loaded into a second dict as large as the folder: this runs after every
-        # change of a folder, and its peak memory stays with the allocator.
-        for name, size, mtime_ns in self._db().execute(
-            "SELECT filename, size, mtime_ns FROM files WHERE kind = ?", (kind,)
-        ):
-            found = disk.pop(name, None)
-            if found is None:
-                vanished.append(name)
-            elif (found.size, found.mtime_ns) != (size, mtime_ns):
-                result.changed += 1
-                upserts.append(found)
-        result.added = len(disk)  # what is left on disk has no row
-        upserts.extend(disk.values())
-        gone = [name for name in vanished if name not in protect and not os.path.lexists(os.path.join(folder, name))]
+        # Nothing here grows with the folder: a rescan runs after every change of
+        # a folder, and a peak as large as the folder stayed with the allocator
+        # (the file worker's RSS grew with the number of files). The files on
+        # disk are looked up by key, a batch at a time; the rows without a file
+        # are looked for only when the index holds more rows than the walk matched.
+        result = ScanResult(kind)
+        db = self._db()
+        upserts: list[DiskFile] = []
+        matched = 0
+        walk = walk_folder(kind, folder)
+        while batch := list(itertools.islice(walk, LOOKUP_BATCH)):
+            result.on_disk += len(batch)
+            marks = ", ".join("?" * len(batch))
+            known = {
+                name: (size, mtime_ns)
+                for name, size, mtime_ns in db.execute(
+                    f"SELECT filename, size, mtime_ns FROM files WHERE kind = ? AND filename IN ({marks})",
+                    (kind, *(found.filename for found in batch)),
+                )
+            }
+            matched += len(known)
+            for found in batch:
+                seen = known.get(found.filename)
+                if seen is None:
+                    upserts.append(found)
+                elif (found.size, found.mtime_ns) != seen:
+                    result.changed += 1
+                    upserts.append(found)
+        result.added = len(upserts) - result.changed
+        gone: list[str] = []
+        if self.count(kind) > matched:
+            gone = [
+                name
+                for (name,) in db.execute("SELECT filename FROM files WHERE kind = ?", (kind,))
+                if name not in protect and not os.path.lexists(os.path.join(folder, name))
+            ]
         result.removed = len(gone)
         # Primary-key order: each batch appends to the B-tree instead of
         # touching pages all over it (scandir order is the directory's hash order).
