@@ -755,3 +755,30 @@ def test_a_rescan_needs_no_memory_in_proportion_to_the_folder(tmp_path):
     small, large = peak_of_rescan(2 * LOOKUP_BATCH), peak_of_rescan(16 * LOOKUP_BATCH)
     # Eight times the files: a peak per file would be ~8x (about 1.6 MB at 8,000 files).
     assert large < 1.5 * small, (small, large)
+
+
+def test_rescans_of_a_growing_folder_keep_one_prepared_lookup(tmp_path):
+    """Each rescan of a folder one file larger must not prepare a statement of its own:
+    sqlite3 caches up to 128 per connection, and these are large."""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    db = FileIndex(tmp_path / "index.sqlite3")
+    db.open()
+    statements: set[str] = set()
+    try:
+        db._db().set_trace_callback(statements.add)  # every statement executed, expanded
+        for i in range(LOOKUP_BATCH + 30):
+            (folder / f"camera0_2026-01-01_00-00-00_{i:06d}.mp4").touch()
+            if i % 10 == 0 or i >= LOOKUP_BATCH:
+                db.reconcile("recording", folder)
+        lookups = {
+            f"{head} IN {tail.count(',') + 1}"
+            for head, _, tail in (s.partition(" IN ") for s in statements)
+            if head.endswith("filename")
+        }
+        # One shape: LOOKUP_BATCH values (of files or NULL padding), whatever the folder's size.
+        assert lookups == {
+            f"SELECT filename, size, mtime_ns FROM files WHERE kind = 'recording' AND filename IN {LOOKUP_BATCH}"
+        }, lookups
+    finally:
+        db.close()

@@ -56,6 +56,9 @@ SCAN_BATCH = 2000
 #: Files of a folder walk looked up in the index by one query (below SQLite's
 #: oldest limit of 999 bound parameters).
 LOOKUP_BATCH = 500
+_LOOKUP = "SELECT filename, size, mtime_ns FROM files WHERE kind = ? AND filename IN (%s)" % ", ".join(
+    "?" * LOOKUP_BATCH
+)
 
 _COLUMNS = (
     "kind",
@@ -404,14 +407,13 @@ class FileIndex:
         walk = walk_folder(kind, folder)
         while batch := list(itertools.islice(walk, LOOKUP_BATCH)):
             result.on_disk += len(batch)
-            marks = ", ".join("?" * len(batch))
-            known = {
-                name: (size, mtime_ns)
-                for name, size, mtime_ns in db.execute(
-                    f"SELECT filename, size, mtime_ns FROM files WHERE kind = ? AND filename IN ({marks})",
-                    (kind, *(found.filename for found in batch)),
-                )
-            }
+            # Always LOOKUP_BATCH parameters, the last batch padded with NULL (which
+            # matches nothing): one SQL text, so one prepared statement per
+            # connection. A text per batch length filled sqlite3's statement cache
+            # (128 per connection) with large statements: +200 MB/h in an endurance run.
+            names = [found.filename for found in batch]
+            names += [None] * (LOOKUP_BATCH - len(names))
+            known = {name: (size, mtime_ns) for name, size, mtime_ns in db.execute(_LOOKUP, (kind, *names))}
             matched += len(known)
             for found in batch:
                 seen = known.get(found.filename)
