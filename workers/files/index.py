@@ -396,10 +396,10 @@ class FileIndex:
         ``_file_update`` may have added it after the folder was listed.
         """
         # Nothing here grows with the folder: a rescan runs after every change of
-        # a folder, and a peak as large as the folder stayed with the allocator
-        # (the file worker's RSS grew with the number of files). The files on
-        # disk are looked up by key, a batch at a time; the rows without a file
-        # are looked for only when the index holds more rows than the walk matched.
+        # a folder, so its peak should not depend on how many files the folder
+        # holds (it was ~200 bytes per file). The files on disk are looked up by
+        # key, a batch at a time; the rows without a file are looked for only
+        # when the index holds more rows than the walk matched.
         result = ScanResult(kind)
         db = self._db()
         upserts: list[DiskFile] = []
