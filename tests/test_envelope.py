@@ -82,3 +82,31 @@ def test_camera_table_device_reused_by_a_new_camera():
     table.put(Camera("camera1", "/dev/video2", status=CONNECTED))  # renumbered by the kernel
     assert table.find("/dev/video2").id == "camera1"
     assert table.find("camera0").status == DISCONNECTED
+
+
+def test_an_unencodable_message_is_refused_alone_and_the_next_frame_is_whole():
+    from camservice.envelope import pack_wires_apart
+
+    fine, odd, huge, last = Reply(1, None, 1), Reply(2, None, object()), Reply(3, None, 2**70), Reply(4, None, "ok")
+    frame, refused = pack_wires_apart([m.wire() for m in (fine, odd, huge, last)])
+    assert unpack(frame) == [fine, last]
+    assert refused == [odd.wire(), huge.wire()]
+    # The thread's packer raised midway twice: what it packs next carries nothing of those.
+    assert pack(Reply(5, None, "x")) == msgpack.packb([Reply(5, None, "x").wire()], use_bin_type=True)
+
+
+def test_packing_a_frame_allocates_no_buffer_per_call():
+    """msgpack.packb mallocs a 256 KiB buffer per call (a Packer each); a frame is packed by a reused one."""
+    import tracemalloc
+
+    message = Request(1, "get_camera_status", {"device": "camera0"}, 1.5e9, "g0-1", None)
+    pack(message)  # this thread's packer and its buffer exist from here on
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            pack(message)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 16 * 1024
