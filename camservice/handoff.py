@@ -22,6 +22,7 @@ import array
 import errno
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,10 @@ MAX_MESSAGE = 96 * 1024
 SUFFIX = ".handoff"
 #: Seconds a sender trusts its list of worker sockets before looking again.
 RESCAN_SECONDS = 1.0
+#: Each receiving thread's datagram buffer, reused: ``recvmsg(MAX_MESSAGE)``
+#: allocates a MAX_MESSAGE bytes object per call (and a wake-up makes one call
+#: more, to find the queue empty) only to shrink it to the datagram's size.
+_buffers = threading.local()
 
 
 def socket_path(run_dir: Path, index: int) -> Path:
@@ -39,10 +44,12 @@ def socket_path(run_dir: Path, index: int) -> Path:
 
 
 def pack(raw: bytes, peer: str, scheme: str) -> bytes:
-    return msgpack.packb({"raw": bytes(raw), "peer": peer, "scheme": scheme})
+    # A buffer the message's size: packb's default is a 256 KiB malloc per call.
+    message = {"raw": bytes(raw), "peer": peer, "scheme": scheme}
+    return msgpack.packb(message, buf_size=len(raw) + len(peer) + 64)
 
 
-def unpack(data: bytes) -> tuple[bytes, str, str]:
+def unpack(data: bytes | memoryview) -> tuple[bytes, str, str]:
     message = msgpack.unpackb(data)
     if not isinstance(message, dict):
         raise TypeError("hand-off message is not a map")
@@ -117,11 +124,16 @@ def receive(sock: socket.socket) -> list[tuple[socket.socket, bytes, str, str]]:
     """
     received: list[tuple[socket.socket, bytes, str, str]] = []
     space = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+    try:
+        buffer = _buffers.view
+    except AttributeError:
+        buffer = _buffers.view = memoryview(bytearray(MAX_MESSAGE))
     while True:
         try:
-            data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE, space)
+            size, ancillary, flags, _ = sock.recvmsg_into([buffer], space)
         except (BlockingIOError, InterruptedError):
             return received
+        data = buffer[:size]
         fds = array.array("i")
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
