@@ -139,8 +139,8 @@ def _packer() -> msgpack.Packer:
     try:
         return _packers.packer
     except AttributeError:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER)
-        return packer
+        _packers.packer = msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER)
+        return _packers.packer
 
 
 def _pack(items: tuple | list[tuple]) -> bytes:

@@ -44,9 +44,7 @@ def socket_path(run_dir: Path, index: int) -> Path:
 
 
 def pack(raw: bytes, peer: str, scheme: str) -> bytes:
-    # A buffer the message's size: packb's default is a 256 KiB malloc per call.
-    message = {"raw": bytes(raw), "peer": peer, "scheme": scheme}
-    return msgpack.packb(message, buf_size=len(raw) + len(peer) + 64)
+    return msgpack.packb({"raw": bytes(raw), "peer": peer, "scheme": scheme})
 
 
 def unpack(data: bytes | memoryview) -> tuple[bytes, str, str]:

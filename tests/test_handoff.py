@@ -39,7 +39,8 @@ def test_each_hand_off_arrives_with_its_bytes_and_a_working_socket(tmp_path):
 
 def test_receiving_takes_no_buffer_per_hand_off(tmp_path):
     receiver, peers = hand_over(tmp_path, [b"GET / HTTP/1.1\r\n\r\n"] * 8)
-    handoff.receive(handoff.bind_receiver(handoff.socket_path(tmp_path, 1)))  # this thread's buffer exists now
+    with handoff.bind_receiver(handoff.socket_path(tmp_path, 1)) as empty:
+        handoff.receive(empty)  # this thread's buffer exists from here on
     tracemalloc.start()
     try:
         before, _ = tracemalloc.get_traced_memory()
