@@ -54,3 +54,34 @@ def test_tune_gc_freezes_the_start_up_heap_and_still_collects_cycles():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_garbage_is_collected_on_the_clock_without_allocations_to_trigger_it():
+    # In a child: the collector is switched off there, so only the clock can free the cycle.
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, weakref
+        from camservice.runtime import collect_garbage_forever
+
+        class Node:
+            pass
+
+        async def main():
+            gc.disable()
+            freed = asyncio.Event()
+            node = Node()
+            node.me = node  # a cycle: reference counting never frees it
+            weakref.finalize(node, freed.set)
+            del node
+            await asyncio.sleep(0.3)
+            before = freed.is_set()  # nothing collected it yet
+            clock = asyncio.ensure_future(collect_garbage_forever(generation=0, interval=0.05))
+            await asyncio.wait_for(freed.wait(), 10)
+            clock.cancel()
+            print("ok" if not before else "freed without the clock")
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

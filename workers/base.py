@@ -43,7 +43,7 @@ from typing import Any
 import structlog
 import zmq
 
-from camservice import comms, eventloop, jsonrpc, log, topics
+from camservice import comms, eventloop, jsonrpc, log, runtime, topics
 from camservice import config as config_module
 from camservice.drain import Drain
 from camservice.envelope import (
@@ -226,6 +226,7 @@ class Worker:
             link.reader.start()
         self.log.info("worker_started", pid=os.getpid(), gateways=len(self._links))
         heartbeat = self.spawn(self._heartbeat())
+        self.spawn(runtime.collect_garbage_forever())
         await lifetime.wait(self.log)
         await self._shutdown(heartbeat)
 
