@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from camservice import comms
+from camservice import allocator, comms
 from camservice import config as config_module
 from camservice.methods import WORKER_KINDS
 
@@ -82,8 +82,9 @@ class Generation:
             # The bus runs the supervisor's own code (its interpreter): a generation of an older version
             # (camservice upgrade --venv, a rollback) has no bus role, and the proxy is the same for all.
             python = sys.executable if role == "bus" else executable
+            env = allocator.role_environment(role, self.env)
             for index in range(counts[role]):
-                self.watchers.append(Watcher(role, index, self.env, config.runtime, on_exit, on_start, number, python))
+                self.watchers.append(Watcher(role, index, env, config.runtime, on_exit, on_start, number, python))
         # The bus reads no configuration (camservice.supervisor.bus): it is handed its two endpoints.
         self.bus.env = {**self.env, BUS_IN_ENV: self.endpoints.events_in, BUS_OUT_ENV: self.endpoints.events_out}
 

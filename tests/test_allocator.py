@@ -1,0 +1,81 @@
+"""camservice.allocator: the glibc settings a service process runs with."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from camservice import allocator
+
+
+def test_the_file_worker_gets_its_tunables_and_other_roles_nothing():
+    env = {"PATH": "/bin"}
+    files = allocator.role_environment("files", env)
+    assert files == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1"}
+    assert allocator.role_environment("gateway", env) == env
+    assert env == {"PATH": "/bin"}  # the caller's mapping is not changed
+
+
+def test_an_operators_tunables_are_kept_and_an_operators_value_wins():
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4:glibc.malloc.mxfast=0"}
+    assert allocator.role_environment("files", mine)["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=4:glibc.malloc.mxfast=0:glibc.malloc.tcache_count=0"
+    )
+
+
+def test_an_arena_limit_from_the_tunables_is_not_overridden_at_boot():
+    assert allocator.limit_arenas(2, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) is False
+    assert allocator.limit_arenas(2, {}) is sys.platform.startswith("linux")
+
+
+#: In a child: malloc seven 1000-byte chunks (a size a fresh interpreter's cache holds
+#: none of), free them, and print how many bytes mallinfo2 still counts as in use. A
+#: chunk freed into the thread's cache (tcache) stays "in use" for the allocator;
+#: without the cache it goes back to the arena.
+HELD_AFTER_FREE = textwrap.dedent(
+    """
+    import ctypes
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2().uordblks
+    chunks = [libc.malloc(1000) for _ in range(7)]
+    for chunk in chunks:
+        libc.free(chunk)
+    print(libc.mallinfo2().uordblks - before)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_the_tunable_takes_effect_in_a_process_started_with_it():
+    def held(env):
+        done = subprocess.run(
+            [sys.executable, "-c", HELD_AFTER_FREE], env=env, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0 and "mallinfo2" in done.stderr:
+            pytest.skip("not glibc 2.33 or later")
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert held(plain) >= 7 * 1000  # the freed chunks wait in this thread's cache
+    assert held(allocator.role_environment("files", plain)) < 1000  # back in the arena
+
+
+@pytest.mark.slow
+def test_the_supervisor_starts_the_file_worker_with_them(service):
+    def tunables(pid):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0") if item)
+        return env.get(b"GLIBC_TUNABLES", b"").decode()
+
+    pids = service.pids()
+    assert "glibc.malloc.tcache_count=0" in tunables(pids["files-0"])
+    assert "tcache_count" not in tunables(pids["gateway-0"])
