@@ -69,13 +69,14 @@ def test_the_tunable_takes_effect_in_a_process_started_with_it():
     assert held(allocator.role_environment("files", plain)) < 1000  # back in the arena
 
 
-@pytest.mark.slow
-def test_the_supervisor_starts_the_file_worker_with_them(service):
-    def tunables(pid):
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0") if item)
-        return env.get(b"GLIBC_TUNABLES", b"").decode()
+def test_the_supervisor_starts_the_file_worker_with_them(tmp_path):
+    # The watchers' environment: a running worker's /proc/PID/environ is no witness,
+    # setproctitle writes the process title over it.
+    from camservice import config
+    from camservice.supervisor.generation import Generation
 
-    pids = service.pids()
-    assert "glibc.malloc.tcache_count=0" in tunables(pids["files-0"])
-    assert "tcache_count" not in tunables(pids["gateway-0"])
+    settings = config.load(overrides={"runtime.state_dir": str(tmp_path)}, environ={})
+    generation = Generation(0, settings, {"PATH": "/bin"}, sys.executable, print, print)
+    env = {watcher.name: watcher.env for watcher in generation.watchers}
+    assert env["files-0"]["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1"
+    assert "GLIBC_TUNABLES" not in env["gateway-0"] and "GLIBC_TUNABLES" not in env["recording-0"]
