@@ -40,7 +40,7 @@ SERVICE_ARENAS = 2
 #:   small objects go to pymalloc, not malloc, so the cache saved it little.
 #: * ``arena_max=1`` (instead of :data:`SERVICE_ARENAS`): what is left is
 #:   fragmentation, free space growing in both heaps; one heap to reuse it
-#:   took the worker from 4.8-5.2 MB/hour to 3.7.
+#:   took the worker from 4.8-5.2 MB/hour to 2.9-3.7.
 ROLE_TUNABLES: dict[str, dict[str, str]] = {
     "files": {"glibc.malloc.tcache_count": "0", "glibc.malloc.arena_max": "1"},
 }
@@ -67,6 +67,23 @@ def _tunables(text: str) -> dict[str, str]:
     return dict(item.partition("=")[::2] for item in text.split(":") if item)
 
 
+class Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33+): what ``mallinfo2()`` returns, in bytes."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, ``mallinfo2`` (glibc 2.33+) declared to return :class:`Mallinfo2`. OSError without one."""
+    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if hasattr(lib, "mallinfo2"):
+        lib.mallinfo2.restype = Mallinfo2
+    return lib
+
+
 def limit_arenas(count: int, env: Mapping[str, str] = os.environ) -> bool:
     """Let this process's threads share at most ``count`` malloc arenas (glibc); False elsewhere.
 
@@ -77,8 +94,7 @@ def limit_arenas(count: int, env: Mapping[str, str] = os.environ) -> bool:
     if "glibc.malloc.arena_max" in _tunables(env.get("GLIBC_TUNABLES", "")):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = libc().mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to bound
         return False
     return bool(mallopt(M_ARENA_MAX, count))

@@ -49,22 +49,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import allocator
+
 DIR_ENV = "MEMTRACE_DIR"
 EVERY_ENV = "MEMTRACE_EVERY"
 TRIM_ENV = "MEMTRACE_TRIM"
 FRAMES_ENV = "MEMTRACE_FRAMES"
 TYPES_ENV = "MEMTRACE_TYPES"
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def _sqlite() -> Any:
@@ -92,12 +83,11 @@ class MemTrace(threading.Thread):
     def __init__(self, path: Path, every: float, trim: bool, extra: Callable[[], dict] | None):
         super().__init__(daemon=True, name="memtrace")
         self.path, self.every, self.trim, self.extra = path, every, trim, extra
-        self.libc = _libc()
+        self.libc = allocator.libc()
         self.sqlite = _sqlite()
         if self.sqlite is not None:
             self.sqlite.sqlite3_memory_used.restype = ctypes.c_int64
             self.sqlite.sqlite3_memory_highwater.restype = ctypes.c_int64
-        self.libc.mallinfo2.restype = _Mallinfo2
         self.first: tracemalloc.Snapshot | None = None
         self.first_types: Counter[str] | None = None
         self.t0 = time.time()

@@ -37,11 +37,8 @@ def test_an_arena_limit_from_the_tunables_is_not_overridden_at_boot():
 HELD_AFTER_FREE = textwrap.dedent(
     """
     import ctypes
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
+    from camservice import allocator
+    libc = allocator.libc()
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
     before = libc.mallinfo2().uordblks
